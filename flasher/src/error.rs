@@ -1,0 +1,47 @@
+//! The crate's error type. Each area owns a detailed enum; this one wraps them so
+//! callers can match `Error::Bundle(bundle::Error::UnknownVersion { .. })`.
+
+/// Errors from the flasher library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::Error),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::Error),
+    #[error(transparent)]
+    BlockDev(#[from] crate::blockdev::Error),
+    #[error(transparent)]
+    Fixup(#[from] crate::fixup::Error),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
+    #[error(transparent)]
+    Emmc(#[from] crate::emmc::Error),
+    #[error(transparent)]
+    Record(#[from] crate::record::Error),
+    #[error(transparent)]
+    ConfigInject(#[from] crate::config_inject::Error),
+    #[error(transparent)]
+    Init(#[from] crate::init::Error),
+    #[error(transparent)]
+    Board(#[from] boards::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wrap an I/O error with what was being done, e.g. "open /dev/mmcblk1".
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

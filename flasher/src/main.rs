@@ -1,0 +1,69 @@
+//! The `flasher` binary: PID-1 mode when run as `/init` (or `flasher init`),
+//! otherwise host subcommands. Thin: parse, set up tracing, call the library.
+
+use clap::{Parser, Subcommand};
+use flasher::cmd;
+
+#[derive(Parser)]
+#[command(name = "flasher", version, about = "Flash a board's internal storage from a bundle, with verification")]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a bundle onto a block device or file, then verify it.
+    Write(cmd::write::Args),
+    /// List the known boards.
+    Boards(cmd::boards::Args),
+    /// Detect the board and choose the internal target.
+    Detect(cmd::detect::Args),
+    /// Show a phase's LED pattern on the real or fake LEDs.
+    Leds(cmd::leds::Args),
+    /// Run as the on-board init (PID-1 mode) even if not PID 1.
+    Init,
+}
+
+fn main() -> std::process::ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let is_init = std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "init")
+        || std::process::id() == 1;
+    if is_init {
+        flasher::init::main();
+    }
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Write(a) => cmd::write::run(a),
+        Command::Boards(a) => cmd::boards::run(a),
+        Command::Detect(a) => cmd::detect::run(a),
+        Command::Leds(a) => cmd::leds::run(a),
+        Command::Init => flasher::init::main(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

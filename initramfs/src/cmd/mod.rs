@@ -1,0 +1,10 @@
+//! The `mkflasher` subcommands. Each module owns its `Args` and a
+//! `run(args) -> Result<()>` that tests drive end to end.
+
+pub mod build;
+pub mod bundle;
+pub mod configure;
+pub mod demo;
+pub mod initramfs;
+pub mod inspect;
+pub mod qemu;

@@ -1,0 +1,8 @@
+//! `mkflasher qemu` (placeholder: to be filled in by the work that owns it).
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> crate::Result<()> {
+    Err(crate::Error::Usage("`mkflasher qemu` is not implemented yet".into()))
+}

@@ -1,0 +1,12 @@
+//! The host side of Flasher (`mkflasher`): turning an OS image into a bundle
+//! (`source`: input decompression, zero and hole detection, bmap import), the
+//! initramfs (`cpio`, `modules`), the flasher card image (`card`, `fat`), card
+//! configuration, inspection, and the QEMU harness (`qemu`, `demo`).
+//!
+//! The bundle format and the write pipeline live in the `flasher` crate; this crate
+//! only drives them.
+
+pub mod cmd;
+pub mod error;
+
+pub use error::{Error, Result};

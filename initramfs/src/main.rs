@@ -1,0 +1,66 @@
+//! The `mkflasher` binary. Thin: parse, set up tracing, call the library.
+
+use clap::{Parser, Subcommand};
+use initramfs::cmd;
+
+#[derive(Parser)]
+#[command(name = "mkflasher", version, about = "Build flasher bundles, initramfs and card images; run them in QEMU")]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Turn an OS image (raw, .gz, .xz, .zst; optional .bmap) into a bundle.
+    Bundle(cmd::bundle::Args),
+    /// Build the initramfs for a board: static /init, board data, kernel modules.
+    Initramfs(cmd::initramfs::Args),
+    /// Build the flasher card image for a board.
+    Build(cmd::build::Args),
+    /// Write config.json and network settings into a card's flash-boot partition.
+    Configure(cmd::configure::Args),
+    /// Describe a bundle, a card image or a unit log.
+    Inspect(cmd::inspect::Args),
+    /// Boot a card in QEMU against a virtual target disk.
+    Qemu(cmd::qemu::Args),
+    /// The built-in demo: build a demo OS, flash it onto a virtual NVMe, boot it.
+    Demo(cmd::demo::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Bundle(a) => cmd::bundle::run(a),
+        Command::Initramfs(a) => cmd::initramfs::run(a),
+        Command::Build(a) => cmd::build::run(a),
+        Command::Configure(a) => cmd::configure::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Qemu(a) => cmd::qemu::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
