@@ -254,14 +254,14 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// directory that starts `LFN, ".", LFN, ".."`, moves `.` and `..` to slots 0 and 1 and
 /// marks the two freed slots deleted. On FAT32 it also sets `..` of directories in the
 /// root to cluster 0 as the specification requires (fatfs writes the root's cluster).
-/// Nothing else is touched. Anyone creating FAT
-/// directories with `fatfs` (the card builder too) should call this after unmounting.
+/// Nothing else is touched. Anyone creating FAT directories with `fatfs` (the card
+/// builder too) should call this after unmounting.
 pub fn repair_fatfs_dot_entries<D: Read + Write + Seek>(dev: &mut D) -> io::Result<usize> {
     let geo = FatGeometry::read(dev)?;
     let fat = geo.read_fat(dev)?;
     let mut fixed = 0;
     let mut seen = std::collections::HashSet::new();
-    // (directory's region list, is_root); iterative DFS over subdirectories.
+    // Iterative DFS over (directory's byte regions, where it sits).
     let mut stack = vec![(geo.root_regions(&fat)?, Parent::None)];
     while let Some((regions, parent)) = stack.pop() {
         let mut data = Vec::new();
