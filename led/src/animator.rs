@@ -133,9 +133,7 @@ impl Engine {
     }
 
     fn restart(&mut self, now: Duration) -> Option<Duration> {
-        let Some(phase) = self.phase else {
-            return None;
-        };
+        let phase = self.phase?;
         let failing = phase == Phase::Failure || self.spec == PatternSpec::BlinkCode;
         let what = Announcement {
             phase,
@@ -271,6 +269,12 @@ pub enum Command {
     ErrorClass(u8),
     /// Error class and failure phase in one step (no flash of the default class).
     Fail(u8),
+    /// One progress event: progress (if known), error class (if any), then phase.
+    Event {
+        phase: Phase,
+        progress: Option<f32>,
+        error_class: Option<u8>,
+    },
     Stop,
 }
 
@@ -311,6 +315,19 @@ impl Animator {
                                 Command::Fail(c) => {
                                     engine.set_error_class(c, now);
                                     engine.set_phase(Phase::Failure, now)
+                                }
+                                Command::Event {
+                                    phase,
+                                    progress,
+                                    error_class,
+                                } => {
+                                    if let Some(f) = progress {
+                                        engine.set_progress(f, now);
+                                    }
+                                    if let Some(c) = error_class {
+                                        engine.set_error_class(c, now);
+                                    }
+                                    engine.set_phase(phase, now)
                                 }
                                 Command::Stop => None,
                             }
@@ -354,7 +371,8 @@ impl Animator {
         self.send(Command::Fail(class));
     }
 
-    /// Follow one progress event (the fields of `flasher::progress::Event`).
+    /// Follow one progress event (the fields of `flasher::progress::Event`), as
+    /// one message so the thread never shows a half-applied event.
     pub fn on_event(
         &self,
         phase: Phase,
@@ -362,15 +380,15 @@ impl Animator {
         total: Option<u64>,
         error_class: Option<u8>,
     ) {
-        if let (Some(done), Some(total)) = (done, total) {
-            if total > 0 {
-                self.set_progress((done as f64 / total as f64) as f32);
-            }
-        }
-        match (phase, error_class) {
-            (Phase::Failure, Some(c)) => self.fail(c),
-            _ => self.set_phase(phase),
-        }
+        let progress = match (done, total) {
+            (Some(done), Some(total)) if total > 0 => Some((done as f64 / total as f64) as f32),
+            _ => None,
+        };
+        self.send(Command::Event {
+            phase,
+            progress,
+            error_class,
+        });
     }
 
     /// Stop the thread and hand back the LEDs. What they show stays: a static

@@ -127,7 +127,9 @@ impl Pattern {
             leds,
             steps: positions
                 .map(|lit| Step {
-                    levels: (0..leds).map(|i| if i == lit { 1.0 } else { 0.0 }).collect(),
+                    levels: (0..leds)
+                        .map(|i| if i == lit { 1.0 } else { 0.0 })
+                        .collect(),
                     hold: RUNNING_STEP,
                 })
                 .collect(),
@@ -482,10 +484,7 @@ mod tests {
         let p = Pattern::running_light(3);
         assert_eq!(p.led_cycle(0), vec![(1.0, ms(150)), (0.0, ms(450))]);
         // LED 2 is dark at the start and end: the runs merge into one.
-        assert_eq!(
-            p.led_cycle(2),
-            vec![(0.0, ms(450)), (1.0, ms(150))]
-        );
+        assert_eq!(p.led_cycle(2), vec![(0.0, ms(450)), (1.0, ms(150))]);
     }
 
     #[test]
@@ -495,11 +494,26 @@ mod tests {
         }
         assert_eq!(PatternSpec::parse("all-off"), Some(PatternSpec::Off));
         assert_eq!(PatternSpec::parse("disco"), None);
-        assert_eq!(PatternSpec::default_for(Phase::Starting), PatternSpec::Heartbeat);
-        assert_eq!(PatternSpec::default_for(Phase::Searching), PatternSpec::Heartbeat);
-        assert_eq!(PatternSpec::default_for(Phase::Writing), PatternSpec::RunningLight);
-        assert_eq!(PatternSpec::default_for(Phase::Verifying), PatternSpec::SlowBlink);
+        assert_eq!(
+            PatternSpec::default_for(Phase::Starting),
+            PatternSpec::Heartbeat
+        );
+        assert_eq!(
+            PatternSpec::default_for(Phase::Searching),
+            PatternSpec::Heartbeat
+        );
+        assert_eq!(
+            PatternSpec::default_for(Phase::Writing),
+            PatternSpec::RunningLight
+        );
+        assert_eq!(
+            PatternSpec::default_for(Phase::Verifying),
+            PatternSpec::SlowBlink
+        );
         assert_eq!(PatternSpec::default_for(Phase::Success), PatternSpec::Solid);
-        assert_eq!(PatternSpec::default_for(Phase::Failure), PatternSpec::BlinkCode);
+        assert_eq!(
+            PatternSpec::default_for(Phase::Failure),
+            PatternSpec::BlinkCode
+        );
     }
 }

@@ -199,7 +199,11 @@ impl Led for ClassLed {
     }
 
     fn restore(&mut self) -> Result<()> {
-        let trigger = self.triggers.current.clone().unwrap_or_else(|| "none".into());
+        let trigger = self
+            .triggers
+            .current
+            .clone()
+            .unwrap_or_else(|| "none".into());
         self.write("trigger", &trigger)?;
         self.manual = trigger == "none";
         self.last = None;
