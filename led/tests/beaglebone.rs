@@ -154,3 +154,24 @@ fn restore_gives_the_leds_back_to_their_kernel_triggers() {
         );
     }
 }
+
+/// Every shipped board file's `[leds]` table parses, names only known patterns, and
+/// the beaglebone-black one is the 4-LED table the tests above use (docs/leds.md
+/// describes these files).
+#[test]
+fn shipped_board_files_have_valid_led_tables() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/data");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = led::LedConfig::from_board_toml(&read(&path))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if path.ends_with("beaglebone-black.toml") {
+                assert_eq!(config, bbb_config());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no board files under {}", dir.display());
+}
