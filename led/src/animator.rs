@@ -262,7 +262,7 @@ impl Engine {
 }
 
 /// What the animator thread is told.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Command {
     Phase(Phase),
     Progress(f32),
@@ -275,6 +275,8 @@ pub enum Command {
         progress: Option<f32>,
         error_class: Option<u8>,
     },
+    /// Reply once every earlier command has been applied.
+    Sync(Sender<()>),
     Stop,
 }
 
@@ -328,6 +330,11 @@ impl Animator {
                                         engine.set_error_class(c, now);
                                     }
                                     engine.set_phase(phase, now)
+                                }
+                                Command::Sync(reply) => {
+                                    // The caller may have given up waiting; fine.
+                                    let _ = reply.send(());
+                                    engine.deadline()
                                 }
                                 Command::Stop => None,
                             }
@@ -389,6 +396,18 @@ impl Animator {
             progress,
             error_class,
         });
+    }
+
+    /// Wait until every earlier call has reached the LEDs (e.g. before powering
+    /// off on success, or before a test reads a fake tree). Returns at once if the
+    /// thread is gone. With a [`crate::clock::FakeClock`] this wakes the thread like
+    /// any other call.
+    pub fn sync(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(Command::Sync(tx)).is_ok() {
+            // Err: the thread ended (panicked) without replying; nothing to wait for.
+            let _ = rx.recv();
+        }
     }
 
     /// Stop the thread and hand back the LEDs. What they show stays: a static

@@ -127,6 +127,20 @@ fn a_board_missing_one_led_still_shows_success_on_the_rest() {
 }
 
 #[test]
+fn sync_waits_until_the_leds_show_the_phase() {
+    let root = tempfile::tempdir().unwrap();
+    for name in BBB_MAINLINE {
+        add_led(root.path(), name, 255, &triggers("heartbeat", true, true));
+    }
+    let config = bbb_config();
+    let anim = Animator::start(led::open(root.path(), &config, None), &config);
+    anim.set_phase(Phase::Success);
+    anim.sync();
+    check_all_solid(root.path(), &BBB_MAINLINE);
+    drop(anim.stop());
+}
+
+#[test]
 fn restore_gives_the_leds_back_to_their_kernel_triggers() {
     let root = tempfile::tempdir().unwrap();
     for (name, trig) in BBB_MAINLINE
