@@ -20,7 +20,8 @@ pub struct Args {
     /// Root of the /sys and /dev tree (a fake tree in tests).
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
-    /// A built-in board whose LEDs to use (see `flasher boards`).
+    /// A built-in board whose LEDs to use (see `flasher boards`). Without this,
+    /// --board-file or --led, the board is detected under --root.
     #[arg(long, conflicts_with = "board_file")]
     pub board: Option<String>,
     /// A board file (TOML) whose [leds] table to use.
@@ -52,24 +53,27 @@ pub struct Args {
     pub restore: bool,
 }
 
-/// The LED configuration `args` asks for.
-fn config(args: &Args) -> crate::Result<LedConfig> {
-    let mut config = match (&args.board, &args.board_file) {
-        (Some(name), _) => boards::find(name)?.leds,
-        (None, Some(path)) => boards::load_file(path)?.leds,
-        (None, None) if !args.leds.is_empty() => LedConfig::default(),
+/// The LED configuration `args` asks for, and where it came from.
+fn config(args: &Args) -> crate::Result<(LedConfig, String)> {
+    let (mut config, source) = match (&args.board, &args.board_file) {
+        (Some(name), _) => (boards::find(name)?.leds, format!("board {name}")),
+        (None, Some(path)) => {
+            let board = boards::load_file(path)?;
+            let source = format!("board {} from {}", board.name, path.display());
+            (board.leds, source)
+        }
+        (None, None) if !args.leds.is_empty() => (LedConfig::default(), "--led".to_string()),
         (None, None) => {
-            return Err(crate::Error::Usage(format!(
-                "no LEDs to show: name a board with --board NAME (known: {}), a board file \
-                 with --board-file FILE, or LED-class LEDs with --led NAME",
-                boards::builtin_names().join(", ")
-            )))
+            // Nothing named: detect the board under --root, as the init does.
+            let found = boards::detect(&args.root, None, &boards::builtin()?)?;
+            let source = format!("board {} (detected by {})", found.board.name, found.how);
+            (found.board.leds, source)
         }
     };
     config.leds.extend(args.leds.iter().map(|n| LedSpec::Class {
         names: vec![n.clone()],
     }));
-    Ok(config)
+    Ok((config, source))
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
@@ -78,7 +82,7 @@ pub fn run(args: Args) -> crate::Result<()> {
             "--for {s}: give a number of seconds, 0 or more"
         )));
     }
-    let config = config(&args)?;
+    let (config, source) = config(&args)?;
     let spec = config.pattern_for(args.phase).map_err(|e| {
         crate::Error::Usage(format!("{e}; fix the board file's [leds.phases] table"))
     })?;
@@ -95,7 +99,7 @@ pub fn run(args: Args) -> crate::Result<()> {
             .unwrap_or(led::animator::DEFAULT_ERROR_CLASS),
     );
     println!(
-        "phase {}: {} on {} LED{}{}",
+        "{source}, phase {}: {} on {} LED{}{}",
         args.phase,
         spec,
         count,
@@ -284,14 +288,36 @@ mod tests {
     }
 
     #[test]
-    fn nothing_named_is_a_usage_error_and_unknown_board_a_board_error() {
+    fn without_a_board_the_board_is_detected() {
+        let root = tempfile::tempdir().unwrap();
+        let d = add_led(
+            root.path(),
+            "beaglebone:green:heartbeat",
+            "none [heartbeat]",
+        );
+        std::fs::create_dir_all(root.path().join("proc/device-tree")).unwrap();
+        std::fs::write(
+            root.path().join("proc/device-tree/compatible"),
+            "ti,am335x-bone-black\0ti,am335x-bone\0ti,am33xx\0",
+        )
+        .unwrap();
+        run(Args {
+            board: None,
+            ..args(root.path(), Phase::Success)
+        })
+        .unwrap();
+        assert_eq!(read(d.join("brightness")), "255");
+    }
+
+    #[test]
+    fn undetectable_or_unknown_board_is_a_board_error() {
         let root = tempfile::tempdir().unwrap();
         let err = run(Args {
             board: None,
             ..args(root.path(), Phase::Success)
         })
         .unwrap_err();
-        assert!(matches!(err, crate::Error::Usage(_)));
+        assert!(matches!(err, crate::Error::Board(_)), "{err:?}");
         let err = run(Args {
             board: Some("no-such-board".into()),
             ..args(root.path(), Phase::Success)
@@ -301,6 +327,31 @@ mod tests {
             err,
             crate::Error::Board(boards::Error::UnknownBoard { .. })
         ));
+    }
+
+    #[test]
+    fn board_file_gives_the_leds_and_overrides() {
+        let root = tempfile::tempdir().unwrap();
+        let d = add_led(root.path(), "beaglebone:green:usr0", "none [heartbeat]");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/data/beaglebone-black.toml"),
+        )
+        .unwrap();
+        // The board's success phase overridden to all-off.
+        let file = root.path().join("my-bbb.toml");
+        std::fs::write(
+            &file,
+            text.replace("[leds]\n", "[leds]\nphases = { success = \"off\" }\n"),
+        )
+        .unwrap();
+        std::fs::write(d.join("brightness"), "255").unwrap();
+        run(Args {
+            board: None,
+            board_file: Some(file),
+            ..args(root.path(), Phase::Success)
+        })
+        .unwrap();
+        assert_eq!(read(d.join("brightness")), "0");
     }
 
     #[test]
