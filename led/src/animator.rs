@@ -443,3 +443,75 @@ impl Drop for Animator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Recording, RecordingLeds};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn after_a_stall_the_pattern_resumes_from_now() {
+        let leds = RecordingLeds::new(4);
+        let mut e = Engine::new(Box::new(leds.clone()), &LedConfig::default());
+        assert_eq!(e.set_phase(Phase::Writing, ms(0)), Some(ms(150)));
+        // Ten seconds late: one step forward, timed from now, not 66 replayed steps.
+        leds.take();
+        assert_eq!(e.tick(ms(10_000)), Some(ms(10_150)));
+        assert_eq!(
+            leds.take(),
+            [
+                Recording::Set {
+                    idx: 0,
+                    brightness: 0.0
+                },
+                Recording::Set {
+                    idx: 1,
+                    brightness: 1.0
+                },
+            ]
+        );
+        // An early tick changes nothing.
+        assert_eq!(e.tick(ms(10_100)), Some(ms(10_150)));
+        assert!(leds.take().is_empty());
+    }
+
+    /// LEDs whose every write fails, counting the attempts.
+    struct Broken(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl Leds for Broken {
+        fn count(&self) -> usize {
+            2
+        }
+        fn set(&mut self, _: usize, _: f32) -> Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(crate::Error::Io {
+                path: "/sys/class/leds/x/brightness".into(),
+                source: std::io::Error::from_raw_os_error(5),
+            })
+        }
+    }
+
+    #[test]
+    fn failing_leds_never_stop_the_animation() {
+        let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut e = Engine::new(Box::new(Broken(tries.clone())), &LedConfig::default());
+        assert_eq!(e.set_phase(Phase::Verifying, ms(0)), Some(ms(500)));
+        assert_eq!(e.tick(ms(500)), Some(ms(1000)));
+        assert_eq!(e.set_phase(Phase::Success, ms(700)), None);
+        // Every step was still attempted on both LEDs (a broken LED may recover).
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 6);
+        assert!(e.complained.iter().all(|&c| c));
+    }
+
+    #[test]
+    fn zero_leds_need_no_wakeups() {
+        let leds = RecordingLeds::new(0);
+        let mut e = Engine::new(Box::new(leds.clone()), &LedConfig::default());
+        assert_eq!(e.set_phase(Phase::Writing, ms(0)), None);
+        // The phase is still announced (for the event sink).
+        assert_eq!(leds.announcements().len(), 1);
+    }
+}
