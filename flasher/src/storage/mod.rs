@@ -369,17 +369,20 @@ fn numbered(component: &str, prefix: &str) -> bool {
         .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Recognises the path component that marks a transport.
+type Marker = fn(&str) -> bool;
+
 /// Transport and controller from a resolved device path's components.
 fn classify(path: &str) -> (Option<Transport>, Option<String>) {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let before = |i: usize| (i > 0).then(|| comps[i - 1].to_string());
     // USB first: a card reader or a USB-SATA bridge is still a USB disk.
-    let markers: [(Transport, &dyn Fn(&str) -> bool); 5] = [
-        (Transport::Usb, &|c| numbered(c, "usb")),
-        (Transport::Mmc, &|c| c == "mmc_host"),
-        (Transport::Nvme, &|c| c == "nvme"),
-        (Transport::Virtio, &|c| numbered(c, "virtio")),
-        (Transport::Sata, &|c| numbered(c, "ata")),
+    let markers: [(Transport, Marker); 5] = [
+        (Transport::Usb, |c| numbered(c, "usb")),
+        (Transport::Mmc, |c| c == "mmc_host"),
+        (Transport::Nvme, |c| c == "nvme"),
+        (Transport::Virtio, |c| numbered(c, "virtio")),
+        (Transport::Sata, |c| numbered(c, "ata")),
     ];
     for (transport, is_marker) in markers {
         if let Some(i) = comps.iter().position(|c| is_marker(c)) {
@@ -403,7 +406,13 @@ fn relative_to_root(root_real: &Path, real: &Path, shown: &Path) -> Result<Strin
 
 /// Mount points and swap users by device number, from `/proc/self/mountinfo`
 /// and `/proc/swaps`.
-fn read_uses(root: &Path) -> Result<(HashMap<DevNum, Vec<String>>, Vec<String>)> {
+/// Mount points by device number, and the kernel names used as swap.
+struct Uses {
+    mounts: HashMap<DevNum, Vec<String>>,
+    swaps: Vec<String>,
+}
+
+fn read_uses(root: &Path) -> Result<Uses> {
     let path = under(root, "/proc/self/mountinfo");
     // Fail closed: without mountinfo we cannot tell whether a disk is in use.
     let text = std::fs::read_to_string(&path).map_err(io_err(format!(
@@ -428,7 +437,7 @@ fn read_uses(root: &Path) -> Result<(HashMap<DevNum, Vec<String>>, Vec<String>)>
         .filter_map(|l| l.split_whitespace().next())
         .filter_map(|p| p.strip_prefix("/dev/").map(str::to_string))
         .collect();
-    Ok((mounts, swaps))
+    Ok(Uses { mounts, swaps })
 }
 
 fn list_dir(path: &Path) -> Result<Vec<String>> {
@@ -450,7 +459,7 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
     let sys_block = under(root, "/sys/block");
     let root_real =
         std::fs::canonicalize(root).map_err(io_err(format!("resolve {}", root.display())))?;
-    let (mounts, swaps) = read_uses(root)?;
+    let Uses { mounts, swaps } = read_uses(root)?;
     let mut disks = Vec::new();
     for name in list_dir(&sys_block)? {
         if skipped(&name) {
