@@ -96,6 +96,18 @@ fn error_class(e: &crate::Error) -> u8 {
 }
 
 impl Report {
+    /// Things that look wrong without being refusals.
+    pub fn warnings(&self) -> Vec<String> {
+        let (Some(d), Some(b)) = (&self.board, &self.boot) else {
+            return Vec::new();
+        };
+        self.disks
+            .iter()
+            .filter(|disk| disk.dev == b.dev)
+            .filter_map(|disk| storage::boot_medium_note(&d.board, disk))
+            .collect()
+    }
+
     /// Human-readable lines.
     pub fn text(&self) -> String {
         let mut out = String::new();
@@ -140,6 +152,9 @@ impl Report {
                 );
             }
         }
+        for w in self.warnings() {
+            let _ = writeln!(out, "warning: {w}");
+        }
         if let Some(c) = &self.choice {
             let _ = writeln!(out, "target: {} ({})", c.disk.name, c.reason);
             for r in &c.rejected {
@@ -177,6 +192,7 @@ impl Report {
                 "size_bytes": c.disk.size_bytes,
                 "reason": c.reason,
             })),
+            "warnings": self.warnings(),
             "rejected": self.choice.as_ref().map(|c| c.rejected.clone()).unwrap_or_default(),
             "error": self.error.as_ref().map(|e| serde_json::json!({
                 "message": e.to_string(),
@@ -266,10 +282,12 @@ mod tests {
             (Some("qemu-x86_64-nuc"), Some("nvme0n1"))
         );
 
-        // --board beats the cmdline; the SD board finds no mmc disk here.
+        // --board beats the cmdline; the SD board finds no mmc disk here, and the
+        // USB boot medium is not where that board expects its card.
         let mut a = args(t.path());
         a.board = Some("qemu-x86_64-sd".into());
         let r = report(&a);
+        assert_eq!(r.warnings().len(), 1);
         assert_eq!(r.board.as_ref().unwrap().how, boards::How::Named);
         assert!(matches!(
             r.error,

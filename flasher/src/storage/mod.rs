@@ -607,6 +607,35 @@ pub fn find_boot_medium(disks: &[Disk], explicit: Option<&str>) -> Result<Option
     }
 }
 
+/// A warning when the boot medium is not where `board` expects its flasher card
+/// (another transport or controller): usually a wrong `flasher.board=`.
+pub fn boot_medium_note(board: &Board, disk: &Disk) -> Option<String> {
+    let hints = &board.boot_medium;
+    let transport_ok = hints.transports.is_empty()
+        || disk
+            .transport
+            .is_some_and(|t| hints.transports.contains(&t));
+    let controller_ok =
+        hints.controllers.is_empty() || hints.controllers.iter().any(|c| disk.on_controller(c));
+    if transport_ok && controller_ok {
+        return None;
+    }
+    let mut want = Vec::new();
+    if !hints.transports.is_empty() {
+        let t: Vec<String> = hints.transports.iter().map(|t| t.to_string()).collect();
+        want.push(format!("via {}", t.join(" or ")));
+    }
+    if !hints.controllers.is_empty() {
+        want.push(format!("on {}", hints.controllers.join(" or ")));
+    }
+    Some(format!(
+        "boot medium {} is not where {} expects its flasher card ({}); is the board right?",
+        disk.summary(None),
+        board.name,
+        want.join(" ")
+    ))
+}
+
 /// Why `disk` does not match `board`'s target rules, or its preference rank
 /// (index into `transports`; lower is better).
 fn rank(board: &Board, disk: &Disk) -> Result<usize, String> {
@@ -617,6 +646,16 @@ fn rank(board: &Board, disk: &Disk) -> Result<usize, String> {
     let Some(rank) = rules.transports.iter().position(|x| *x == t) else {
         return Err(format!("transport {t} not allowed"));
     };
+    // Defence in depth: even without a payload partition to recognise it by,
+    // a disk on the board's boot-medium controller is the card slot, not the target.
+    if let Some(c) = board
+        .boot_medium
+        .controllers
+        .iter()
+        .find(|c| disk.on_controller(c))
+    {
+        return Err(format!("on {c}, the board's boot-medium slot"));
+    }
     if !rules.controllers.is_empty() && !rules.controllers.iter().any(|c| disk.on_controller(c)) {
         return Err(format!(
             "on {}, not {}",

@@ -411,3 +411,20 @@ fn sizes_read_like_labels() {
     assert_eq!(human_size(512), "512 B");
     assert_eq!(human_size(256 << 20), "268.4 MB");
 }
+
+#[test]
+fn the_boot_medium_slot_is_never_the_target_even_without_a_payload() {
+    // An eMMC-type card in the BeagleBone's microSD slot and no payload partition
+    // anywhere (e.g. detect on a running system): still not a target.
+    let t = tempfile::tempdir().unwrap();
+    let mut r = FakeRoot::new(t.path()).unwrap();
+    r.mmc("platform/ocp/48060000.mmc", 0, 0, "MMC", 4 << 30, true)
+        .unwrap();
+    let disks = scan(t.path()).unwrap();
+    let b = board("beaglebone-black");
+    let err = choose_target(&b, &disks, None).unwrap_err();
+    assert!(matches!(err, Error::NoMatch { .. }), "{err:?}");
+    assert!(boot_medium_note(&b, &disks[0]).is_none());
+    // The QEMU NUC board's stick is USB; an mmc boot medium draws a warning.
+    assert!(boot_medium_note(&board("qemu-x86_64-nuc"), &disks[0]).is_some());
+}
