@@ -96,6 +96,26 @@ fn error_class(e: &crate::Error) -> u8 {
 }
 
 impl Report {
+    /// Why each disk is not the target: from the choice, or, after a refusal,
+    /// recomputed per disk so the report still explains every disk.
+    pub fn rejected(&self) -> Vec<storage::Rejection> {
+        if let Some(c) = &self.choice {
+            return c.rejected.clone();
+        }
+        let Some(d) = &self.board else {
+            return Vec::new();
+        };
+        self.disks
+            .iter()
+            .filter_map(|disk| {
+                storage::why_not(&d.board, disk, self.boot.as_ref()).map(|why| storage::Rejection {
+                    disk: disk.name.clone(),
+                    why,
+                })
+            })
+            .collect()
+    }
+
     /// Things that look wrong without being refusals.
     pub fn warnings(&self) -> Vec<String> {
         let (Some(d), Some(b)) = (&self.board, &self.boot) else {
@@ -161,6 +181,11 @@ impl Report {
                 let _ = writeln!(out, "  not {}: {}", r.disk, r.why);
             }
         }
+        if self.choice.is_none() {
+            for r in self.rejected() {
+                let _ = writeln!(out, "  not {}: {}", r.disk, r.why);
+            }
+        }
         if let Some(e) = &self.error {
             let _ = writeln!(out, "refused: {e}");
         }
@@ -193,7 +218,7 @@ impl Report {
                 "reason": c.reason,
             })),
             "warnings": self.warnings(),
-            "rejected": self.choice.as_ref().map(|c| c.rejected.clone()).unwrap_or_default(),
+            "rejected": self.rejected(),
             "error": self.error.as_ref().map(|e| serde_json::json!({
                 "message": e.to_string(),
                 "class": error_class(e),
@@ -258,6 +283,11 @@ mod tests {
         assert_eq!(j["board"], "beaglebone-black");
         assert!(j["target"].is_null());
         assert_eq!(j["error"]["class"], 1);
+        assert_eq!(j["rejected"][0]["disk"], "mmcblk0");
+        assert!(j["rejected"][0]["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("boot medium"));
         assert!(r
             .text()
             .contains("mmcblk0: SD 15.9 GB on 48060000.mmc (boot medium)"));

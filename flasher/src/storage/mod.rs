@@ -105,8 +105,8 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A block device number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// A block device number. Serialized as `"major:minor"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DevNum {
     pub major: u32,
     pub minor: u32,
@@ -115,6 +115,12 @@ pub struct DevNum {
 impl fmt::Display for DevNum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl Serialize for DevNum {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -475,7 +481,7 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
         let device = dir.join("device");
         let mut other_paths = Vec::new();
         let mut model = read_opt(&device.join("model")).or_else(|| read_opt(&device.join("name")));
-        let mut serial = read_opt(&device.join("serial"));
+        let mut serial = read_opt(&device.join("serial")).or_else(|| read_opt(&dir.join("serial")));
         if device_path.contains("/nvme-subsystem/") {
             // Multipath NVMe: the head disk lives under the subsystem, which links
             // to each controller (linux drivers/nvme/host/core.c, nvme_init_subsystem).
@@ -634,6 +640,18 @@ pub fn boot_medium_note(board: &Board, disk: &Disk) -> Option<String> {
         board.name,
         want.join(" ")
     ))
+}
+
+/// Why `disk` is not a target candidate for `board` (None: it matches the rules
+/// and is not the boot medium). For reports; [`choose_target`] decides.
+pub fn why_not(board: &Board, disk: &Disk, boot: Option<&BootMedium>) -> Option<String> {
+    let is_boot = boot.is_some_and(|b| b.dev == disk.dev);
+    match (rank(board, disk), is_boot) {
+        (Ok(_), true) => Some("boot medium".into()),
+        (Err(why), true) => Some(format!("boot medium; {why}")),
+        (Err(why), false) => Some(why),
+        (Ok(_), false) => None,
+    }
 }
 
 /// Why `disk` does not match `board`'s target rules, or its preference rank
