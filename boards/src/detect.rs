@@ -34,7 +34,7 @@ pub enum How {
 impl std::fmt::Display for How {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            How::Named => write!(f, "named by the caller (--board)"),
+            How::Named => write!(f, "its name (--board or flasher.board=)"),
             How::Cmdline => write!(f, "flasher.board= on the kernel command line"),
             How::Compatible(c) => write!(f, "device-tree compatible {c:?}"),
             How::Dmi(d) => write!(f, "DMI {d}"),

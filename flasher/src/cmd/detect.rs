@@ -136,7 +136,7 @@ impl Report {
             Some(d) => {
                 let _ = writeln!(
                     out,
-                    "board:  {} ({}; {})",
+                    "board:  {} ({}; selected by {})",
                     d.board.name, d.board.status, d.how
                 );
                 let _ = writeln!(out, "rules:  {}", d.board.target.describe());
