@@ -171,9 +171,11 @@ pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Dete
         let hit = board.identity.dmi.iter().find(|m| {
             let fields = m.fields();
             !fields.is_empty()
-                && fields
-                    .iter()
-                    .all(|(f, pat)| value(f).is_some_and(|v| glob_match(pat, v)))
+                && fields.iter().all(|(f, pat)| {
+                    // Firmware is inconsistent about case ("intel" from U-Boot's
+                    // SMBIOS, "Intel Corporation" from AMI), so DMI ignores it.
+                    value(f).is_some_and(|v| glob_match(&pat.to_lowercase(), &v.to_lowercase()))
+                })
         });
         if let Some(m) = hit {
             let evidence = m

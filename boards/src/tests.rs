@@ -351,6 +351,15 @@ fn detect_by_dmi_and_qemu_needs_cmdline() {
     assert_eq!(d.board.name, "intel-nuc");
     assert!(matches!(d.how, How::Dmi(_)));
 
+    // DMI matching ignores case: U-Boot's SMBIOS on an Edison says "intel"/"edison".
+    let r = tempfile::tempdir().unwrap();
+    write(r.path(), "sys/class/dmi/id/sys_vendor", b"intel\n");
+    write(r.path(), "sys/class/dmi/id/product_name", b"edison\n");
+    assert_eq!(
+        detect(r.path(), None, &boards).unwrap().board.name,
+        "intel-edison"
+    );
+
     // QEMU's DMI matches no board: the QEMU boards are chosen by cmdline only.
     let r = tempfile::tempdir().unwrap();
     write(r.path(), "sys/class/dmi/id/sys_vendor", b"QEMU\n");

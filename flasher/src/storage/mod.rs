@@ -349,8 +349,17 @@ fn read_dev(path: &Path) -> Result<DevNum> {
     })
 }
 
-fn read_flag(path: &Path) -> Result<bool> {
-    Ok(read_trim(path)? == "1")
+/// A 0/1 attribute; absent counts as 0 (the kernel always has `ro` and
+/// `removable`; hand-made trees may leave them out).
+fn read_flag_or_false(path: &Path) -> Result<bool> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim() == "1"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Io {
+            context: format!("read {}", path.display()),
+            source,
+        }),
+    }
 }
 
 /// Kernel names that are never whole disks we could flash.
@@ -380,6 +389,34 @@ type Marker = fn(&str) -> bool;
 
 /// Transport and controller from a resolved device path's components.
 fn classify(path: &str) -> (Option<Transport>, Option<String>) {
+    let (t, c) = classify_by_markers(path);
+    if t.is_some() {
+        return (t, c);
+    }
+    // Fallback for trees without the usual marker directories: the kernel name.
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let name = comps.last().copied().unwrap_or_default();
+    let before = |pred: &dyn Fn(&str) -> bool| {
+        comps
+            .iter()
+            .position(|c| pred(c))
+            .filter(|i| *i > 0)
+            .map(|i| comps[i - 1].to_string())
+    };
+    if name.starts_with("mmcblk") {
+        // `.../<controller>/mmcN/mmcN:RCA/block/mmcblkM`
+        return (Some(Transport::Mmc), before(&|c| numbered(c, "mmc")));
+    }
+    if name.starts_with("nvme") {
+        return (Some(Transport::Nvme), None);
+    }
+    if name.starts_with("vd") {
+        return (Some(Transport::Virtio), None);
+    }
+    (None, None)
+}
+
+fn classify_by_markers(path: &str) -> (Option<Transport>, Option<String>) {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let before = |i: usize| (i > 0).then(|| comps[i - 1].to_string());
     // USB first: a card reader or a USB-SATA bridge is still a USB disk.
@@ -420,11 +457,22 @@ struct Uses {
 
 fn read_uses(root: &Path) -> Result<Uses> {
     let path = under(root, "/proc/self/mountinfo");
-    // Fail closed: without mountinfo we cannot tell whether a disk is in use.
-    let text = std::fs::read_to_string(&path).map_err(io_err(format!(
-        "read {} (is /proc mounted?)",
-        path.display()
-    )))?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        // A captured or generated tree without /proc has nothing mounted from it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && root != Path::new("/") => {
+            tracing::warn!("{} missing; assuming nothing is mounted", path.display());
+            String::new()
+        }
+        // Fail closed on the live system: without mountinfo we cannot tell
+        // whether a disk is in use.
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("read {} (is /proc mounted?)", path.display()),
+                source,
+            })
+        }
+    };
     let mut mounts: HashMap<DevNum, Vec<String>> = HashMap::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -511,7 +559,12 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
         let boot_partitions = ["boot0", "boot1"]
             .iter()
             .map(|s| format!("{name}{s}"))
-            .filter(|b| name.starts_with("mmcblk") && sys_block.join(b).exists())
+            .filter(|b| {
+                // Listed in /sys/block, or at least next to the disk under the card.
+                name.starts_with("mmcblk")
+                    && (sys_block.join(b).exists()
+                        || dir.parent().is_some_and(|p| p.join(b).is_dir()))
+            })
             .collect();
 
         let mut uses = Vec::new();
@@ -561,8 +614,8 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
             controller,
             boot_partitions,
             size_bytes: sectors * 512,
-            read_only: read_flag(&dir.join("ro"))?,
-            removable: read_flag(&dir.join("removable"))?,
+            read_only: read_flag_or_false(&dir.join("ro"))?,
+            removable: read_flag_or_false(&dir.join("removable"))?,
             model,
             serial,
             cid: read_opt(&device.join("cid")),
