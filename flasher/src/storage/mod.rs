@@ -584,21 +584,36 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
         let mut partitions = Vec::new();
         for entry in list_dir(&dir)? {
             let pdir = dir.join(&entry);
-            if !pdir.join("partition").is_file() {
+            let uevent = read_opt(&pdir.join("uevent")).unwrap_or_default();
+            let field = |key: &str| {
+                uevent
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).map(str::to_string))
+            };
+            // The kernel marks partitions with a `partition` file; accept a
+            // `DEVTYPE=partition` uevent too (hand-made trees).
+            let has_file = pdir.join("partition").is_file();
+            if !has_file && field("DEVTYPE=").as_deref() != Some("partition") {
                 continue;
             }
+            let number = if has_file {
+                parse_num(&pdir.join("partition"))?
+            } else {
+                field("PARTN=")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| Error::Malformed {
+                        path: pdir.display().to_string(),
+                        what: "partition without a partition file or PARTN=".into(),
+                    })?
+            };
             let pdev = read_dev(&pdir.join("dev"))?;
-            let partname = read_opt(&pdir.join("uevent")).and_then(|u| {
-                u.lines()
-                    .find_map(|l| l.strip_prefix("PARTNAME=").map(str::to_string))
-            });
             note_uses(&entry, pdev, &pdir);
             partitions.push(Partition {
                 dev_path: under(root, &format!("/dev/{entry}")),
-                number: parse_num(&pdir.join("partition"))?,
+                number,
                 size_bytes: parse_num::<u64>(&pdir.join("size"))? * 512,
                 dev: pdev,
-                partname,
+                partname: field("PARTNAME="),
                 name: entry,
             });
         }

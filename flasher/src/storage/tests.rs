@@ -473,3 +473,19 @@ fn the_boot_medium_slot_is_never_the_target_even_without_a_payload() {
     // The QEMU NUC board's stick is USB; an mmc boot medium draws a warning.
     assert!(boot_medium_note(&board("qemu-x86_64-nuc"), &disks[0]).is_some());
 }
+
+#[test]
+fn partitions_marked_only_by_uevent_are_found() {
+    let t = tempfile::tempdir().unwrap();
+    scenarios::beaglebone(t.path(), Some(1)).unwrap();
+    let p2 = t.path().join("sys/block/mmcblk0/mmcblk0p2");
+    std::fs::remove_file(p2.join("partition")).unwrap();
+    let disks = scan(t.path()).unwrap();
+    let sd = disk(&disks, "mmcblk0");
+    assert_eq!(sd.partitions.len(), 3);
+    assert_eq!(sd.partitions[1].number, 2);
+    assert_eq!(
+        find_boot_medium(&disks, None).unwrap().unwrap().disk,
+        "mmcblk0"
+    );
+}
