@@ -165,6 +165,15 @@ pub fn validate(board: &Board) -> Result<(), String> {
     {
         return Err("target.controllers entries must be one path component like \"481d8000.mmc\" or \"0000:00:06.0\"".into());
     }
+    if let Some(c) = rules
+        .controllers
+        .iter()
+        .find(|c| board.boot_medium.controllers.contains(c))
+    {
+        return Err(format!(
+            "controller {c} is listed both for the target and for the boot medium"
+        ));
+    }
     for p in &board.bootloader {
         if let Placement::EmmcBoot { .. } = p {
             if !rules.require_boot_partitions {
@@ -250,6 +259,14 @@ pub fn with_override(mut boards: Vec<Board>, extra: Board) -> Vec<Board> {
     boards.push(extra);
     boards.sort_by(|a, b| a.name.cmp(&b.name));
     boards
+}
+
+/// A board as TOML, in the board-file format (what `flasher boards NAME` prints).
+pub fn to_toml(board: &Board) -> Result<String> {
+    toml::to_string(board).map_err(|e| Error::Invalid {
+        file: board.name.clone(),
+        reason: format!("cannot be written as TOML: {e}"),
+    })
 }
 
 /// `root` joined with an absolute path like `/proc/cmdline`.
