@@ -7,6 +7,8 @@
 //! only drives them.
 
 pub mod cmd;
+pub mod demo;
 pub mod error;
+pub mod qemu;
 
 pub use error::{Error, Result};
