@@ -7,6 +7,8 @@
 //! only drives them.
 
 pub mod cmd;
+pub mod disk;
 pub mod error;
+pub mod fat;
 
 pub use error::{Error, Result};
