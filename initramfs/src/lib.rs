@@ -7,8 +7,10 @@
 //! only drives them.
 
 pub mod cmd;
+pub mod cpio;
 pub mod disk;
 pub mod error;
 pub mod fat;
+pub mod modules;
 
 pub use error::{Error, Result};
