@@ -7,8 +7,12 @@
 //! only drives them.
 
 pub mod cmd;
+pub mod cpio;
 pub mod demo;
+pub mod disk;
 pub mod error;
+pub mod fat;
+pub mod modules;
 pub mod qemu;
 
 pub use error::{Error, Result};
