@@ -33,7 +33,9 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// The guest serial port the flasher writes JSON events to.
 pub const EVENTS_TTY: &str = "/dev/ttyS1";
 const QEMU: &str = "qemu-system-x86_64";
-
+/// OVMF prints this when it found nothing bootable and fell back to its shell:
+/// the run can stop there instead of waiting for the timeout.
+pub const FIRMWARE_GAVE_UP: &str = "UEFI Interactive Shell";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{binary} not found: run qemu-fixtures/setup to install QEMU and OVMF")]
@@ -218,6 +220,8 @@ pub struct QemuOutcome {
     pub timed_out: bool,
     /// The harness killed QEMU for a `power-cut-at` fault.
     pub power_cut: bool,
+    /// OVMF found nothing bootable (the card did not boot) and the run was stopped.
+    pub firmware_gave_up: bool,
     /// Guest serial console (ttyS0) and QEMU's own stderr.
     pub console_log: String,
     pub elapsed: Duration,
@@ -286,7 +290,9 @@ impl QemuOutcome {
                 last_phase,
             });
         }
-        let how = if self.rebooted {
+        let how = if self.firmware_gave_up {
+            "OVMF found nothing bootable on the card and stopped in its shell".to_string()
+        } else if self.rebooted {
             "the guest rebooted".to_string()
         } else if self.console_log.contains("Kernel panic") {
             "kernel panic".to_string()
@@ -625,6 +631,7 @@ struct Ended {
     status: Option<std::process::ExitStatus>,
     timed_out: bool,
     power_cut: bool,
+    gave_up: bool,
     console: String,
     events: Vec<Value>,
     elapsed: Duration,
@@ -654,7 +661,7 @@ fn supervise(
             }
         }
     };
-    let (mut timed_out, mut power_cut) = (false, false);
+    let (mut timed_out, mut power_cut, mut gave_up) = (false, false, false);
     let status = loop {
         let st = run
             .child
@@ -679,6 +686,18 @@ fn supervise(
                 break None;
             }
         }
+        let in_shell = {
+            let c = run.console.lock().unwrap_or_else(|e| e.into_inner());
+            // The banner is short; look only at the tail so this stays cheap.
+            let tail = &c[c.len().saturating_sub(8192)..];
+            String::from_utf8_lossy(tail).contains(FIRMWARE_GAVE_UP)
+        };
+        if in_shell {
+            gave_up = true;
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            break None;
+        }
         if start.elapsed() >= timeout {
             timed_out = true;
             let _ = run.child.kill();
@@ -699,6 +718,7 @@ fn supervise(
         status,
         timed_out,
         power_cut,
+        gave_up,
         console,
         events,
         elapsed: start.elapsed(),
@@ -909,6 +929,7 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
         rebooted: exited && end.console.contains("reboot: Restarting system"),
         timed_out: end.timed_out,
         power_cut: end.power_cut,
+        firmware_gave_up: end.gave_up,
         events: end.events,
         console_log: end.console,
         elapsed: end.elapsed,
@@ -926,7 +947,12 @@ pub fn boot_disk(
     timeout: Duration,
     expect_marker: &str,
 ) -> Result<bool> {
-    Ok(boot_disk_log(board, disk, timeout)?.contains(expect_marker))
+    // A disk with no readable boot partition (sd board) simply does not boot.
+    match boot_disk_log(board, disk, timeout) {
+        Ok(log) => Ok(log.contains(expect_marker)),
+        Err(Error::Card { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// [`boot_disk`], returning the whole console log.
@@ -1098,6 +1124,7 @@ mod tests {
             rebooted: false,
             timed_out: false,
             power_cut: false,
+            firmware_gave_up: false,
             console_log: String::new(),
             elapsed: Duration::ZERO,
             card_used: PathBuf::new(),
