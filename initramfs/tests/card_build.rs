@@ -253,3 +253,34 @@ fn raw_image_payload_is_refused() {
         .unwrap();
     assert!(matches!(*inner, card::Error::NotABundle { .. }));
 }
+
+#[test]
+fn real_kernel_and_systemd_boot_when_cached() {
+    let root = card::project_root();
+    let (Some(kernel), Some(modules)) = (card::qemu_kernel(&root), card::qemu_modules_dir(&root))
+    else {
+        eprintln!("qemu-fixtures/cache has no kernel (run qemu-fixtures/setup); skipped");
+        return;
+    };
+    let f = fixture();
+    let mut a = args(&f, "qemu-x86_64-sd", "sd.img");
+    a.kernel = None; // default: the cached kernel
+    a.systemd_boot = None; // default: the cached systemd-boot
+    a.kernel_modules = None; // default: the cached module tree
+    let out = a.output.clone();
+    build::run(a).unwrap();
+    let verify = run(Command::new("sfdisk").arg("--verify").arg(&out));
+    assert!(verify.contains("No errors detected"), "{verify}");
+    fsck_boot(&out, &f.dir);
+    let mut vol = card::open_boot(&out).unwrap();
+    assert_eq!(
+        fat::read_file(&mut vol, "vmlinuz").unwrap(),
+        std::fs::read(kernel).unwrap()
+    );
+    let efi = fat::read_file(&mut vol, "EFI/BOOT/BOOTX64.EFI").unwrap();
+    assert_eq!(&efi[..2], b"MZ");
+    let ird = fat::read_file(&mut vol, "initramfs").unwrap();
+    let recs = initramfs::cpio::parse(&initramfs::cpio::decompress(&ird).unwrap()).unwrap();
+    assert!(recs.iter().any(|r| r.name == "lib/modules/sdhci-pci.ko"));
+    let _ = modules;
+}
