@@ -152,6 +152,9 @@ pub struct CardSpec {
     pub log_size: u64,
     /// flash-boot size; 0 sizes it from its contents.
     pub boot_size: u64,
+    /// Minimum image size (0: just what the partitions need), e.g. a power of
+    /// two for QEMU's sd-card. The rest stays unpartitioned.
+    pub image_size: u64,
 }
 
 /// The kernel command line the card boots with.
@@ -279,22 +282,18 @@ pub struct CardReport {
     pub boot_files: Vec<String>,
 }
 
-/// Build the card image at `out`.
-pub fn build_card(out: &Path, spec: &CardSpec) -> crate::Result<CardReport> {
-    check_bundle(&spec.payload)?;
-    let files = boot_files(spec)?;
-    let boot_size = if spec.boot_size == 0 {
-        boot_size_for(&files)
-    } else {
-        spec.boot_size
-    };
-    let boot = fat::make_fat(boot_size, BOOT_LABEL, &files)?;
-    let table = if is_x86(&spec.board) {
+fn table_for(board: &boards::Board) -> Table {
+    if is_x86(board) {
         Table::Gpt
     } else {
         Table::Mbr
-    };
-    let parts = [
+    }
+}
+
+/// The three partitions, with flash-boot's contents given.
+fn partitions(spec: &CardSpec, boot_size: u64, boot: Contents) -> Vec<PartSpec> {
+    let table = table_for(&spec.board);
+    vec![
         PartSpec {
             name: BOOT_NAME.into(),
             kind: match table {
@@ -303,7 +302,7 @@ pub fn build_card(out: &Path, spec: &CardSpec) -> crate::Result<CardReport> {
             },
             size: boot_size,
             bootable: table == Table::Mbr,
-            contents: Contents::Bytes(boot),
+            contents: boot,
         },
         PartSpec {
             name: PAYLOAD_NAME.into(),
@@ -319,8 +318,33 @@ pub fn build_card(out: &Path, spec: &CardSpec) -> crate::Result<CardReport> {
             bootable: false,
             contents: Contents::Zero,
         },
-    ];
-    let report = disk::write_disk(out, table, &parts)?;
+    ]
+}
+
+fn boot_size(spec: &CardSpec, files: &[FatFile]) -> u64 {
+    if spec.boot_size == 0 {
+        boot_size_for(files)
+    } else {
+        spec.boot_size
+    }
+}
+
+/// The image size the partitions need, before any `image_size` padding.
+pub fn natural_size(spec: &CardSpec) -> crate::Result<u64> {
+    let files = boot_files(spec)?;
+    let parts = partitions(spec, boot_size(spec, &files), Contents::Zero);
+    Ok(disk::layout(table_for(&spec.board), &parts)?.size)
+}
+
+/// Build the card image at `out`.
+pub fn build_card(out: &Path, spec: &CardSpec) -> crate::Result<CardReport> {
+    check_bundle(&spec.payload)?;
+    let files = boot_files(spec)?;
+    let size = boot_size(spec, &files);
+    let boot = fat::make_fat(size, BOOT_LABEL, &files)?;
+    let table = table_for(&spec.board);
+    let parts = partitions(spec, size, Contents::Bytes(boot));
+    let report = disk::write_disk_sized(out, table, &parts, spec.image_size)?;
     Ok(CardReport {
         table,
         disk: report,
@@ -360,6 +384,7 @@ mod tests {
             cmdline_extra: " console=ttyS0,115200n8 ".into(),
             log_size: DEFAULT_LOG_SIZE,
             boot_size: 0,
+            image_size: 0,
         };
         assert_eq!(
             cmdline(&spec),

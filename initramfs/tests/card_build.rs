@@ -92,6 +92,8 @@ fn args(f: &Fixture, board: &str, out: &str) -> build::Args {
         systemd_boot: Some(f.sdboot.clone()),
         cmdline: "flasher.verify=full".into(),
         log_size: 1 << 20,
+        image_size: 0,
+        power_of_two: false,
     }
 }
 
@@ -267,8 +269,10 @@ fn real_kernel_and_systemd_boot_when_cached() {
     a.kernel = None; // default: the cached kernel
     a.systemd_boot = None; // default: the cached systemd-boot
     a.kernel_modules = None; // default: the cached module tree
+    a.power_of_two = true; // QEMU's sd-card needs it
     let out = a.output.clone();
     build::run(a).unwrap();
+    assert!(std::fs::metadata(&out).unwrap().len().is_power_of_two());
     let verify = run(Command::new("sfdisk").arg("--verify").arg(&out));
     assert!(verify.contains("No errors detected"), "{verify}");
     fsck_boot(&out, &f.dir);

@@ -44,6 +44,13 @@ pub struct Args {
     /// flasher-log partition size in bytes.
     #[arg(long, default_value_t = card::DEFAULT_LOG_SIZE)]
     pub log_size: u64,
+    /// Make the image at least this many bytes (e.g. 67108864: QEMU's sd-card
+    /// needs a power of two). The backup GPT goes at the real end.
+    #[arg(long, default_value_t = 0)]
+    pub image_size: u64,
+    /// Round the image size up to a power of two (for QEMU's sd-card).
+    #[arg(long)]
+    pub power_of_two: bool,
 }
 
 /// Resolve defaults into a [`CardSpec`], building the initramfs if needed.
@@ -113,11 +120,17 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         cmdline_extra: args.cmdline.clone(),
         log_size: args.log_size,
         boot_size: 0,
+        image_size: args.image_size,
     })
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
-    let spec = spec_from_args(&args)?;
+    let mut spec = spec_from_args(&args)?;
+    if args.power_of_two {
+        // Lay out once to learn the natural size, then round it up.
+        let natural = card::natural_size(&spec)?;
+        spec.image_size = spec.image_size.max(natural).next_power_of_two();
+    }
     let r = card::build_card(&args.output, &spec)?;
     println!(
         "card {}: {} bytes, {:?}",
