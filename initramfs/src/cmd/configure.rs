@@ -3,6 +3,7 @@
 //!
 //! - `config.json`: a JSON object; `hostname` and `persistentLogging` are set,
 //!   other keys already there are kept;
+//! - `hostname`: the host name on one line (the init copies it as is);
 //! - `system-connections/wifi`: a NetworkManager keyfile for the Wi-Fi network.
 
 use std::io::{Read, Seek, Write};
@@ -45,6 +46,7 @@ pub struct Settings {
 
 pub const CONFIG_JSON: &str = "config.json";
 pub const WIFI_CONNECTION: &str = "system-connections/wifi";
+pub const HOSTNAME: &str = "hostname";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -134,6 +136,9 @@ pub fn apply<D: Read + Write + Seek>(mut vol: D, s: &Settings) -> crate::Result<
         text.push('\n');
         fat::write_file(&mut vol, CONFIG_JSON, text.as_bytes())?;
     }
+    if let Some(h) = &s.hostname {
+        fat::write_file(&mut vol, HOSTNAME, format!("{h}\n").as_bytes())?;
+    }
     if let Some((ssid, psk)) = &s.wifi {
         fat::write_file(&mut vol, WIFI_CONNECTION, nm_keyfile(ssid, psk).as_bytes())?;
     }
@@ -200,6 +205,7 @@ mod tests {
         assert_eq!(cfg["hostname"], "unit-7");
         assert_eq!(cfg["persistentLogging"], true);
         assert_eq!(cfg["installer"]["x"], 1);
+        assert_eq!(fat::read_file(&mut vol, HOSTNAME).unwrap(), b"unit-7\n");
         let nm = String::from_utf8(fat::read_file(&mut vol, WIFI_CONNECTION).unwrap()).unwrap();
         assert!(nm.contains("ssid=Factory Net\n") && nm.contains("psk=correct horse\n"));
         assert!(nm.contains("key-mgmt=wpa-psk"));
