@@ -218,7 +218,25 @@ fn layout_seed(report: &DiskReport, parts: &[PartSpec]) -> Vec<u8> {
 
 /// Write a partitioned disk image to `out` (created or truncated).
 pub fn write_disk(out: &Path, table: Table, parts: &[PartSpec]) -> Result<DiskReport> {
-    let report = layout(table, parts)?;
+    write_disk_sized(out, table, parts, 0)
+}
+
+/// [`write_disk`] into an image of at least `min_size` bytes (e.g. a power of
+/// two for QEMU's `sd-card`). The extra space is left unpartitioned at the end;
+/// the backup GPT sits at the real end of the image.
+pub fn write_disk_sized(
+    out: &Path,
+    table: Table,
+    parts: &[PartSpec],
+    min_size: u64,
+) -> Result<DiskReport> {
+    let mut report = layout(table, parts)?;
+    if min_size > report.size {
+        report.size = min_size.div_ceil(SECTOR) * SECTOR;
+        if table == Table::Mbr && report.size / SECTOR > u64::from(u32::MAX) {
+            return Err(Error::TooLargeForMbr { size: report.size });
+        }
+    }
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -602,6 +620,19 @@ mod tests {
         write_disk(&a, Table::Gpt, &s).unwrap();
         write_disk(&b, Table::Gpt, &s).unwrap();
         assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    }
+
+    #[test]
+    fn padded_image_keeps_backup_gpt_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("d.img");
+        let r =
+            write_disk_sized(&out, Table::Gpt, &specs(Contents::Bytes(vec![1])), 32 << 20).unwrap();
+        assert_eq!(r.size, 32 << 20);
+        let img = std::fs::read(&out).unwrap();
+        assert_eq!(img.len(), 32 << 20);
+        assert_eq!(&img[img.len() - 512..][..8], b"EFI PART");
+        assert_eq!(r.partitions[2].1, 10 << 20);
     }
 
     #[test]

@@ -359,7 +359,7 @@ fn fix_dot_entries<D: Read + Write + Seek>(dev: &mut D) -> Result<()> {
             break; // a cycle in a corrupt volume; nothing more to fix safely
         }
         let ranges = geo.dir_ranges(dev, dir)?;
-        if let Some(cluster) = dir {
+        if dir.is_some() {
             let (off, len) = ranges[0];
             if len >= 4 * 32 {
                 let mut first = [0u8; 128];
@@ -388,7 +388,6 @@ fn fix_dot_entries<D: Read + Write + Seek>(dev: &mut D) -> Result<()> {
                     write_at(dev, off + 32, &dotdot)?;
                 }
             }
-            let _ = cluster;
         }
         for (off, len) in ranges {
             let mut buf = vec![0u8; len as usize];
@@ -429,7 +428,6 @@ fn write_at<D: Write + Seek>(dev: &mut D, off: u64, buf: &[u8]) -> Result<()> {
 
 /// Just enough of the boot sector to walk directories (FAT16/FAT32).
 struct Geometry {
-    bytes_per_sector: u64,
     cluster_bytes: u64,
     fat_offset: u64,
     fat32: bool,
@@ -467,7 +465,6 @@ impl Geometry {
         Ok(Geometry {
             clusters: (total_sectors * bps).saturating_sub(data_offset) / (spc * bps).max(1),
             fsinfo_offset: u16_at(48) * bps,
-            bytes_per_sector: bps,
             cluster_bytes: spc * bps,
             fat_offset,
             fat32,
@@ -479,7 +476,6 @@ impl Geometry {
     }
 
     fn next_cluster<D: Read + Seek>(&self, dev: &mut D, c: u32) -> Result<Option<u32>> {
-        let _ = self.bytes_per_sector;
         if self.fat32 {
             let mut e = [0u8; 4];
             read_at(dev, self.fat_offset + u64::from(c) * 4, &mut e)?;

@@ -6,6 +6,7 @@
 //! The bundle format and the write pipeline live in the `flasher` crate; this crate
 //! only drives them.
 
+pub mod card;
 pub mod cmd;
 pub mod cpio;
 pub mod demo;

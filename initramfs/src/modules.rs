@@ -362,7 +362,7 @@ pub fn fake_ko(name: &str, depends: &[&str]) -> Vec<u8> {
     elf.extend_from_slice(modinfo.as_bytes());
     let str_off = elf.len() as u64;
     elf.extend_from_slice(shstrtab);
-    while elf.len() % 8 != 0 {
+    while !elf.len().is_multiple_of(8) {
         elf.push(0);
     }
     let shoff = elf.len() as u64;
@@ -386,7 +386,8 @@ pub fn fake_ko(name: &str, depends: &[&str]) -> Vec<u8> {
 }
 
 /// Test support: a fake `lib/modules/VERSION` tree with the MMC stack of the
-/// Debian 6.1 kernel (names and dependencies as in the real package).
+/// Debian 6.1 kernel and the NVMe/USB-storage stack (names and `depends=` as
+/// in the real linux-image-6.1.0-*-amd64 package).
 pub fn fake_tree(dir: &Path) -> std::io::Result<()> {
     let mods: &[(&str, &str, &[&str])] = &[
         ("drivers/mmc/core", "mmc_core", &[]),
@@ -398,8 +399,25 @@ pub fn fake_tree(dir: &Path) -> std::io::Result<()> {
             "sdhci-pci",
             &["sdhci", "cqhci", "mmc_core"],
         ),
-        ("drivers/nvme/host", "nvme-core", &[]),
+        ("drivers/usb/common", "usb-common", &[]),
+        ("drivers/usb/core", "usbcore", &["usb-common"]),
+        ("drivers/usb/host", "xhci-hcd", &["usbcore", "usb-common"]),
+        ("drivers/usb/host", "xhci-pci", &["xhci-hcd", "usbcore"]),
+        ("drivers/scsi", "scsi_common", &[]),
+        ("drivers/scsi", "scsi_mod", &["scsi_common"]),
+        ("drivers/scsi", "sd_mod", &["scsi_mod", "t10-pi"]),
+        (
+            "drivers/usb/storage",
+            "usb-storage",
+            &["usbcore", "scsi_mod", "scsi_common"],
+        ),
+        ("drivers/nvme/host", "nvme-core", &["t10-pi"]),
         ("drivers/nvme/host", "nvme", &["nvme-core"]),
+        ("block", "t10-pi", &["crc-t10dif", "crc64-rocksoft"]),
+        ("lib", "crc64-rocksoft", &["crc64"]),
+        ("lib", "crc64", &[]),
+        ("lib", "crc-t10dif", &["crct10dif_common"]),
+        ("crypto", "crct10dif_common", &[]),
     ];
     for (sub, name, deps) in mods {
         let d = dir.join("kernel").join(sub);
