@@ -6,6 +6,10 @@ pub enum Error {
     Flasher(#[from] flasher::Error),
     #[error(transparent)]
     Board(#[from] boards::Error),
+    #[error(transparent)]
+    Qemu(#[from] crate::qemu::Error),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -6,7 +6,14 @@
 //! The bundle format and the write pipeline live in the `flasher` crate; this crate
 //! only drives them.
 
+pub mod card;
 pub mod cmd;
+pub mod cpio;
+pub mod demo;
+pub mod disk;
 pub mod error;
+pub mod fat;
+pub mod modules;
+pub mod qemu;
 
 pub use error::{Error, Result};

@@ -1,10 +1,147 @@
-//! `mkflasher build` (placeholder: to be filled in by the work that owns it).
+//! `mkflasher build`: the flasher card image for a board (see `card`).
+
+use std::path::PathBuf;
+
+use crate::card::{self, CardSpec};
+use crate::cmd::initramfs as initrd;
+use crate::cpio::Compression;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Board name, e.g. qemu-x86_64-nuc.
+    #[arg(long)]
+    pub board: String,
+    /// The bundle made by `mkflasher bundle` (stored byte for byte).
+    #[arg(long)]
+    pub payload: PathBuf,
+    /// Output card image.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Kernel image. QEMU boards default to qemu-fixtures/cache/kernel/boot/vmlinuz-*.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// A ready initramfs; by default one is built (as `mkflasher initramfs`).
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// Module tree for the built initramfs (see `mkflasher initramfs`).
+    #[arg(long)]
+    pub kernel_modules: Option<PathBuf>,
+    /// The static init for the built initramfs.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// A board file to use instead of the built-in one.
+    #[arg(long)]
+    pub board_file: Option<PathBuf>,
+    /// Files copied to the root of flash-boot (MLO, u-boot.img, dtbs/, ...).
+    #[arg(long)]
+    pub bootloader_files: Option<PathBuf>,
+    /// systemd-boot EFI binary for x86 boards. Default: the QEMU fixture cache.
+    #[arg(long)]
+    pub systemd_boot: Option<PathBuf>,
+    /// Extra kernel command-line options, e.g. "flasher.verify=full".
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// flasher-log partition size in bytes.
+    #[arg(long, default_value_t = card::DEFAULT_LOG_SIZE)]
+    pub log_size: u64,
+    /// Make the image at least this many bytes (e.g. 67108864: QEMU's sd-card
+    /// needs a power of two). The backup GPT goes at the real end.
+    #[arg(long, default_value_t = 0)]
+    pub image_size: u64,
+    /// Round the image size up to a power of two (for QEMU's sd-card).
+    #[arg(long)]
+    pub power_of_two: bool,
+}
 
-pub fn run(_args: Args) -> crate::Result<()> {
-    Err(crate::Error::Usage(
-        "`mkflasher build` is not implemented yet".into(),
-    ))
+/// Resolve defaults into a [`CardSpec`], building the initramfs if needed.
+pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
+    let ir_args = initrd::Args {
+        board: args.board.clone(),
+        output: PathBuf::new(),
+        kernel_modules: args.kernel_modules.clone(),
+        init: args.init.clone(),
+        board_file: args.board_file.clone(),
+        compress: Compression::Zstd,
+    };
+    let ir_spec = initrd::spec_from_args(&ir_args)?;
+    let board = ir_spec.board.clone();
+    let root = card::project_root();
+    // Check the payload before the (slower) initramfs build.
+    card::check_bundle(&args.payload)?;
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => match card::is_qemu_board(&board)
+            .then(|| card::qemu_kernel(&root))
+            .flatten()
+        {
+            Some(k) => k,
+            None => {
+                return Err(card::Error::NoKernel {
+                    board: board.name.clone(),
+                    hint: if card::is_qemu_board(&board) {
+                        " (or run qemu-fixtures/setup to fetch the Debian kernel)".into()
+                    } else {
+                        String::new()
+                    },
+                }
+                .into())
+            }
+        },
+    };
+    let systemd_boot = if card::is_x86(&board) {
+        let p = args
+            .systemd_boot
+            .clone()
+            .unwrap_or_else(|| card::qemu_systemd_boot(&root));
+        if !p.is_file() {
+            return Err(card::Error::NoSystemdBoot {
+                board: board.name.clone(),
+                looked: format!("{} does not exist", p.display()),
+            }
+            .into());
+        }
+        Some(p)
+    } else {
+        None
+    };
+    let initramfs = match &args.initramfs {
+        Some(p) => {
+            std::fs::read(p).map_err(|e| crate::Error::io(format!("reading {}", p.display()), e))?
+        }
+        None => initrd::build(&ir_spec)?.0,
+    };
+    Ok(CardSpec {
+        board,
+        payload: args.payload.clone(),
+        kernel,
+        initramfs,
+        systemd_boot,
+        bootloader_files: args.bootloader_files.clone(),
+        cmdline_extra: args.cmdline.clone(),
+        log_size: args.log_size,
+        boot_size: 0,
+        image_size: args.image_size,
+    })
+}
+
+pub fn run(args: Args) -> crate::Result<()> {
+    let mut spec = spec_from_args(&args)?;
+    if args.power_of_two {
+        // Lay out once to learn the natural size, then round it up.
+        let natural = card::natural_size(&spec)?;
+        spec.image_size = spec.image_size.max(natural).next_power_of_two();
+    }
+    let r = card::build_card(&args.output, &spec)?;
+    println!(
+        "card {}: {} bytes, {:?}",
+        args.output.display(),
+        r.disk.size,
+        r.table
+    );
+    for (name, off, size) in &r.disk.partitions {
+        println!("  {name:<16} offset {off:>12}  size {size:>12}");
+    }
+    println!("  boot files: {}", r.boot_files.join(", "));
+    println!("  cmdline: {}", r.cmdline);
+    Ok(())
 }

@@ -1,10 +1,353 @@
-//! `mkflasher initramfs` (placeholder: to be filled in by the work that owns it).
+//! `mkflasher initramfs`: the on-board userspace as one compressed newc archive.
+//!
+//! Layout (see docs/card-format.md):
+//! - `/init`: the statically linked flasher binary;
+//! - `/etc/flasher/board.toml`: the board file the init runs with;
+//! - `/lib/modules/NAME.ko` for the board's module closure, plus
+//!   `/lib/modules/load-order`: one absolute path per line, dependencies first,
+//!   which the init loads in order with `finit_module`;
+//! - `/dev/console` (char 5:1), `/dev/null` (char 1:3), and the empty mount
+//!   points `/proc /sys /dev /run /mnt /tmp`.
+
+use std::path::{Path, PathBuf};
+
+use crate::card;
+use crate::cpio::{self, Archive, Compression, CpioSink};
+use crate::modules::{self, ModuleTree};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Board name (see `flasher boards`), e.g. qemu-x86_64-sd.
+    #[arg(long)]
+    pub board: String,
+    /// Output file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Kernel module tree (lib/modules/VERSION) matching the kernel you boot.
+    /// QEMU boards default to qemu-fixtures/cache/kernel/lib/modules/*.
+    #[arg(long)]
+    pub kernel_modules: Option<PathBuf>,
+    /// The static init binary. Default: target/x86_64-unknown-linux-gnu/release/flasher
+    /// (built by scripts/build-init).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// A board file to use instead of the built-in one of the same name.
+    #[arg(long)]
+    pub board_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
+    pub compress: Compression,
+}
 
-pub fn run(_args: Args) -> crate::Result<()> {
-    Err(crate::Error::Usage(
-        "`mkflasher initramfs` is not implemented yet".into(),
-    ))
+/// Everything the archive is made of.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub board: boards::Board,
+    /// The board file's text, stored as /etc/flasher/board.toml.
+    pub board_toml: String,
+    pub init: PathBuf,
+    pub kernel_modules: Option<PathBuf>,
+    pub compress: Compression,
+}
+
+/// What went into an archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Module file names in load order.
+    pub modules: Vec<String>,
+    pub uncompressed: u64,
+    pub compressed: u64,
+}
+
+/// Errors specific to assembling the initramfs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "init binary {path} not found; build it with scripts/build-init (or pass --init FILE)"
+    )]
+    NoInit { path: PathBuf },
+    #[error(
+        "{path} is not a static executable ({why}); /init must be statically linked: \
+         build it with scripts/build-init"
+    )]
+    NotStatic { path: PathBuf, why: String },
+    #[error(
+        "board {board} needs kernel modules ({modules}) but no module tree was given; \
+         pass --kernel-modules lib/modules/VERSION of the kernel you boot{hint}"
+    )]
+    NoModuleTree {
+        board: String,
+        modules: String,
+        hint: String,
+    },
+}
+
+impl From<Error> for crate::Error {
+    // Bridge until the lead adds an `Initramfs(#[from] ...)` variant.
+    fn from(e: Error) -> Self {
+        crate::Error::io("initramfs", std::io::Error::other(e))
+    }
+}
+
+/// Check that `elf` is an executable without a program interpreter.
+pub fn check_static(elf: &[u8]) -> Result<(), String> {
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    let is64 = elf[4] == 2;
+    let le = elf[5] == 1;
+    let rd = |o: usize, n: usize| -> Option<u64> {
+        let b = elf.get(o..o + n)?;
+        let mut v = 0u64;
+        for i in 0..n {
+            let byte = if le { b[n - 1 - i] } else { b[i] };
+            v = (v << 8) | u64::from(byte);
+        }
+        Some(v)
+    };
+    let bad = || "truncated ELF header".to_string();
+    let (phoff, phentsize, phnum) = if is64 {
+        (rd(0x20, 8), rd(0x36, 2), rd(0x38, 2))
+    } else {
+        (rd(0x1c, 4), rd(0x2a, 2), rd(0x2c, 2))
+    };
+    let (phoff, phentsize, phnum) = (
+        phoff.ok_or_else(bad)?,
+        phentsize.ok_or_else(bad)?,
+        phnum.ok_or_else(bad)?,
+    );
+    let etype = rd(0x10, 2).ok_or_else(bad)?;
+    if etype != 2 && etype != 3 {
+        return Err(format!("ELF type {etype} is not an executable"));
+    }
+    for i in 0..phnum {
+        let at = usize::try_from(phoff + i * phentsize).map_err(|_| bad())?;
+        const PT_INTERP: u64 = 3;
+        if rd(at, 4).ok_or_else(bad)? == PT_INTERP {
+            return Err("it has a program interpreter (dynamically linked)".into());
+        }
+    }
+    Ok(())
+}
+
+/// Build the archive. Returns the compressed bytes and a summary.
+pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
+    let init = std::fs::read(&spec.init).map_err(|_| Error::NoInit {
+        path: spec.init.clone(),
+    })?;
+    check_static(&init).map_err(|why| Error::NotStatic {
+        path: spec.init.clone(),
+        why,
+    })?;
+    let mut a = Archive::new();
+    for d in ["dev", "proc", "sys", "run", "mnt", "tmp", "etc/flasher"] {
+        a.dir(d, 0o755)?;
+    }
+    a.dev_node("dev/console", 0o600, false, 5, 1)?;
+    a.dev_node("dev/null", 0o666, false, 1, 3)?;
+    a.file("init", 0o755, &init)?;
+    a.file("etc/flasher/board.toml", 0o644, spec.board_toml.as_bytes())?;
+    let mut loaded = Vec::new();
+    if !spec.board.modules.is_empty() {
+        let Some(dir) = &spec.kernel_modules else {
+            return Err(Error::NoModuleTree {
+                board: spec.board.name.clone(),
+                modules: spec.board.modules.join(", "),
+                hint: if card::is_qemu_board(&spec.board) {
+                    " (or run qemu-fixtures/setup to fetch the Debian kernel)".into()
+                } else {
+                    String::new()
+                },
+            }
+            .into());
+        };
+        let tree = ModuleTree::open(dir)?;
+        let mut order = String::new();
+        for m in tree.closure(&spec.board.modules)? {
+            let path = format!("lib/modules/{}", m.file_name);
+            a.file(&path, 0o644, &modules::read_module(&m.path)?)?;
+            order.push_str(&format!("/{path}\n"));
+            loaded.push(m.file_name);
+        }
+        a.file("lib/modules/load-order", 0o644, order.as_bytes())?;
+    } else {
+        a.file("lib/modules/load-order", 0o644, b"")?;
+    }
+    let raw = a.to_bytes()?;
+    let out = cpio::compress(&raw, spec.compress)?;
+    let summary = Summary {
+        modules: loaded,
+        uncompressed: raw.len() as u64,
+        compressed: out.len() as u64,
+    };
+    Ok((out, summary))
+}
+
+/// The board and its file text: `--board-file` wins, else the built-in file.
+pub fn board_and_text(name: &str, file: Option<&Path>) -> crate::Result<(boards::Board, String)> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| crate::Error::io(format!("reading board file {}", f.display()), e))?;
+        let b = boards::load_file(f)?;
+        if b.name != name {
+            return Err(crate::Error::Usage(format!(
+                "board file {} describes {:?}, not {name:?}",
+                f.display(),
+                b.name
+            )));
+        }
+        return Ok((b, text));
+    }
+    let b = boards::find(name)?;
+    let text = boards::BUILTIN_FILES
+        .iter()
+        .find(|(f, _)| f.strip_suffix(".toml") == Some(name))
+        .map(|(_, t)| t.to_string())
+        .ok_or_else(|| crate::Error::Usage(format!("no built-in board file for {name}")))?;
+    Ok((b, text))
+}
+
+/// Resolve defaults (init path, QEMU module tree) into a [`Spec`].
+pub fn spec_from_args(args: &Args) -> crate::Result<Spec> {
+    let (board, board_toml) = board_and_text(&args.board, args.board_file.as_deref())?;
+    let root = card::project_root();
+    let init = args
+        .init
+        .clone()
+        .unwrap_or_else(|| card::default_init(&root));
+    let kernel_modules = match &args.kernel_modules {
+        Some(d) => Some(d.clone()),
+        None if card::is_qemu_board(&board) => card::qemu_modules_dir(&root),
+        None => None,
+    };
+    Ok(Spec {
+        board,
+        board_toml,
+        init,
+        kernel_modules,
+        compress: args.compress,
+    })
+}
+
+pub fn run(args: Args) -> crate::Result<()> {
+    let spec = spec_from_args(&args)?;
+    let (bytes, s) = build(&spec)?;
+    std::fs::write(&args.output, &bytes)
+        .map_err(|e| crate::Error::io(format!("writing {}", args.output.display()), e))?;
+    println!(
+        "initramfs {}: {} bytes ({} uncompressed), board {}, modules: {}",
+        args.output.display(),
+        s.compressed,
+        s.uncompressed,
+        spec.board.name,
+        if s.modules.is_empty() {
+            "none".to_string()
+        } else {
+            s.modules.join(" ")
+        }
+    );
+    Ok(())
+}
+
+/// A minimal static ELF64 executable header (no program headers), for tests
+/// that need an `/init` without building the real one.
+pub fn fake_static_init() -> Vec<u8> {
+    let mut e = vec![0u8; 128];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2;
+    e[5] = 1;
+    e[6] = 1;
+    e[0x10] = 2; // ET_EXEC
+    e[0x36] = 56; // phentsize
+    e[64..].copy_from_slice(&[0x90; 64]);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_check() {
+        assert!(check_static(&fake_static_init()).is_ok());
+        assert!(check_static(b"#!/bin/sh\n").is_err());
+        // This test binary itself is dynamically linked (PT_INTERP).
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(check_static(&me).unwrap_err().contains("interpreter"));
+    }
+
+    #[test]
+    fn archive_for_sd_board_with_fake_tree() {
+        let t = tempfile::tempdir().unwrap();
+        modules::fake_tree(t.path()).unwrap();
+        let init = t.path().join("init");
+        std::fs::write(&init, fake_static_init()).unwrap();
+        let (board, board_toml) = board_and_text("qemu-x86_64-sd", None).unwrap();
+        let spec = Spec {
+            board,
+            board_toml,
+            init,
+            kernel_modules: Some(t.path().to_path_buf()),
+            compress: Compression::Zstd,
+        };
+        let (bytes, s) = build(&spec).unwrap();
+        assert_eq!(
+            s.modules,
+            [
+                "mmc_core.ko",
+                "sdhci.ko",
+                "cqhci.ko",
+                "sdhci-pci.ko",
+                "mmc_block.ko"
+            ]
+        );
+        let recs = cpio::parse(&cpio::decompress(&bytes).unwrap()).unwrap();
+        let get = |n: &str| recs.iter().find(|r| r.name == n).unwrap();
+        assert_eq!(get("init").data, fake_static_init());
+        assert_eq!(get("init").header.mode, cpio::S_IFREG | 0o755);
+        assert_eq!(
+            String::from_utf8(get("lib/modules/load-order").data.clone()).unwrap(),
+            "/lib/modules/mmc_core.ko\n/lib/modules/sdhci.ko\n/lib/modules/cqhci.ko\n\
+             /lib/modules/sdhci-pci.ko\n/lib/modules/mmc_block.ko\n"
+        );
+        assert!(String::from_utf8_lossy(&get("etc/flasher/board.toml").data)
+            .contains("name = \"qemu-x86_64-sd\""));
+        assert_eq!(get("dev/console").header.rdev_major, 5);
+        // Reproducible.
+        assert_eq!(build(&spec).unwrap().0, bytes);
+    }
+
+    #[test]
+    fn errors() {
+        let t = tempfile::tempdir().unwrap();
+        let (board, board_toml) = board_and_text("qemu-x86_64-sd", None).unwrap();
+        let mut spec = Spec {
+            board,
+            board_toml,
+            init: t.path().join("missing"),
+            kernel_modules: None,
+            compress: Compression::Gzip,
+        };
+        let inner = |e: crate::Error| match e {
+            crate::Error::Io { source, .. } => {
+                source.into_inner().unwrap().downcast::<Error>().unwrap()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            *inner(build(&spec).unwrap_err()),
+            Error::NoInit { .. }
+        ));
+        std::fs::write(t.path().join("missing"), b"#!/bin/sh\n").unwrap();
+        assert!(matches!(
+            *inner(build(&spec).unwrap_err()),
+            Error::NotStatic { .. }
+        ));
+        std::fs::write(t.path().join("missing"), fake_static_init()).unwrap();
+        assert!(matches!(
+            *inner(build(&spec).unwrap_err()),
+            Error::NoModuleTree { .. }
+        ));
+        spec.board.modules.clear();
+        assert!(build(&spec).is_ok());
+    }
 }

@@ -1,0 +1,398 @@
+//! The flasher card image: what goes into `flash-boot` for each kind of board,
+//! and the three partitions around it (docs/card-format.md).
+//!
+//! - x86 boards: GPT; `flash-boot` is an EFI system partition holding
+//!   systemd-boot as `EFI/BOOT/BOOTX64.EFI`, `loader/loader.conf` and
+//!   `loader/entries/flasher.conf`, so UEFI firmware (OVMF included) boots it.
+//! - U-Boot (ARM) boards: MBR, `flash-boot` is the bootable first partition
+//!   (type 0x0c) with the bootloader files and `extlinux/extlinux.conf`, which
+//!   U-Boot's distro boot reads.
+//! - Every card: `vmlinuz`, `initramfs` and `cmdline.txt` in `flash-boot`, then
+//!   `flasher-payload` (the bundle, byte for byte) and `flasher-log` (zeroed,
+//!   for the unit records).
+
+use std::path::{Path, PathBuf};
+
+use crate::disk::{self, Contents, PartKind, PartSpec, Table};
+use crate::fat::{self, FatFile};
+
+pub const BOOT_NAME: &str = "flash-boot";
+pub const PAYLOAD_NAME: &str = "flasher-payload";
+pub const LOG_NAME: &str = "flasher-log";
+/// On MBR cards partitions have no names: they are found by number.
+pub const BOOT_NUMBER: u32 = 1;
+pub const PAYLOAD_NUMBER: u32 = 2;
+pub const LOG_NUMBER: u32 = 3;
+/// Default size of the unit log: ~1000 records of ~1 KiB.
+pub const DEFAULT_LOG_SIZE: u64 = 1 << 20;
+/// The FAT volume label of flash-boot.
+pub const BOOT_LABEL: &str = "FLASH-BOOT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{path} is not a flasher bundle (no {magic:?} magic); turn the OS image into one \
+         first: mkflasher bundle {path} -o IMAGE.bundle"
+    )]
+    NotABundle { path: PathBuf, magic: String },
+    #[error("no kernel for board {board}: pass --kernel FILE{hint}")]
+    NoKernel { board: String, hint: String },
+    #[error(
+        "board {board} boots through UEFI and needs systemd-boot ({looked}); run \
+         qemu-fixtures/setup or pass --systemd-boot FILE (Debian systemd-boot-efi: \
+         usr/lib/systemd/boot/efi/systemd-bootx64.efi)"
+    )]
+    NoSystemdBoot { board: String, looked: String },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<Error> for crate::Error {
+    // Bridge until the lead adds a `Card(#[from] card::Error)` variant.
+    fn from(e: Error) -> Self {
+        crate::Error::io("card image", std::io::Error::other(e))
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The repository root: `$FLASHER_ROOT`, else the nearest ancestor of the
+/// current directory holding `qemu-fixtures/` or a workspace `Cargo.toml`
+/// with an `initramfs/` folder, else where this crate was built from.
+pub fn project_root() -> PathBuf {
+    if let Some(r) = std::env::var_os("FLASHER_ROOT") {
+        return PathBuf::from(r);
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        for d in cwd.ancestors() {
+            if d.join("qemu-fixtures").is_dir() || d.join("initramfs/Cargo.toml").is_file() {
+                return d.to_path_buf();
+            }
+        }
+    }
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
+}
+
+/// The QEMU fixture cache: `$FLASHER_QEMU_CACHE` or `ROOT/qemu-fixtures/cache`.
+pub fn qemu_cache(root: &Path) -> PathBuf {
+    std::env::var_os("FLASHER_QEMU_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("qemu-fixtures/cache"))
+}
+
+/// The first entry (sorted) of `dir` whose name starts with `prefix`.
+fn first_entry(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(prefix))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().next()
+}
+
+/// The cached Debian kernel's module tree, if `qemu-fixtures/setup` ran.
+pub fn qemu_modules_dir(root: &Path) -> Option<PathBuf> {
+    first_entry(&qemu_cache(root).join("kernel/lib/modules"), "")
+}
+
+/// The cached Debian kernel, if `qemu-fixtures/setup` ran.
+pub fn qemu_kernel(root: &Path) -> Option<PathBuf> {
+    first_entry(&qemu_cache(root).join("kernel/boot"), "vmlinuz-")
+}
+
+/// The cached systemd-boot EFI binary, if `qemu-fixtures/setup` ran.
+pub fn qemu_systemd_boot(root: &Path) -> PathBuf {
+    qemu_cache(root).join("systemd-boot/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+}
+
+/// Where scripts/build-init leaves the static init.
+pub fn default_init(root: &Path) -> PathBuf {
+    root.join("target/x86_64-unknown-linux-gnu/release/flasher")
+}
+
+pub fn is_qemu_board(b: &boards::Board) -> bool {
+    b.name.starts_with("qemu-")
+}
+
+pub fn is_x86(b: &boards::Board) -> bool {
+    matches!(b.arch, boards::Arch::X86_64 | boards::Arch::X86)
+}
+
+/// Everything a card is made of.
+#[derive(Debug, Clone)]
+pub struct CardSpec {
+    pub board: boards::Board,
+    /// The bundle file; must start with the bundle magic.
+    pub payload: PathBuf,
+    pub kernel: PathBuf,
+    /// The compressed initramfs bytes.
+    pub initramfs: Vec<u8>,
+    /// x86: systemd-boot's EFI binary.
+    pub systemd_boot: Option<PathBuf>,
+    /// Files copied (recursively) to the root of flash-boot, e.g. MLO, u-boot.img.
+    pub bootloader_files: Option<PathBuf>,
+    /// Appended to the kernel command line.
+    pub cmdline_extra: String,
+    pub log_size: u64,
+    /// flash-boot size; 0 sizes it from its contents.
+    pub boot_size: u64,
+    /// Minimum image size (0: just what the partitions need), e.g. a power of
+    /// two for QEMU's sd-card. The rest stays unpartitioned.
+    pub image_size: u64,
+}
+
+/// The kernel command line the card boots with.
+pub fn cmdline(spec: &CardSpec) -> String {
+    let mut c = String::new();
+    if is_x86(&spec.board) {
+        // The last console= becomes /dev/console: the serial port, which
+        // QEMU and headless factory stations read.
+        c.push_str("console=tty0 console=ttyS0,115200 ");
+    }
+    c.push_str(&format!("flasher.board={}", spec.board.name));
+    if !spec.cmdline_extra.trim().is_empty() {
+        c.push(' ');
+        c.push_str(spec.cmdline_extra.trim());
+    }
+    c
+}
+
+/// Check the bundle magic at the start of `path`.
+pub fn check_bundle(path: &Path) -> Result<(), Error> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let ok = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok();
+    if !ok || head != flasher::bundle::MAGIC {
+        return Err(Error::NotABundle {
+            path: path.to_path_buf(),
+            magic: String::from_utf8_lossy(&flasher::bundle::MAGIC).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn add_tree(dir: &Path, prefix: &str, out: &mut Vec<FatFile>) -> Result<(), Error> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|source| Error::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if p.is_dir() {
+            add_tree(&p, &rel, out)?;
+        } else {
+            out.push(FatFile::new(rel, read(&p)?));
+        }
+    }
+    Ok(())
+}
+
+/// The files of flash-boot, in the order they are written.
+pub fn boot_files(spec: &CardSpec) -> crate::Result<Vec<FatFile>> {
+    let cmd = cmdline(spec);
+    let mut files = Vec::new();
+    if is_x86(&spec.board) {
+        let sdboot = spec
+            .systemd_boot
+            .as_ref()
+            .ok_or_else(|| Error::NoSystemdBoot {
+                board: spec.board.name.clone(),
+                looked: "no file given".into(),
+            })?;
+        files.push(FatFile::new("EFI/BOOT/BOOTX64.EFI", read(sdboot)?));
+        files.push(FatFile::new(
+            "loader/loader.conf",
+            "default flasher.conf\ntimeout 0\nconsole-mode keep\neditor no\n",
+        ));
+        files.push(FatFile::new(
+            "loader/entries/flasher.conf",
+            format!(
+                "title Flasher ({})\nlinux /vmlinuz\ninitrd /initramfs\noptions {cmd}\n",
+                spec.board.name
+            ),
+        ));
+    } else {
+        // U-Boot distro boot (boot_extlinux) reads this from the bootable
+        // partition; FDTDIR lets it pick the board's device tree from /dtbs.
+        let fdt = match &spec.bootloader_files {
+            Some(d) if d.join("dtbs").is_dir() => "FDTDIR /dtbs\n",
+            _ => "",
+        };
+        files.push(FatFile::new(
+            "extlinux/extlinux.conf",
+            format!(
+                "DEFAULT flasher\nTIMEOUT 0\nLABEL flasher\n  KERNEL /vmlinuz\n  INITRD /initramfs\n  {fdt}  APPEND {cmd}\n"
+            ),
+        ));
+    }
+    if let Some(d) = &spec.bootloader_files {
+        add_tree(d, "", &mut files)?;
+    }
+    files.push(FatFile::new("vmlinuz", read(&spec.kernel)?));
+    files.push(FatFile::new("initramfs", spec.initramfs.clone()));
+    files.push(FatFile::new("cmdline.txt", format!("{cmd}\n")));
+    Ok(files)
+}
+
+/// Size flash-boot for its files: a quarter more for FAT overhead and later
+/// `configure` edits, plus 8 MiB, at least 32 MiB, in whole MiB.
+pub fn boot_size_for(files: &[FatFile]) -> u64 {
+    let data: u64 = files.iter().map(|f| f.data.len() as u64).sum();
+    let want = (data + data / 4 + (8 << 20)).max(32 << 20);
+    want.div_ceil(disk::ALIGN) * disk::ALIGN
+}
+
+/// The written card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardReport {
+    pub table: Table,
+    pub disk: disk::DiskReport,
+    pub cmdline: String,
+    pub boot_files: Vec<String>,
+}
+
+fn table_for(board: &boards::Board) -> Table {
+    if is_x86(board) {
+        Table::Gpt
+    } else {
+        Table::Mbr
+    }
+}
+
+/// The three partitions, with flash-boot's contents given.
+fn partitions(spec: &CardSpec, boot_size: u64, boot: Contents) -> Vec<PartSpec> {
+    let table = table_for(&spec.board);
+    vec![
+        PartSpec {
+            name: BOOT_NAME.into(),
+            kind: match table {
+                Table::Gpt => PartKind::Esp,
+                Table::Mbr => PartKind::BasicData,
+            },
+            size: boot_size,
+            bootable: table == Table::Mbr,
+            contents: boot,
+        },
+        PartSpec {
+            name: PAYLOAD_NAME.into(),
+            kind: PartKind::Raw,
+            size: 0,
+            bootable: false,
+            contents: Contents::File(spec.payload.clone()),
+        },
+        PartSpec {
+            name: LOG_NAME.into(),
+            kind: PartKind::Raw,
+            size: spec.log_size.max(disk::ALIGN),
+            bootable: false,
+            contents: Contents::Zero,
+        },
+    ]
+}
+
+fn boot_size(spec: &CardSpec, files: &[FatFile]) -> u64 {
+    if spec.boot_size == 0 {
+        boot_size_for(files)
+    } else {
+        spec.boot_size
+    }
+}
+
+/// The image size the partitions need, before any `image_size` padding.
+pub fn natural_size(spec: &CardSpec) -> crate::Result<u64> {
+    let files = boot_files(spec)?;
+    let parts = partitions(spec, boot_size(spec, &files), Contents::Zero);
+    Ok(disk::layout(table_for(&spec.board), &parts)?.size)
+}
+
+/// Build the card image at `out`.
+pub fn build_card(out: &Path, spec: &CardSpec) -> crate::Result<CardReport> {
+    check_bundle(&spec.payload)?;
+    let files = boot_files(spec)?;
+    let size = boot_size(spec, &files);
+    let boot = fat::make_fat(size, BOOT_LABEL, &files)?;
+    let table = table_for(&spec.board);
+    let parts = partitions(spec, size, Contents::Bytes(boot));
+    let report = disk::write_disk_sized(out, table, &parts, spec.image_size)?;
+    Ok(CardReport {
+        table,
+        disk: report,
+        cmdline: cmdline(spec),
+        boot_files: files.into_iter().map(|f| f.path).collect(),
+    })
+}
+
+/// Open the flash-boot FAT of a card image for reading and writing.
+pub fn open_boot(card: &Path) -> crate::Result<disk::PartitionSlice<std::fs::File>> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(card)
+        .map_err(|e| crate::Error::io(format!("opening {}", card.display()), e))?;
+    let (slice, _) = disk::open_partition(f, BOOT_NAME, Some(BOOT_NUMBER))?;
+    Ok(slice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_and_not_a_bundle() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("os.img");
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        assert!(matches!(check_bundle(&p), Err(Error::NotABundle { .. })));
+        let spec = CardSpec {
+            board: boards::find("beaglebone-black").unwrap(),
+            payload: p,
+            kernel: t.path().join("k"),
+            initramfs: vec![],
+            systemd_boot: None,
+            bootloader_files: None,
+            cmdline_extra: " console=ttyS0,115200n8 ".into(),
+            log_size: DEFAULT_LOG_SIZE,
+            boot_size: 0,
+            image_size: 0,
+        };
+        assert_eq!(
+            cmdline(&spec),
+            "flasher.board=beaglebone-black console=ttyS0,115200n8"
+        );
+        let mut x86 = spec.clone();
+        x86.board = boards::find("qemu-x86_64-nuc").unwrap();
+        assert!(cmdline(&x86)
+            .starts_with("console=tty0 console=ttyS0,115200 flasher.board=qemu-x86_64-nuc"));
+    }
+}

@@ -1,0 +1,125 @@
+//! Fault injection specs for `mkflasher qemu --fault`: I/O errors through QEMU's
+//! blkdebug block driver, and a power cut when the writing phase passes a percentage.
+
+use super::Error;
+use std::fmt::Write as _;
+
+/// One injected fault.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Every guest write touching the 512-byte sector at this byte offset of the
+    /// target fails with EIO (`io-error@OFFSET`).
+    IoError { offset: u64 },
+    /// Kill QEMU once the flasher reports writing progress `done/total` at or above
+    /// this percentage (`power-cut-at=PERCENT`).
+    PowerCutAt { percent: f64 },
+}
+
+impl std::str::FromStr for Fault {
+    type Err = Error;
+    fn from_str(spec: &str) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::BadFault {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(off) = spec.strip_prefix("io-error@") {
+            let offset = super::parse_size(off)
+                .map_err(|_| bad("OFFSET must be bytes, e.g. 20971520 or 20M"))?;
+            Ok(Fault::IoError { offset })
+        } else if let Some(p) = spec.strip_prefix("power-cut-at=") {
+            let percent: f64 = p
+                .trim_end_matches('%')
+                .parse()
+                .map_err(|_| bad("PERCENT must be a number, e.g. 50"))?;
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(bad("PERCENT must be between 0 and 100"));
+            }
+            Ok(Fault::PowerCutAt { percent })
+        } else {
+            Err(bad("expected io-error@OFFSET or power-cut-at=PERCENT"))
+        }
+    }
+}
+
+/// The blkdebug config for the I/O-error faults, or None when there are none.
+/// Each rule fails every write (`write_aio`) touching its sector, again and
+/// again (`once = "off"`), as a dying medium would.
+pub fn blkdebug_config(faults: &[Fault]) -> Option<String> {
+    let mut out = String::new();
+    for f in faults {
+        if let Fault::IoError { offset } = f {
+            // Writing to a String cannot fail.
+            let _ = write!(
+                out,
+                "[inject-error]\nevent = \"write_aio\"\nerrno = \"5\"\nsector = \"{}\"\nonce = \"off\"\n\n",
+                offset / 512
+            );
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The power-cut threshold, if any (the lowest wins).
+pub fn power_cut(faults: &[Fault]) -> Option<f64> {
+    faults
+        .iter()
+        .filter_map(|f| match f {
+            Fault::PowerCutAt { percent } => Some(*percent),
+            _ => None,
+        })
+        .reduce(f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_kinds() {
+        assert_eq!(
+            "io-error@20M".parse::<Fault>().unwrap(),
+            Fault::IoError { offset: 20 << 20 }
+        );
+        assert_eq!(
+            "io-error@4096".parse::<Fault>().unwrap(),
+            Fault::IoError { offset: 4096 }
+        );
+        assert_eq!(
+            "power-cut-at=50%".parse::<Fault>().unwrap(),
+            Fault::PowerCutAt { percent: 50.0 }
+        );
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for s in ["io-error@", "power-cut-at=150", "power-cut-at=x", "explode"] {
+            assert!(
+                matches!(s.parse::<Fault>(), Err(Error::BadFault { .. })),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn blkdebug_rules_per_sector() {
+        let cfg = blkdebug_config(&[
+            Fault::IoError { offset: 20 << 20 },
+            Fault::PowerCutAt { percent: 10.0 },
+        ])
+        .unwrap();
+        assert!(cfg.contains("sector = \"40960\""));
+        assert!(cfg.contains("event = \"write_aio\""));
+        assert_eq!(cfg.matches("[inject-error]").count(), 1);
+        assert_eq!(blkdebug_config(&[Fault::PowerCutAt { percent: 1.0 }]), None);
+    }
+
+    #[test]
+    fn lowest_power_cut_wins() {
+        let f = [
+            Fault::PowerCutAt { percent: 70.0 },
+            Fault::PowerCutAt { percent: 30.0 },
+        ];
+        assert_eq!(power_cut(&f), Some(30.0));
+        assert_eq!(power_cut(&[]), None);
+    }
+}

@@ -1,0 +1,1153 @@
+//! The QEMU harness: two virtual boards that boot a flasher card against a
+//! virtual target disk, stream the console, collect the flasher's JSON events
+//! from a second serial port, and inject faults (blkdebug I/O errors, power cuts).
+//!
+//! - `qemu-x86_64-sd`: q35, the card as an SD card on `sdhci-pci` at 05.0 and the
+//!   target "eMMC" as an SD card at 06.0. No firmware reads the card, so the
+//!   harness plays U-Boot: kernel, initramfs and arguments come from the card's
+//!   `flash-boot` FAT (see [`card`]).
+//! - `qemu-x86_64-nuc`: OVMF boots the card (USB stick, `removable=on`, on xHCI)
+//!   through systemd-boot; the target is an NVMe disk.
+//!
+//! Software emulation only (`-accel tcg`): KVM does not work on the project's
+//! machines. The fixtures (QEMU, OVMF, the Debian kernel) come from
+//! `qemu-fixtures/setup`.
+
+pub mod card;
+pub mod fault;
+
+pub use fault::Fault;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the demo OS's `/init` prints once it is up (see `bin/demo-os-init.rs`).
+pub const DEMO_MARKER: &str = "FLASHER-DEMO-OS: booted OK";
+/// OVMF firmware from Debian's `ovmf` package.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The guest serial port the flasher writes JSON events to.
+pub const EVENTS_TTY: &str = "/dev/ttyS1";
+const QEMU: &str = "qemu-system-x86_64";
+/// OVMF prints this when it found nothing bootable and fell back to its shell:
+/// the run can stop there instead of waiting for the timeout.
+pub const FIRMWARE_GAVE_UP: &str = "UEFI Interactive Shell";
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{binary} not found: run qemu-fixtures/setup to install QEMU and OVMF")]
+    QemuMissing { binary: String },
+    #[error("OVMF firmware {path} not found: run qemu-fixtures/setup (installs Debian's ovmf)")]
+    OvmfMissing { path: PathBuf },
+    #[error("unknown virtual board {name:?}; known: qemu-x86_64-sd, qemu-x86_64-nuc")]
+    UnknownBoard { name: String },
+    #[error("bad fault {spec:?}: {reason}")]
+    BadFault { spec: String, reason: String },
+    #[error("bad size {text:?}: use bytes or a K/M/G suffix, e.g. 64M")]
+    BadSize { text: String },
+    #[error("card {path}: {reason}")]
+    Card { path: PathBuf, reason: String },
+    #[error("target {path} does not exist: pass --target-size to create it")]
+    TargetMissing { path: PathBuf },
+    #[error("QEMU failed ({status}): {stderr}")]
+    QemuFailed { status: String, stderr: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the flasher reported failure: {message}")]
+    FlashFailed { message: String },
+    #[error(
+        "the VM did not finish within {seconds} s (last phase: {last_phase}); see the console log"
+    )]
+    TimedOut { seconds: u64, last_phase: String },
+    #[error("power cut injected at {percent}% of writing; the flash did not complete (expected)")]
+    PowerCut { percent: f64 },
+    #[error(
+        "the VM stopped without the flasher reporting success (last phase: {last_phase}, {how})"
+    )]
+    NoSuccess { last_phase: String, how: String },
+}
+
+impl Error {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A virtual board: how QEMU's machine is put together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtualBoard {
+    Sd,
+    Nuc,
+}
+
+impl VirtualBoard {
+    pub fn name(self) -> &'static str {
+        match self {
+            VirtualBoard::Sd => "qemu-x86_64-sd",
+            VirtualBoard::Nuc => "qemu-x86_64-nuc",
+        }
+    }
+}
+
+impl std::str::FromStr for VirtualBoard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "qemu-x86_64-sd" => Ok(VirtualBoard::Sd),
+            "qemu-x86_64-nuc" => Ok(VirtualBoard::Nuc),
+            _ => Err(Error::UnknownBoard { name: s.into() }),
+        }
+    }
+}
+
+impl std::fmt::Display for VirtualBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `64M`, `1G`, `512K`, `4096`, `32MiB` → bytes.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let bad = || Error::BadSize { text: text.into() };
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Called with each JSON event as it arrives (live progress).
+pub type EventHook = Arc<dyn Fn(&Value) + Send + Sync>;
+
+/// One run of a card against a target.
+#[derive(Clone)]
+pub struct QemuOptions {
+    pub board: VirtualBoard,
+    pub card: PathBuf,
+    /// None: the VM has no internal disk at all.
+    pub target: Option<PathBuf>,
+    /// Create the target at this size when it does not exist.
+    pub target_size: Option<u64>,
+    /// Where the flasher's JSON event lines go (also returned in the outcome).
+    pub events: Option<PathBuf>,
+    pub timeout: Duration,
+    pub faults: Vec<Fault>,
+    /// Extra kernel arguments (`flasher.board=...` overrides, `flasher.verify=...`).
+    pub append: Vec<String>,
+    /// Copy the guest console to our stdout as it arrives.
+    pub stream_console: bool,
+    pub memory_mib: u32,
+    /// Scratch files (card copies, OVMF vars, blkdebug config); a temporary
+    /// directory, removed afterwards, when None.
+    pub work_dir: Option<PathBuf>,
+    pub on_event: Option<EventHook>,
+}
+
+impl std::fmt::Debug for QemuOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuOptions")
+            .field("board", &self.board)
+            .field("card", &self.card)
+            .field("target", &self.target)
+            .field("target_size", &self.target_size)
+            .field("events", &self.events)
+            .field("timeout", &self.timeout)
+            .field("faults", &self.faults)
+            .field("append", &self.append)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QemuOptions {
+    pub fn new(board: VirtualBoard, card: impl Into<PathBuf>, target: Option<PathBuf>) -> Self {
+        QemuOptions {
+            board,
+            card: card.into(),
+            target,
+            target_size: None,
+            events: None,
+            timeout: Duration::from_secs(300),
+            faults: Vec::new(),
+            append: Vec::new(),
+            stream_console: false,
+            memory_mib: 512,
+            work_dir: None,
+            on_event: None,
+        }
+    }
+}
+
+/// What happened in one run.
+#[derive(Debug, Clone)]
+pub struct QemuOutcome {
+    /// Every JSON event line, in order.
+    pub events: Vec<Value>,
+    /// The guest powered itself off (QEMU exited on its own, kernel said "Power down").
+    pub powered_off: bool,
+    /// The guest rebooted (with `-no-reboot` QEMU exits instead).
+    pub rebooted: bool,
+    pub timed_out: bool,
+    /// The harness killed QEMU for a `power-cut-at` fault.
+    pub power_cut: bool,
+    /// OVMF found nothing bootable (the card did not boot) and the run was stopped.
+    pub firmware_gave_up: bool,
+    /// Guest serial console (ttyS0) and QEMU's own stderr.
+    pub console_log: String,
+    pub elapsed: Duration,
+    /// The card image QEMU actually booted (a padded or patched copy, or the card).
+    pub card_used: PathBuf,
+}
+
+impl QemuOutcome {
+    /// Distinct phases in the order they were entered.
+    pub fn phases(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for e in &self.events {
+            if let Some(p) = e.get("phase").and_then(Value::as_str) {
+                if out.last().map(String::as_str) != Some(p) {
+                    out.push(p.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn has_phase(&self, phase: &str) -> bool {
+        self.phases().iter().any(|p| p == phase)
+    }
+
+    /// The message of the last failure event.
+    pub fn failure_message(&self) -> Option<String> {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e.get("phase").and_then(Value::as_str) == Some("failure"))
+            .map(|e| {
+                e.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no message)")
+                    .to_string()
+            })
+    }
+
+    /// The flasher reported success and the VM powered off.
+    pub fn succeeded(&self) -> bool {
+        self.has_phase("success") && self.powered_off && !self.has_phase("failure")
+    }
+
+    /// Ok only on success; otherwise the most telling error.
+    pub fn check(&self, timeout: Duration, power_cut_at: Option<f64>) -> Result<()> {
+        if self.succeeded() {
+            return Ok(());
+        }
+        if let Some(message) = self.failure_message() {
+            return Err(Error::FlashFailed { message });
+        }
+        let last_phase = self
+            .phases()
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "none".into());
+        if self.power_cut {
+            return Err(Error::PowerCut {
+                percent: power_cut_at.unwrap_or(0.0),
+            });
+        }
+        if self.timed_out {
+            return Err(Error::TimedOut {
+                seconds: timeout.as_secs(),
+                last_phase,
+            });
+        }
+        let how = if self.firmware_gave_up {
+            "OVMF found nothing bootable on the card and stopped in its shell".to_string()
+        } else if self.rebooted {
+            "the guest rebooted".to_string()
+        } else if self.console_log.contains("Kernel panic") {
+            "kernel panic".to_string()
+        } else if self.powered_off {
+            "powered off".to_string()
+        } else {
+            "QEMU exited".to_string()
+        };
+        Err(Error::NoSuccess { last_phase, how })
+    }
+}
+
+/// Escape a path for a QEMU `key=value,...` option (commas double).
+fn q(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// A scratch directory, removed on drop unless the caller supplied it.
+struct Work {
+    dir: PathBuf,
+    owned: bool,
+}
+
+impl Work {
+    fn new(given: Option<&Path>) -> Result<Self> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let (dir, owned) = match given {
+            Some(d) => (d.to_path_buf(), false),
+            None => {
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (
+                    std::env::temp_dir().join(format!("mkflasher-qemu-{}-{n}", std::process::id())),
+                    true,
+                )
+            }
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        Ok(Work { dir, owned })
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn check_tools(board: VirtualBoard) -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(QEMU).is_file()))
+        .unwrap_or(false);
+    if !found {
+        return Err(Error::QemuMissing {
+            binary: QEMU.into(),
+        });
+    }
+    if board == VirtualBoard::Nuc {
+        for p in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(p).is_file() {
+                return Err(Error::OvmfMissing { path: p.into() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Make `path` at least `size` bytes (sparse).
+fn grow(path: &Path, size: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    f.set_len(size)
+        .map_err(|e| Error::io(format!("growing {} to {size} bytes", path.display()), e))
+}
+
+fn file_size(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))?
+        .len())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| Error::io(format!("copying {} to {}", from.display(), to.display()), e))
+}
+
+/// A block device for the guest: `-blockdev` node `node`, optionally behind blkdebug.
+fn blockdev(node: &str, file: &Path, blkdebug: Option<&Path>, snapshot: bool) -> Vec<String> {
+    let mut v = match blkdebug {
+        Some(cfg) => vec![
+            "-blockdev".into(),
+            format!(
+                "driver=raw,node-name={node},file.driver=blkdebug,file.config={},file.image.driver=file,file.image.filename={}",
+                q(cfg),
+                q(file)
+            ),
+        ],
+        None if snapshot => vec![
+            "-drive".into(),
+            format!("if=none,id={node},format=raw,snapshot=on,file={}", q(file)),
+        ],
+        None => vec![
+            "-blockdev".into(),
+            format!("driver=raw,node-name={node},file.driver=file,file.filename={}", q(file)),
+        ],
+    };
+    v.shrink_to_fit();
+    v
+}
+
+/// What the guest is given to boot from.
+enum Boot<'a> {
+    /// `-kernel`/`-initrd`/`-append` (the SD board; U-Boot's job on real boards).
+    Direct {
+        kernel: &'a Path,
+        initrd: Option<&'a Path>,
+        append: String,
+    },
+    /// OVMF firmware with this writable vars copy.
+    Ovmf { vars: &'a Path },
+}
+
+/// The QEMU argument list for one machine. Pure: unit-tested.
+fn machine_args(
+    board: VirtualBoard,
+    boot: &Boot,
+    card: Option<Vec<String>>,
+    target: Option<Vec<String>>,
+    events: &Path,
+    memory_mib: u32,
+) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-nic",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push("-serial".into());
+    a.push(format!("file:{}", events.display()));
+    a.push("-m".into());
+    a.push(format!("{memory_mib}M"));
+    match boot {
+        Boot::Direct {
+            kernel,
+            initrd,
+            append,
+        } => {
+            a.push("-kernel".into());
+            a.push(kernel.display().to_string());
+            if let Some(i) = initrd {
+                a.push("-initrd".into());
+                a.push(i.display().to_string());
+            }
+            a.push("-append".into());
+            a.push(append.clone());
+        }
+        Boot::Ovmf { vars } => {
+            a.push("-drive".into());
+            a.push(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ));
+            a.push("-drive".into());
+            a.push(format!("if=pflash,format=raw,unit=1,file={}", q(vars)));
+        }
+    }
+    match board {
+        VirtualBoard::Sd => {
+            // Order matters: a bus-less sd-card lands on the last sdhci-pci added,
+            // so each controller is followed by its card (checked with `info qtree`).
+            a.extend(["-device".into(), "sdhci-pci,addr=05.0".into()]);
+            if let Some(c) = card {
+                a.extend(c);
+                a.extend(["-device".into(), "sd-card,drive=card".into()]);
+            }
+            a.extend(["-device".into(), "sdhci-pci,addr=06.0".into()]);
+            if let Some(t) = target {
+                a.extend(t);
+                a.extend(["-device".into(), "sd-card,drive=t0".into()]);
+            }
+        }
+        VirtualBoard::Nuc => {
+            a.extend(["-device".into(), "qemu-xhci,id=xhci".into()]);
+            if let Some(c) = card {
+                a.extend(c);
+                // bootindex: OVMF must boot the stick even when the NVMe already
+                // holds a bootable OS (the second run after a power cut).
+                a.extend([
+                    "-device".into(),
+                    "usb-storage,bus=xhci.0,drive=card,removable=on,bootindex=0".into(),
+                ]);
+            }
+            if let Some(t) = target {
+                a.extend(t);
+                a.extend([
+                    "-device".into(),
+                    "nvme,drive=t0,serial=flasher-target,bootindex=1".into(),
+                ]);
+            }
+        }
+    }
+    a
+}
+
+/// Kernel arguments for the SD board: console, board, events, then the card's
+/// own arguments, then the caller's (later ones win in the flasher's parser).
+fn sd_append(card_cmdline: &str, extra: &[String]) -> String {
+    let mut parts = vec![
+        "console=ttyS0".to_string(),
+        // A dead /init should end the run at once, not at the timeout.
+        "panic=-1".to_string(),
+        format!("flasher.board={}", VirtualBoard::Sd.name()),
+        format!("flasher.events={EVENTS_TTY}"),
+    ];
+    if !card_cmdline.trim().is_empty() {
+        parts.push(card_cmdline.trim().to_string());
+    }
+    parts.extend(extra.iter().cloned());
+    parts.join(" ")
+}
+
+/// Parse complete event lines out of `buf`, leaving a trailing partial line.
+fn drain_events(buf: &mut Vec<u8>, out: &mut Vec<Value>, hook: Option<&EventHook>) {
+    while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=nl).collect();
+        let text = String::from_utf8_lossy(&line);
+        // The guest tty may add \r; stray bytes before the object are skipped.
+        let text = text.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+        if let Some(start) = text.find('{') {
+            if let Ok(v) = serde_json::from_str::<Value>(&text[start..]) {
+                if v.get("phase").is_some() {
+                    if let Some(h) = hook {
+                        h(&v);
+                    }
+                    out.push(v);
+                }
+            }
+        }
+    }
+}
+
+fn writing_fraction(v: &Value) -> Option<f64> {
+    if v.get("phase").and_then(Value::as_str) != Some("writing") {
+        return None;
+    }
+    let done = v.get("done")?.as_f64()?;
+    let total = v.get("total")?.as_f64()?;
+    (total > 0.0).then(|| 100.0 * done / total)
+}
+
+struct Running {
+    child: Child,
+    console: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn spawn(args: &[String], stream: bool) -> Result<Running> {
+    tracing::debug!("{QEMU} {}", args.join(" "));
+    let mut child = Command::new(QEMU)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::QemuMissing {
+                binary: QEMU.into(),
+            },
+            _ => Error::io(format!("starting {QEMU}"), e),
+        })?;
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    let pipes: Vec<(Box<dyn Read + Send>, bool)> = [
+        child
+            .stdout
+            .take()
+            .map(|p| (Box::new(p) as Box<dyn Read + Send>, stream)),
+        child
+            .stderr
+            .take()
+            .map(|p| (Box::new(p) as Box<dyn Read + Send>, false)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (mut pipe, echo) in pipes {
+        let console = Arc::clone(&console);
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if echo {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                }
+                console
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&buf[..n]);
+            }
+        }));
+    }
+    Ok(Running {
+        child,
+        console,
+        readers,
+    })
+}
+
+/// How a VM run ended.
+struct Ended {
+    status: Option<std::process::ExitStatus>,
+    timed_out: bool,
+    power_cut: bool,
+    gave_up: bool,
+    console: String,
+    events: Vec<Value>,
+    elapsed: Duration,
+}
+
+/// Run QEMU to its end, the timeout, or a power cut; tail the events file.
+fn supervise(
+    mut run: Running,
+    events_path: &Path,
+    timeout: Duration,
+    cut_at: Option<f64>,
+    hook: Option<&EventHook>,
+) -> Result<Ended> {
+    let start = Instant::now();
+    let mut events = Vec::new();
+    let mut pending = Vec::new();
+    let mut offset = 0u64;
+    let read_new = |offset: &mut u64, pending: &mut Vec<u8>| {
+        use std::io::{Seek, SeekFrom};
+        if let Ok(mut f) = std::fs::File::open(events_path) {
+            if f.seek(SeekFrom::Start(*offset)).is_ok() {
+                let mut more = Vec::new();
+                if f.read_to_end(&mut more).is_ok() {
+                    *offset += more.len() as u64;
+                    pending.extend_from_slice(&more);
+                }
+            }
+        }
+    };
+    let (mut timed_out, mut power_cut, mut gave_up) = (false, false, false);
+    let status = loop {
+        let st = run
+            .child
+            .try_wait()
+            .map_err(|e| Error::io(format!("waiting for {QEMU}"), e))?;
+        let before = events.len();
+        read_new(&mut offset, &mut pending);
+        drain_events(&mut pending, &mut events, hook);
+        if let Some(st) = st {
+            break Some(st);
+        }
+        if let Some(cut) = cut_at {
+            if events[before..]
+                .iter()
+                .filter_map(writing_fraction)
+                .any(|p| p >= cut)
+            {
+                tracing::warn!("power cut: killing the VM at {cut}% of writing");
+                power_cut = true;
+                let _ = run.child.kill();
+                let _ = run.child.wait();
+                break None;
+            }
+        }
+        let in_shell = {
+            let c = run.console.lock().unwrap_or_else(|e| e.into_inner());
+            // The banner is short; look only at the tail so this stays cheap.
+            let tail = &c[c.len().saturating_sub(8192)..];
+            String::from_utf8_lossy(tail).contains(FIRMWARE_GAVE_UP)
+        };
+        if in_shell {
+            gave_up = true;
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            break None;
+        }
+        if start.elapsed() >= timeout {
+            timed_out = true;
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for r in run.readers.drain(..) {
+        let _ = r.join();
+    }
+    read_new(&mut offset, &mut pending);
+    pending.push(b'\n');
+    drain_events(&mut pending, &mut events, hook);
+    let console = String::from_utf8_lossy(&run.console.lock().unwrap_or_else(|e| e.into_inner()))
+        .into_owned();
+    Ok(Ended {
+        status,
+        timed_out,
+        power_cut,
+        gave_up,
+        console,
+        events,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Fail on QEMU's own errors (bad arguments, missing files): it exited non-zero
+/// by itself before the guest could do anything.
+fn qemu_error(end: &Ended) -> Option<Error> {
+    let st = end.status?;
+    if st.success() {
+        return None;
+    }
+    let stderr: Vec<&str> = end
+        .console
+        .lines()
+        .filter(|l| l.contains("qemu-system"))
+        .collect();
+    Some(Error::QemuFailed {
+        status: st.to_string(),
+        stderr: if stderr.is_empty() {
+            end.console
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        } else {
+            stderr.join(" | ")
+        },
+    })
+}
+
+/// Prepare the target: create it if missing, grow it to a power of two for SD.
+fn prepare_target(opts: &QemuOptions, target: &Path) -> Result<()> {
+    if !target.exists() {
+        let size = opts.target_size.ok_or_else(|| Error::TargetMissing {
+            path: target.into(),
+        })?;
+        let f = std::fs::File::create(target)
+            .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+        f.set_len(size)
+            .map_err(|e| Error::io(format!("sizing {} to {size} bytes", target.display()), e))?;
+        tracing::info!("created target {} ({})", target.display(), human(size));
+    }
+    if opts.board == VirtualBoard::Sd {
+        let size = file_size(target)?;
+        if !size.is_power_of_two() {
+            let grown = size.next_power_of_two();
+            tracing::warn!(
+                "target {} is {}; QEMU's sd-card needs a power-of-two size, so the file grows to {} (the flasher sees {})",
+                target.display(),
+                human(size),
+                human(grown),
+                human(grown)
+            );
+            grow(target, grown)?;
+        }
+    }
+    Ok(())
+}
+
+/// Boot `opts.card` on the virtual board against `opts.target`, and report.
+///
+/// Returns Ok with the outcome whatever the flasher did; Err only when the VM
+/// could not be run (missing QEMU, bad card, QEMU refusing its arguments).
+/// Use [`QemuOutcome::check`] for pass/fail.
+pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
+    check_tools(opts.board)?;
+    let work = Work::new(opts.work_dir.as_deref())?;
+    if !opts.card.is_file() {
+        return Err(Error::Card {
+            path: opts.card.clone(),
+            reason: "not found; build it with `mkflasher build`".into(),
+        });
+    }
+    if let Some(t) = &opts.target {
+        prepare_target(opts, t)?;
+    }
+    let events_path = opts
+        .events
+        .clone()
+        .unwrap_or_else(|| work.path("events.jsonl"));
+    if let Some(parent) = events_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    // QEMU opens the serial file itself; start from empty so old events never count.
+    std::fs::write(&events_path, b"")
+        .map_err(|e| Error::io(format!("creating {}", events_path.display()), e))?;
+    let blkdebug = match fault::blkdebug_config(&opts.faults) {
+        Some(cfg) => {
+            let p = work.path("blkdebug.conf");
+            std::fs::write(&p, cfg)
+                .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+            Some(p)
+        }
+        None => None,
+    };
+    let target_args = opts
+        .target
+        .as_deref()
+        .map(|t| blockdev("t0", t, blkdebug.as_deref(), false));
+
+    let (card_used, kernel, initrd, vars);
+    let boot = match opts.board {
+        VirtualBoard::Sd => {
+            let spec = card::boot_spec(&opts.card)?;
+            kernel = work.path("kernel");
+            std::fs::write(&kernel, &spec.kernel)
+                .map_err(|e| Error::io("writing the kernel", e))?;
+            initrd = match &spec.initrd {
+                Some(i) => {
+                    let p = work.path("initrd");
+                    std::fs::write(&p, i).map_err(|e| Error::io("writing the initramfs", e))?;
+                    Some(p)
+                }
+                None => None,
+            };
+            let size = file_size(&opts.card)?;
+            card_used = if size.is_power_of_two() {
+                opts.card.clone()
+            } else {
+                // QEMU refuses SD images whose size is not a power of two; the
+                // user's card stays as it is, a padded copy is booted.
+                let c = work.path("card-sd.img");
+                copy(&opts.card, &c)?;
+                grow(&c, size.next_power_of_two())?;
+                tracing::info!(
+                    "card {} is {}: booting a copy padded to {} (QEMU's sd-card needs a power of two)",
+                    opts.card.display(),
+                    human(size),
+                    human(size.next_power_of_two())
+                );
+                c
+            };
+            Boot::Direct {
+                kernel: &kernel,
+                initrd: initrd.as_deref(),
+                append: sd_append(&spec.cmdline, &opts.append),
+            }
+        }
+        VirtualBoard::Nuc => {
+            vars = work.path("OVMF_VARS.fd");
+            copy(Path::new(OVMF_VARS), &vars)?;
+            let spec = card::boot_spec(&opts.card)?;
+            let mut extra: Vec<String> = Vec::new();
+            if !spec
+                .cmdline
+                .split_whitespace()
+                .any(|a| a.starts_with("console="))
+            {
+                extra.push("console=ttyS0".into());
+            }
+            if !spec
+                .cmdline
+                .split_whitespace()
+                .any(|a| a.starts_with("flasher.events="))
+            {
+                extra.push(format!("flasher.events={EVENTS_TTY}"));
+            }
+            extra.extend(opts.append.iter().cloned());
+            card_used = if extra.is_empty() {
+                opts.card.clone()
+            } else {
+                let c = work.path("card-nuc.img");
+                copy(&opts.card, &c)?;
+                card::append_loader_options(&c, &extra.join(" "))?;
+                tracing::info!(
+                    "booting a copy of {} with kernel arguments: {}",
+                    opts.card.display(),
+                    extra.join(" ")
+                );
+                c
+            };
+            Boot::Ovmf { vars: &vars }
+        }
+    };
+    let card_args = blockdev("card", &card_used, None, false);
+    let args = machine_args(
+        opts.board,
+        &boot,
+        Some(card_args),
+        target_args,
+        &events_path,
+        opts.memory_mib,
+    );
+    let running = spawn(&args, opts.stream_console)?;
+    let end = supervise(
+        running,
+        &events_path,
+        opts.timeout,
+        fault::power_cut(&opts.faults),
+        opts.on_event.as_ref(),
+    )?;
+    if let Some(e) = qemu_error(&end) {
+        return Err(e);
+    }
+    let exited = end.status.is_some();
+    // When the card was a temporary copy, the caller may still want it (log partition).
+    let card_used = if card_used.starts_with(&work.dir) && work.owned {
+        opts.card.clone()
+    } else {
+        card_used
+    };
+    Ok(QemuOutcome {
+        powered_off: exited && end.console.contains("reboot: Power down"),
+        rebooted: exited && end.console.contains("reboot: Restarting system"),
+        timed_out: end.timed_out,
+        power_cut: end.power_cut,
+        firmware_gave_up: end.gave_up,
+        events: end.events,
+        console_log: end.console,
+        elapsed: end.elapsed,
+        card_used,
+    })
+}
+
+/// Boot `disk` alone on the board (as the internal disk: NVMe + OVMF for the nuc,
+/// the 06.0 SD slot with its own boot FAT for the sd board) and report whether
+/// the console showed `expect_marker` before the guest stopped or `timeout` passed.
+/// The disk is attached copy-on-write (`snapshot=on`): booting never changes it.
+pub fn boot_disk(
+    board: VirtualBoard,
+    disk: &Path,
+    timeout: Duration,
+    expect_marker: &str,
+) -> Result<bool> {
+    // A disk with no readable boot partition (sd board) simply does not boot.
+    match boot_disk_log(board, disk, timeout) {
+        Ok(log) => Ok(log.contains(expect_marker)),
+        Err(Error::Card { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`boot_disk`], returning the whole console log.
+pub fn boot_disk_log(board: VirtualBoard, disk: &Path, timeout: Duration) -> Result<String> {
+    check_tools(board)?;
+    let work = Work::new(None)?;
+    let events = work.path("events");
+    let (kernel, initrd, vars);
+    let mut disk_used = disk.to_path_buf();
+    let boot = match board {
+        VirtualBoard::Nuc => {
+            vars = work.path("OVMF_VARS.fd");
+            copy(Path::new(OVMF_VARS), &vars)?;
+            Boot::Ovmf { vars: &vars }
+        }
+        VirtualBoard::Sd => {
+            let spec = card::boot_spec(disk)?;
+            kernel = work.path("kernel");
+            std::fs::write(&kernel, &spec.kernel)
+                .map_err(|e| Error::io("writing the kernel", e))?;
+            initrd = match &spec.initrd {
+                Some(i) => {
+                    let p = work.path("initrd");
+                    std::fs::write(&p, i).map_err(|e| Error::io("writing the initramfs", e))?;
+                    Some(p)
+                }
+                None => None,
+            };
+            let size = file_size(disk)?;
+            if !size.is_power_of_two() {
+                disk_used = work.path("disk-sd.img");
+                copy(disk, &disk_used)?;
+                grow(&disk_used, size.next_power_of_two())?;
+            }
+            Boot::Direct {
+                kernel: &kernel,
+                initrd: initrd.as_deref(),
+                append: format!("console=ttyS0 panic=-1 {}", spec.cmdline),
+            }
+        }
+    };
+    let target = blockdev("t0", &disk_used, None, true);
+    let args = machine_args(board, &boot, None, Some(target), &events, 512);
+    let end = supervise(spawn(&args, false)?, &events, timeout, None, None)?;
+    if let Some(e) = qemu_error(&end) {
+        return Err(e);
+    }
+    Ok(end.console)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("32MiB").unwrap(), 32 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(matches!(parse_size("lots"), Err(Error::BadSize { .. })));
+        assert!(matches!(
+            parse_size("99999999999T"),
+            Err(Error::BadSize { .. })
+        ));
+    }
+
+    #[test]
+    fn boards_by_name() {
+        assert_eq!(
+            "qemu-x86_64-sd".parse::<VirtualBoard>().unwrap(),
+            VirtualBoard::Sd
+        );
+        assert_eq!(
+            "qemu-x86_64-nuc".parse::<VirtualBoard>().unwrap(),
+            VirtualBoard::Nuc
+        );
+        assert!(matches!(
+            "beaglebone".parse::<VirtualBoard>(),
+            Err(Error::UnknownBoard { .. })
+        ));
+    }
+
+    #[test]
+    fn sd_machine_pairs_each_controller_with_its_card() {
+        let boot = Boot::Direct {
+            kernel: Path::new("/k"),
+            initrd: Some(Path::new("/i")),
+            append: sd_append("quiet", &["flasher.board=bogus".into()]),
+        };
+        let a = machine_args(
+            VirtualBoard::Sd,
+            &boot,
+            Some(blockdev("card", Path::new("/c,d.img"), None, false)),
+            Some(blockdev(
+                "t0",
+                Path::new("/t.img"),
+                Some(Path::new("/bd.conf")),
+                false,
+            )),
+            Path::new("/ev"),
+            512,
+        );
+        let s = a.join(" ");
+        let pos = |needle: &str| {
+            s.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing in {s}"))
+        };
+        assert!(pos("sdhci-pci,addr=05.0") < pos("sd-card,drive=card"));
+        assert!(pos("sd-card,drive=card") < pos("sdhci-pci,addr=06.0"));
+        assert!(pos("sdhci-pci,addr=06.0") < pos("sd-card,drive=t0"));
+        assert!(s.contains("file.filename=/c,,d.img"));
+        assert!(s.contains("file.driver=blkdebug,file.config=/bd.conf"));
+        assert!(s.contains("-serial stdio -serial file:/ev"));
+        assert!(s.contains("-accel tcg"));
+        let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
+        assert_eq!(
+            append,
+            "console=ttyS0 panic=-1 flasher.board=qemu-x86_64-sd flasher.events=/dev/ttyS1 quiet flasher.board=bogus"
+        );
+    }
+
+    #[test]
+    fn nuc_machine_uses_ovmf_usb_and_nvme() {
+        let a = machine_args(
+            VirtualBoard::Nuc,
+            &Boot::Ovmf {
+                vars: Path::new("/v.fd"),
+            },
+            Some(blockdev("card", Path::new("/c.img"), None, false)),
+            Some(blockdev("t0", Path::new("/t.img"), None, true)),
+            Path::new("/ev"),
+            512,
+        )
+        .join(" ");
+        assert!(a.contains(&format!("file={OVMF_CODE}")));
+        assert!(a.contains("if=pflash,format=raw,unit=1,file=/v.fd"));
+        assert!(a.contains("usb-storage,bus=xhci.0,drive=card,removable=on"));
+        assert!(a.contains("nvme,drive=t0,serial=flasher-target"));
+        assert!(a.contains("snapshot=on,file=/t.img"));
+        assert!(!a.contains("-kernel"));
+    }
+
+    #[test]
+    fn events_are_parsed_across_partial_reads() {
+        let mut buf =
+            b"{\"phase\":\"writing\",\"done\":5,\"total\":10}\r\n{\"phase\":\"verif".to_vec();
+        let mut out = Vec::new();
+        drain_events(&mut buf, &mut out, None);
+        assert_eq!(out.len(), 1);
+        assert_eq!(writing_fraction(&out[0]), Some(50.0));
+        buf.extend_from_slice(b"ying\"}\nnoise\n\0{\"phase\":\"success\"}\n");
+        drain_events(&mut buf, &mut out, None);
+        assert_eq!(out.len(), 3);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn outcome_verdicts() {
+        let ev = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        let mut o = QemuOutcome {
+            events: vec![
+                ev(r#"{"phase":"writing","done":1,"total":2}"#),
+                ev(r#"{"phase":"writing","done":2,"total":2}"#),
+                ev(r#"{"phase":"verifying"}"#),
+                ev(r#"{"phase":"success"}"#),
+            ],
+            powered_off: true,
+            rebooted: false,
+            timed_out: false,
+            power_cut: false,
+            firmware_gave_up: false,
+            console_log: String::new(),
+            elapsed: Duration::ZERO,
+            card_used: PathBuf::new(),
+        };
+        assert_eq!(o.phases(), ["writing", "verifying", "success"]);
+        assert!(o.check(Duration::from_secs(1), None).is_ok());
+        o.powered_off = false;
+        assert!(matches!(
+            o.check(Duration::from_secs(1), None),
+            Err(Error::NoSuccess { .. })
+        ));
+        o.events.push(ev(
+            r#"{"phase":"failure","message":"write error at byte 20971520"}"#,
+        ));
+        match o.check(Duration::from_secs(1), None) {
+            Err(Error::FlashFailed { message }) => assert!(message.contains("20971520")),
+            other => panic!("{other:?}"),
+        }
+        o.events.clear();
+        o.timed_out = true;
+        assert!(matches!(
+            o.check(Duration::from_secs(1), None),
+            Err(Error::TimedOut { .. })
+        ));
+    }
+}

@@ -1,0 +1,290 @@
+//! `mkflasher build`, `configure` and `inspect` end to end on files: the
+//! card's tables pass `sfdisk --verify`, its FAT passes `fsck.vfat -n`, the
+//! payload partition holds the bundle byte for byte, and building twice gives
+//! identical bytes.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flasher::bundle::{BundleWriter, WriterOptions};
+use initramfs::cmd::{build, configure, initramfs as initrd, inspect};
+use initramfs::{card, disk, fat};
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("tool missing: run scripts/setup-host");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+fn make_bundle(dir: &Path) -> PathBuf {
+    let opts = WriterOptions {
+        chunk_size: 64 << 10,
+        level: 3,
+        workers: 1,
+        ..Default::default()
+    };
+    let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    w.push_data(&data).unwrap();
+    w.push_zero(1 << 20).unwrap();
+    let mut out = Vec::new();
+    w.finish(&mut out).unwrap();
+    let p = dir.join("os.bundle");
+    std::fs::write(&p, out).unwrap();
+    p
+}
+
+struct Fixture {
+    _t: tempfile::TempDir,
+    dir: PathBuf,
+    bundle: PathBuf,
+    kernel: PathBuf,
+    init: PathBuf,
+    sdboot: PathBuf,
+    uboot: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_path_buf();
+    let bundle = make_bundle(&dir);
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, vec![0x4b; 2 << 20]).unwrap();
+    let init = dir.join("init");
+    std::fs::write(&init, initrd::fake_static_init()).unwrap();
+    let sdboot = dir.join("systemd-bootx64.efi");
+    std::fs::write(&sdboot, b"MZ fake systemd-boot").unwrap();
+    let uboot = dir.join("uboot");
+    std::fs::create_dir_all(uboot.join("dtbs")).unwrap();
+    std::fs::write(uboot.join("MLO"), vec![1; 100_000]).unwrap();
+    std::fs::write(uboot.join("u-boot.img"), vec![2; 500_000]).unwrap();
+    std::fs::write(uboot.join("dtbs/am335x-boneblack.dtb"), vec![3; 60_000]).unwrap();
+    let modules = dir.join("modules");
+    initramfs::modules::fake_tree(&modules).unwrap();
+    Fixture {
+        _t: t,
+        dir,
+        bundle,
+        kernel,
+        init,
+        sdboot,
+        uboot,
+    }
+}
+
+fn args(f: &Fixture, board: &str, out: &str) -> build::Args {
+    build::Args {
+        board: board.into(),
+        payload: f.bundle.clone(),
+        output: f.dir.join(out),
+        kernel: Some(f.kernel.clone()),
+        initramfs: None,
+        kernel_modules: Some(f.dir.join("modules")),
+        init: Some(f.init.clone()),
+        board_file: None,
+        bootloader_files: (!board.starts_with("qemu")).then(|| f.uboot.clone()),
+        systemd_boot: Some(f.sdboot.clone()),
+        cmdline: "flasher.verify=full".into(),
+        log_size: 1 << 20,
+        image_size: 0,
+        power_of_two: false,
+    }
+}
+
+/// Copy one partition out and run fsck.vfat -n on it.
+fn fsck_boot(card_path: &Path, dir: &Path) {
+    let vol = card::open_boot(card_path).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut { vol }, &mut bytes).unwrap();
+    let p = dir.join("boot.fat");
+    std::fs::write(&p, bytes).unwrap();
+    run(Command::new("fsck.vfat").arg("-n").arg(&p));
+}
+
+fn check_card(f: &Fixture, board: &str) -> PathBuf {
+    let a = args(f, board, &format!("{board}.img"));
+    let out = a.output.clone();
+    build::run(a).unwrap();
+    let verify = run(Command::new("sfdisk").arg("--verify").arg(&out));
+    assert!(verify.contains("No errors detected"), "{verify}");
+    fsck_boot(&out, &f.dir);
+    // The payload partition starts with the bundle, byte for byte.
+    let img = std::fs::read(&out).unwrap();
+    let bundle = std::fs::read(&f.bundle).unwrap();
+    let (_, parts) = disk::read_table(&mut Cursor::new(img.clone())).unwrap();
+    let payload = &parts[1];
+    assert_eq!(&img[payload.offset as usize..][..bundle.len()], &bundle[..]);
+    // Reproducible.
+    let again = args(f, board, &format!("{board}-again.img"));
+    let again_path = again.output.clone();
+    build::run(again).unwrap();
+    assert!(
+        img == std::fs::read(again_path).unwrap(),
+        "{board}: two builds differ"
+    );
+    out
+}
+
+#[test]
+fn x86_gpt_card_with_systemd_boot() {
+    let f = fixture();
+    let out = check_card(&f, "qemu-x86_64-nuc");
+    let dump = run(Command::new("sfdisk").arg("--dump").arg(&out));
+    assert!(dump.contains("label: gpt"), "{dump}");
+    for name in [card::BOOT_NAME, card::PAYLOAD_NAME, card::LOG_NAME] {
+        assert!(dump.contains(&format!("name=\"{name}\"")), "{dump}");
+    }
+    assert!(
+        dump.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        "ESP type: {dump}"
+    );
+    let mut vol = card::open_boot(&out).unwrap();
+    assert_eq!(
+        fat::read_file(&mut vol, "EFI/BOOT/BOOTX64.EFI").unwrap(),
+        b"MZ fake systemd-boot"
+    );
+    let entry = String::from_utf8(fat::read_file(&mut vol, "loader/entries/flasher.conf").unwrap())
+        .unwrap();
+    assert!(
+        entry.contains("linux /vmlinuz") && entry.contains("initrd /initramfs"),
+        "{entry}"
+    );
+    assert!(
+        entry.contains("flasher.board=qemu-x86_64-nuc") && entry.contains("console=ttyS0"),
+        "{entry}"
+    );
+    assert!(entry.contains("flasher.verify=full"), "{entry}");
+    assert_eq!(fat::read_file(&mut vol, "vmlinuz").unwrap().len(), 2 << 20);
+    let ird = fat::read_file(&mut vol, "initramfs").unwrap();
+    let recs = initramfs::cpio::parse(&initramfs::cpio::decompress(&ird).unwrap()).unwrap();
+    assert!(recs.iter().any(|r| r.name == "lib/modules/nvme.ko"));
+
+    // configure edits the FAT in place; it still checks clean and the rest of
+    // the card is untouched.
+    let before = std::fs::read(&out).unwrap();
+    configure::run(configure::Args {
+        card: out.clone(),
+        hostname: Some("line-3".into()),
+        wifi_ssid: Some("factory".into()),
+        wifi_psk: Some("s3cret-pass".into()),
+        persistent_logging: Some(configure::OnOff::On),
+    })
+    .unwrap();
+    fsck_boot(&out, &f.dir);
+    let after = std::fs::read(&out).unwrap();
+    let (_, parts) = disk::read_table(&mut Cursor::new(after.clone())).unwrap();
+    let boot_end = (parts[0].offset + parts[0].size) as usize;
+    assert!(
+        before[boot_end..] == after[boot_end..],
+        "configure wrote outside flash-boot"
+    );
+    assert!(before[..parts[0].offset as usize] == after[..parts[0].offset as usize]);
+    let mut vol = card::open_boot(&out).unwrap();
+    let cfg = String::from_utf8(fat::read_file(&mut vol, "config.json").unwrap()).unwrap();
+    assert!(cfg.contains("\"hostname\": \"line-3\""), "{cfg}");
+    let nm =
+        String::from_utf8(fat::read_file(&mut vol, "system-connections/wifi").unwrap()).unwrap();
+    assert!(nm.contains("ssid=factory"), "{nm}");
+
+    let text = inspect::describe(&out).unwrap();
+    for want in [
+        "Gpt",
+        "flash-boot",
+        "EFI/BOOT/BOOTX64.EFI",
+        "flasher-payload: bundle version",
+        "unit log: 0 record(s)",
+        "line-3",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    let b = inspect::describe(&f.bundle).unwrap();
+    assert!(
+        b.contains("bundle version") && b.contains("image size"),
+        "{b}"
+    );
+}
+
+#[test]
+fn uboot_mbr_card() {
+    let f = fixture();
+    let out = check_card(&f, "beaglebone-black");
+    let dump = run(Command::new("sfdisk").arg("--dump").arg(&out));
+    assert!(dump.contains("label: dos"), "{dump}");
+    assert!(dump.contains("type=c, bootable"), "{dump}");
+    assert!(dump.contains("type=da"), "{dump}");
+    let mut vol = card::open_boot(&out).unwrap();
+    assert_eq!(fat::read_file(&mut vol, "MLO").unwrap(), vec![1; 100_000]);
+    assert_eq!(
+        fat::read_file(&mut vol, "dtbs/am335x-boneblack.dtb")
+            .unwrap()
+            .len(),
+        60_000
+    );
+    let ext =
+        String::from_utf8(fat::read_file(&mut vol, "extlinux/extlinux.conf").unwrap()).unwrap();
+    assert!(
+        ext.contains("KERNEL /vmlinuz") && ext.contains("FDTDIR /dtbs"),
+        "{ext}"
+    );
+    assert!(
+        ext.contains("APPEND flasher.board=beaglebone-black flasher.verify=full"),
+        "{ext}"
+    );
+    assert!(inspect::describe(&out).unwrap().contains("Mbr"));
+}
+
+#[test]
+fn raw_image_payload_is_refused() {
+    let f = fixture();
+    let mut a = args(&f, "qemu-x86_64-nuc", "x.img");
+    a.payload = f.kernel.clone();
+    let e = build::run(a).unwrap_err();
+    let initramfs::Error::Io { source, .. } = e else {
+        panic!("{e:?}")
+    };
+    let inner = source
+        .into_inner()
+        .unwrap()
+        .downcast::<card::Error>()
+        .unwrap();
+    assert!(matches!(*inner, card::Error::NotABundle { .. }));
+}
+
+#[test]
+fn real_kernel_and_systemd_boot_when_cached() {
+    let root = card::project_root();
+    let (Some(kernel), Some(modules)) = (card::qemu_kernel(&root), card::qemu_modules_dir(&root))
+    else {
+        eprintln!("qemu-fixtures/cache has no kernel (run qemu-fixtures/setup); skipped");
+        return;
+    };
+    let f = fixture();
+    let mut a = args(&f, "qemu-x86_64-sd", "sd.img");
+    a.kernel = None; // default: the cached kernel
+    a.systemd_boot = None; // default: the cached systemd-boot
+    a.kernel_modules = None; // default: the cached module tree
+    a.power_of_two = true; // QEMU's sd-card needs it
+    let out = a.output.clone();
+    build::run(a).unwrap();
+    assert!(std::fs::metadata(&out).unwrap().len().is_power_of_two());
+    let verify = run(Command::new("sfdisk").arg("--verify").arg(&out));
+    assert!(verify.contains("No errors detected"), "{verify}");
+    fsck_boot(&out, &f.dir);
+    let mut vol = card::open_boot(&out).unwrap();
+    assert_eq!(
+        fat::read_file(&mut vol, "vmlinuz").unwrap(),
+        std::fs::read(kernel).unwrap()
+    );
+    let efi = fat::read_file(&mut vol, "EFI/BOOT/BOOTX64.EFI").unwrap();
+    assert_eq!(&efi[..2], b"MZ");
+    let ird = fat::read_file(&mut vol, "initramfs").unwrap();
+    let recs = initramfs::cpio::parse(&initramfs::cpio::decompress(&ird).unwrap()).unwrap();
+    assert!(recs.iter().any(|r| r.name == "lib/modules/sdhci-pci.ko"));
+    let _ = modules;
+}

@@ -1,0 +1,157 @@
+//! The initramfs read back by the real `cpio -t` (after `zstd -d` / `gzip -d`):
+//! /init and the sdhci modules for qemu-x86_64-sd, from a synthetic module tree
+//! and, when `qemu-fixtures/setup` has run, from the real Debian kernel.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use initramfs::card;
+use initramfs::cmd::initramfs::{self as initrd, Args};
+use initramfs::cpio::Compression;
+use initramfs::modules;
+
+/// `DECOMPRESSOR -dc FILE | cpio -t`
+fn cpio_list(file: &Path, decompressor: &str) -> Vec<String> {
+    let data = Command::new(decompressor)
+        .args(["-d", "-c"])
+        .arg(file)
+        .output()
+        .expect("decompressor missing: run scripts/setup-host");
+    assert!(data.status.success(), "{decompressor} -d failed");
+    let mut cpio = Command::new("cpio")
+        .arg("-t")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cpio missing: run scripts/setup-host");
+    cpio.stdin.take().unwrap().write_all(&data.stdout).unwrap();
+    let out = cpio.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "cpio -t failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn init_for_tests(dir: &Path) -> std::path::PathBuf {
+    // The real static init when scripts/build-init has run, else a stand-in.
+    let real = card::default_init(&card::project_root());
+    if real.is_file() {
+        return real;
+    }
+    let p = dir.join("init");
+    std::fs::write(&p, initrd::fake_static_init()).unwrap();
+    p
+}
+
+fn build(dir: &Path, modules: &Path, c: Compression, out: &str) -> std::path::PathBuf {
+    let output = dir.join(out);
+    initrd::run(Args {
+        board: "qemu-x86_64-sd".into(),
+        output: output.clone(),
+        kernel_modules: Some(modules.to_path_buf()),
+        init: Some(init_for_tests(dir)),
+        board_file: None,
+        compress: c,
+    })
+    .unwrap();
+    output
+}
+
+#[test]
+fn synthetic_tree_listed_by_real_cpio() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("lib/modules/6.1.0-test");
+    modules::fake_tree(&tree).unwrap();
+    for (c, tool) in [(Compression::Zstd, "zstd"), (Compression::Gzip, "gzip")] {
+        let out = build(t.path(), &tree, c, "initramfs.img");
+        let names = cpio_list(&out, tool);
+        for want in [
+            "init",
+            "dev/console",
+            "proc",
+            "sys",
+            "run",
+            "etc/flasher/board.toml",
+            "lib/modules/sdhci.ko",
+            "lib/modules/sdhci-pci.ko",
+            "lib/modules/cqhci.ko",
+            "lib/modules/mmc_core.ko",
+            "lib/modules/mmc_block.ko",
+            "lib/modules/load-order",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+        // Reproducible: a second build is byte-identical.
+        let again = build(t.path(), &tree, c, "again.img");
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(&again).unwrap());
+    }
+}
+
+#[test]
+fn real_debian_kernel_modules_when_cached() {
+    let Some(tree) = card::qemu_modules_dir(&card::project_root()) else {
+        eprintln!("qemu-fixtures/cache has no kernel modules (run qemu-fixtures/setup); skipped");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let out = build(t.path(), &tree, Compression::Zstd, "initramfs.img");
+    let names = cpio_list(&out, "zstd");
+    for want in [
+        "init",
+        "lib/modules/sdhci.ko",
+        "lib/modules/sdhci-pci.ko",
+        "lib/modules/cqhci.ko",
+        "lib/modules/mmc_core.ko",
+        "lib/modules/mmc_block.ko",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    // Every module listed in load-order comes after each of its depends=.
+    let raw = initramfs::cpio::decompress(&std::fs::read(&out).unwrap()).unwrap();
+    let recs = initramfs::cpio::parse(&raw).unwrap();
+    let order = recs
+        .iter()
+        .find(|r| r.name == "lib/modules/load-order")
+        .unwrap();
+    let order: Vec<String> = String::from_utf8(order.data.clone())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let pos = |name: &str| {
+        order
+            .iter()
+            .position(|p| modules::name_of_file(p).as_deref() == Some(name))
+    };
+    for (i, p) in order.iter().enumerate() {
+        let rec = recs.iter().find(|r| format!("/{}", r.name) == *p).unwrap();
+        for d in modules::parse_modinfo(&rec.data).depends {
+            let j = pos(&d).unwrap_or_else(|| panic!("{d} (needed by {p}) not in load-order"));
+            assert!(j < i, "{d} must load before {p}");
+        }
+    }
+    // The NUC board: NVMe and USB storage closures resolve against the same kernel.
+    let nuc = initrd::Args {
+        board: "qemu-x86_64-nuc".into(),
+        output: t.path().join("nuc.img"),
+        kernel_modules: Some(tree.clone()),
+        init: Some(init_for_tests(t.path())),
+        board_file: None,
+        compress: Compression::Zstd,
+    };
+    initrd::run(nuc).unwrap();
+}

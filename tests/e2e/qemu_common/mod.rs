@@ -1,0 +1,221 @@
+//! Shared set-up for the QEMU scenarios: the demo OS image, its bundle and the
+//! flasher cards, built once per test binary with the real `mkflasher`; and a
+//! lock so VMs run one at a time (2 shared cores, software emulation).
+#![allow(dead_code)]
+
+use initramfs::qemu::{self, QemuOptions, QemuOutcome, VirtualBoard};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+/// Generous: a TCG boot through OVMF takes ~40 s, a flash of ~26 MiB well under a minute.
+pub const TIMEOUT: Duration = Duration::from_secs(420);
+
+/// One VM at a time per test binary.
+pub fn vm_lock() -> MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The workspace's `mkflasher` (built by `cargo test --workspace --all-targets`).
+pub fn mkflasher_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/mkflasher
+    let bin = exe.parent().unwrap().parent().unwrap().join("mkflasher");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build -p initramfs --bin mkflasher` (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn mkflasher(args: &[&str]) {
+    let st = Command::new(mkflasher_bin()).args(args).status().unwrap();
+    assert!(st.success(), "mkflasher {args:?} failed: {st}");
+}
+
+fn run_setup() {
+    static SETUP: OnceLock<()> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-fixtures/setup");
+        let st = Command::new(&setup).status().unwrap();
+        assert!(st.success(), "{} failed", setup.display());
+    });
+}
+
+/// Files shared by the scenarios of one test binary.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub os: PathBuf,
+    pub bundle: PathBuf,
+}
+
+impl Fixture {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The flasher card for `board`, built once.
+    pub fn card(&self, board: VirtualBoard) -> PathBuf {
+        let card = self.path(&format!("card-{}.img", board.name()));
+        if !card.exists() {
+            mkflasher(&[
+                "build",
+                "--board",
+                board.name(),
+                "--payload",
+                self.bundle.to_str().unwrap(),
+                "-o",
+                card.to_str().unwrap(),
+            ]);
+        }
+        card
+    }
+
+    /// A card whose payload has one byte flipped inside the chunk data.
+    pub fn corrupted_card(&self, board: VirtualBoard) -> PathBuf {
+        let bad_bundle = self.path("corrupt.bundle");
+        let mut b = std::fs::read(&self.bundle).unwrap();
+        // Past the header and manifest, inside compressed chunk data: the
+        // manifest and header stay valid, a chunk digest must not.
+        let at = b.len() * 3 / 4;
+        b[at] ^= 0x5a;
+        std::fs::write(&bad_bundle, &b).unwrap();
+        let card = self.path(&format!("card-corrupt-{}.img", board.name()));
+        mkflasher(&[
+            "build",
+            "--board",
+            board.name(),
+            "--payload",
+            bad_bundle.to_str().unwrap(),
+            "-o",
+            card.to_str().unwrap(),
+        ]);
+        card
+    }
+}
+
+/// Build the demo OS image and its bundle once per test binary.
+pub fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        run_setup();
+        let dir = tempfile::tempdir().unwrap();
+        let os = dir.path().join("demo-os.img");
+        initramfs::demo::build_demo_os_from_fixtures(&os).unwrap();
+        let bundle = dir.path().join("demo-os.bundle");
+        mkflasher(&[
+            "bundle",
+            os.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ]);
+        Fixture { dir, os, bundle }
+    })
+}
+
+/// The demo OS image alone (no bundle, no card): for boot-chain checks.
+pub fn demo_os_only() -> PathBuf {
+    static OS: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    OS.get_or_init(|| {
+        run_setup();
+        let dir = tempfile::tempdir().unwrap();
+        let os = dir.path().join("demo-os.img");
+        initramfs::demo::build_demo_os_from_fixtures(&os).unwrap();
+        (dir, os)
+    })
+    .1
+    .clone()
+}
+
+pub fn options(board: VirtualBoard, card: &Path, target: Option<PathBuf>) -> QemuOptions {
+    let mut o = QemuOptions::new(board, card, target);
+    o.timeout = TIMEOUT;
+    o
+}
+
+pub fn run(opts: &QemuOptions) -> QemuOutcome {
+    let _g = vm_lock();
+    let out = qemu::run(opts).unwrap();
+    eprintln!(
+        "{}: phases {:?}, powered_off {}, {:.0} s, failure {:?}",
+        opts.board,
+        out.phases(),
+        out.powered_off,
+        out.elapsed.as_secs_f64(),
+        out.failure_message()
+    );
+    out
+}
+
+pub fn boots(board: VirtualBoard, disk: &Path) -> bool {
+    let _g = vm_lock();
+    qemu::boot_disk(board, disk, TIMEOUT, qemu::DEMO_MARKER).unwrap()
+}
+
+/// A fresh blank target of `size` bytes.
+pub fn blank_target(f: &Fixture, name: &str, size: u64) -> PathBuf {
+    let p = f.path(name);
+    let _ = std::fs::remove_file(&p);
+    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+    p
+}
+
+/// The target holds the image byte for byte over the image's range.
+pub fn assert_target_equals_image(target: &Path, image: &Path) {
+    let img = std::fs::read(image).unwrap();
+    let tgt = std::fs::read(target).unwrap();
+    assert!(tgt.len() >= img.len(), "target smaller than image");
+    // The partition-table fix-up rewrites the protective MBR and the primary GPT
+    // header (backup location, usable range) and moves the backup GPT to the
+    // target's real end: LBA 0-1 and the image's last 33 sectors may differ.
+    // Everything else, partition entries and data, must match.
+    let (from, to) = (2 * 512, img.len() - 33 * 512);
+    if let Some(i) = (from..to).find(|&i| img[i] != tgt[i]) {
+        panic!("target differs from the image at byte {i}");
+    }
+}
+
+/// The target's GPT passes `sgdisk --verify`.
+pub fn assert_gpt_verifies(target: &Path) {
+    let out = Command::new("sgdisk")
+        .arg("--verify")
+        .arg(target)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("No problems found"),
+        "sgdisk --verify {}: {text}",
+        target.display()
+    );
+}
+
+/// Events `writing`, `verifying`, `success` appear in that order.
+pub fn assert_phase_order(out: &QemuOutcome) {
+    let p = out.phases();
+    let pos = |name: &str| {
+        p.iter()
+            .position(|x| x == name)
+            .unwrap_or_else(|| panic!("no {name} phase in {p:?}"))
+    };
+    assert!(pos("writing") < pos("verifying"), "{p:?}");
+    assert!(pos("verifying") < pos("success"), "{p:?}");
+}
+
+/// The error class of the last failure event.
+pub fn failure_class(out: &QemuOutcome) -> Option<u64> {
+    out.events
+        .iter()
+        .rev()
+        .find(|e| e.get("phase").and_then(|p| p.as_str()) == Some("failure"))
+        .and_then(|e| e.get("error_class"))
+        .and_then(|c| c.as_u64())
+}
+
+/// True when no byte of the file is non-zero (nothing was written).
+pub fn all_zero(path: &Path) -> bool {
+    std::fs::read(path).unwrap().iter().all(|&b| b == 0)
+}

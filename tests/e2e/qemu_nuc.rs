@@ -1,0 +1,71 @@
+//! QEMU scenarios on `qemu-x86_64-nuc` (OVMF → systemd-boot → flasher from a USB
+//! stick, NVMe target): the happy path with the flashed OS booting from the NVMe
+//! afterwards, a corrupted payload failing closed, and a power cut mid-write
+//! followed by a clean re-flash.
+
+mod qemu_common;
+
+use initramfs::qemu::{Fault, VirtualBoard};
+use qemu_common::*;
+
+const NUC: VirtualBoard = VirtualBoard::Nuc;
+
+#[test]
+fn happy_path_flashes_verifies_and_the_nvme_boots() {
+    let f = fixture();
+    let target = blank_target(f, "nuc-happy.img", 64 << 20);
+    let mut o = options(NUC, &f.card(NUC), Some(target.clone()));
+    o.events = Some(f.path("nuc-happy.events"));
+    let out = run(&o);
+    out.check(o.timeout, None).unwrap();
+    assert_phase_order(&out);
+    assert!(std::fs::read_to_string(f.path("nuc-happy.events"))
+        .unwrap()
+        .contains("\"success\""));
+    assert_target_equals_image(&target, &f.os);
+    assert_gpt_verifies(&target);
+    assert!(
+        boots(NUC, &target),
+        "the flashed NVMe did not print the demo marker"
+    );
+}
+
+#[test]
+fn corrupted_payload_fails_and_leaves_the_target_unbootable() {
+    let f = fixture();
+    let target = blank_target(f, "nuc-corrupt.img", 64 << 20);
+    let out = run(&options(NUC, &f.corrupted_card(NUC), Some(target.clone())));
+    assert!(!out.succeeded());
+    assert!(
+        out.failure_message().is_some(),
+        "no failure event: {:?}",
+        out.phases()
+    );
+    assert_eq!(failure_class(&out), Some(2), "payload invalid is class 2");
+    assert!(!out.has_phase("success"));
+    assert!(
+        !boots(NUC, &target),
+        "a failed flash left a bootable target"
+    );
+}
+
+#[test]
+fn power_cut_at_half_then_a_second_run_succeeds_bit_exact() {
+    let f = fixture();
+    let target = blank_target(f, "nuc-cut.img", 64 << 20);
+    let card = f.card(NUC);
+    let mut o = options(NUC, &card, Some(target.clone()));
+    o.faults = vec![Fault::PowerCutAt { percent: 50.0 }];
+    let cut = run(&o);
+    assert!(cut.power_cut, "the VM was not cut: {:?}", cut.phases());
+    assert!(!cut.has_phase("success"));
+    assert!(
+        !boots(NUC, &target),
+        "a half-written target must not boot (partition table last)"
+    );
+
+    let again = run(&options(NUC, &card, Some(target.clone())));
+    again.check(TIMEOUT, None).unwrap();
+    assert_target_equals_image(&target, &f.os);
+    assert_gpt_verifies(&target);
+}

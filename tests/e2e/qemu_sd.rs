@@ -1,0 +1,111 @@
+//! QEMU scenarios on `qemu-x86_64-sd` (card on sdhci-pci 05.0, "eMMC" target on
+//! 06.0, kernel and initramfs from the card's flash-boot FAT): the happy path, an
+//! I/O error on the target, a target too small, no internal disk at all, and a
+//! bad `flasher.board=`.
+
+mod qemu_common;
+
+use initramfs::qemu::{Fault, VirtualBoard};
+use qemu_common::*;
+
+const SD: VirtualBoard = VirtualBoard::Sd;
+
+#[test]
+fn happy_path_flashes_and_verifies() {
+    let f = fixture();
+    let target = blank_target(f, "sd-happy.img", 64 << 20);
+    let o = options(SD, &f.card(SD), Some(target.clone()));
+    let out = run(&o);
+    out.check(o.timeout, None).unwrap();
+    assert_phase_order(&out);
+    assert_target_equals_image(&target, &f.os);
+    assert_gpt_verifies(&target);
+    assert!(
+        boots(SD, &target),
+        "the flashed target did not print the demo marker"
+    );
+}
+
+#[test]
+fn write_error_fails_naming_the_offset() {
+    let f = fixture();
+    let target = blank_target(f, "sd-ioerr.img", 64 << 20);
+    // 4 MiB into the disk lies inside the demo OS's kernel file: real data that
+    // must be written (not a zero range that might go through write-zeroes).
+    let offset: u64 = 4 << 20;
+    let mut o = options(SD, &f.card(SD), Some(target));
+    o.faults = vec![Fault::IoError { offset }];
+    let out = run(&o);
+    assert!(!out.succeeded());
+    let msg = out.failure_message().expect("a failure event");
+    assert_eq!(
+        failure_class(&out),
+        Some(4),
+        "write I/O error is class 4: {msg}"
+    );
+    let forms = [
+        offset.to_string(),
+        format!("{offset:#x}"),
+        (offset / 512).to_string(),
+        "4 MiB".to_string(),
+        "4.0 MiB".to_string(),
+    ];
+    assert!(
+        forms.iter().any(|f| msg.contains(f.as_str())),
+        "offset not named in {msg:?}"
+    );
+}
+
+#[test]
+fn target_too_small_is_refused_before_any_write() {
+    let f = fixture();
+    // 16 MiB (a power of two: no growing) against a ~26 MiB image.
+    let target = blank_target(f, "sd-small.img", 16 << 20);
+    let out = run(&options(SD, &f.card(SD), Some(target.clone())));
+    assert!(!out.succeeded());
+    assert!(out.failure_message().is_some());
+    assert_eq!(failure_class(&out), Some(3), "target refused is class 3");
+    assert!(
+        !out.has_phase("writing")
+            || out
+                .events
+                .iter()
+                .all(|e| e.get("done").and_then(|d| d.as_u64()).unwrap_or(0) == 0)
+    );
+    assert!(all_zero(&target), "the refused target was written");
+}
+
+#[test]
+fn no_internal_disk_is_a_clear_error() {
+    let f = fixture();
+    let out = run(&options(SD, &f.card(SD), None));
+    assert!(!out.succeeded());
+    let msg = out.failure_message().expect("a failure event");
+    assert!(!msg.is_empty());
+    assert_eq!(
+        failure_class(&out),
+        Some(1),
+        "no internal storage is class 1: {msg}"
+    );
+}
+
+#[test]
+fn bad_board_option_is_a_clear_error() {
+    let f = fixture();
+    let target = blank_target(f, "sd-badboard.img", 64 << 20);
+    let mut o = options(SD, &f.card(SD), Some(target.clone()));
+    o.append = vec!["flasher.board=no-such-board".into()];
+    let out = run(&o);
+    assert!(!out.succeeded());
+    let msg = out.failure_message().expect("a failure event");
+    assert!(
+        msg.contains("no-such-board"),
+        "the message should name the bad board: {msg}"
+    );
+    assert_eq!(
+        failure_class(&out),
+        Some(6),
+        "board configuration error is class 6"
+    );
+    assert!(all_zero(&target));
+}
