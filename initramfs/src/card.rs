@@ -51,13 +51,6 @@ pub enum Error {
     },
 }
 
-impl From<Error> for crate::Error {
-    // Bridge until the lead adds a `Card(#[from] card::Error)` variant.
-    fn from(e: Error) -> Self {
-        crate::Error::io("card image", std::io::Error::other(e))
-    }
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),

@@ -379,13 +379,6 @@ pub fn decompress(data: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-impl From<Error> for crate::Error {
-    // Bridge until the lead adds a `Cpio(#[from] cpio::Error)` variant.
-    fn from(e: Error) -> Self {
-        crate::Error::io("cpio archive", io::Error::other(e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -536,13 +536,6 @@ pub fn open_partition<D: Read + Write + Seek + std::fmt::Debug>(
     Ok((slice, p))
 }
 
-impl From<Error> for crate::Error {
-    // Bridge until the lead adds a `Disk(#[from] disk::Error)` variant.
-    fn from(e: Error) -> Self {
-        crate::Error::io("disk image", io::Error::other(e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,20 @@ pub enum Error {
     Qemu(#[from] crate::qemu::Error),
     #[error(transparent)]
     Demo(#[from] crate::demo::Error),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::Error),
+    #[error(transparent)]
+    Cpio(#[from] crate::cpio::Error),
+    #[error(transparent)]
+    Card(#[from] crate::card::Error),
+    #[error(transparent)]
+    Configure(#[from] crate::cmd::configure::Error),
+    #[error(transparent)]
+    Initramfs(#[from] crate::cmd::initramfs::Error),
+    #[error(transparent)]
+    Fat(#[from] crate::fat::Error),
+    #[error(transparent)]
+    Modules(#[from] crate::modules::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -537,12 +537,6 @@ impl Geometry {
 
 // Bridge into the crate error until the lead adds a `Fat(#[from] fat::Error)`
 // variant: the typed error stays reachable as the io::Error's inner error.
-impl From<Error> for crate::Error {
-    fn from(e: Error) -> Self {
-        crate::Error::io("FAT", std::io::Error::other(e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

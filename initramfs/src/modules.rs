@@ -336,13 +336,6 @@ pub fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-impl From<Error> for crate::Error {
-    // Bridge until the lead adds a `Modules(#[from] modules::Error)` variant.
-    fn from(e: Error) -> Self {
-        crate::Error::io("kernel modules", std::io::Error::other(e))
-    }
-}
-
 /// Test support: a minimal ELF64 relocatable with a `.modinfo` section, like
 /// a real `.ko` as far as this module looks at it.
 pub fn fake_ko(name: &str, depends: &[&str]) -> Vec<u8> {

@@ -245,15 +245,10 @@ fn raw_image_payload_is_refused() {
     let mut a = args(&f, "qemu-x86_64-nuc", "x.img");
     a.payload = f.kernel.clone();
     let e = build::run(a).unwrap_err();
-    let initramfs::Error::Io { source, .. } = e else {
-        panic!("{e:?}")
-    };
-    let inner = source
-        .into_inner()
-        .unwrap()
-        .downcast::<card::Error>()
-        .unwrap();
-    assert!(matches!(*inner, card::Error::NotABundle { .. }));
+    assert!(
+        matches!(e, initramfs::Error::Card(card::Error::NotABundle { .. })),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -64,13 +64,6 @@ pub enum Error {
     Nothing,
 }
 
-impl From<Error> for crate::Error {
-    // Bridge until the lead adds a `Configure(#[from] ...)` variant.
-    fn from(e: Error) -> Self {
-        crate::Error::io("configure", std::io::Error::other(e))
-    }
-}
-
 pub fn validate(s: &Settings) -> Result<(), Error> {
     if s == &Settings::default() {
         return Err(Error::Nothing);
@@ -177,9 +170,7 @@ mod tests {
 
     fn err(e: crate::Error) -> Error {
         match e {
-            crate::Error::Io { source, .. } => {
-                *source.into_inner().unwrap().downcast::<Error>().unwrap()
-            }
+            crate::Error::Configure(e) => e,
             other => panic!("{other:?}"),
         }
     }

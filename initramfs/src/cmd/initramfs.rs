@@ -81,13 +81,6 @@ pub enum Error {
     },
 }
 
-impl From<Error> for crate::Error {
-    // Bridge until the lead adds an `Initramfs(#[from] ...)` variant.
-    fn from(e: Error) -> Self {
-        crate::Error::io("initramfs", std::io::Error::other(e))
-    }
-}
-
 /// Check that `elf` is an executable without a program interpreter.
 pub fn check_static(elf: &[u8]) -> Result<(), String> {
     if elf.len() < 64 || &elf[..4] != b"\x7fELF" {
@@ -328,9 +321,7 @@ mod tests {
             compress: Compression::Gzip,
         };
         let inner = |e: crate::Error| match e {
-            crate::Error::Io { source, .. } => {
-                source.into_inner().unwrap().downcast::<Error>().unwrap()
-            }
+            crate::Error::Initramfs(e) => Box::new(e),
             other => panic!("{other:?}"),
         };
         assert!(matches!(
