@@ -151,6 +151,11 @@ pub struct Partition {
     pub size_bytes: u64,
     /// `<root>/dev/<name>`.
     pub dev_path: PathBuf,
+    /// True when `partname` was not in the uevent but inferred from the content:
+    /// MBR cards (U-Boot boards) have no partition names, so the payload is the
+    /// partition that starts with the bundle magic and the log is the next one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub named_by_content: bool,
 }
 
 /// One disk as sysfs shows it.
@@ -615,9 +620,11 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
                 dev: pdev,
                 partname: field("PARTNAME="),
                 name: entry,
+                named_by_content: false,
             });
         }
         partitions.sort_by_key(|p| p.number);
+        name_mbr_card_partitions(&mut partitions);
 
         disks.push(Disk {
             dev_path: under(root, &format!("/dev/{name}")),
@@ -678,6 +685,35 @@ pub fn find_boot_medium(disks: &[Disk], explicit: Option<&str>) -> Result<Option
             disks: many.iter().map(|d| d.name.clone()).collect(),
             seen: seen(disks, None),
         }),
+    }
+}
+
+/// On a disk with no partition names at all (an MBR card), name the partition
+/// that starts with the bundle magic `flasher-payload` and the partition right
+/// after it `flasher-log`, as `mkflasher build` lays out MBR cards. Unreadable
+/// partitions are skipped: this only adds names, it never fails a scan.
+fn name_mbr_card_partitions(partitions: &mut [Partition]) {
+    if partitions.iter().any(|p| p.partname.is_some()) {
+        return;
+    }
+    let starts_with_magic = |p: &Partition| {
+        let mut magic = [0u8; 8];
+        std::fs::File::open(&p.dev_path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && magic == crate::bundle::MAGIC
+    };
+    let Some(i) = partitions.iter().position(starts_with_magic) else {
+        return;
+    };
+    partitions[i].partname = Some(PAYLOAD_PARTNAME.to_string());
+    partitions[i].named_by_content = true;
+    let number = partitions[i].number;
+    if let Some(next) = partitions.get_mut(i + 1) {
+        if next.number == number + 1 {
+            next.partname = Some(LOG_PARTNAME.to_string());
+            next.named_by_content = true;
+        }
     }
 }
 

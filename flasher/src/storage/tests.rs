@@ -489,3 +489,52 @@ fn partitions_marked_only_by_uevent_are_found() {
         "mmcblk0"
     );
 }
+
+/// An MBR card (as `mkflasher build` makes for U-Boot boards) has no partition
+/// names: the payload is found by the bundle magic, the log is the next partition.
+#[test]
+fn mbr_card_payload_found_by_content() {
+    let t = tempfile::tempdir().unwrap();
+    let mut r = FakeRoot::new(t.path()).unwrap();
+    r.compatible(&["ti,am335x-bone-black", "ti,am335x-bone", "ti,am33xx"])
+        .unwrap();
+    let sd = r
+        .mmc(
+            "platform/ocp/48060000.mmc",
+            0,
+            0,
+            "SD",
+            scenarios::SD_16G,
+            false,
+        )
+        .unwrap();
+    r.partition(&sd, 1, None, 64 << 20).unwrap();
+    r.partition(&sd, 2, None, 64 << 20).unwrap();
+    r.partition(&sd, 3, None, 1 << 20).unwrap();
+    let emmc = r
+        .mmc(
+            "platform/ocp/481d8000.mmc",
+            1,
+            1,
+            "MMC",
+            scenarios::EMMC_4G,
+            true,
+        )
+        .unwrap();
+    scenarios::old_os(&mut r, &emmc).unwrap();
+
+    // Without the magic there is no payload anywhere.
+    let disks = scan(t.path()).unwrap();
+    assert!(find_boot_medium(&disks, None).unwrap().is_none());
+
+    let mut head = crate::bundle::MAGIC.to_vec();
+    head.extend_from_slice(&[0u8; 56]);
+    std::fs::write(t.path().join("dev/mmcblk0p2"), &head).unwrap();
+    let disks = scan(t.path()).unwrap();
+    let boot = find_boot_medium(&disks, None).unwrap().unwrap();
+    assert_eq!(boot.disk, "mmcblk0");
+    assert_eq!(boot.payload.as_ref().unwrap().name, "mmcblk0p2");
+    assert_eq!(boot.log.as_ref().unwrap().name, "mmcblk0p3");
+    let choice = choose_target(&board("beaglebone-black"), &disks, Some(&boot)).unwrap();
+    assert_eq!(choice.disk.name, "mmcblk1");
+}
