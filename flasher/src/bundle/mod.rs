@@ -40,11 +40,18 @@ pub const MAX_SIGNATURE_LEN: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("not a flasher bundle: first bytes are {found:02x?}, expected {expected:?}; make one with `mkflasher bundle`")]
-    BadMagic { found: Vec<u8>, expected: &'static str },
+    BadMagic {
+        found: Vec<u8>,
+        expected: &'static str,
+    },
     #[error("bundle format version {found} is not supported (this flasher reads version {supported}); rebuild the bundle with a matching mkflasher or update the flasher")]
     UnknownVersion { found: u32, supported: u32 },
     #[error("bundle is truncated in {what}: expected {expected} bytes, got {got}; the payload was cut short (copy it again)")]
-    Truncated { what: String, expected: u64, got: u64 },
+    Truncated {
+        what: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("bundle manifest is corrupt: its SHA-256 is {actual}, the header says {expected}")]
     ManifestDigest { expected: String, actual: String },
     #[error("bundle manifest is not valid JSON for version {VERSION}: {0}")]
@@ -52,9 +59,20 @@ pub enum Error {
     #[error("bundle manifest is inconsistent: {0}")]
     InvalidManifest(String),
     #[error("chunk {index} (image bytes {offset}..{}) is corrupt: {reason}", offset + length)]
-    ChunkCorrupt { index: usize, offset: u64, length: u64, reason: String },
+    ChunkCorrupt {
+        index: usize,
+        offset: u64,
+        length: u64,
+        reason: String,
+    },
     #[error("chunk {index} (image bytes {offset}..{}) has SHA-256 {actual}, manifest says {expected}; the bundle is corrupt", offset + length)]
-    ChunkDigest { index: usize, offset: u64, length: u64, expected: String, actual: String },
+    ChunkDigest {
+        index: usize,
+        offset: u64,
+        length: u64,
+        expected: String,
+        actual: String,
+    },
     #[error("image SHA-256 is {actual}, manifest says {expected}")]
     ImageDigest { expected: String, actual: String },
     #[error("bundle writer misuse: {0}")]
@@ -73,7 +91,10 @@ impl Error {
         2
     }
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -164,7 +185,11 @@ impl Manifest {
     }
     /// Bytes of each kind.
     pub fn bytes_of(&self, kind: ExtentKind) -> u64 {
-        self.extents.iter().filter(|e| e.kind == kind).map(|e| e.length).sum()
+        self.extents
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.length)
+            .sum()
     }
 
     /// Check every invariant the writer relies on, so a malformed manifest is
@@ -172,32 +197,49 @@ impl Manifest {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidManifest(m));
         if self.version != VERSION {
-            return Err(Error::UnknownVersion { found: self.version, supported: VERSION });
+            return Err(Error::UnknownVersion {
+                found: self.version,
+                supported: VERSION,
+            });
         }
         if self.compression != "zstd" {
-            return bad(format!("compression {:?} is not supported (only \"zstd\")", self.compression));
+            return bad(format!(
+                "compression {:?} is not supported (only \"zstd\")",
+                self.compression
+            ));
         }
         if self.image_size == 0 {
             return bad("image size is 0 bytes".into());
         }
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) || self.chunk_size % 4096 != 0 {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
+            || self.chunk_size % 4096 != 0
+        {
             return bad(format!(
                 "chunk size {} bytes is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} or not a multiple of 4096",
                 self.chunk_size
             ));
         }
         if hex_digest(&self.image_sha256).is_none() {
-            return bad(format!("image_sha256 {:?} is not 64 hex digits", self.image_sha256));
+            return bad(format!(
+                "image_sha256 {:?} is not 64 hex digits",
+                self.image_sha256
+            ));
         }
         let mut pos = 0u64;
         for (i, e) in self.extents.iter().enumerate() {
             if e.offset != pos || e.length == 0 {
                 return bad(format!("extent {i} starts at {} with length {}, expected start {pos} and a non-zero length", e.offset, e.length));
             }
-            pos = e.offset.checked_add(e.length).ok_or_else(|| Error::InvalidManifest(format!("extent {i} overflows")))?;
+            pos = e
+                .offset
+                .checked_add(e.length)
+                .ok_or_else(|| Error::InvalidManifest(format!("extent {i} overflows")))?;
         }
         if pos != self.image_size {
-            return bad(format!("extents cover {pos} bytes, image size is {}", self.image_size));
+            return bad(format!(
+                "extents cover {pos} bytes, image size is {}",
+                self.image_size
+            ));
         }
         // Chunks must tile the data extents in order, never crossing a chunk-size boundary.
         let mut ci = 0usize;
@@ -216,17 +258,26 @@ impl Manifest {
                     ));
                 }
                 if hex_digest(&c.sha256).is_none() {
-                    return bad(format!("chunk {ci} sha256 {:?} is not 64 hex digits", c.sha256));
+                    return bad(format!(
+                        "chunk {ci} sha256 {:?} is not 64 hex digits",
+                        c.sha256
+                    ));
                 }
                 if c.compressed_size == 0 || c.compressed_size > zstd_bound(c.length) {
-                    return bad(format!("chunk {ci} compressed size {} is impossible for {} bytes", c.compressed_size, c.length));
+                    return bad(format!(
+                        "chunk {ci} compressed size {} is impossible for {} bytes",
+                        c.compressed_size, c.length
+                    ));
                 }
                 off = expect_end;
                 ci += 1;
             }
         }
         if ci != self.chunks.len() {
-            return bad(format!("{} chunks listed, the data extents need {ci}", self.chunks.len()));
+            return bad(format!(
+                "{} chunks listed, the data extents need {ci}",
+                self.chunks.len()
+            ));
         }
         Ok(())
     }
@@ -286,7 +337,10 @@ impl Header {
     /// else so a newer bundle gets `UnknownVersion`, not a confusing parse error.
     pub fn parse(b: &[u8; HEADER_LEN]) -> Result<Header> {
         if b[0..8] != MAGIC {
-            return Err(Error::BadMagic { found: b[0..8].to_vec(), expected: "FLSHBNDL" });
+            return Err(Error::BadMagic {
+                found: b[0..8].to_vec(),
+                expected: "FLSHBNDL",
+            });
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let u64_at = |i: usize| {
@@ -296,11 +350,16 @@ impl Header {
         };
         let version = u32_at(8);
         if version != VERSION {
-            return Err(Error::UnknownVersion { found: version, supported: VERSION });
+            return Err(Error::UnknownVersion {
+                found: version,
+                supported: VERSION,
+            });
         }
         let header_len = u32_at(12);
         if header_len as usize != HEADER_LEN {
-            return Err(Error::InvalidManifest(format!("header length {header_len}, expected {HEADER_LEN}")));
+            return Err(Error::InvalidManifest(format!(
+                "header length {header_len}, expected {HEADER_LEN}"
+            )));
         }
         let mut manifest_sha256 = [0u8; 32];
         manifest_sha256.copy_from_slice(&b[40..72]);
@@ -312,10 +371,16 @@ impl Header {
             manifest_sha256,
         };
         if h.manifest_len == 0 || h.manifest_len > MAX_MANIFEST_LEN {
-            return Err(Error::InvalidManifest(format!("manifest length {} bytes is out of range", h.manifest_len)));
+            return Err(Error::InvalidManifest(format!(
+                "manifest length {} bytes is out of range",
+                h.manifest_len
+            )));
         }
         if h.signature_len > MAX_SIGNATURE_LEN {
-            return Err(Error::InvalidManifest(format!("signature length {} bytes is out of range", h.signature_len)));
+            return Err(Error::InvalidManifest(format!(
+                "signature length {} bytes is out of range",
+                h.signature_len
+            )));
         }
         Ok(h)
     }
@@ -339,12 +404,20 @@ pub struct Opened {
 }
 
 /// Read exactly `buf.len()` bytes or report how many were there.
-pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8], what: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn read_full(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    what: impl FnOnce() -> String,
+) -> Result<()> {
     let mut got = 0usize;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) => {
-                return Err(Error::Truncated { what: what(), expected: buf.len() as u64, got: got as u64 });
+                return Err(Error::Truncated {
+                    what: what(),
+                    expected: buf.len() as u64,
+                    got: got as u64,
+                });
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -365,7 +438,10 @@ pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
     read_full(r, &mut manifest_bytes, || "manifest".into())?;
     let actual: [u8; 32] = Sha256::digest(&manifest_bytes).into();
     if actual != header.manifest_sha256 {
-        return Err(Error::ManifestDigest { expected: hex::encode(header.manifest_sha256), actual: hex::encode(actual) });
+        return Err(Error::ManifestDigest {
+            expected: hex::encode(header.manifest_sha256),
+            actual: hex::encode(actual),
+        });
     }
     // Check the version inside the JSON before the full schema, so a future
     // manifest gets UnknownVersion rather than a parse error.
@@ -375,9 +451,13 @@ pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
     }
     let v: VersionOnly = serde_json::from_slice(&manifest_bytes).map_err(Error::ManifestParse)?;
     if v.version != VERSION {
-        return Err(Error::UnknownVersion { found: v.version, supported: VERSION });
+        return Err(Error::UnknownVersion {
+            found: v.version,
+            supported: VERSION,
+        });
     }
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(Error::ManifestParse)?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(Error::ManifestParse)?;
     manifest.validate()?;
     if manifest.data_len() != header.data_len {
         return Err(Error::InvalidManifest(format!(
@@ -393,12 +473,18 @@ pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
     } else {
         None
     };
-    Ok(Opened { header, manifest, manifest_bytes, signature })
+    Ok(Opened {
+        header,
+        manifest,
+        manifest_bytes,
+        signature,
+    })
 }
 
 /// Read the manifest of a bundle file (for `mkflasher inspect`).
 pub fn read_manifest_file(path: &std::path::Path) -> Result<Opened> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(format!("open bundle {}", path.display()), e))?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("open bundle {}", path.display()), e))?;
     read_manifest(&mut std::io::BufReader::new(f))
 }
 

@@ -24,7 +24,11 @@ pub struct ChunkReader<'m, R: Read> {
 
 impl<'m, R: Read> ChunkReader<'m, R> {
     pub fn new(inner: R, manifest: &'m Manifest) -> Self {
-        ChunkReader { inner, manifest, next: 0 }
+        ChunkReader {
+            inner,
+            manifest,
+            next: 0,
+        }
     }
 }
 
@@ -35,12 +39,22 @@ impl<R: Read> Iterator for ChunkReader<'_, R> {
         let index = self.next;
         self.next += 1;
         let mut compressed = vec![0u8; chunk.compressed_size as usize];
-        if let Err(e) = read_full(&mut self.inner, &mut compressed, || format!("chunk {index} (image bytes {}..{})", chunk.offset, chunk.end())) {
+        if let Err(e) = read_full(&mut self.inner, &mut compressed, || {
+            format!(
+                "chunk {index} (image bytes {}..{})",
+                chunk.offset,
+                chunk.end()
+            )
+        }) {
             // Stop after the first error: the stream position is lost.
             self.next = self.manifest.chunks.len();
             return Some(Err(e));
         }
-        Some(Ok(RawChunk { index, chunk, compressed }))
+        Some(Ok(RawChunk {
+            index,
+            chunk,
+            compressed,
+        }))
     }
 }
 
@@ -48,7 +62,12 @@ impl<R: Read> Iterator for ChunkReader<'_, R> {
 /// SHA-256 against the manifest. Errors name the chunk and its image range.
 pub fn decode_chunk(raw: &RawChunk, out: &mut [u8]) -> Result<()> {
     let c = &raw.chunk;
-    let corrupt = |reason: String| Error::ChunkCorrupt { index: raw.index, offset: c.offset, length: c.length, reason };
+    let corrupt = |reason: String| Error::ChunkCorrupt {
+        index: raw.index,
+        offset: c.offset,
+        length: c.length,
+        reason,
+    };
     if out.len() as u64 != c.length {
         return Err(corrupt(format!("output buffer is {} bytes", out.len())));
     }
@@ -58,7 +77,10 @@ pub fn decode_chunk(raw: &RawChunk, out: &mut [u8]) -> Result<()> {
         .and_then(|mut d| d.decompress_to_buffer(&raw.compressed, out))
         .map_err(|e| corrupt(format!("zstd: {e}")))?;
     if n as u64 != c.length {
-        return Err(corrupt(format!("decompressed to {n} bytes, manifest says {}", c.length)));
+        return Err(corrupt(format!(
+            "decompressed to {n} bytes, manifest says {}",
+            c.length
+        )));
     }
     let actual: [u8; 32] = Sha256::digest(&*out).into();
     let expected = super::hex_digest(&c.sha256).unwrap_or([0; 32]);

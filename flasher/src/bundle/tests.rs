@@ -2,7 +2,12 @@ use super::*;
 use std::io::Cursor;
 
 fn opts() -> WriterOptions {
-    WriterOptions { chunk_size: 64 << 10, level: 1, workers: 2, source: SourceInfo::default() }
+    WriterOptions {
+        chunk_size: 64 << 10,
+        level: 1,
+        workers: 2,
+        source: SourceInfo::default(),
+    }
 }
 
 /// An image of 300 000 bytes: data, a zero run, dont-care, odd-sized data tail.
@@ -41,7 +46,11 @@ fn round_trip_and_trailing_garbage_ignored() {
         let c = raw.chunk.clone();
         decode_chunk(&raw, &mut image[c.offset as usize..c.end() as usize]).unwrap();
     }
-    assert_eq!(r.position(), len, "reader stops exactly at the bundle's end");
+    assert_eq!(
+        r.position(),
+        len,
+        "reader stops exactly at the bundle's end"
+    );
     assert_eq!(image, logical);
     // Chunks never cross a chunk-size boundary.
     for c in &m.chunks {
@@ -54,30 +63,63 @@ fn unknown_header_version_is_refused() {
     let (mut bundle, _) = sample();
     bundle[8..12].copy_from_slice(&7u32.to_le_bytes());
     let e = read_manifest(&mut Cursor::new(&bundle)).unwrap_err();
-    assert!(matches!(e, Error::UnknownVersion { found: 7, supported: 1 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::UnknownVersion {
+                found: 7,
+                supported: 1
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn unknown_manifest_version_is_refused() {
     let (bundle, _) = sample();
     let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
-    let mut m: serde_json::Value = serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + h.manifest_len as usize]).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + h.manifest_len as usize]).unwrap();
     m["version"] = 2.into();
     m["something_new"] = true.into();
     let json = serde_json::to_vec(&m).unwrap();
-    let h2 = Header { manifest_len: json.len() as u64, manifest_sha256: Sha256::digest(&json).into(), ..h.clone() };
+    let h2 = Header {
+        manifest_len: json.len() as u64,
+        manifest_sha256: Sha256::digest(&json).into(),
+        ..h.clone()
+    };
     let mut b = h2.to_bytes().to_vec();
     b.extend(&json);
     b.extend(&bundle[HEADER_LEN + h.manifest_len as usize..]);
     let e = read_manifest(&mut Cursor::new(&b)).unwrap_err();
-    assert!(matches!(e, Error::UnknownVersion { found: 2, supported: 1 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::UnknownVersion {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn truncation_is_reported_where_it_happens() {
     let (bundle, _) = sample();
     let e = read_manifest(&mut Cursor::new(&bundle[..40])).unwrap_err();
-    assert!(matches!(e, Error::Truncated { expected: 80, got: 40, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Truncated {
+                expected: 80,
+                got: 40,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let e = read_manifest(&mut Cursor::new(&bundle[..200])).unwrap_err();
     assert!(matches!(e, Error::Truncated { .. }), "{e:?}");
     let cut = &bundle[..bundle.len() - 5];
@@ -117,7 +159,10 @@ fn flipped_chunk_byte_names_the_chunk() {
     }
     assert_eq!(errs.len(), 1);
     assert!(
-        matches!(errs[0], Error::ChunkDigest { index: 1, .. } | Error::ChunkCorrupt { index: 1, .. }),
+        matches!(
+            errs[0],
+            Error::ChunkDigest { index: 1, .. } | Error::ChunkCorrupt { index: 1, .. }
+        ),
         "{:?}",
         errs[0]
     );

@@ -7,7 +7,10 @@
 //! must precede the chunks so the board can stream, while the input may itself
 //! be a one-pass stream (a `.xz` image).
 
-use super::{Chunk, Error, Extent, ExtentKind, Header, Manifest, Result, SourceInfo, DEFAULT_CHUNK_SIZE, VERSION};
+use super::{
+    Chunk, Error, Extent, ExtentKind, Header, Manifest, Result, SourceInfo, DEFAULT_CHUNK_SIZE,
+    VERSION,
+};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
@@ -31,7 +34,10 @@ impl Default for WriterOptions {
         WriterOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             level: 3,
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(1, 8),
             source: SourceInfo::default(),
         }
     }
@@ -60,10 +66,17 @@ static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 
 impl<S: Read + Write + Seek> BundleWriter<S> {
     pub fn new(opts: WriterOptions, mut spool: S) -> Result<Self> {
-        if !(super::MIN_CHUNK_SIZE..=super::MAX_CHUNK_SIZE).contains(&opts.chunk_size) || opts.chunk_size % 4096 != 0 {
-            return Err(Error::Writer(format!("chunk size {} is not a multiple of 4096 in 64 KiB..=64 MiB", opts.chunk_size)));
+        if !(super::MIN_CHUNK_SIZE..=super::MAX_CHUNK_SIZE).contains(&opts.chunk_size)
+            || opts.chunk_size % 4096 != 0
+        {
+            return Err(Error::Writer(format!(
+                "chunk size {} is not a multiple of 4096 in 64 KiB..=64 MiB",
+                opts.chunk_size
+            )));
         }
-        spool.seek(SeekFrom::Start(0)).map_err(|e| Error::io("rewind spool", e))?;
+        spool
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("rewind spool", e))?;
         let (tx, rx) = bounded::<Job>(opts.workers.max(1) * 2);
         let workers = (0..opts.workers.max(1))
             .map(|_| {
@@ -101,7 +114,11 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
     fn add_extent(&mut self, kind: ExtentKind, len: u64) {
         match self.extents.last_mut() {
             Some(e) if e.kind == kind && e.end() == self.pos => e.length += len,
-            _ => self.extents.push(Extent { kind, offset: self.pos, length: len }),
+            _ => self.extents.push(Extent {
+                kind,
+                offset: self.pos,
+                length: len,
+            }),
         }
         self.pos += len;
     }
@@ -116,7 +133,9 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
         let mut off = self.pos - data.len() as u64;
         let cs = self.opts.chunk_size;
         while !data.is_empty() {
-            let (start, buf) = self.cur.get_or_insert_with(|| (off, Vec::with_capacity(cs as usize)));
+            let (start, buf) = self
+                .cur
+                .get_or_insert_with(|| (off, Vec::with_capacity(cs as usize)));
             let boundary = (*start / cs + 1) * cs;
             let take = ((boundary - off) as usize).min(data.len());
             buf.extend_from_slice(&data[..take]);
@@ -155,11 +174,17 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
     }
 
     fn close_chunk(&mut self) -> Result<()> {
-        let Some((start, buf)) = self.cur.take() else { return Ok(()) };
+        let Some((start, buf)) = self.cur.take() else {
+            return Ok(());
+        };
         let len = buf.len() as u64;
         let (tx, rx) = bounded(1);
-        let jobs = self.jobs.as_ref().ok_or_else(|| Error::Writer("push after finish".into()))?;
-        jobs.send((buf, tx)).map_err(|_| Error::Writer("compression worker died".into()))?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| Error::Writer("push after finish".into()))?;
+        jobs.send((buf, tx))
+            .map_err(|_| Error::Writer("compression worker died".into()))?;
         self.pending.push_back((start, len, rx));
         while self.pending.len() > self.opts.workers.max(1) * 2 {
             self.drain_one()?;
@@ -168,13 +193,22 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
     }
 
     fn drain_one(&mut self) -> Result<()> {
-        let Some((offset, length, rx)) = self.pending.pop_front() else { return Ok(()) };
+        let Some((offset, length, rx)) = self.pending.pop_front() else {
+            return Ok(());
+        };
         let (compressed, sha256) = rx
             .recv()
             .map_err(|_| Error::Writer("compression worker died".into()))?
             .map_err(|e| Error::io(format!("compress chunk at image offset {offset}"), e))?;
-        self.spool.write_all(&compressed).map_err(|e| Error::io("write chunk spool", e))?;
-        self.chunks.push(Chunk { offset, length, compressed_size: compressed.len() as u64, sha256 });
+        self.spool
+            .write_all(&compressed)
+            .map_err(|e| Error::io("write chunk spool", e))?;
+        self.chunks.push(Chunk {
+            offset,
+            length,
+            compressed_size: compressed.len() as u64,
+            sha256,
+        });
         Ok(())
     }
 
@@ -199,7 +233,9 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
             created_by: format!("flasher {}", env!("CARGO_PKG_VERSION")),
             source: self.opts.source.clone(),
         };
-        manifest.validate().map_err(|e| Error::Writer(format!("produced an invalid manifest: {e}")))?;
+        manifest
+            .validate()
+            .map_err(|e| Error::Writer(format!("produced an invalid manifest: {e}")))?;
         let json = serde_json::to_vec_pretty(&manifest).map_err(Error::ManifestParse)?;
         let header = Header {
             version: VERSION,
@@ -208,13 +244,20 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
             data_len: manifest.data_len(),
             manifest_sha256: Sha256::digest(&json).into(),
         };
-        out.write_all(&header.to_bytes()).map_err(|e| Error::io("write bundle header", e))?;
-        out.write_all(&json).map_err(|e| Error::io("write bundle manifest", e))?;
-        self.spool.seek(SeekFrom::Start(0)).map_err(|e| Error::io("rewind spool", e))?;
+        out.write_all(&header.to_bytes())
+            .map_err(|e| Error::io("write bundle header", e))?;
+        out.write_all(&json)
+            .map_err(|e| Error::io("write bundle manifest", e))?;
+        self.spool
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("rewind spool", e))?;
         let copied = std::io::copy(&mut (&mut self.spool).take(header.data_len), out)
             .map_err(|e| Error::io("copy chunks into bundle", e))?;
         if copied != header.data_len {
-            return Err(Error::Writer(format!("spool held {copied} bytes, expected {}", header.data_len)));
+            return Err(Error::Writer(format!(
+                "spool held {copied} bytes, expected {}",
+                header.data_len
+            )));
         }
         out.flush().map_err(|e| Error::io("flush bundle", e))?;
         Ok(manifest)
