@@ -49,7 +49,7 @@ fn flash(
 
 /// The flashed target matches the image between the end of the primary GPT
 /// entries and the start of the image's backup GPT entries; with no fix-up
-/// linked, it matches over the whole image.
+/// needed (same-size target), over the whole image. `sfdisk --verify` is clean.
 fn assert_flashed(img: &Image, target: &Path, report: &WriteReport) {
     let lo = 34 * 512;
     let hi = img.size - 33 * 512;
@@ -162,6 +162,10 @@ fn real_image_flashes_to_a_loop_block_device() {
         r
     };
     assert!(report.direct_io, "loop block devices take O_DIRECT");
+    assert!(
+        report.fixup.as_ref().is_some_and(|f| f.changed()),
+        "backup GPT moved to the device end"
+    );
     assert_flashed(&img, &backing, &report);
 }
 
@@ -353,7 +357,7 @@ fn refusals_assert_their_variants() {
 fn bundle_in_a_larger_partition_with_trailing_garbage_flashes() {
     let dir = tempfile::tempdir().unwrap();
     let (img, mut bytes, _) = bundle_bytes(dir.path());
-    bytes.extend(std::iter::repeat(0x5a).take(3 << 20));
+    bytes.extend(std::iter::repeat_n(0x5a, 3 << 20));
     let part = dir.path().join("payload-partition");
     std::fs::write(&part, &bytes).unwrap();
     let target = dir.path().join("t.img");
@@ -374,4 +378,38 @@ fn bundle_in_a_larger_partition_with_trailing_garbage_flashes() {
     // Same size target: `sfdisk --verify` is clean without any fix-up.
     let out = run(Command::new("sfdisk").arg("--verify").arg(&target));
     assert!(out.contains("No errors detected"), "{out}");
+}
+
+#[test]
+fn expand_data_grows_the_last_partition_to_the_target_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_gpt_image(dir.path(), IMAGE_SIZE);
+    let out = dir.path().join("b.bundle");
+    make_bundle(&img.path, &out, None);
+    let target = dir.path().join("t.img");
+    garbage_file(&target, 48 << 20);
+    let opts = WriteOptions {
+        expand_data: true,
+        ..WriteOptions::default()
+    };
+    let report = pipeline::write(
+        std::io::BufReader::new(std::fs::File::open(&out).unwrap()),
+        &target,
+        &opts,
+        &Null,
+    )
+    .unwrap();
+    let grown = report
+        .fixup
+        .as_ref()
+        .and_then(|f| f.grown.clone())
+        .expect("a partition was grown");
+    assert_eq!(grown.number, 2);
+    assert!(grown.new_end_lba * 512 > (47 << 20), "{grown:?}");
+    let out = run(Command::new("sfdisk").arg("--verify").arg(&target));
+    assert!(out.contains("No errors detected"), "{out}");
+    // The filesystem inside is unchanged (growing it is the OS's first-boot job).
+    let ext = dir.path().join("flashed-ext4");
+    extract(&target, img.ext4, &ext);
+    e2fsck(&ext);
 }

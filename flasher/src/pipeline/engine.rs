@@ -118,26 +118,24 @@ pub fn write_opened<R: Read, T: Target>(
     Ok(report)
 }
 
-/// The call site for the partition-table fix-ups (backup GPT at the real end,
-/// protective MBR size, optional data-partition growth). They run after the
-/// first blocks are written and verified.
+/// The partition-table fix-ups (backup GPT at the real end, protective MBR
+/// size, optional data-partition growth). They run after the first blocks are
+/// written and verified, so a failed flash never reaches them.
 fn post_write_fixups<T: Target>(
     target: &mut T,
     m: &Manifest,
     opts: &WriteOptions,
-) -> crate::Result<Option<String>> {
-    // INTEGRATION POINT: `crate::fixup::after_write` (branch `fixups`) goes here:
-    //   let r = crate::fixup::after_write(target, m.image_size, target.size(), target.sector_size(), opts.expand_data)?;
-    //   return Ok(Some(format!("{r:?}")));
-    if target.size() > m.image_size || opts.expand_data {
-        tracing::warn!(
-            "partition-table fix-ups are not linked into this build yet: the backup GPT stays at image end ({} bytes) on a {}-byte target",
-            m.image_size,
-            target.size()
-        );
+) -> crate::Result<Option<crate::fixup::FixupReport>> {
+    let (size, ss) = (target.size(), target.sector_size());
+    let r = crate::fixup::after_write(target, m.image_size, size, ss, opts.expand_data)?;
+    for n in &r.notes {
+        tracing::info!("partition-table fix-up: {n}");
     }
-    Ok(None)
+    Ok(Some(r))
 }
+
+/// (offset, length) pairs.
+type Ranges = Vec<(u64, u64)>;
 
 /// The held-back regions: `[0, head)` and `[tail, image_size)`.
 #[derive(Debug, Clone, Copy)]
@@ -148,7 +146,7 @@ struct Deferred {
 
 impl Deferred {
     /// Split `[off, off+len)` into the parts outside and inside the held-back regions.
-    fn split(&self, off: u64, len: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    fn split(&self, off: u64, len: u64) -> (Ranges, Ranges) {
         let end = off + len;
         let mut outside = Vec::new();
         let mut inside = Vec::new();

@@ -168,7 +168,7 @@ pub struct WriteReport {
     pub direct_io: bool,
     pub durations: PhaseDurations,
     /// What the partition-table fix-ups did, if they ran.
-    pub fixup: Option<String>,
+    pub fixup: Option<crate::fixup::FixupReport>,
 }
 
 /// A write destination for the engine: positioned I/O plus zeroing, syncing
