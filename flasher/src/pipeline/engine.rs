@@ -544,25 +544,70 @@ fn verify_streamed<T: Target>(
             .sum::<u64>();
     }
     let mut progress = Progress::new(obs, Phase::Verifying, total);
-    let mut buf = AlignedBuf::zeroed(m.chunk_size.max(MIB) as usize);
-    for c in checks {
-        match *c {
+    let piece = m.chunk_size.max(MIB) as usize;
+    // First pass, pipelined: one thread reads (O_DIRECT) while this one hashes
+    // and compares, so the device never waits for SHA-256. Mismatches are
+    // collected and retried one by one afterwards.
+    let bad = std::thread::scope(|s| -> crate::Result<Vec<usize>> {
+        let (full_tx, full_rx) = bounded::<(usize, AlignedBuf)>(2);
+        let (free_tx, free_rx) = bounded::<AlignedBuf>(4);
+        for _ in 0..4 {
+            let _ = free_tx.send(AlignedBuf::zeroed(piece));
+        }
+        let tt = &mut *t;
+        let reader = s.spawn(move || -> Result<(), Error> {
+            for (ci, c) in checks.iter().enumerate() {
+                let (off, len) = match *c {
+                    Check::Chunk(i) => (m.chunks[i].offset, m.chunks[i].length),
+                    Check::Zero(off, len) => (off, len),
+                };
+                let mut o = 0;
+                while o < len {
+                    let Ok(mut buf) = free_rx.recv() else {
+                        return Ok(());
+                    };
+                    let n = (len - o).min(piece as u64);
+                    buf.set_len(n as usize);
+                    read(tt, off + o, &mut buf[..])?;
+                    if full_tx.send((ci, buf)).is_err() {
+                        return Ok(());
+                    }
+                    o += n;
+                }
+            }
+            Ok(())
+        });
+        let mut bad = Vec::new();
+        for (ci, buf) in full_rx.iter() {
+            let good = match checks[ci] {
+                Check::Chunk(i) => bundle::sha256_hex(&buf[..]) == m.chunks[i].sha256,
+                Check::Zero(..) => is_zero(&buf[..]),
+            };
+            if !good && bad.last() != Some(&ci) {
+                bad.push(ci);
+            }
+            progress.add(buf.len() as u64);
+            let _ = free_tx.send(buf);
+        }
+        reader
+            .join()
+            .map_err(|_| Error::Internal("verify reader panicked".into()))??;
+        Ok(bad)
+    })?;
+    let mut buf = AlignedBuf::zeroed(piece);
+    for ci in bad {
+        match checks[ci] {
             Check::Chunk(i) => {
                 let ch = &m.chunks[i];
-                let mut matched = false;
-                for attempt in 0..2 {
-                    if attempt == 1 {
-                        tracing::warn!("chunk {i} (target bytes {}..{}) read back wrong; dropping caches and reading once more", ch.offset, ch.end());
-                        t.drop_cache();
-                    }
-                    buf.set_len(ch.length as usize);
-                    read(t, ch.offset, &mut buf[..])?;
-                    if bundle::sha256_hex(&buf[..]) == ch.sha256 {
-                        matched = true;
-                        break;
-                    }
-                }
-                if !matched {
+                tracing::warn!(
+                    "chunk {i} (target bytes {}..{}) read back wrong; dropping caches and reading once more",
+                    ch.offset,
+                    ch.end()
+                );
+                t.drop_cache();
+                buf.set_len(ch.length as usize);
+                read(t, ch.offset, &mut buf[..])?;
+                if bundle::sha256_hex(&buf[..]) != ch.sha256 {
                     // The bytes are not kept (streamed), so a rewrite is not possible.
                     return Err(Error::VerifyMismatch {
                         offset: ch.offset,
@@ -571,11 +616,9 @@ fn verify_streamed<T: Target>(
                     }
                     .into());
                 }
-                progress.add(ch.length);
             }
             Check::Zero(off, len) => {
                 check_range(t, off, None, len, &mut buf, "must-be-zero range")?;
-                progress.add(len);
             }
         }
     }
