@@ -396,6 +396,27 @@ impl Device {
             let r = self.file.write_all_at(data, off);
             return self.direct_result(r);
         }
+        // Write the aligned middle straight from the caller's buffer when its
+        // memory is aligned there too; only the unaligned edges are bounced.
+        let g = self.granularity;
+        let end = off + data.len() as u64;
+        let (a, b) = (round_up(off, g), round_down(end, g));
+        if a < b
+            && b <= self.size
+            && (data.as_ptr() as usize + (a - off) as usize).is_multiple_of(ALIGN)
+        {
+            if a > off {
+                self.write_bounced(off, &data[..(a - off) as usize])?;
+            }
+            let r = self
+                .file
+                .write_all_at(&data[(a - off) as usize..(b - off) as usize], a);
+            self.direct_result(r)?;
+            if end > b {
+                self.write_bounced(b, &data[(b - off) as usize..])?;
+            }
+            return Ok(());
+        }
         self.write_bounced(off, data)
     }
 
@@ -485,6 +506,25 @@ impl Device {
         if self.aligned(off, buf) {
             let r = self.file.read_exact_at(buf, off);
             return self.direct_result(r);
+        }
+        let g = self.granularity;
+        let end = off + buf.len() as u64;
+        let (a, b) = (round_up(off, g), round_down(end, g));
+        if a < b && (buf.as_ptr() as usize + (a - off) as usize).is_multiple_of(ALIGN) {
+            // Aligned middle straight into the caller's buffer, edges bounced.
+            let (head, rest) = buf.split_at_mut((a - off) as usize);
+            let (mid, tail) = rest.split_at_mut((b - a) as usize);
+            self.read_bounced(off, head)?;
+            let r = self.file.read_exact_at(mid, a);
+            self.direct_result(r)?;
+            return self.read_bounced(b, tail);
+        }
+        self.read_bounced(off, buf)
+    }
+
+    fn read_bounced(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
         }
         let g = self.granularity;
         let end = off + buf.len() as u64;
@@ -689,6 +729,19 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(std::fs::read(&p).unwrap(), want);
         assert!(d.write_at(size as u64 - 1, &[1, 2]).is_err());
+
+        // Aligned start, odd length: direct middle plus a bounced tail, both ways.
+        let mut big = AlignedBuf::zeroed(9000);
+        big.iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 97) as u8 + 1);
+        d.write_at(4096, &big).unwrap();
+        let mut back = AlignedBuf::zeroed(9000);
+        d.read_at(4096, &mut back).unwrap();
+        assert_eq!(&back[..], &big[..]);
+        want[4096..13096].copy_from_slice(&big);
+        d.sync().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), want);
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub fn run(args: Args) -> crate::Result<()> {
     };
     let f = std::fs::File::open(&args.payload)
         .map_err(|e| crate::Error::io(format!("open payload {}", args.payload.display()), e))?;
-    let payload = std::io::BufReader::with_capacity(4 << 20, f);
+    // Chunk reads larger than the buffer bypass it (no extra copy).
+    let payload = std::io::BufReader::with_capacity(256 << 10, f);
     let obs: Box<dyn Observer> = if std::io::stderr().is_terminal() {
         Box::new(Bar::default())
     } else {

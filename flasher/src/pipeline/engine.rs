@@ -378,7 +378,8 @@ fn write_loop<T: Target>(
     // The head length depends on the first chunk's GPT header, so it is fixed
     // when the first extent is seen, before anything of the image is written.
     let mut d: Option<Deferred> = None;
-    let tail = m.image_size.saturating_sub(HOLD);
+    // Aligned down so the streamed part ends on a block boundary.
+    let tail = m.image_size.saturating_sub(HOLD) / 4096 * 4096;
     let mut out = Streamed {
         checks: Vec::new(),
         kept: Vec::new(),
