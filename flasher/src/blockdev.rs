@@ -42,6 +42,16 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The blink-code class: 3 target refused, 4 I/O trouble on the target.
+    pub fn blink_class(&self) -> u8 {
+        match self {
+            Error::ReadOnly { .. } | Error::Busy { .. } | Error::NotBlockOrFile { .. } => 3,
+            Error::Open { .. } | Error::Ioctl { .. } => 4,
+        }
+    }
+}
+
 /// A heap buffer aligned to [`ALIGN`], for O_DIRECT. Its capacity is rounded
 /// up to a multiple of `ALIGN`; `len` is what the slice shows.
 pub struct AlignedBuf {

@@ -29,6 +29,10 @@ pub struct Args {
     /// Decompression threads (default: CPUs, at most 4).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Do not recompute the whole-image SHA-256 (saves CPU on slow boards;
+    /// every chunk's digest is still checked).
+    #[arg(long)]
+    pub no_image_digest: bool,
     /// Root of /proc and /sys for the mounted-target check (for tests).
     #[arg(long, default_value = "/", hide = true)]
     pub root: PathBuf,
@@ -45,6 +49,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         root: args.root.clone(),
         direct: !args.no_direct,
         workers: args.workers.unwrap_or(defaults.workers).max(1),
+        image_digest: !args.no_image_digest,
     };
     let f = std::fs::File::open(&args.payload)
         .map_err(|e| crate::Error::io(format!("open payload {}", args.payload.display()), e))?;

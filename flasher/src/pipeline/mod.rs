@@ -123,6 +123,12 @@ pub struct WriteOptions {
     pub direct: bool,
     /// Decompression threads.
     pub workers: usize,
+    /// Recompute the whole-image SHA-256 while streaming and compare it before
+    /// the first blocks are written. This hashes the zeros of every
+    /// must-be-zero and dont-care range too, which costs real time on slow
+    /// CPUs without SHA instructions; the per-chunk digests (always checked)
+    /// already cover every data byte.
+    pub image_digest: bool,
 }
 
 impl Default for WriteOptions {
@@ -136,6 +142,7 @@ impl Default for WriteOptions {
                 .map(|n| n.get())
                 .unwrap_or(2)
                 .clamp(1, 4),
+            image_digest: true,
         }
     }
 }
@@ -164,6 +171,8 @@ pub struct WriteReport {
     pub bytes_verified: u64,
     /// Image bytes held back and written last (the first and last blocks).
     pub held_back: u64,
+    /// Whether the whole-image digest was recomputed and matched.
+    pub image_digest_checked: bool,
     /// Whether the target was written with O_DIRECT.
     pub direct_io: bool,
     pub durations: PhaseDurations,

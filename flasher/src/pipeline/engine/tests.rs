@@ -389,3 +389,69 @@ fn deferred_split_covers_everything_once() {
     assert!(a.is_empty());
     assert_eq!(b.iter().map(|r| r.1).sum::<u64>(), 200);
 }
+
+/// Re-seal a bundle after editing its manifest JSON (valid header digest).
+fn reseal(bundle: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let hl = crate::bundle::HEADER_LEN;
+    let h = crate::bundle::Header::parse(bundle[..hl].try_into().unwrap()).unwrap();
+    let ml = h.manifest_len as usize;
+    let mut m: serde_json::Value = serde_json::from_slice(&bundle[hl..hl + ml]).unwrap();
+    edit(&mut m);
+    let json = serde_json::to_vec(&m).unwrap();
+    let h2 = crate::bundle::Header {
+        manifest_len: json.len() as u64,
+        manifest_sha256: Sha256::digest(&json).into(),
+        ..h
+    };
+    let mut out = h2.to_bytes().to_vec();
+    out.extend(&json);
+    out.extend(&bundle[hl + ml..]);
+    out
+}
+
+#[test]
+fn wrong_image_digest_fails_before_the_head_unless_disabled() {
+    let img = plain_image(3 << 20);
+    let (bundle, _, _) = bundle_of(&[Run::Data(img.clone()), Run::Zero(1 << 20)], 1 << 20);
+    let bad = reseal(&bundle, |m| m["image_sha256"] = "ab".repeat(32).into());
+    let mut t = Plain::new(Cursor::new(vec![0xeeu8; 5 << 20])).unwrap();
+    let e = write_to(Cursor::new(&bad), &mut t, &opts(), &crate::progress::Null).unwrap_err();
+    assert!(
+        matches!(e, CrateError::Bundle(bundle::Error::ImageDigest { .. })),
+        "{e:?}"
+    );
+    let out = t.into_inner().into_inner();
+    assert!(
+        out[..1 << 20].iter().all(|&b| b == 0),
+        "head wiped, never written"
+    );
+    assert_eq!(&out[1 << 20..3 << 20], &img[1 << 20..3 << 20]);
+    let mut t = Plain::new(Cursor::new(vec![0xeeu8; 5 << 20])).unwrap();
+    let o = WriteOptions {
+        image_digest: false,
+        ..opts()
+    };
+    let r = write_to(Cursor::new(&bad), &mut t, &o, &crate::progress::Null).unwrap();
+    assert!(!r.image_digest_checked);
+    assert_eq!(&t.into_inner().into_inner()[..3 << 20], &img[..]);
+}
+
+#[test]
+fn manifest_with_a_gap_is_refused_untouched() {
+    let (bundle, _, _) = bundle_of(
+        &[Run::Data(plain_image(200_000)), Run::Zero(100_000)],
+        64 << 10,
+    );
+    let bad = reseal(&bundle, |m| {
+        let l = m["extents"][1]["length"].as_u64().unwrap();
+        m["extents"][1]["length"] = (l - 1).into();
+    });
+    let mut t = Plain::new(Cursor::new(vec![0xeeu8; 400_000])).unwrap();
+    let e = write_to(Cursor::new(&bad), &mut t, &opts(), &crate::progress::Null).unwrap_err();
+    assert!(
+        matches!(e, CrateError::Bundle(bundle::Error::InvalidManifest(_))),
+        "{e:?}"
+    );
+    assert!(t.into_inner().into_inner().iter().all(|&b| b == 0xee));
+}
