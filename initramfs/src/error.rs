@@ -24,6 +24,8 @@ pub enum Error {
     Fat(#[from] crate::fat::Error),
     #[error(transparent)]
     Modules(#[from] crate::modules::Error),
+    #[error(transparent)]
+    Source(#[from] crate::source::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -15,5 +15,6 @@ pub mod error;
 pub mod fat;
 pub mod modules;
 pub mod qemu;
+pub mod source;
 
 pub use error::{Error, Result};

@@ -22,7 +22,7 @@ fn sample() -> (Vec<u8>, Vec<u8>) {
     let mut out = Vec::new();
     w.finish(&mut out).unwrap();
     let mut logical = data1;
-    logical.extend(std::iter::repeat(0).take(100_000));
+    logical.extend(std::iter::repeat_n(0, 100_000));
     logical.extend(data2);
     (out, logical)
 }

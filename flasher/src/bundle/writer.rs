@@ -43,7 +43,9 @@ impl Default for WriterOptions {
     }
 }
 
-type Job = (Vec<u8>, Sender<std::io::Result<(Vec<u8>, String)>>);
+/// A compressed chunk and the SHA-256 of its uncompressed bytes.
+type Compressed = std::io::Result<(Vec<u8>, String)>;
+type Job = (Vec<u8>, Sender<Compressed>);
 
 /// Builds a bundle from pushed image ranges. `S` is the spool for compressed
 /// chunks (a temporary file on the host, a `Cursor` in tests).
@@ -59,7 +61,7 @@ pub struct BundleWriter<S: Read + Write + Seek> {
     jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     /// Compression results in chunk order: (offset, length, result).
-    pending: VecDeque<(u64, u64, Receiver<std::io::Result<(Vec<u8>, String)>>)>,
+    pending: VecDeque<(u64, u64, Receiver<Compressed>)>,
 }
 
 static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
@@ -67,7 +69,7 @@ static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 impl<S: Read + Write + Seek> BundleWriter<S> {
     pub fn new(opts: WriterOptions, mut spool: S) -> Result<Self> {
         if !(super::MIN_CHUNK_SIZE..=super::MAX_CHUNK_SIZE).contains(&opts.chunk_size)
-            || opts.chunk_size % 4096 != 0
+            || !opts.chunk_size.is_multiple_of(4096)
         {
             return Err(Error::Writer(format!(
                 "chunk size {} is not a multiple of 4096 in 64 KiB..=64 MiB",
