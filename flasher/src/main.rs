@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use flasher::cmd;
 
 #[derive(Parser)]
-#[command(name = "flasher", version, about = "Flash a board's internal storage from a bundle, with verification")]
+#[command(
+    name = "flasher",
+    version,
+    about = "Flash a board's internal storage from a bundle, with verification"
+)]
 struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use initramfs::cmd;
 
 #[derive(Parser)]
-#[command(name = "mkflasher", version, about = "Build flasher bundles, initramfs and card images; run them in QEMU")]
+#[command(
+    name = "mkflasher",
+    version,
+    about = "Build flasher bundles, initramfs and card images; run them in QEMU"
+)]
 struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
