@@ -1,9 +1,284 @@
 //! Boards as data: one TOML file per board under `boards/data/`, compiled into the
 //! binary, the typed schema they parse into, and board detection from the device
 //! tree, DMI and the kernel command line.
+//!
+//! - [`builtin`] parses every shipped board file; [`find`] looks one up by name;
+//!   [`load_file`] reads a board file given at run time (it overrides the built-in
+//!   board of the same name, see [`with_override`]).
+//! - [`detect`] picks the board on a running system (all paths under a root).
+
+mod detect;
+mod schema;
+
+pub use detect::{cmdline_board, detect, read_compatible, read_dmi, Detected, How};
+pub use schema::*;
+
+use std::path::{Path, PathBuf};
 
 /// Errors from parsing board files and detecting the board.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {}
+pub enum Error {
+    #[error("board file {file}: {source}")]
+    Parse {
+        file: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("board file {file}: {reason}")]
+    Invalid { file: String, reason: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown board {name:?}; known boards: {}", known.join(", "))]
+    UnknownBoard { name: String, known: Vec<String> },
+    #[error("board not detected: device-tree compatible [{}], DMI [{dmi}] match no board file; \
+             put flasher.board=NAME on the kernel command line (known: {})",
+            compatible.join(", "), known.join(", "))]
+    NotDetected {
+        compatible: Vec<String>,
+        dmi: String,
+        known: Vec<String>,
+    },
+    #[error("board detection is ambiguous: {evidence} matches {}; put flasher.board=NAME on the kernel command line",
+            candidates.join(" and "))]
+    Ambiguous {
+        candidates: Vec<String>,
+        evidence: String,
+    },
+}
+
+impl Error {
+    /// The blink-code error class (BRIEF: 6 = board detection or configuration).
+    pub fn error_class(&self) -> u8 {
+        6
+    }
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The shipped board files, as (file name, contents).
+pub const BUILTIN_FILES: &[(&str, &str)] = &[
+    ("artik10.toml", include_str!("../data/artik10.toml")),
+    ("artik5.toml", include_str!("../data/artik5.toml")),
+    (
+        "beaglebone-black.toml",
+        include_str!("../data/beaglebone-black.toml"),
+    ),
+    (
+        "beaglebone-green.toml",
+        include_str!("../data/beaglebone-green.toml"),
+    ),
+    (
+        "beaglebone-green-wireless.toml",
+        include_str!("../data/beaglebone-green-wireless.toml"),
+    ),
+    (
+        "hummingboard-i2.toml",
+        include_str!("../data/hummingboard-i2.toml"),
+    ),
+    (
+        "intel-edison.toml",
+        include_str!("../data/intel-edison.toml"),
+    ),
+    ("intel-nuc.toml", include_str!("../data/intel-nuc.toml")),
+    ("nitrogen6x.toml", include_str!("../data/nitrogen6x.toml")),
+    ("odroid-c1.toml", include_str!("../data/odroid-c1.toml")),
+    ("odroid-xu4.toml", include_str!("../data/odroid-xu4.toml")),
+    (
+        "qemu-x86_64-nuc.toml",
+        include_str!("../data/qemu-x86_64-nuc.toml"),
+    ),
+    (
+        "qemu-x86_64-sd.toml",
+        include_str!("../data/qemu-x86_64-sd.toml"),
+    ),
+    ("ts4900.toml", include_str!("../data/ts4900.toml")),
+];
+
+/// Parse one board file's text. `file` names it in errors. The board is validated
+/// (see [`validate`]); when `file` ends in `.toml` its stem must equal `name`.
+pub fn parse(file: &str, text: &str) -> Result<Board> {
+    let board: Board = toml::from_str(text).map_err(|source| Error::Parse {
+        file: file.to_string(),
+        source,
+    })?;
+    validate(&board).map_err(|reason| Error::Invalid {
+        file: file.to_string(),
+        reason,
+    })?;
+    let stem = Path::new(file)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .and_then(|f| f.strip_suffix(".toml"));
+    if let Some(stem) = stem {
+        if stem != board.name {
+            return Err(Error::Invalid {
+                file: file.to_string(),
+                reason: format!(
+                    "name {:?} differs from the file name; rename one so they agree",
+                    board.name
+                ),
+            });
+        }
+    }
+    Ok(board)
+}
+
+/// Checks serde cannot express. Returns the reason a board is unusable.
+pub fn validate(board: &Board) -> Result<(), String> {
+    let name_ok = !board.name.is_empty()
+        && board
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(format!(
+            "name {:?} must be non-empty lowercase ASCII letters, digits, '-' or '_'",
+            board.name
+        ));
+    }
+    let rules = &board.target;
+    if rules.transports.is_empty() {
+        return Err(
+            "target.transports is empty; list at least one of mmc, nvme, sata, usb, virtio".into(),
+        );
+    }
+    for (i, t) in rules.transports.iter().enumerate() {
+        if rules.transports[..i].contains(t) {
+            return Err(format!("target.transports lists {t} twice"));
+        }
+    }
+    if (rules.mmc_type.is_some() || rules.require_boot_partitions)
+        && !rules.transports.contains(&Transport::Mmc)
+    {
+        return Err(
+            "target.mmc_type / require_boot_partitions need \"mmc\" in target.transports".into(),
+        );
+    }
+    if rules
+        .controllers
+        .iter()
+        .any(|c| c.is_empty() || c.contains('/'))
+    {
+        return Err("target.controllers entries must be one path component like \"481d8000.mmc\" or \"0000:00:06.0\"".into());
+    }
+    for p in &board.bootloader {
+        if let Placement::EmmcBoot { .. } = p {
+            if !rules.require_boot_partitions {
+                return Err(
+                    "an emmc-boot bootloader placement needs target.require_boot_partitions = true"
+                        .into(),
+                );
+            }
+        }
+    }
+    if let Some(w) = &board.watchdog {
+        if !w.starts_with("/dev/") {
+            return Err(format!("watchdog {w:?} must be a /dev path"));
+        }
+    }
+    if board
+        .modules
+        .iter()
+        .any(|m| m.is_empty() || m.contains('/') || m.ends_with(".ko"))
+    {
+        return Err("modules are bare module names like \"sdhci-pci\" (no paths, no .ko)".into());
+    }
+    Ok(())
+}
+
+/// Every shipped board, parsed and validated, sorted by name.
+pub fn builtin() -> Result<Vec<Board>> {
+    let mut boards = BUILTIN_FILES
+        .iter()
+        .map(|(file, text)| parse(file, text))
+        .collect::<Result<Vec<_>>>()?;
+    boards.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(boards)
+}
+
+/// The names of the shipped boards.
+pub fn builtin_names() -> Vec<String> {
+    BUILTIN_FILES
+        .iter()
+        .map(|(f, _)| f.trim_end_matches(".toml").to_string())
+        .collect()
+}
+
+/// The built-in board called `name`.
+pub fn find(name: &str) -> Result<Board> {
+    find_in(&builtin()?, name).cloned()
+}
+
+/// The board called `name` in `boards`.
+pub fn find_in<'a>(boards: &'a [Board], name: &str) -> Result<&'a Board> {
+    boards
+        .iter()
+        .find(|b| b.name == name)
+        .ok_or_else(|| Error::UnknownBoard {
+            name: name.to_string(),
+            known: boards.iter().map(|b| b.name.clone()).collect(),
+        })
+}
+
+/// Read and parse a board file given at run time. Its name need not match the file
+/// name (users keep variants like `my-bbb.toml` that still say `name = "beaglebone-black"`).
+pub fn load_file(path: &Path) -> Result<Board> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        context: format!("read board file {}", path.display()),
+        source,
+    })?;
+    let label = path.display().to_string();
+    let board: Board = toml::from_str(&text).map_err(|source| Error::Parse {
+        file: label.clone(),
+        source,
+    })?;
+    validate(&board).map_err(|reason| Error::Invalid {
+        file: label,
+        reason,
+    })?;
+    Ok(board)
+}
+
+/// The built-in boards with `extra` replacing the built-in board of the same name
+/// (or added, if new). This is how a run-time board file overrides the shipped one.
+pub fn with_override(mut boards: Vec<Board>, extra: Board) -> Vec<Board> {
+    boards.retain(|b| b.name != extra.name);
+    boards.push(extra);
+    boards.sort_by(|a, b| a.name.cmp(&b.name));
+    boards
+}
+
+/// `root` joined with an absolute path like `/proc/cmdline`.
+pub(crate) fn under(root: &Path, abs: &str) -> PathBuf {
+    root.join(abs.trim_start_matches('/'))
+}
+
+/// Match `value` against `pattern`, where each `*` matches any run of characters
+/// (`NUC*`, `*edison*`). There are no other wildcards.
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    let mut parts = pattern.split('*');
+    // split always yields at least one item.
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = value.strip_prefix(first) else {
+        return false;
+    };
+    let tail: Vec<&str> = parts.collect();
+    let Some((last, middle)) = tail.split_last() else {
+        // No `*` at all: exact match.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests;

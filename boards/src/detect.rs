@@ -1,0 +1,210 @@
+//! Board detection on a running system. Order of precedence:
+//! 1. a name the caller passes (e.g. `flasher detect --board`),
+//! 2. `flasher.board=` on the kernel command line (`<root>/proc/cmdline`),
+//! 3. the device-tree `compatible` list: the board whose string appears earliest
+//!    (most specific) wins, so a BeagleBone Green, whose list also carries
+//!    `ti,am335x-bone-black`, is detected as the Green,
+//! 4. DMI (`<root>/sys/class/dmi/id/*`).
+//!
+//! Two boards matching equally well is an error, never a guess.
+
+use crate::{find_in, glob_match, under, Board, Error, Result};
+use std::path::Path;
+
+/// The board found and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detected {
+    pub board: Board,
+    pub how: How,
+}
+
+/// How the board was selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum How {
+    /// Named by the caller.
+    Named,
+    /// `flasher.board=` on the kernel command line.
+    Cmdline,
+    /// This device-tree `compatible` string matched.
+    Compatible(String),
+    /// These DMI fields matched, as `field=value` pairs.
+    Dmi(String),
+}
+
+impl std::fmt::Display for How {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            How::Named => write!(f, "named on the command line of this program"),
+            How::Cmdline => write!(f, "flasher.board= on the kernel command line"),
+            How::Compatible(c) => write!(f, "device-tree compatible {c:?}"),
+            How::Dmi(d) => write!(f, "DMI {d}"),
+        }
+    }
+}
+
+/// The value of the last `flasher.board=` on `<root>/proc/cmdline`, if any.
+/// A missing `/proc/cmdline` means none (a host without it, or a bare fake root).
+pub fn cmdline_board(root: &Path) -> Result<Option<String>> {
+    let path = under(root, "/proc/cmdline");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("read {}", path.display()),
+                source,
+            })
+        }
+    };
+    // The kernel lets a later parameter override an earlier one; do the same.
+    Ok(text
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("flasher.board="))
+        .map(|v| v.trim_matches('"').to_string())
+        .next_back())
+}
+
+/// The device-tree `compatible` strings, most specific first; empty without a DT.
+pub fn read_compatible(root: &Path) -> Result<Vec<String>> {
+    for p in [
+        "/proc/device-tree/compatible",
+        "/sys/firmware/devicetree/base/compatible",
+    ] {
+        let path = under(root, p);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                return Ok(bytes
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).trim().to_string())
+                    .collect())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("read {}", path.display()),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// The DMI fields boards can match on, as (field, value); absent fields are left out.
+pub fn read_dmi(root: &Path) -> Result<Vec<(&'static str, String)>> {
+    let mut out = Vec::new();
+    for field in ["sys_vendor", "product_name", "board_vendor", "board_name"] {
+        let path = under(root, &format!("/sys/class/dmi/id/{field}"));
+        match std::fs::read_to_string(&path) {
+            Ok(v) => out.push((field, v.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("read {}", path.display()),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Detect the board under `root` among `boards`. `named` (a caller's explicit
+/// choice) wins, then `flasher.board=` from `<root>/proc/cmdline`, then the device
+/// tree, then DMI. An unknown name is [`Error::UnknownBoard`], never a fallback.
+pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Detected> {
+    if let Some(name) = named {
+        let board = find_in(boards, name)?.clone();
+        return Ok(Detected {
+            board,
+            how: How::Named,
+        });
+    }
+    if let Some(name) = cmdline_board(root)? {
+        let board = find_in(boards, &name)?.clone();
+        return Ok(Detected {
+            board,
+            how: How::Cmdline,
+        });
+    }
+
+    let compatible = read_compatible(root)?;
+    // Rank each board by the position of its best match in the DT list.
+    let mut best: Option<(usize, Vec<&Board>, String)> = None;
+    for board in boards {
+        let pos = compatible.iter().position(|c| {
+            board
+                .identity
+                .compatible
+                .iter()
+                .any(|pat| glob_match(pat, c))
+        });
+        let Some(pos) = pos else { continue };
+        match &mut best {
+            Some((p, list, _)) if *p == pos => list.push(board),
+            Some((p, _, _)) if *p < pos => {}
+            _ => best = Some((pos, vec![board], compatible[pos].clone())),
+        }
+    }
+    if let Some((_, list, string)) = best {
+        if list.len() > 1 {
+            return Err(Error::Ambiguous {
+                candidates: list.iter().map(|b| b.name.clone()).collect(),
+                evidence: format!("compatible {string:?}"),
+            });
+        }
+        return Ok(Detected {
+            board: list[0].clone(),
+            how: How::Compatible(string),
+        });
+    }
+
+    let dmi = read_dmi(root)?;
+    let value = |field: &str| {
+        dmi.iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut hits: Vec<(&Board, String)> = Vec::new();
+    for board in boards {
+        let hit = board.identity.dmi.iter().find(|m| {
+            let fields = m.fields();
+            !fields.is_empty()
+                && fields
+                    .iter()
+                    .all(|(f, pat)| value(f).is_some_and(|v| glob_match(pat, v)))
+        });
+        if let Some(m) = hit {
+            let evidence = m
+                .fields()
+                .iter()
+                .map(|(f, _)| format!("{f}={:?}", value(f).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            hits.push((board, evidence));
+        }
+    }
+    match hits.len() {
+        0 => Err(Error::NotDetected {
+            compatible,
+            dmi: dmi
+                .iter()
+                .map(|(f, v)| format!("{f}={v:?}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            known: boards.iter().map(|b| b.name.clone()).collect(),
+        }),
+        1 => {
+            let (board, evidence) = hits.remove(0);
+            Ok(Detected {
+                board: board.clone(),
+                how: How::Dmi(evidence),
+            })
+        }
+        _ => Err(Error::Ambiguous {
+            candidates: hits.iter().map(|(b, _)| b.name.clone()).collect(),
+            evidence: hits[0].1.clone(),
+        }),
+    }
+}

@@ -1,0 +1,294 @@
+//! The typed schema a board file parses into. Every table rejects unknown keys so
+//! a typo in a board file is an error at build time, not a silently ignored rule.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One board, as described by `boards/data/<name>.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Board {
+    /// The board's id, also its file name and the value of `flasher.board=`.
+    pub name: String,
+    /// One line for humans.
+    pub description: String,
+    pub status: Status,
+    pub arch: Arch,
+    /// How to recognise the board at run time. Empty: only `flasher.board=` selects it.
+    #[serde(default)]
+    pub identity: Identity,
+    /// Kernel modules the initramfs must carry and load, in load order.
+    /// Modules built into the kernel are skipped by the initramfs builder.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// How to recognise the internal storage.
+    pub target: TargetRules,
+    /// Where the flasher card is expected to sit (used in messages and checks).
+    #[serde(default)]
+    pub boot_medium: BootMediumHints,
+    /// Bootloader pieces written outside the OS image's user area.
+    #[serde(default)]
+    pub bootloader: Vec<Placement>,
+    /// The user LEDs and per-phase pattern overrides (the `led` crate's schema).
+    #[serde(default)]
+    pub leds: led::LedConfig,
+    #[serde(default)]
+    pub power_off: PowerOff,
+    /// A watchdog device to feed while flashing and disarm before power-off.
+    #[serde(default)]
+    pub watchdog: Option<String>,
+}
+
+/// How far the board's description has been verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Exercised end to end by the project's own tests (the QEMU boards).
+    Supported,
+    /// Facts collected from device trees and BSPs, not yet run on the hardware.
+    Experimental,
+    /// Kept for reference; new flasher images should not use it.
+    Deprecated,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Supported => "supported",
+            Status::Experimental => "experimental",
+            Status::Deprecated => "deprecated",
+        })
+    }
+}
+
+/// The CPU architecture the flasher binary and kernel are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 32-bit x86 userspace (Intel Edison's original BSP).
+    X86,
+    Armv7,
+    Aarch64,
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::X86_64 => "x86_64",
+            Arch::X86 => "x86",
+            Arch::Armv7 => "armv7",
+            Arch::Aarch64 => "aarch64",
+        })
+    }
+}
+
+/// Device-tree and DMI identity. A trailing `*` in any value matches a prefix.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Board-specific `compatible` strings (never SoC-generic ones like `fsl,imx6q`).
+    #[serde(default)]
+    pub compatible: Vec<String>,
+    /// DMI matches; one entry matches when every field it names matches.
+    #[serde(default)]
+    pub dmi: Vec<DmiMatch>,
+}
+
+/// Fields from `/sys/class/dmi/id/`. Absent fields are not checked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmiMatch {
+    #[serde(default)]
+    pub sys_vendor: Option<String>,
+    #[serde(default)]
+    pub product_name: Option<String>,
+    #[serde(default)]
+    pub board_vendor: Option<String>,
+    #[serde(default)]
+    pub board_name: Option<String>,
+}
+
+impl DmiMatch {
+    /// The (file name, expected value) pairs this entry checks.
+    pub fn fields(&self) -> Vec<(&'static str, &str)> {
+        let mut v = Vec::new();
+        for (k, val) in [
+            ("sys_vendor", &self.sys_vendor),
+            ("product_name", &self.product_name),
+            ("board_vendor", &self.board_vendor),
+            ("board_name", &self.board_name),
+        ] {
+            if let Some(val) = val {
+                v.push((k, val.as_str()));
+            }
+        }
+        v
+    }
+}
+
+/// How a disk is attached, derived from its resolved sysfs device path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    Mmc,
+    Nvme,
+    Sata,
+    Usb,
+    Virtio,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Mmc => "mmc",
+            Transport::Nvme => "nvme",
+            Transport::Sata => "sata",
+            Transport::Usb => "usb",
+            Transport::Virtio => "virtio",
+        })
+    }
+}
+
+/// The MMC card type as the kernel reports it in `device/type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MmcType {
+    /// eMMC (or an MMC card).
+    #[serde(rename = "MMC")]
+    Mmc,
+    #[serde(rename = "SD")]
+    Sd,
+}
+
+impl MmcType {
+    /// The exact string in `/sys/block/mmcblkN/device/type`.
+    pub fn sysfs_name(self) -> &'static str {
+        match self {
+            MmcType::Mmc => "MMC",
+            MmcType::Sd => "SD",
+        }
+    }
+}
+
+/// Rules that pick the internal storage among the disks the kernel shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRules {
+    /// Allowed transports, most preferred first. The first transport with any
+    /// matching disk decides; two matching disks on it are an ambiguity error.
+    pub transports: Vec<Transport>,
+    /// Controllers the target must hang off: a platform node (`481d8000.mmc`) or a
+    /// PCI address (`0000:00:06.0`), matched against the components of the disk's
+    /// resolved device path. Empty: any controller.
+    #[serde(default)]
+    pub controllers: Vec<String>,
+    /// For mmc disks: the card type that must be reported.
+    #[serde(default)]
+    pub mmc_type: Option<MmcType>,
+    /// The disk must show `bootN` hardware boot partitions (eMMC only).
+    #[serde(default)]
+    pub require_boot_partitions: bool,
+    /// Smallest acceptable size in bytes (rules out e.g. tiny SPI/NOR shims).
+    #[serde(default)]
+    pub min_size: Option<u64>,
+    /// Accept disks whose `removable` flag is 1. Off by default: internal storage
+    /// is not removable (mmc always reports 0, so this only matters for SCSI/USB).
+    #[serde(default)]
+    pub allow_removable: bool,
+}
+
+impl TargetRules {
+    /// One line saying what the board expects, for error messages.
+    pub fn describe(&self) -> String {
+        let mut s = match self.mmc_type {
+            Some(MmcType::Mmc) => "eMMC (card type MMC)".to_string(),
+            Some(MmcType::Sd) => "an SD card (card type SD)".to_string(),
+            None => "a disk".to_string(),
+        };
+        if self.require_boot_partitions {
+            s.push_str(" with boot0/boot1 partitions");
+        }
+        if !self.controllers.is_empty() {
+            s.push_str(" on ");
+            s.push_str(&self.controllers.join(" or "));
+        }
+        let t: Vec<String> = self.transports.iter().map(|t| t.to_string()).collect();
+        s.push_str(" via ");
+        s.push_str(&t.join(" > "));
+        if let Some(min) = self.min_size {
+            s.push_str(&format!(", at least {min} bytes"));
+        }
+        s
+    }
+}
+
+/// Where the flasher card itself is expected. The boot medium is found by its
+/// `flasher-payload` partition; these hints make messages and sanity checks precise.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootMediumHints {
+    #[serde(default)]
+    pub transports: Vec<Transport>,
+    #[serde(default)]
+    pub controllers: Vec<String>,
+}
+
+/// Which eMMC hardware boot partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootPartition {
+    Boot0,
+    Boot1,
+}
+
+impl BootPartition {
+    /// The kernel name's suffix, e.g. `boot0` in `mmcblk1boot0`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            BootPartition::Boot0 => "boot0",
+            BootPartition::Boot1 => "boot1",
+        }
+    }
+}
+
+/// One bootloader piece and where it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Placement {
+    /// Into an eMMC hardware boot partition (`force_ro` is cleared around the write).
+    EmmcBoot {
+        partition: BootPartition,
+        #[serde(default)]
+        offset: u64,
+        /// File name inside the bundle's bootloader set.
+        file: String,
+    },
+    /// Raw into the target's user area at a byte offset, after the image.
+    Raw { offset: u64, file: String },
+}
+
+/// What to do once the flash has succeeded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerOffMethod {
+    /// `reboot(RB_POWER_OFF)`: the board goes dark (the factory-line signal).
+    #[default]
+    Poweroff,
+    /// `reboot(RB_AUTOBOOT)`: for boards that cannot cut their own power.
+    Reboot,
+    /// `reboot(RB_HALT_SYSTEM)`: stop the CPU, leave power and LEDs on.
+    Halt,
+}
+
+/// Power-off behaviour after success.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerOff {
+    #[serde(default)]
+    pub method: PowerOffMethod,
+    /// Seconds to show the success pattern before powering off (None: the
+    /// default of the LED language, a few seconds).
+    #[serde(default)]
+    pub hold_secs: Option<u32>,
+}

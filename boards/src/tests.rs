@@ -1,0 +1,381 @@
+//! Tests for board parsing, validation and detection on fake roots.
+
+use super::*;
+use std::fs;
+
+fn write(root: &Path, rel: &str, contents: &[u8]) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, contents).unwrap();
+}
+
+const MINIMAL: &str = r#"
+name = "x"
+description = "d"
+status = "experimental"
+arch = "armv7"
+[target]
+transports = ["mmc"]
+"#;
+
+#[test]
+fn every_shipped_board_file_parses_and_validates() {
+    let boards = builtin().unwrap();
+    assert_eq!(boards.len(), BUILTIN_FILES.len());
+    let expected = [
+        "artik10",
+        "artik5",
+        "beaglebone-black",
+        "beaglebone-green",
+        "beaglebone-green-wireless",
+        "hummingboard-i2",
+        "intel-edison",
+        "intel-nuc",
+        "nitrogen6x",
+        "odroid-c1",
+        "odroid-xu4",
+        "qemu-x86_64-nuc",
+        "qemu-x86_64-sd",
+        "ts4900",
+    ];
+    let names: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, expected);
+    // Every file on disk is compiled in (no forgotten include_str!).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let mut on_disk: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    on_disk.sort();
+    let mut compiled: Vec<String> = BUILTIN_FILES.iter().map(|(f, _)| f.to_string()).collect();
+    compiled.sort();
+    assert_eq!(on_disk, compiled);
+}
+
+#[test]
+fn shipped_facts_the_rest_of_the_project_relies_on() {
+    let bbb = find("beaglebone-black").unwrap();
+    assert_eq!(bbb.target.controllers, ["481d8000.mmc"]);
+    assert_eq!(bbb.target.mmc_type, Some(MmcType::Mmc));
+    assert!(bbb.target.require_boot_partitions);
+    // Mainline and vendor names are alternatives for the same LED.
+    assert_eq!(
+        bbb.leds.leds[0],
+        led::LedSpec::Class {
+            names: vec![
+                "beaglebone:green:heartbeat".into(),
+                "beaglebone:green:usr0".into()
+            ]
+        }
+    );
+    let sd = find("qemu-x86_64-sd").unwrap();
+    assert_eq!(sd.target.controllers, ["0000:00:06.0"]);
+    assert_eq!(sd.target.mmc_type, Some(MmcType::Sd));
+    assert!(sd.identity.compatible.is_empty() && sd.identity.dmi.is_empty());
+    assert_eq!(sd.modules, ["mmc_core", "sdhci", "sdhci-pci", "mmc_block"]);
+    let nuc = find("qemu-x86_64-nuc").unwrap();
+    assert_eq!(nuc.target.transports, [Transport::Nvme]);
+    assert!(nuc.modules.iter().any(|m| m == "usb-storage"));
+    assert!(nuc.leds.leds.is_empty());
+}
+
+#[test]
+fn unknown_keys_are_rejected_everywhere() {
+    let top = MINIMAL.replace("arch", "colour = 1\narch");
+    assert!(matches!(parse("x.toml", &top), Err(Error::Parse { .. })));
+    for extra in [
+        "[identity]\nfoo = 1\n",
+        "[boot_medium]\nfoo = 1\n",
+        "[power_off]\nmethod = \"halt\"\nfoo = 1\n",
+        "[leds]\nfoo = 1\n",
+        "[[bootloader]]\nkind = \"raw\"\noffset = 1024\nfile = \"u\"\nfoo = 1\n",
+    ] {
+        let text = format!("{MINIMAL}{extra}");
+        assert!(
+            matches!(parse("x.toml", &text), Err(Error::Parse { .. })),
+            "accepted: {extra}"
+        );
+    }
+    let text = MINIMAL.replace(
+        "transports = [\"mmc\"]",
+        "transports = [\"mmc\"]\nbogus = true",
+    );
+    assert!(matches!(parse("x.toml", &text), Err(Error::Parse { .. })));
+    // And the minimal file itself is fine.
+    parse("x.toml", MINIMAL).unwrap();
+}
+
+#[test]
+fn full_schema_round_trip() {
+    let text = format!(
+        "{MINIMAL}{}",
+        r#"[identity]
+compatible = ["a,b"]
+dmi = [{ sys_vendor = "S", board_name = "B*" }]
+[boot_medium]
+controllers = ["48060000.mmc"]
+[[bootloader]]
+kind = "emmc-boot"
+partition = "boot1"
+offset = 512
+file = "tiboot3.bin"
+[[bootloader]]
+kind = "raw"
+offset = 131072
+file = "MLO"
+[leds]
+leds = [{ kind = "gpio", chip = "gpiochip0", line = 3, active_low = true }]
+phases = { success = "solid" }
+[power_off]
+method = "reboot"
+hold_secs = 3
+"#
+    )
+    .replace(
+        "transports = [\"mmc\"]",
+        "transports = [\"mmc\"]\nrequire_boot_partitions = true",
+    )
+    .replace(
+        "arch",
+        "watchdog = \"/dev/watchdog\"\nmodules = [\"sdhci-omap\"]\narch",
+    );
+    let b = parse("x.toml", &text).unwrap();
+    assert_eq!(
+        b.bootloader[0],
+        Placement::EmmcBoot {
+            partition: BootPartition::Boot1,
+            offset: 512,
+            file: "tiboot3.bin".into()
+        }
+    );
+    assert_eq!(b.power_off.method, PowerOffMethod::Reboot);
+    assert_eq!(b.watchdog.as_deref(), Some("/dev/watchdog"));
+    assert_eq!(b.leds.phases.get(&led::Phase::Success).unwrap(), "solid");
+    let back = toml::to_string(&b).unwrap();
+    assert_eq!(parse("x.toml", &back).unwrap(), b);
+}
+
+#[test]
+fn validation_rejects_inconsistent_boards() {
+    let cases = [
+        MINIMAL.replace("transports = [\"mmc\"]", "transports = []"),
+        MINIMAL.replace("transports = [\"mmc\"]", "transports = [\"mmc\", \"mmc\"]"),
+        MINIMAL.replace(
+            "transports = [\"mmc\"]",
+            "transports = [\"nvme\"]\nmmc_type = \"MMC\"",
+        ),
+        MINIMAL.replace(
+            "transports = [\"mmc\"]",
+            "transports = [\"mmc\"]\ncontrollers = [\"a/b\"]",
+        ),
+        format!(
+            "{MINIMAL}[[bootloader]]\nkind = \"emmc-boot\"\npartition = \"boot0\"\nfile = \"f\"\n"
+        ),
+        MINIMAL.replace("arch", "watchdog = \"watchdog\"\narch"),
+        MINIMAL.replace("arch", "modules = [\"sdhci.ko\"]\narch"),
+        MINIMAL.replace("name = \"x\"", "name = \"X Y\""),
+    ];
+    for text in cases {
+        assert!(
+            matches!(parse("x", &text), Err(Error::Invalid { .. })),
+            "accepted: {text}"
+        );
+    }
+    // File name and board name must agree for shipped files.
+    assert!(matches!(
+        parse("y.toml", MINIMAL),
+        Err(Error::Invalid { .. })
+    ));
+}
+
+#[test]
+fn find_unknown_board_lists_the_known_ones() {
+    match find("beaglebone-blue") {
+        Err(Error::UnknownBoard { name, known }) => {
+            assert_eq!(name, "beaglebone-blue");
+            assert!(known.contains(&"beaglebone-black".to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn load_file_overrides_builtin() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/beaglebone-black.toml"),
+    )
+    .unwrap()
+    .replace("481d8000.mmc\"]", "481d8000.mmc\", \"extra.mmc\"]");
+    let path = dir.path().join("my-bbb.toml");
+    fs::write(&path, text).unwrap();
+    let mine = load_file(&path).unwrap();
+    let boards = with_override(builtin().unwrap(), mine);
+    assert_eq!(boards.len(), BUILTIN_FILES.len());
+    let bbb = find_in(&boards, "beaglebone-black").unwrap();
+    assert_eq!(bbb.target.controllers, ["481d8000.mmc", "extra.mmc"]);
+    assert!(matches!(
+        load_file(&dir.path().join("missing.toml")),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn glob() {
+    assert!(glob_match("NUC*", "NUC7i5BNH"));
+    assert!(!glob_match("NUC*", "xNUC"));
+    assert!(glob_match("*edison*", "Intel edison board"));
+    assert!(glob_match("a*c", "abc"));
+    assert!(!glob_match("a*c", "abd"));
+    assert!(!glob_match("ab*b", "ab"));
+    assert!(glob_match("exact", "exact"));
+    assert!(!glob_match("exact", "exactly"));
+}
+
+fn dt(root: &Path, list: &[&str]) {
+    let mut bytes = Vec::new();
+    for s in list {
+        bytes.extend_from_slice(s.as_bytes());
+        bytes.push(0);
+    }
+    write(root, "proc/device-tree/compatible", &bytes);
+}
+
+#[test]
+fn detect_by_device_tree_prefers_the_most_specific_string() {
+    let boards = builtin().unwrap();
+    let r = tempfile::tempdir().unwrap();
+    dt(
+        r.path(),
+        &[
+            "ti,am335x-bone-green-wireless",
+            "ti,am335x-bone-green",
+            "ti,am335x-bone-black",
+            "ti,am335x-bone",
+            "ti,am33xx",
+        ],
+    );
+    let d = detect(r.path(), None, &boards).unwrap();
+    assert_eq!(d.board.name, "beaglebone-green-wireless");
+    assert_eq!(
+        d.how,
+        How::Compatible("ti,am335x-bone-green-wireless".into())
+    );
+
+    let r = tempfile::tempdir().unwrap();
+    dt(
+        r.path(),
+        &["ti,am335x-bone-black", "ti,am335x-bone", "ti,am33xx"],
+    );
+    assert_eq!(
+        detect(r.path(), None, &boards).unwrap().board.name,
+        "beaglebone-black"
+    );
+
+    // The sysfs location works too.
+    let r = tempfile::tempdir().unwrap();
+    write(
+        r.path(),
+        "sys/firmware/devicetree/base/compatible",
+        b"solidrun,hummingboard/dl\0fsl,imx6dl\0",
+    );
+    assert_eq!(
+        detect(r.path(), None, &boards).unwrap().board.name,
+        "hummingboard-i2"
+    );
+
+    // A plain BeagleBone (white, no eMMC) is not a flasher target.
+    let r = tempfile::tempdir().unwrap();
+    dt(r.path(), &["ti,am335x-bone", "ti,am33xx"]);
+    assert!(matches!(
+        detect(r.path(), None, &boards),
+        Err(Error::NotDetected { .. })
+    ));
+}
+
+#[test]
+fn cmdline_takes_precedence_and_unknown_names_fail() {
+    let boards = builtin().unwrap();
+    let r = tempfile::tempdir().unwrap();
+    dt(r.path(), &["ti,am335x-bone-black"]);
+    write(
+        r.path(),
+        "proc/cmdline",
+        b"console=ttyS0 flasher.board=odroid-c1 quiet flasher.board=qemu-x86_64-sd\n",
+    );
+    assert_eq!(
+        cmdline_board(r.path()).unwrap().as_deref(),
+        Some("qemu-x86_64-sd")
+    );
+    let d = detect(r.path(), None, &boards).unwrap();
+    assert_eq!(
+        (d.board.name.as_str(), d.how),
+        ("qemu-x86_64-sd", How::Cmdline)
+    );
+    // An explicit name beats the cmdline.
+    let d = detect(r.path(), Some("ts4900"), &boards).unwrap();
+    assert_eq!((d.board.name.as_str(), d.how), ("ts4900", How::Named));
+
+    write(r.path(), "proc/cmdline", b"flasher.board=nope\n");
+    assert!(matches!(
+        detect(r.path(), None, &boards),
+        Err(Error::UnknownBoard { .. })
+    ));
+}
+
+#[test]
+fn detect_by_dmi_and_qemu_needs_cmdline() {
+    let boards = builtin().unwrap();
+    let r = tempfile::tempdir().unwrap();
+    write(
+        r.path(),
+        "sys/class/dmi/id/board_vendor",
+        b"Intel Corporation\n",
+    );
+    write(r.path(), "sys/class/dmi/id/product_name", b"NUC7i5BNH\n");
+    write(r.path(), "proc/cmdline", b"root=/dev/sda1\n");
+    let d = detect(r.path(), None, &boards).unwrap();
+    assert_eq!(d.board.name, "intel-nuc");
+    assert!(matches!(d.how, How::Dmi(_)));
+
+    // QEMU's DMI matches no board: the QEMU boards are chosen by cmdline only.
+    let r = tempfile::tempdir().unwrap();
+    write(r.path(), "sys/class/dmi/id/sys_vendor", b"QEMU\n");
+    write(
+        r.path(),
+        "sys/class/dmi/id/product_name",
+        b"Standard PC (Q35 + ICH9, 2009)\n",
+    );
+    assert!(matches!(
+        detect(r.path(), None, &boards),
+        Err(Error::NotDetected { .. })
+    ));
+}
+
+#[test]
+fn two_boards_claiming_the_same_identity_is_ambiguous() {
+    let mut a = parse("x.toml", MINIMAL).unwrap();
+    a.identity.compatible = vec!["v,board".into()];
+    let mut b = a.clone();
+    b.name = "y".into();
+    let r = tempfile::tempdir().unwrap();
+    dt(r.path(), &["v,board"]);
+    assert!(matches!(
+        detect(r.path(), None, &[a.clone(), b.clone()]),
+        Err(Error::Ambiguous { .. })
+    ));
+    a.identity.compatible.clear();
+    b.identity.compatible.clear();
+    a.identity.dmi = vec![DmiMatch {
+        sys_vendor: Some("V".into()),
+        ..Default::default()
+    }];
+    b.identity.dmi = a.identity.dmi.clone();
+    let r = tempfile::tempdir().unwrap();
+    write(r.path(), "sys/class/dmi/id/sys_vendor", b"V\n");
+    assert!(matches!(
+        detect(r.path(), None, &[a, b]),
+        Err(Error::Ambiguous { .. })
+    ));
+}
