@@ -1,6 +1,7 @@
 //! The per-board LED description, as it appears in a board file's `[leds]` table.
 //! The board crate embeds this type; this crate turns it into backends and patterns.
 
+use crate::{Error, PatternSpec, Phase, Result};
 use serde::{Deserialize, Serialize};
 
 /// Which LEDs a board has, and (optionally) which pattern each phase shows.
@@ -25,6 +26,8 @@ pub enum LedSpec {
     Class { names: Vec<String> },
     /// A line on a GPIO character device (`/dev/gpiochipN`).
     Gpio {
+        /// The chip device; `/dev/gpiochip0` if left out.
+        #[serde(default = "default_chip")]
         chip: String,
         line: u32,
         #[serde(default)]
@@ -36,4 +39,117 @@ pub enum LedSpec {
         #[serde(default)]
         active_low: bool,
     },
+}
+
+fn default_chip() -> String {
+    "/dev/gpiochip0".to_string()
+}
+
+impl LedConfig {
+    /// The pattern a phase shows: the board's override if it names a known
+    /// pattern, else the default. An unknown name is an error here (see
+    /// [`LedConfig::validate`]); the animator instead logs it and uses the default,
+    /// because LEDs must never stop a flash.
+    pub fn pattern_for(&self, phase: Phase) -> Result<PatternSpec> {
+        match self.phases.get(&phase) {
+            None => Ok(PatternSpec::default_for(phase)),
+            Some(name) => PatternSpec::parse(name).ok_or_else(|| Error::UnknownPattern {
+                phase,
+                name: name.clone(),
+            }),
+        }
+    }
+
+    /// Check every phase override names a known pattern (for board-file tests
+    /// and `mkflasher` to reject a typo before it reaches a factory).
+    pub fn validate(&self) -> Result<()> {
+        for phase in self.phases.keys() {
+            self.pattern_for(*phase)?;
+        }
+        Ok(())
+    }
+
+    /// Parse the `[leds]` table of a board file (TOML). A file without one gives
+    /// the empty config (no LEDs: the event sink and console still report).
+    pub fn from_board_toml(text: &str) -> Result<LedConfig> {
+        #[derive(Deserialize)]
+        struct BoardFile {
+            #[serde(default)]
+            leds: Option<LedConfig>,
+        }
+        let file: BoardFile = toml::from_str(text).map_err(|e| Error::Config {
+            context: "board file [leds] table".into(),
+            message: e.to_string(),
+        })?;
+        let config = file.leds.unwrap_or_default();
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_file_shape_parses() {
+        let text = r#"
+name = "beaglebone-black"
+[identity]
+compatible = ["ti,am335x-bone-black"]
+
+[leds]
+leds = [
+  { kind = "class", names = ["beaglebone:green:heartbeat", "beaglebone:green:usr0"] },
+  { kind = "gpio", line = 17, active_low = true },
+  { kind = "gpio", chip = "/dev/gpiochip2", line = 3 },
+  { kind = "sysfs-gpio", number = 53, active_low = false },
+]
+phases = { success = "solid", writing = "progress" }
+"#;
+        let c = LedConfig::from_board_toml(text).unwrap();
+        assert_eq!(c.leds.len(), 4);
+        assert_eq!(
+            c.leds[1],
+            LedSpec::Gpio {
+                chip: "/dev/gpiochip0".into(),
+                line: 17,
+                active_low: true
+            }
+        );
+        assert_eq!(
+            c.leds[3],
+            LedSpec::SysfsGpio {
+                number: 53,
+                active_low: false
+            }
+        );
+        assert_eq!(c.pattern_for(Phase::Writing).unwrap(), PatternSpec::Progress);
+        assert_eq!(c.pattern_for(Phase::Failure).unwrap(), PatternSpec::BlinkCode);
+    }
+
+    #[test]
+    fn unknown_pattern_is_rejected_by_name() {
+        let err = LedConfig::from_board_toml("[leds]\nphases = { success = \"disco\" }\n")
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::UnknownPattern { phase: Phase::Success, ref name } if name == "disco"
+        ));
+    }
+
+    #[test]
+    fn unknown_phase_or_field_is_a_config_error() {
+        let err = LedConfig::from_board_toml("[leds]\nphases = { flashing = \"solid\" }\n")
+            .unwrap_err();
+        assert!(matches!(err, Error::Config { .. }));
+        let err = LedConfig::from_board_toml("[leds]\nleds = [{ kind = \"class\", name = \"x\" }]\n")
+            .unwrap_err();
+        assert!(matches!(err, Error::Config { .. }));
+    }
+
+    #[test]
+    fn no_leds_table_means_no_leds() {
+        assert_eq!(LedConfig::from_board_toml("name = \"nuc\"\n").unwrap(), LedConfig::default());
+    }
 }
