@@ -1,0 +1,492 @@
+//! The bundle format: one streamable, self-delimiting file holding an OS image as
+//! a JSON manifest (image map, per-chunk digests, whole-image digest) followed by
+//! independently zstd-compressed chunks. See `docs/bundle-format.md`.
+//!
+//! This module owns the on-disk layout (`Header`), the manifest types and their
+//! validation, reading a manifest alone (`read_manifest`, for `mkflasher inspect`
+//! and for the writer's pre-flight checks), a streaming chunk reader
+//! (`ChunkReader`) and the host-side [`BundleWriter`].
+
+mod reader;
+mod writer;
+
+pub use reader::{decode_chunk, ChunkReader, RawChunk};
+pub use writer::{BundleWriter, WriterOptions};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+
+/// The first eight bytes of every bundle.
+pub const MAGIC: [u8; 8] = *b"FLSHBNDL";
+/// The container and manifest version this build reads and writes.
+pub const VERSION: u32 = 1;
+/// Size of the fixed header in bytes.
+pub const HEADER_LEN: usize = 80;
+/// Default uncompressed chunk size: large enough for big O_DIRECT writes and
+/// good zstd ratios, small enough to keep a few in flight per worker.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+/// Chunk sizes a reader accepts; bounds the memory one chunk may take.
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
+/// A manifest larger than this is refused rather than allocated (a corrupt
+/// length must not make the board run out of memory).
+pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
+/// Largest signature block accepted.
+pub const MAX_SIGNATURE_LEN: u64 = 1 << 20;
+
+/// Errors from reading, validating or writing bundles. All are "payload invalid"
+/// (blink class 2) except plain I/O on the output while bundling.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not a flasher bundle: first bytes are {found:02x?}, expected {expected:?}; make one with `mkflasher bundle`")]
+    BadMagic {
+        found: Vec<u8>,
+        expected: &'static str,
+    },
+    #[error("bundle format version {found} is not supported (this flasher reads version {supported}); rebuild the bundle with a matching mkflasher or update the flasher")]
+    UnknownVersion { found: u32, supported: u32 },
+    #[error("bundle is truncated in {what}: expected {expected} bytes, got {got}; the payload was cut short (copy it again)")]
+    Truncated {
+        what: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("bundle manifest is corrupt: its SHA-256 is {actual}, the header says {expected}")]
+    ManifestDigest { expected: String, actual: String },
+    #[error("bundle manifest is not valid JSON for version {VERSION}: {0}")]
+    ManifestParse(#[source] serde_json::Error),
+    #[error("bundle manifest is inconsistent: {0}")]
+    InvalidManifest(String),
+    #[error("chunk {index} (image bytes {offset}..{}) is corrupt: {reason}", offset + length)]
+    ChunkCorrupt {
+        index: usize,
+        offset: u64,
+        length: u64,
+        reason: String,
+    },
+    #[error("chunk {index} (image bytes {offset}..{}) has SHA-256 {actual}, manifest says {expected}; the bundle is corrupt", offset + length)]
+    ChunkDigest {
+        index: usize,
+        offset: u64,
+        length: u64,
+        expected: String,
+        actual: String,
+    },
+    #[error("image SHA-256 is {actual}, manifest says {expected}")]
+    ImageDigest { expected: String, actual: String },
+    #[error("bundle writer misuse: {0}")]
+    Writer(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The blink-code class (see the brief): every bundle error means the payload is invalid.
+    pub fn blink_class(&self) -> u8 {
+        2
+    }
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the image holds in a byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtentKind {
+    /// Bytes carried in the chunks.
+    Data,
+    /// Must read back as zeros on the target (zeroed explicitly, never trusted to discard).
+    MustBeZero,
+    /// Unused by the image (e.g. blocks a bmap leaves unmapped): left untouched.
+    DontCare,
+}
+
+/// A byte range of the image with one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub kind: ExtentKind,
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.offset + self.length
+    }
+}
+
+/// One compressed chunk: `length` uncompressed bytes at image `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub offset: u64,
+    pub length: u64,
+    pub compressed_size: u64,
+    /// SHA-256 of the uncompressed bytes, lowercase hex.
+    pub sha256: String,
+}
+
+impl Chunk {
+    pub fn end(&self) -> u64 {
+        self.offset + self.length
+    }
+}
+
+/// Where the image came from; informational only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmap: Option<String>,
+}
+
+/// The bundle manifest (JSON). Field order is the serialization order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest schema version; equals the header version.
+    pub version: u32,
+    /// Exact image size in bytes (need not be a multiple of any block size).
+    pub image_size: u64,
+    /// Uncompressed chunk size; chunk boundaries sit at multiples of it.
+    pub chunk_size: u64,
+    /// Always "zstd" in version 1.
+    pub compression: String,
+    /// SHA-256 of the logical image: `image_size` bytes where data extents hold
+    /// their chunk bytes and must-be-zero and dont-care extents read as zeros.
+    /// For an image without dont-care extents this equals `sha256sum IMAGE`.
+    pub image_sha256: String,
+    /// Sorted, contiguous extents covering `0..image_size` exactly.
+    pub extents: Vec<Extent>,
+    /// Sorted chunks covering the data extents exactly, in stream order.
+    pub chunks: Vec<Chunk>,
+    #[serde(default)]
+    pub created_by: String,
+    #[serde(default)]
+    pub source: SourceInfo,
+}
+
+impl Manifest {
+    /// Total bytes of the chunk stream that follows the manifest.
+    pub fn data_len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.compressed_size).sum()
+    }
+    /// Bytes of each kind.
+    pub fn bytes_of(&self, kind: ExtentKind) -> u64 {
+        self.extents
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.length)
+            .sum()
+    }
+
+    /// Check every invariant the writer relies on, so a malformed manifest is
+    /// refused before the first write.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidManifest(m));
+        if self.version != VERSION {
+            return Err(Error::UnknownVersion {
+                found: self.version,
+                supported: VERSION,
+            });
+        }
+        if self.compression != "zstd" {
+            return bad(format!(
+                "compression {:?} is not supported (only \"zstd\")",
+                self.compression
+            ));
+        }
+        if self.image_size == 0 {
+            return bad("image size is 0 bytes".into());
+        }
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
+            || self.chunk_size % 4096 != 0
+        {
+            return bad(format!(
+                "chunk size {} bytes is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} or not a multiple of 4096",
+                self.chunk_size
+            ));
+        }
+        if hex_digest(&self.image_sha256).is_none() {
+            return bad(format!(
+                "image_sha256 {:?} is not 64 hex digits",
+                self.image_sha256
+            ));
+        }
+        let mut pos = 0u64;
+        for (i, e) in self.extents.iter().enumerate() {
+            if e.offset != pos || e.length == 0 {
+                return bad(format!("extent {i} starts at {} with length {}, expected start {pos} and a non-zero length", e.offset, e.length));
+            }
+            pos = e
+                .offset
+                .checked_add(e.length)
+                .ok_or_else(|| Error::InvalidManifest(format!("extent {i} overflows")))?;
+        }
+        if pos != self.image_size {
+            return bad(format!(
+                "extents cover {pos} bytes, image size is {}",
+                self.image_size
+            ));
+        }
+        // Chunks must tile the data extents in order, never crossing a chunk-size boundary.
+        let mut ci = 0usize;
+        for e in self.extents.iter().filter(|e| e.kind == ExtentKind::Data) {
+            let mut off = e.offset;
+            while off < e.end() {
+                let expect_end = ((off / self.chunk_size + 1) * self.chunk_size).min(e.end());
+                let Some(c) = self.chunks.get(ci) else {
+                    return bad(format!("data at image offset {off} has no chunk"));
+                };
+                if c.offset != off || c.end() != expect_end {
+                    return bad(format!(
+                        "chunk {ci} covers {}..{}, expected {off}..{expect_end}",
+                        c.offset,
+                        c.end()
+                    ));
+                }
+                if hex_digest(&c.sha256).is_none() {
+                    return bad(format!(
+                        "chunk {ci} sha256 {:?} is not 64 hex digits",
+                        c.sha256
+                    ));
+                }
+                if c.compressed_size == 0 || c.compressed_size > zstd_bound(c.length) {
+                    return bad(format!(
+                        "chunk {ci} compressed size {} is impossible for {} bytes",
+                        c.compressed_size, c.length
+                    ));
+                }
+                off = expect_end;
+                ci += 1;
+            }
+        }
+        if ci != self.chunks.len() {
+            return bad(format!(
+                "{} chunks listed, the data extents need {ci}",
+                self.chunks.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Upper bound of a zstd frame for `len` input bytes (ZSTD_compressBound plus a
+/// frame-header allowance).
+fn zstd_bound(len: u64) -> u64 {
+    len + (len >> 8) + 1024
+}
+
+pub(crate) fn hex_digest(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The fixed-size header at the start of a bundle (all integers little-endian):
+///
+/// | bytes | field |
+/// |---|---|
+/// | 0..8 | magic `FLSHBNDL` |
+/// | 8..12 | version (u32) |
+/// | 12..16 | header length (u32, 80) |
+/// | 16..24 | manifest length (u64) |
+/// | 24..32 | signature length (u64, 0 = unsigned) |
+/// | 32..40 | chunk stream length (u64) |
+/// | 40..72 | SHA-256 of the manifest bytes |
+/// | 72..80 | reserved, zero |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub manifest_len: u64,
+    pub signature_len: u64,
+    pub data_len: u64,
+    pub manifest_sha256: [u8; 32],
+}
+
+impl Header {
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&self.manifest_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.signature_len.to_le_bytes());
+        b[32..40].copy_from_slice(&self.data_len.to_le_bytes());
+        b[40..72].copy_from_slice(&self.manifest_sha256);
+        b
+    }
+
+    /// Parse and check magic and version. The version is checked before anything
+    /// else so a newer bundle gets `UnknownVersion`, not a confusing parse error.
+    pub fn parse(b: &[u8; HEADER_LEN]) -> Result<Header> {
+        if b[0..8] != MAGIC {
+            return Err(Error::BadMagic {
+                found: b[0..8].to_vec(),
+                expected: "FLSHBNDL",
+            });
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let version = u32_at(8);
+        if version != VERSION {
+            return Err(Error::UnknownVersion {
+                found: version,
+                supported: VERSION,
+            });
+        }
+        let header_len = u32_at(12);
+        if header_len as usize != HEADER_LEN {
+            return Err(Error::InvalidManifest(format!(
+                "header length {header_len}, expected {HEADER_LEN}"
+            )));
+        }
+        let mut manifest_sha256 = [0u8; 32];
+        manifest_sha256.copy_from_slice(&b[40..72]);
+        let h = Header {
+            version,
+            manifest_len: u64_at(16),
+            signature_len: u64_at(24),
+            data_len: u64_at(32),
+            manifest_sha256,
+        };
+        if h.manifest_len == 0 || h.manifest_len > MAX_MANIFEST_LEN {
+            return Err(Error::InvalidManifest(format!(
+                "manifest length {} bytes is out of range",
+                h.manifest_len
+            )));
+        }
+        if h.signature_len > MAX_SIGNATURE_LEN {
+            return Err(Error::InvalidManifest(format!(
+                "signature length {} bytes is out of range",
+                h.signature_len
+            )));
+        }
+        Ok(h)
+    }
+
+    /// Total bundle length: where it ends inside a larger partition.
+    pub fn bundle_len(&self) -> u64 {
+        HEADER_LEN as u64 + self.manifest_len + self.signature_len + self.data_len
+    }
+}
+
+/// A bundle's header, manifest and signature, read from its start.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub header: Header,
+    pub manifest: Manifest,
+    /// The manifest exactly as stored (what a signature covers).
+    pub manifest_bytes: Vec<u8>,
+    /// The signature block over `manifest_bytes`, if any. Its format belongs
+    /// to the signing work; version 1 bundles are written unsigned.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// Read exactly `buf.len()` bytes or report how many were there.
+pub(crate) fn read_full(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    let mut got = 0usize;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(Error::Truncated {
+                    what: what(),
+                    expected: buf.len() as u64,
+                    got: got as u64,
+                });
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(format!("read {}", what()), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Read and check the header, manifest and signature; leaves `r` at the first
+/// chunk. The manifest is validated (`Manifest::validate`) and its length
+/// accounting checked against the header.
+pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
+    let mut hb = [0u8; HEADER_LEN];
+    read_full(r, &mut hb, || "header".into())?;
+    let header = Header::parse(&hb)?;
+    let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
+    read_full(r, &mut manifest_bytes, || "manifest".into())?;
+    let actual: [u8; 32] = Sha256::digest(&manifest_bytes).into();
+    if actual != header.manifest_sha256 {
+        return Err(Error::ManifestDigest {
+            expected: hex::encode(header.manifest_sha256),
+            actual: hex::encode(actual),
+        });
+    }
+    // Check the version inside the JSON before the full schema, so a future
+    // manifest gets UnknownVersion rather than a parse error.
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        version: u32,
+    }
+    let v: VersionOnly = serde_json::from_slice(&manifest_bytes).map_err(Error::ManifestParse)?;
+    if v.version != VERSION {
+        return Err(Error::UnknownVersion {
+            found: v.version,
+            supported: VERSION,
+        });
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(Error::ManifestParse)?;
+    manifest.validate()?;
+    if manifest.data_len() != header.data_len {
+        return Err(Error::InvalidManifest(format!(
+            "chunks add up to {} compressed bytes, the header says {}",
+            manifest.data_len(),
+            header.data_len
+        )));
+    }
+    let signature = if header.signature_len > 0 {
+        let mut s = vec![0u8; header.signature_len as usize];
+        read_full(r, &mut s, || "signature".into())?;
+        Some(s)
+    } else {
+        None
+    };
+    Ok(Opened {
+        header,
+        manifest,
+        manifest_bytes,
+        signature,
+    })
+}
+
+/// Read the manifest of a bundle file (for `mkflasher inspect`).
+pub fn read_manifest_file(path: &std::path::Path) -> Result<Opened> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("open bundle {}", path.display()), e))?;
+    read_manifest(&mut std::io::BufReader::new(f))
+}
+
+#[cfg(test)]
+mod tests;

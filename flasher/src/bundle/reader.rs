@@ -1,0 +1,97 @@
+//! Streaming the chunks that follow a manifest, and decoding one chunk with its
+//! digest check. The reader reads exactly the bundle's own bytes and never past
+//! its end, so whatever follows it in a raw partition is ignored.
+
+use super::{read_full, Chunk, Error, Manifest, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+
+/// One chunk's compressed bytes as read from the stream.
+#[derive(Debug)]
+pub struct RawChunk {
+    pub index: usize,
+    pub chunk: Chunk,
+    pub compressed: Vec<u8>,
+}
+
+/// Iterates the compressed chunks of a bundle in order. Create it right after
+/// `read_manifest` with the same reader.
+pub struct ChunkReader<'m, R: Read> {
+    inner: R,
+    manifest: &'m Manifest,
+    next: usize,
+}
+
+impl<'m, R: Read> ChunkReader<'m, R> {
+    pub fn new(inner: R, manifest: &'m Manifest) -> Self {
+        ChunkReader {
+            inner,
+            manifest,
+            next: 0,
+        }
+    }
+}
+
+impl<R: Read> Iterator for ChunkReader<'_, R> {
+    type Item = Result<RawChunk>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let chunk = self.manifest.chunks.get(self.next)?.clone();
+        let index = self.next;
+        self.next += 1;
+        let mut compressed = vec![0u8; chunk.compressed_size as usize];
+        if let Err(e) = read_full(&mut self.inner, &mut compressed, || {
+            format!(
+                "chunk {index} (image bytes {}..{})",
+                chunk.offset,
+                chunk.end()
+            )
+        }) {
+            // Stop after the first error: the stream position is lost.
+            self.next = self.manifest.chunks.len();
+            return Some(Err(e));
+        }
+        Some(Ok(RawChunk {
+            index,
+            chunk,
+            compressed,
+        }))
+    }
+}
+
+/// Decompress `raw` into `out` (exactly `chunk.length` bytes) and check its
+/// SHA-256 against the manifest. Errors name the chunk and its image range.
+pub fn decode_chunk(raw: &RawChunk, out: &mut [u8]) -> Result<()> {
+    let c = &raw.chunk;
+    let corrupt = |reason: String| Error::ChunkCorrupt {
+        index: raw.index,
+        offset: c.offset,
+        length: c.length,
+        reason,
+    };
+    if out.len() as u64 != c.length {
+        return Err(corrupt(format!("output buffer is {} bytes", out.len())));
+    }
+    // A frame that would decode to more than `length` bytes fails here with
+    // "destination buffer too small" rather than allocating.
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(&raw.compressed, out))
+        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+    if n as u64 != c.length {
+        return Err(corrupt(format!(
+            "decompressed to {n} bytes, manifest says {}",
+            c.length
+        )));
+    }
+    let actual: [u8; 32] = Sha256::digest(&*out).into();
+    let expected = super::hex_digest(&c.sha256).unwrap_or([0; 32]);
+    if actual != expected {
+        return Err(Error::ChunkDigest {
+            index: raw.index,
+            offset: c.offset,
+            length: c.length,
+            expected: c.sha256.clone(),
+            actual: hex::encode(actual),
+        });
+    }
+    Ok(())
+}

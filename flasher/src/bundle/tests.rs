@@ -1,0 +1,184 @@
+use super::*;
+use std::io::Cursor;
+
+fn opts() -> WriterOptions {
+    WriterOptions {
+        chunk_size: 64 << 10,
+        level: 1,
+        workers: 2,
+        source: SourceInfo::default(),
+    }
+}
+
+/// An image of 300 000 bytes: data, a zero run, dont-care, odd-sized data tail.
+fn sample() -> (Vec<u8>, Vec<u8>) {
+    let mut w = BundleWriter::new(opts(), Cursor::new(Vec::new())).unwrap();
+    let data1: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    w.push_data(&data1).unwrap();
+    w.push_zero(70_000).unwrap();
+    w.push_dont_care(30_000).unwrap();
+    let data2: Vec<u8> = (0..100_001u32).map(|i| (i % 13) as u8 + 1).collect();
+    w.push_data(&data2).unwrap();
+    let mut out = Vec::new();
+    w.finish(&mut out).unwrap();
+    let mut logical = data1;
+    logical.extend(std::iter::repeat(0).take(100_000));
+    logical.extend(data2);
+    (out, logical)
+}
+
+#[test]
+fn round_trip_and_trailing_garbage_ignored() {
+    let (mut bundle, logical) = sample();
+    let len = bundle.len() as u64;
+    bundle.extend_from_slice(&[0xa5; 10_000]);
+    let mut r = Cursor::new(&bundle);
+    let opened = read_manifest(&mut r).unwrap();
+    let m = &opened.manifest;
+    assert_eq!(opened.header.bundle_len(), len);
+    assert_eq!(m.image_size, logical.len() as u64);
+    assert_eq!(m.image_sha256, sha256_hex(&logical));
+    assert_eq!(m.bytes_of(ExtentKind::MustBeZero), 70_000);
+    assert_eq!(m.bytes_of(ExtentKind::DontCare), 30_000);
+    let mut image = vec![0u8; logical.len()];
+    for raw in ChunkReader::new(&mut r, m) {
+        let raw = raw.unwrap();
+        let c = raw.chunk.clone();
+        decode_chunk(&raw, &mut image[c.offset as usize..c.end() as usize]).unwrap();
+    }
+    assert_eq!(
+        r.position(),
+        len,
+        "reader stops exactly at the bundle's end"
+    );
+    assert_eq!(image, logical);
+    // Chunks never cross a chunk-size boundary.
+    for c in &m.chunks {
+        assert_eq!(c.offset / m.chunk_size, (c.end() - 1) / m.chunk_size);
+    }
+}
+
+#[test]
+fn unknown_header_version_is_refused() {
+    let (mut bundle, _) = sample();
+    bundle[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let e = read_manifest(&mut Cursor::new(&bundle)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::UnknownVersion {
+                found: 7,
+                supported: 1
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_manifest_version_is_refused() {
+    let (bundle, _) = sample();
+    let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + h.manifest_len as usize]).unwrap();
+    m["version"] = 2.into();
+    m["something_new"] = true.into();
+    let json = serde_json::to_vec(&m).unwrap();
+    let h2 = Header {
+        manifest_len: json.len() as u64,
+        manifest_sha256: Sha256::digest(&json).into(),
+        ..h.clone()
+    };
+    let mut b = h2.to_bytes().to_vec();
+    b.extend(&json);
+    b.extend(&bundle[HEADER_LEN + h.manifest_len as usize..]);
+    let e = read_manifest(&mut Cursor::new(&b)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::UnknownVersion {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn truncation_is_reported_where_it_happens() {
+    let (bundle, _) = sample();
+    let e = read_manifest(&mut Cursor::new(&bundle[..40])).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Truncated {
+                expected: 80,
+                got: 40,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = read_manifest(&mut Cursor::new(&bundle[..200])).unwrap_err();
+    assert!(matches!(e, Error::Truncated { .. }), "{e:?}");
+    let cut = &bundle[..bundle.len() - 5];
+    let mut r = Cursor::new(cut);
+    let opened = read_manifest(&mut r).unwrap();
+    let last = ChunkReader::new(&mut r, &opened.manifest).last().unwrap();
+    assert!(matches!(last, Err(Error::Truncated { .. })), "{last:?}");
+}
+
+#[test]
+fn bad_magic_and_corrupt_manifest() {
+    let (mut bundle, _) = sample();
+    let e = read_manifest(&mut Cursor::new(&vec![0u8; 200])).unwrap_err();
+    assert!(matches!(e, Error::BadMagic { .. }), "{e:?}");
+    bundle[HEADER_LEN + 10] ^= 1;
+    let e = read_manifest(&mut Cursor::new(&bundle)).unwrap_err();
+    assert!(matches!(e, Error::ManifestDigest { .. }), "{e:?}");
+}
+
+#[test]
+fn flipped_chunk_byte_names_the_chunk() {
+    let (mut bundle, _) = sample();
+    let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let m = read_manifest(&mut Cursor::new(&bundle)).unwrap().manifest;
+    let start = (HEADER_LEN as u64 + h.manifest_len) as usize;
+    let second = start + m.chunks[0].compressed_size as usize;
+    bundle[second + m.chunks[1].compressed_size as usize / 2] ^= 0x40;
+    let mut r = Cursor::new(&bundle);
+    let opened = read_manifest(&mut r).unwrap();
+    let mut errs = Vec::new();
+    for raw in ChunkReader::new(&mut r, &opened.manifest) {
+        let raw = raw.unwrap();
+        let mut out = vec![0u8; raw.chunk.length as usize];
+        if let Err(e) = decode_chunk(&raw, &mut out) {
+            errs.push(e);
+        }
+    }
+    assert_eq!(errs.len(), 1);
+    assert!(
+        matches!(
+            errs[0],
+            Error::ChunkDigest { index: 1, .. } | Error::ChunkCorrupt { index: 1, .. }
+        ),
+        "{:?}",
+        errs[0]
+    );
+}
+
+#[test]
+fn validate_rejects_gaps_and_bad_chunks() {
+    let (bundle, _) = sample();
+    let m = read_manifest(&mut Cursor::new(&bundle)).unwrap().manifest;
+    let mut m2 = m.clone();
+    m2.extents[1].length -= 1;
+    assert!(matches!(m2.validate(), Err(Error::InvalidManifest(_))));
+    let mut m3 = m.clone();
+    m3.chunks.pop();
+    assert!(matches!(m3.validate(), Err(Error::InvalidManifest(_))));
+    let mut m4 = m;
+    m4.image_size += 1;
+    assert!(matches!(m4.validate(), Err(Error::InvalidManifest(_))));
+}

@@ -1,5 +1,0 @@
-//! (placeholder: to be filled in by the work that owns `pipeline`)
-
-/// Errors from `pipeline`.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {}

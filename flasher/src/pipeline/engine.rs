@@ -1,0 +1,661 @@
+//! The generic engine. Threads (all scoped): the caller's thread reads
+//! compressed chunks from the payload; `workers` threads decompress and check
+//! each chunk's SHA-256; one writer thread takes the results in manifest order
+//! (a queue of per-chunk reply channels keeps the order and bounds memory to a
+//! few chunks) and writes them; one thread hashes the logical image.
+//!
+//! Fail closed: the first `head` bytes of the image (at least 1 MiB, more if the
+//! GPT entry array reaches further) and its last 1 MiB are held in memory and
+//! written only after everything else has been written, flushed and read back.
+//! Before streaming, the target's first and last 1 MiB are zeroed so an old
+//! partition table cannot survive a failed flash either.
+
+use super::{Error, PhaseDurations, Target, Verify, WriteOptions, WriteReport};
+use crate::blockdev::AlignedBuf;
+use crate::bundle::{self, decode_chunk, ChunkReader, ExtentKind, Manifest, Opened, RawChunk};
+use crate::progress::{Event, Observer};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use led::Phase;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+/// Minimum held-back head and the held-back tail.
+const HOLD: u64 = MIB;
+/// A GPT claiming its entries reach further than this is not trusted to size
+/// the held-back head (memory bound); the head is then this long.
+const MAX_HEAD: u64 = 32 * MIB;
+/// Zeroing and zero-verification piece size (progress granularity).
+const ZERO_PIECE: u64 = 64 * MIB;
+
+type Decoded = (usize, Arc<AlignedBuf>);
+type Reply = Receiver<Result<Decoded, bundle::Error>>;
+
+/// Read the manifest from `payload`, then [`write_opened`].
+pub fn write_to<R: Read, T: Target>(
+    mut payload: R,
+    target: &mut T,
+    opts: &WriteOptions,
+    obs: &dyn Observer,
+) -> crate::Result<WriteReport> {
+    let opened = bundle::read_manifest(&mut payload)?;
+    write_opened(&opened, payload, target, opts, obs, Path::new("target"))
+}
+
+/// Write an opened bundle whose chunk stream `payload` is positioned at its
+/// first chunk. `path` only names the target in messages.
+pub fn write_opened<R: Read, T: Target>(
+    opened: &Opened,
+    payload: R,
+    target: &mut T,
+    opts: &WriteOptions,
+    obs: &dyn Observer,
+    path: &Path,
+) -> crate::Result<WriteReport> {
+    let t0 = Instant::now();
+    let m = &opened.manifest;
+    if target.size() < m.image_size {
+        return Err(Error::TargetTooSmall {
+            path: path.to_owned(),
+            target: target.size(),
+            image: m.image_size,
+        }
+        .into());
+    }
+    let mut report = WriteReport {
+        image_sha256: m.image_sha256.clone(),
+        image_size: m.image_size,
+        target_size: target.size(),
+        bytes_written: 0,
+        bytes_zeroed: 0,
+        bytes_verified: 0,
+        held_back: 0,
+        direct_io: target.is_direct(),
+        durations: PhaseDurations::default(),
+        fixup: None,
+    };
+    // First write: wipe the target's first and last MiB (old partition tables).
+    let size = target.size();
+    let wipe = HOLD.min(size);
+    zero(target, 0, wipe)?;
+    zero(target, size - wipe, wipe)?;
+    report.durations.preflight = t0.elapsed();
+
+    let t_write = Instant::now();
+    let streamed = stream(m, payload, target, opts, obs)?;
+    target.sync().map_err(Error::Sync)?;
+    report.durations.write = t_write.elapsed();
+    report.bytes_written = m.bytes_of(ExtentKind::Data);
+    report.bytes_zeroed = m.bytes_of(ExtentKind::MustBeZero);
+    report.direct_io = target.is_direct();
+    let d = streamed.deferred;
+    report.held_back = d.held_back(m);
+
+    let t_verify = Instant::now();
+    if opts.verify == Verify::Full {
+        report.bytes_verified +=
+            verify_streamed(m, &streamed.checks, &streamed.kept, &d, target, obs)?;
+    }
+    report.durations.verify = t_verify.elapsed();
+
+    let t_finish = Instant::now();
+    obs.event(&Event::phase(Phase::Finishing).with_message(format!(
+        "writing the held-back first {} and last {} of the image",
+        super::human(d.head),
+        super::human(m.image_size - d.tail)
+    )));
+    write_deferred(m, &streamed, &d, target)?;
+    target.sync().map_err(Error::Sync)?;
+    if opts.verify == Verify::Full {
+        report.bytes_verified += verify_deferred(m, &streamed, &d, target)?;
+    }
+    report.fixup = post_write_fixups(target, m, opts)?;
+    target.sync().map_err(Error::Sync)?;
+    report.durations.finish = t_finish.elapsed();
+    Ok(report)
+}
+
+/// The call site for the partition-table fix-ups (backup GPT at the real end,
+/// protective MBR size, optional data-partition growth). They run after the
+/// first blocks are written and verified.
+fn post_write_fixups<T: Target>(
+    target: &mut T,
+    m: &Manifest,
+    opts: &WriteOptions,
+) -> crate::Result<Option<String>> {
+    // INTEGRATION POINT: `crate::fixup::after_write` (branch `fixups`) goes here:
+    //   let r = crate::fixup::after_write(target, m.image_size, target.size(), target.sector_size(), opts.expand_data)?;
+    //   return Ok(Some(format!("{r:?}")));
+    if target.size() > m.image_size || opts.expand_data {
+        tracing::warn!(
+            "partition-table fix-ups are not linked into this build yet: the backup GPT stays at image end ({} bytes) on a {}-byte target",
+            m.image_size,
+            target.size()
+        );
+    }
+    Ok(None)
+}
+
+/// The held-back regions: `[0, head)` and `[tail, image_size)`.
+#[derive(Debug, Clone, Copy)]
+struct Deferred {
+    head: u64,
+    tail: u64,
+}
+
+impl Deferred {
+    /// Split `[off, off+len)` into the parts outside and inside the held-back regions.
+    fn split(&self, off: u64, len: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+        let end = off + len;
+        let mut outside = Vec::new();
+        let mut inside = Vec::new();
+        let push = |v: &mut Vec<(u64, u64)>, a: u64, b: u64| {
+            if a < b {
+                v.push((a, b - a));
+            }
+        };
+        let mid_a = off.max(self.head);
+        let mid_b = end.min(self.tail);
+        push(&mut inside, off, end.min(self.head));
+        if mid_a < mid_b {
+            push(&mut outside, mid_a, mid_b);
+        }
+        push(&mut inside, off.max(self.tail).max(self.head), end);
+        (outside, inside)
+    }
+    fn held_back(&self, m: &Manifest) -> u64 {
+        let mut n = 0;
+        for e in m.extents.iter().filter(|e| e.kind != ExtentKind::DontCare) {
+            n += self
+                .split(e.offset, e.length)
+                .1
+                .iter()
+                .map(|r| r.1)
+                .sum::<u64>();
+        }
+        n
+    }
+}
+
+/// How far the head must reach: 1 MiB, or the end of the GPT header and entry
+/// array if the first chunk carries a GPT header (512- or 4096-byte sectors).
+fn head_len(first_chunk: Option<&[u8]>, image_size: u64) -> u64 {
+    let mut head = HOLD;
+    if let Some(b) = first_chunk {
+        for ss in [512usize, 4096] {
+            if b.len() >= ss + 92 && &b[ss..ss + 8] == b"EFI PART" {
+                let u64_at =
+                    |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+                let u32_at =
+                    |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4])) as u64;
+                let entries_end = u64_at(ss + 72)
+                    .saturating_mul(ss as u64)
+                    .saturating_add(u32_at(ss + 80).saturating_mul(u32_at(ss + 84)));
+                head = head.max(entries_end.div_ceil(4096) * 4096).min(MAX_HEAD);
+            }
+        }
+    }
+    head.min(image_size)
+}
+
+/// What must be read back after streaming.
+enum Check {
+    /// A chunk written whole: compare the read-back digest.
+    Chunk(usize),
+    /// A zeroed range.
+    Zero(u64, u64),
+}
+
+struct Streamed {
+    checks: Vec<Check>,
+    /// Chunks touching the held-back regions, kept whole (index, bytes).
+    kept: Vec<Decoded>,
+    /// Must-be-zero ranges inside the held-back regions.
+    deferred_zeros: Vec<(u64, u64)>,
+    deferred: Deferred,
+}
+
+struct Progress<'a> {
+    obs: &'a dyn Observer,
+    phase: Phase,
+    total: u64,
+    done: u64,
+    start: Instant,
+    last: Instant,
+}
+
+impl<'a> Progress<'a> {
+    fn new(obs: &'a dyn Observer, phase: Phase, total: u64) -> Self {
+        let now = Instant::now();
+        obs.event(&Event::progress(phase, 0, total, 0));
+        Progress {
+            obs,
+            phase,
+            total,
+            done: 0,
+            start: now,
+            last: now,
+        }
+    }
+    fn add(&mut self, n: u64) {
+        self.done += n;
+        let now = Instant::now();
+        if now.duration_since(self.last) >= Duration::from_millis(100) || self.done >= self.total {
+            self.last = now;
+            let secs = now.duration_since(self.start).as_secs_f64();
+            let rate = if secs > 0.0 {
+                (self.done as f64 / secs) as u64
+            } else {
+                0
+            };
+            self.obs
+                .event(&Event::progress(self.phase, self.done, self.total, rate));
+        }
+    }
+}
+
+fn zero<T: Target>(t: &mut T, off: u64, len: u64) -> Result<(), Error> {
+    t.zero_range(off, len).map_err(|source| Error::Zero {
+        offset: off,
+        length: len,
+        source,
+    })
+}
+
+fn write<T: Target>(t: &mut T, off: u64, data: &[u8]) -> Result<(), Error> {
+    t.write_at(off, data).map_err(|source| Error::Write {
+        offset: off,
+        length: data.len() as u64,
+        source,
+    })
+}
+
+enum HashMsg {
+    Data(Arc<AlignedBuf>),
+    Zeros(u64),
+}
+
+fn stream<R: Read, T: Target>(
+    m: &Manifest,
+    payload: R,
+    target: &mut T,
+    opts: &WriteOptions,
+    obs: &dyn Observer,
+) -> crate::Result<Streamed> {
+    let workers = opts.workers.max(1);
+    std::thread::scope(|s| {
+        let (job_tx, job_rx) =
+            bounded::<(RawChunk, Sender<Result<Decoded, bundle::Error>>)>(workers);
+        let (ord_tx, ord_rx) = bounded::<Reply>(workers * 2 + 1);
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            s.spawn(move || {
+                for (raw, reply) in job_rx.iter() {
+                    let mut buf = AlignedBuf::zeroed(raw.chunk.length as usize);
+                    let r = decode_chunk(&raw, &mut buf).map(|()| (raw.index, Arc::new(buf)));
+                    // The writer may have stopped on an error; nothing to do then.
+                    let _ = reply.send(r);
+                }
+            });
+        }
+        drop(job_rx);
+        let (hash_tx, hash_rx) = bounded::<HashMsg>(workers * 2 + 2);
+        let hasher = s.spawn(move || {
+            let mut h = Sha256::new();
+            let zeros = vec![0u8; MIB as usize];
+            for msg in hash_rx.iter() {
+                match msg {
+                    HashMsg::Data(b) => h.update(&b[..]),
+                    HashMsg::Zeros(mut n) => {
+                        while n > 0 {
+                            let k = n.min(MIB) as usize;
+                            h.update(&zeros[..k]);
+                            n -= k as u64;
+                        }
+                    }
+                }
+            }
+            hex::encode(h.finalize())
+        });
+        let writer = s.spawn(move || write_loop(m, ord_rx, hash_tx, target, obs));
+
+        // This thread reads the payload. It stops when the writer hangs up.
+        for raw in ChunkReader::new(payload, m) {
+            let (tx, rx) = bounded(1);
+            match raw {
+                Ok(raw) => {
+                    if ord_tx.send(rx).is_err() || job_tx.send((raw, tx)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    let _ = ord_tx.send(rx);
+                    break;
+                }
+            }
+        }
+        drop(job_tx);
+        drop(ord_tx);
+        let streamed = writer
+            .join()
+            .map_err(|_| Error::Internal("writer thread panicked".into()))??;
+        let digest = hasher
+            .join()
+            .map_err(|_| Error::Internal("hash thread panicked".into()))?;
+        if digest != m.image_sha256 {
+            return Err(bundle::Error::ImageDigest {
+                expected: m.image_sha256.clone(),
+                actual: digest,
+            }
+            .into());
+        }
+        Ok(streamed)
+    })
+}
+
+fn write_loop<T: Target>(
+    m: &Manifest,
+    ord_rx: Receiver<Reply>,
+    hash_tx: Sender<HashMsg>,
+    target: &mut T,
+    obs: &dyn Observer,
+) -> crate::Result<Streamed> {
+    let hash = |msg| {
+        hash_tx
+            .send(msg)
+            .map_err(|_| Error::Internal("hash thread stopped".into()))
+    };
+    let next = || -> crate::Result<Decoded> {
+        let rx = ord_rx
+            .recv()
+            .map_err(|_| Error::Internal("payload reader stopped early".into()))?;
+        Ok(rx
+            .recv()
+            .map_err(|_| Error::Internal("decompression worker stopped".into()))??)
+    };
+    // The head length depends on the first chunk's GPT header, so it is fixed
+    // when the first extent is seen, before anything of the image is written.
+    let mut d: Option<Deferred> = None;
+    let tail = m.image_size.saturating_sub(HOLD);
+    let mut out = Streamed {
+        checks: Vec::new(),
+        kept: Vec::new(),
+        deferred_zeros: Vec::new(),
+        deferred: Deferred { head: 0, tail },
+    };
+    let total: u64 = m.bytes_of(ExtentKind::Data) + m.bytes_of(ExtentKind::MustBeZero);
+    let mut progress = Progress::new(obs, Phase::Writing, total);
+    let mut ci = 0usize;
+    for e in &m.extents {
+        match e.kind {
+            ExtentKind::DontCare => {
+                d.get_or_insert(Deferred {
+                    head: head_len(None, m.image_size),
+                    tail,
+                });
+                hash(HashMsg::Zeros(e.length))?;
+            }
+            ExtentKind::MustBeZero => {
+                let dd = *d.get_or_insert(Deferred {
+                    head: head_len(None, m.image_size),
+                    tail,
+                });
+                hash(HashMsg::Zeros(e.length))?;
+                let (outside, inside) = dd.split(e.offset, e.length);
+                for (off, len) in outside {
+                    let mut o = off;
+                    while o < off + len {
+                        let n = (off + len - o).min(ZERO_PIECE);
+                        zero(target, o, n)?;
+                        out.checks.push(Check::Zero(o, n));
+                        progress.add(n);
+                        o += n;
+                    }
+                }
+                progress.add(inside.iter().map(|r| r.1).sum());
+                out.deferred_zeros.extend(inside);
+            }
+            ExtentKind::Data => {
+                while ci < m.chunks.len() && m.chunks[ci].offset < e.end() {
+                    let c = &m.chunks[ci];
+                    let (index, buf) = next()?;
+                    if index != ci {
+                        return Err(Error::Internal(format!(
+                            "chunk {index} arrived in place of chunk {ci}"
+                        ))
+                        .into());
+                    }
+                    let dd = *d.get_or_insert_with(|| Deferred {
+                        head: head_len((c.offset == 0).then_some(&buf[..]), m.image_size),
+                        tail,
+                    });
+                    let (outside, inside) = dd.split(c.offset, c.length);
+                    for (off, len) in &outside {
+                        let a = (off - c.offset) as usize;
+                        write(target, *off, &buf[a..a + *len as usize])?;
+                    }
+                    if inside.is_empty() {
+                        out.checks.push(Check::Chunk(ci));
+                    } else {
+                        out.kept.push((ci, buf.clone()));
+                    }
+                    progress.add(c.length);
+                    hash(HashMsg::Data(buf))?;
+                    ci += 1;
+                }
+            }
+        }
+    }
+    out.deferred = d.unwrap_or(Deferred {
+        head: head_len(None, m.image_size),
+        tail,
+    });
+    Ok(out)
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    // SAFETY: every bit pattern is a valid u128.
+    let (p, mid, s) = unsafe { b.align_to::<u128>() };
+    p.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && s.iter().all(|&x| x == 0)
+}
+
+fn read<T: Target>(t: &mut T, off: u64, buf: &mut [u8]) -> Result<(), Error> {
+    t.read_at(off, buf).map_err(|source| Error::Read {
+        offset: off,
+        length: buf.len() as u64,
+        source,
+    })
+}
+
+/// Compare `off..off+len` with `want` (None: zeros). On a mismatch, `redo`
+/// rewrites the range (if we still have its bytes), then it is read once more.
+fn check_range<T: Target>(
+    t: &mut T,
+    off: u64,
+    want: Option<&[u8]>,
+    len: u64,
+    buf: &mut AlignedBuf,
+    what: &str,
+) -> Result<(), Error> {
+    let ok = |t: &mut T, buf: &mut AlignedBuf| -> Result<bool, Error> {
+        let mut o = 0u64;
+        while o < len {
+            let n = (len - o).min(buf.capacity() as u64) as usize;
+            buf.set_len(n);
+            read(t, off + o, &mut buf[..])?;
+            let good = match want {
+                Some(w) => buf[..] == w[o as usize..o as usize + n],
+                None => is_zero(&buf[..]),
+            };
+            if !good {
+                return Ok(false);
+            }
+            o += n as u64;
+        }
+        Ok(true)
+    };
+    if ok(t, buf)? {
+        return Ok(());
+    }
+    tracing::warn!(
+        "verify mismatch at target bytes {off}..{} ({what}); rewriting and reading once more",
+        off + len
+    );
+    match want {
+        Some(w) => write(t, off, &w[..len as usize])?,
+        None => zero(t, off, len)?,
+    }
+    t.sync().map_err(Error::Sync)?;
+    t.drop_cache();
+    if ok(t, buf)? {
+        return Ok(());
+    }
+    Err(Error::VerifyMismatch {
+        offset: off,
+        length: len,
+        what: what.to_string(),
+    })
+}
+
+fn verify_streamed<T: Target>(
+    m: &Manifest,
+    checks: &[Check],
+    kept: &[Decoded],
+    d: &Deferred,
+    t: &mut T,
+    obs: &dyn Observer,
+) -> crate::Result<u64> {
+    t.drop_cache();
+    let mut total: u64 = 0;
+    for c in checks {
+        total += match c {
+            Check::Chunk(i) => m.chunks[*i].length,
+            Check::Zero(_, n) => *n,
+        };
+    }
+    for (i, _) in kept {
+        total += d
+            .split(m.chunks[*i].offset, m.chunks[*i].length)
+            .0
+            .iter()
+            .map(|r| r.1)
+            .sum::<u64>();
+    }
+    let mut progress = Progress::new(obs, Phase::Verifying, total);
+    let mut buf = AlignedBuf::zeroed(m.chunk_size.max(MIB) as usize);
+    for c in checks {
+        match *c {
+            Check::Chunk(i) => {
+                let ch = &m.chunks[i];
+                let mut matched = false;
+                for attempt in 0..2 {
+                    if attempt == 1 {
+                        tracing::warn!("chunk {i} (target bytes {}..{}) read back wrong; dropping caches and reading once more", ch.offset, ch.end());
+                        t.drop_cache();
+                    }
+                    buf.set_len(ch.length as usize);
+                    read(t, ch.offset, &mut buf[..])?;
+                    if bundle::sha256_hex(&buf[..]) == ch.sha256 {
+                        matched = true;
+                        break;
+                    }
+                }
+                if !matched {
+                    // The bytes are not kept (streamed), so a rewrite is not possible.
+                    return Err(Error::VerifyMismatch {
+                        offset: ch.offset,
+                        length: ch.length,
+                        what: format!("chunk {i}"),
+                    }
+                    .into());
+                }
+                progress.add(ch.length);
+            }
+            Check::Zero(off, len) => {
+                check_range(t, off, None, len, &mut buf, "must-be-zero range")?;
+                progress.add(len);
+            }
+        }
+    }
+    for (i, data) in kept {
+        let ch = &m.chunks[*i];
+        for (off, len) in d.split(ch.offset, ch.length).0 {
+            let a = (off - ch.offset) as usize;
+            check_range(
+                t,
+                off,
+                Some(&data[a..a + len as usize]),
+                len,
+                &mut buf,
+                &format!("chunk {i}"),
+            )?;
+            progress.add(len);
+        }
+    }
+    Ok(total)
+}
+
+/// The held-back parts in write order: the tail first, the head (partition
+/// table, boot sector) very last.
+fn deferred_parts<'a>(
+    m: &Manifest,
+    s: &'a Streamed,
+    d: &Deferred,
+) -> Vec<(u64, u64, Option<&'a [u8]>, usize)> {
+    let mut parts = Vec::new();
+    for (i, data) in &s.kept {
+        let ch = &m.chunks[*i];
+        for (off, len) in d.split(ch.offset, ch.length).1 {
+            let a = (off - ch.offset) as usize;
+            parts.push((off, len, Some(&data[a..a + len as usize]), *i));
+        }
+    }
+    for &(off, len) in &s.deferred_zeros {
+        parts.push((off, len, None, usize::MAX));
+    }
+    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
+    parts
+}
+
+fn write_deferred<T: Target>(
+    m: &Manifest,
+    s: &Streamed,
+    d: &Deferred,
+    t: &mut T,
+) -> crate::Result<()> {
+    for (off, len, data, _) in deferred_parts(m, s, d) {
+        match data {
+            Some(b) => write(t, off, b)?,
+            None => zero(t, off, len)?,
+        }
+    }
+    Ok(())
+}
+
+fn verify_deferred<T: Target>(
+    m: &Manifest,
+    s: &Streamed,
+    d: &Deferred,
+    t: &mut T,
+) -> crate::Result<u64> {
+    t.drop_cache();
+    let mut buf = AlignedBuf::zeroed(MIB as usize);
+    let mut n = 0;
+    for (off, len, data, i) in deferred_parts(m, s, d) {
+        let what = if data.is_some() {
+            format!("chunk {i}, held-back part")
+        } else {
+            "must-be-zero range, held-back part".into()
+        };
+        check_range(t, off, data, len, &mut buf, &what)?;
+        n += len;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests;

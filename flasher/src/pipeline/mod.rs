@@ -1,0 +1,317 @@
+//! The verified streaming writer: bundle ▶ decompress (worker threads, order
+//! kept) ▶ chunk digest ▶ write (O_DIRECT) ▶ flush ▶ read back ▶ compare ▶ first
+//! blocks last ▶ partition-table fix-ups. The engine (`engine`) is generic over a
+//! [`Target`], so it runs on a `Cursor` in tests and on a [`blockdev::Device`] on
+//! the board; pre-write refusals (size, read-only, mounted) are in `preflight`.
+
+mod engine;
+pub mod preflight;
+
+pub use engine::{write_opened, write_to};
+
+use crate::blockdev::{self, Device};
+use crate::bundle;
+use crate::progress::Observer;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors from the write pipeline (bundle errors are `bundle::Error`, open
+/// and ioctl errors `blockdev::Error`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("target {path} is {} ({target} bytes), smaller than the image {} ({image} bytes); use a larger disk", human(*target), human(*image))]
+    TargetTooSmall {
+        path: PathBuf,
+        target: u64,
+        image: u64,
+    },
+    #[error("target {path} ({device}) is mounted at {mount_point} (device {mounted}); unmount it first, or choose another target")]
+    Mounted {
+        path: PathBuf,
+        device: String,
+        mounted: String,
+        mount_point: String,
+    },
+    #[error("target {path} is held by {holders:?} (LVM, RAID or device-mapper); release it first")]
+    Held { path: PathBuf, holders: Vec<String> },
+    #[error("cannot read {what}: {source}")]
+    Probe {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("write error at target bytes {offset}..{} ({} bytes): {source}", offset + length, length)]
+    Write {
+        offset: u64,
+        length: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("zeroing target bytes {offset}..{} failed: {source}", offset + length)]
+    Zero {
+        offset: u64,
+        length: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("read-back of target bytes {offset}..{} failed: {source}", offset + length)]
+    Read {
+        offset: u64,
+        length: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("flushing the target failed: {0}")]
+    Sync(#[source] io::Error),
+    #[error("verify failed: target bytes {offset}..{} ({what}) differ from the image after a retry; the medium may be failing", offset + length)]
+    VerifyMismatch {
+        offset: u64,
+        length: u64,
+        what: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The blink-code class of this error (see the brief's table).
+    pub fn blink_class(&self) -> u8 {
+        match self {
+            Error::TargetTooSmall { .. } | Error::Mounted { .. } | Error::Held { .. } => 3,
+            Error::Write { .. } | Error::Zero { .. } | Error::Sync(_) | Error::Probe { .. } => 4,
+            Error::Read { .. } | Error::VerifyMismatch { .. } => 5,
+            Error::Internal(_) => 8,
+        }
+    }
+}
+
+/// "3.6 GiB", "12.0 MiB", "4.0 KiB", "17 bytes".
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// Whether to read the device back after writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Verify {
+    /// Read back every written or zeroed byte, bypassing the page cache.
+    #[default]
+    Full,
+    /// Trust the writes (chunk digests are still checked before writing).
+    None,
+}
+
+/// Options for a write.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub verify: Verify,
+    /// Grow the last partition to the end of a larger target (GPT and MBR).
+    pub expand_data: bool,
+    /// Root of /proc and /sys for the mounted-target check ("/" on a real system).
+    pub root: PathBuf,
+    /// Try O_DIRECT (falls back with a log line where refused).
+    pub direct: bool,
+    /// Decompression threads.
+    pub workers: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            verify: Verify::Full,
+            expand_data: false,
+            root: PathBuf::from("/"),
+            direct: true,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(1, 4),
+        }
+    }
+}
+
+/// How long each phase took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PhaseDurations {
+    pub preflight: Duration,
+    pub write: Duration,
+    pub verify: Duration,
+    /// Writing and verifying the held-back first/last blocks, then fix-ups.
+    pub finish: Duration,
+}
+
+/// What a successful write did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WriteReport {
+    pub image_sha256: String,
+    pub image_size: u64,
+    pub target_size: u64,
+    /// Data bytes written (image data, including the held-back blocks).
+    pub bytes_written: u64,
+    /// Must-be-zero bytes zeroed.
+    pub bytes_zeroed: u64,
+    /// Bytes read back and compared (0 with `--verify none`).
+    pub bytes_verified: u64,
+    /// Image bytes held back and written last (the first and last blocks).
+    pub held_back: u64,
+    /// Whether the target was written with O_DIRECT.
+    pub direct_io: bool,
+    pub durations: PhaseDurations,
+    /// What the partition-table fix-ups did, if they ran.
+    pub fixup: Option<String>,
+}
+
+/// A write destination for the engine: positioned I/O plus zeroing, syncing
+/// and cache dropping. `Read + Write + Seek` is for the partition-table fix-ups.
+pub trait Target: Read + Write + Seek + Send {
+    fn size(&self) -> u64;
+    fn sector_size(&self) -> u64 {
+        512
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Make the range read as zeros.
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
+    /// Make the next reads come from the medium, not a cache.
+    fn drop_cache(&mut self) {}
+    fn is_direct(&self) -> bool {
+        false
+    }
+}
+
+impl Target for Device {
+    fn size(&self) -> u64 {
+        Device::size(self)
+    }
+    fn sector_size(&self) -> u64 {
+        Device::sector_size(self)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        Device::write_at(self, offset, data)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        Device::read_at(self, offset, buf)
+    }
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        Device::zero_range(self, offset, len)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Device::sync(self)
+    }
+    fn drop_cache(&mut self) {
+        Device::drop_cache(self)
+    }
+    fn is_direct(&self) -> bool {
+        Device::is_direct(self)
+    }
+}
+
+/// Any `Read + Write + Seek` (a `Cursor`, a plain `File`) as a [`Target`] of
+/// fixed size (its length when wrapped). Zeros are written.
+pub struct Plain<T> {
+    pub inner: T,
+    size: u64,
+}
+
+impl<T: Read + Write + Seek + Send> Plain<T> {
+    pub fn new(mut inner: T) -> io::Result<Self> {
+        let size = inner.seek(SeekFrom::End(0))?;
+        inner.seek(SeekFrom::Start(0))?;
+        Ok(Plain { inner, size })
+    }
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T: Read> Read for Plain<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+impl<T: Write> Write for Plain<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+impl<T: Seek> Seek for Plain<T> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+impl<T: Read + Write + Seek + Send> Target for Plain<T> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset + data.len() as u64 > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write beyond target end",
+            ));
+        }
+        self.inner.seek(SeekFrom::Start(offset))?;
+        self.inner.write_all(data)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.seek(SeekFrom::Start(offset))?;
+        self.inner.read_exact(buf)
+    }
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        static Z: [u8; 64 << 10] = [0; 64 << 10];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(Z.len() as u64) as usize;
+            self.write_at(offset + done, &Z[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Write the bundle read from `payload` onto the block device or regular file
+/// at `target`: read and validate the manifest, refuse unsuitable targets
+/// (too small, read-only, mounted, held), then stream, verify, write the
+/// first blocks last and fix up the partition table.
+pub fn write(
+    payload: impl Read,
+    target: &Path,
+    opts: &WriteOptions,
+    obs: &dyn Observer,
+) -> crate::Result<WriteReport> {
+    let t0 = std::time::Instant::now();
+    let mut payload = payload;
+    let opened = bundle::read_manifest(&mut payload)?;
+    // Refuse a mounted or held disk before even opening it for writing.
+    preflight::check_not_in_use(target, &opts.root)?;
+    let mut dev = Device::open(
+        target,
+        blockdev::OpenOptions {
+            write: true,
+            direct: opts.direct,
+            exclusive: true,
+        },
+    )?;
+    let before = t0.elapsed();
+    let mut report = write_opened(&opened, payload, &mut dev, opts, obs, target)?;
+    report.durations.preflight += before;
+    Ok(report)
+}
