@@ -95,10 +95,16 @@ pub fn error_class(e: &crate::Error) -> u8 {
     use crate::Error as E;
     match e {
         E::Init(i) => init_class(i),
-        E::Board(_) => 6,
-        E::Bundle(_) => 2,
+        E::Board(b) => b.error_class(),
+        E::Bundle(b) => b.blink_class(),
+        E::Pipeline(p) => p.blink_class(),
+        E::BlockDev(b) => match b {
+            crate::blockdev::Error::ReadOnly { .. }
+            | crate::blockdev::Error::Busy { .. }
+            | crate::blockdev::Error::NotBlockOrFile { .. } => 3,
+            crate::blockdev::Error::Open { .. } | crate::blockdev::Error::Ioctl { .. } => 4,
+        },
         E::Storage(_) => 1,
-        E::Pipeline(_) | E::BlockDev(_) => 4,
         E::Fixup(_) | E::Emmc(_) | E::Record(_) | E::ConfigInject(_) => 7,
         E::Io { .. } | E::Usage(_) => 8,
     }
@@ -242,6 +248,45 @@ mod tests {
         };
         assert_eq!(step_error_class(Step::Cmdline, &read), 6);
         assert_eq!(step_error_class(Step::Mount, &read), 8);
+    }
+
+    #[test]
+    fn classes_of_other_parts() {
+        let unknown = crate::Error::Board(boards::Error::UnknownBoard {
+            name: "bbx".into(),
+            known: vec!["beaglebone-black".into()],
+        });
+        assert_eq!(crate_error_class(Step::Board, &unknown), 6);
+        let verify = crate::Error::Pipeline(crate::pipeline::Error::VerifyMismatch {
+            offset: 4096,
+            length: 4096,
+            what: "image data".into(),
+        });
+        assert_eq!(crate_error_class(Step::Write, &verify), 5);
+        let small = crate::Error::Pipeline(crate::pipeline::Error::TargetTooSmall {
+            path: "/dev/mmcblk1".into(),
+            target: 1 << 30,
+            image: 4 << 30,
+        });
+        assert_eq!(crate_error_class(Step::Write, &small), 3);
+        let ro = crate::Error::BlockDev(crate::blockdev::Error::ReadOnly {
+            path: "/dev/mmcblk1".into(),
+            reason: "force_ro".into(),
+        });
+        assert_eq!(crate_error_class(Step::Write, &ro), 3);
+        let werr = crate::Error::Pipeline(crate::pipeline::Error::Write {
+            offset: 0,
+            length: 512,
+            source: std::io::Error::other("EIO"),
+        });
+        assert_eq!(crate_error_class(Step::Write, &werr), 4);
+        let full = crate::Error::Record(crate::record::Error::LogFull {
+            used: 1,
+            capacity: 1,
+            needed: 2,
+        });
+        assert_eq!(crate_error_class(Step::Record, &full), 7);
+        assert_eq!(error_class(&full), 7);
     }
 
     #[test]

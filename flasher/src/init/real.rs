@@ -1,22 +1,25 @@
 //! The real [`Steps`]: the kernel, the board's hardware, and the other parts of
-//! the library (boards, storage, pipeline, fix-ups, record, LEDs).
+//! the library (boards, storage, pipeline, record, LEDs), all under one root path.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use led::Phase;
 
-use super::cmdline::Options;
+use super::cmdline::{Options, Verify};
 use super::console::{open_events, Console};
 use super::modules::{self, Finit, RealClock};
 use super::mounts::{self, Nix, EARLY};
 use super::power::{self, After, Power, System};
 use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
 use super::watchdog::{Disarm, Feeder, Watchdog};
-use super::Error;
+use super::{under, Error};
+use crate::pipeline::{self, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer};
+use crate::record::{self, PhaseTiming, TargetIdentity, UnitRecord};
 
 /// Observers that can be added to after they were handed out (the panic hook gets
 /// this before the events path and the LEDs are known).
@@ -37,10 +40,23 @@ impl Observer for Sinks {
     }
 }
 
+/// The board's LEDs as an event subscriber.
+pub struct LedSink(pub led::Animator);
+
+impl Observer for LedSink {
+    fn event(&self, e: &Event) {
+        self.0.on_event(e.phase, e.done, e.total, e.error_class);
+    }
+}
+
 /// How often the block-device wait looks at /sys/block.
 const POLL: Duration = Duration::from_millis(100);
-/// How often the watchdog is fed; well under the usual 60 s (and most 10+ s) timeouts.
+/// How often the watchdog is fed; well under the usual timeouts (10 to 60 s).
 const FEED_EVERY: Duration = Duration::from_secs(2);
+/// How long the success pattern shows before power-off, unless the board says.
+const SUCCESS_HOLD: Duration = Duration::from_secs(3);
+/// A board-supplied (or user-supplied) board file that overrides the built-in one.
+pub const BOARD_OVERRIDE: &str = "etc/flasher/board.toml";
 
 /// The real steps.
 pub struct Real {
@@ -48,6 +64,15 @@ pub struct Real {
     pid1: bool,
     sinks: Arc<Sinks>,
     watchdog: Option<Feeder<File>>,
+    board: Option<boards::Board>,
+    /// The boot medium's payload and log partitions (device nodes).
+    payload: Option<PathBuf>,
+    log: Option<PathBuf>,
+    /// The chosen target's device node and identity.
+    target: Option<PathBuf>,
+    identity: TargetIdentity,
+    report: Option<WriteReport>,
+    succeeded: bool,
 }
 
 impl Real {
@@ -56,13 +81,20 @@ impl Real {
     pub fn new(root: &Path, pid1: bool) -> Self {
         let sinks = Arc::new(Sinks::default());
         // Before the console is attached this is the kernel's initial stderr,
-        // which is /dev/console too.
+        // which is /dev/console too; after `mount` fd 2 is the console we opened.
         sinks.add(Box::new(Console::new(std::io::stderr())));
         Real {
             root: root.to_path_buf(),
             pid1,
             sinks,
             watchdog: None,
+            board: None,
+            payload: None,
+            log: None,
+            target: None,
+            identity: TargetIdentity::default(),
+            report: None,
+            succeeded: false,
         }
     }
 
@@ -75,23 +107,167 @@ impl Real {
         self.sinks.event(&Event::phase(phase).with_message(msg));
     }
 
-    /// Open the board's watchdog under the root and start feeding it.
+    fn board(&self) -> crate::Result<&boards::Board> {
+        self.board
+            .as_ref()
+            .ok_or_else(|| missing("a detected board"))
+    }
+
+    /// Open the watchdog at `path` under the root and start feeding it.
     pub fn start_watchdog_at(&mut self, path: &Path) -> Result<(), Error> {
         let wd = Watchdog::open(&self.root, path)?;
         self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY));
         Ok(())
     }
+
+    /// Use these devices instead of storage discovery (the payload and log
+    /// partitions on the boot medium, and the target disk).
+    pub fn set_devices(&mut self, payload: PathBuf, log: Option<PathBuf>, target: PathBuf) {
+        self.payload = Some(payload);
+        self.log = log;
+        self.target = Some(target);
+    }
 }
 
-fn not_yet(what: &'static str) -> Error {
+/// An earlier step did not leave what this one needs (only reachable if the
+/// sequence in `run.rs` changes).
+fn missing(what: &'static str) -> crate::Error {
     Error::NotAvailable {
         what,
-        detail: "not wired into init yet".into(),
+        detail: "an earlier step did not provide it".into(),
+    }
+    .into()
+}
+
+fn not_wired(what: &'static str) -> crate::Error {
+    Error::NotAvailable {
+        what,
+        detail: "not wired into init in this build".into(),
+    }
+    .into()
+}
+
+/// One sysfs attribute, trimmed; `None` if absent or empty.
+fn attr(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The target's identity for the unit record, from `root/sys/block/NAME`:
+/// eMMC `device/cid`, `device/serial`, `device/name`; disks `device/serial`,
+/// `device/model` (or `device/wwid`).
+pub fn target_identity(root: &Path, name: &str) -> TargetIdentity {
+    let dev = root.join("sys/block").join(name);
+    let size_bytes = attr(&dev.join("size"))
+        .and_then(|s| s.parse::<u64>().ok())
+        // sysfs `size` counts 512-byte sectors whatever the logical block size.
+        .map(|s| s * 512)
+        .unwrap_or(0);
+    TargetIdentity {
+        device: name.to_string(),
+        size_bytes,
+        cid: attr(&dev.join("device/cid")),
+        serial: attr(&dev.join("device/serial")).or_else(|| attr(&dev.join("device/wwid"))),
+        model: attr(&dev.join("device/model")).or_else(|| attr(&dev.join("device/name"))),
+    }
+}
+
+impl TargetIdentity {
+    fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            self.model.as_ref().map(|m| format!("model {m}")),
+            self.serial.as_ref().map(|s| format!("serial {s}")),
+            self.cid.as_ref().map(|c| format!("CID {c}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if parts.is_empty() {
+            "no identity in sysfs".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// The unit record for a run.
+pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) -> UnitRecord {
+    // Boards without a real-time clock start in 1970; only a plausible time is kept.
+    const PLAUSIBLE: u64 = 1_577_836_800; // 2020-01-01
+    let timestamp_unix_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+        .filter(|s| *s >= PLAUSIBLE);
+    let (image_digest, bytes_written, phases) = match &r.write {
+        Some(w) => (
+            w.image_digest.clone(),
+            w.bytes_written,
+            w.phases
+                .iter()
+                .map(|(p, d)| PhaseTiming {
+                    phase: p.clone(),
+                    duration_ms: d.as_millis() as u64,
+                })
+                .collect(),
+        ),
+        None => (String::new(), 0, Vec::new()),
+    };
+    UnitRecord {
+        seq: 0,
+        timestamp_unix_s,
+        flasher_version: env!("CARGO_PKG_VERSION").to_string(),
+        board: r.board.clone().unwrap_or_default(),
+        target: identity.clone(),
+        image_digest,
+        bytes_written,
+        phases,
+        result: match &r.failure {
+            None => record::Outcome::Ok,
+            Some((_, class, message)) => record::Outcome::Error {
+                class: *class,
+                message: message.clone(),
+            },
+        },
+    }
+}
+
+/// Append `rec` to the log partition (or file) at `path`; returns the record's
+/// byte offset in the log.
+pub fn append_to(path: &Path, rec: &UnitRecord) -> crate::Result<u64> {
+    let ctx = |what: &str| format!("{what} unit log {}", path.display());
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| crate::Error::io(ctx("open"), e))?;
+    let capacity = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| crate::Error::io(ctx("size of"), e))?;
+    let seq = record::append(&mut f, capacity, rec)?;
+    f.sync_all().map_err(|e| crate::Error::io(ctx("sync"), e))?;
+    Ok(seq)
+}
+
+/// The write step's summary from the pipeline's report.
+pub fn summary(r: &WriteReport) -> WriteSummary {
+    let d = &r.durations;
+    WriteSummary {
+        image_digest: r.image_sha256.clone(),
+        bytes_written: r.bytes_written + r.bytes_zeroed,
+        phases: vec![
+            ("preflight".into(), d.preflight),
+            ("write".into(), d.write),
+            ("verify".into(), d.verify),
+            ("finish".into(), d.finish),
+        ],
     }
 }
 
 impl Steps for Real {
-    fn mount(&mut self) -> Result<(), Error> {
+    fn mount(&mut self) -> crate::Result<()> {
         if !self.pid1 {
             return Ok(());
         }
@@ -102,13 +278,13 @@ impl Steps for Real {
         }
         match mounts::open_console(&self.root) {
             Ok(c) => mounts::attach(&c, &[0, 1, 2])?,
-            // Keep the kernel's initial stdout/stderr: still the console on most boards.
+            // Keep the kernel's initial stdout/stderr: the console on most boards.
             Err(e) => eprintln!("flasher: {e}"),
         }
         Ok(())
     }
 
-    fn options(&mut self) -> Result<Options, Error> {
+    fn options(&mut self) -> crate::Result<Options> {
         let o = Options::from_root(&self.root)?;
         if let Some(path) = &o.events {
             match open_events(&self.root, path) {
@@ -120,7 +296,7 @@ impl Steps for Real {
         Ok(o)
     }
 
-    fn load_modules(&mut self, o: &Options) -> Result<(), Error> {
+    fn load_modules(&mut self, o: &Options) -> crate::Result<()> {
         let order = modules::load_order(&self.root)?;
         let r = modules::load_all(&order, &mut Finit);
         for (name, errno) in &r.failed {
@@ -129,15 +305,17 @@ impl Steps for Real {
                 format!("warning: module {name} failed to load: {errno}"),
             );
         }
-        self.note(
-            Phase::Starting,
-            format!(
-                "modules: {} loaded, {} already present, {} failed",
-                r.loaded.len(),
-                r.already.len(),
-                r.failed.len()
-            ),
-        );
+        if !order.is_empty() {
+            self.note(
+                Phase::Starting,
+                format!(
+                    "modules: {} loaded, {} already present, {} failed",
+                    r.loaded.len(),
+                    r.already.len(),
+                    r.failed.len()
+                ),
+            );
+        }
         let target = o
             .target
             .as_deref()
@@ -159,47 +337,161 @@ impl Steps for Real {
         Ok(())
     }
 
-    fn detect_board(&mut self, _o: &Options) -> Result<String, Error> {
-        Err(not_yet("board detection"))
+    fn detect_board(&mut self, o: &Options) -> crate::Result<String> {
+        let mut all = boards::builtin()?;
+        let extra = self.root.join(BOARD_OVERRIDE);
+        if extra.is_file() {
+            all = boards::with_override(all, boards::load_file(&extra)?);
+        }
+        let d = boards::detect(&self.root, o.board.as_deref(), &all)?;
+        self.note(
+            Phase::Searching,
+            format!(
+                "board {} ({}), selected by {}",
+                d.board.name, d.board.description, d.how
+            ),
+        );
+        // The LEDs follow the event stream from here on. The LED event sink shares
+        // the flasher.events= path, so boards without LEDs still report patterns.
+        let events = o.events.as_deref().map(|p| under(&self.root, p));
+        let leds = led::open(&self.root, &d.board.leds, events.as_deref());
+        self.sinks
+            .add(Box::new(LedSink(led::Animator::start(leds, &d.board.leds))));
+        let name = d.board.name.clone();
+        self.board = Some(d.board);
+        Ok(name)
     }
 
-    fn start_watchdog(&mut self) -> Result<(), Error> {
+    fn start_watchdog(&mut self) -> crate::Result<()> {
+        let Some(path) = self.board()?.watchdog.clone() else {
+            return Ok(());
+        };
+        if let Err(e) = self.start_watchdog_at(Path::new(&path)) {
+            // Flashing without the watchdog beats not flashing: it only guards hangs.
+            self.note(
+                Phase::Searching,
+                format!("warning: {e}; flashing without it"),
+            );
+        }
         Ok(())
     }
 
-    fn find_payload(&mut self, _o: &Options) -> Result<(), Error> {
-        Err(not_yet("storage scan"))
+    fn find_payload(&mut self, _o: &Options) -> crate::Result<()> {
+        if self.payload.is_some() {
+            return Ok(());
+        }
+        Err(not_wired("storage scan and boot-medium search"))
     }
 
-    fn choose_target(&mut self, _o: &Options) -> Result<TargetInfo, Error> {
-        Err(not_yet("target choice"))
+    fn choose_target(&mut self, _o: &Options) -> crate::Result<TargetInfo> {
+        let device = match &self.target {
+            Some(t) => t.clone(),
+            None => return Err(not_wired("target choice")),
+        };
+        let name = device
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.identity = target_identity(&self.root, &name);
+        Ok(TargetInfo {
+            device,
+            identity: self.identity.describe(),
+            size_bytes: self.identity.size_bytes,
+        })
     }
 
-    fn write(&mut self, _o: &Options) -> Result<WriteSummary, Error> {
-        Err(not_yet("pipeline"))
+    fn write(&mut self, o: &Options) -> crate::Result<WriteSummary> {
+        let payload = self
+            .payload
+            .clone()
+            .ok_or_else(|| missing("the payload partition"))?;
+        let target = self.target.clone().ok_or_else(|| missing("a target"))?;
+        let file = File::open(&payload).map_err(|e| {
+            crate::Error::io(format!("open payload partition {}", payload.display()), e)
+        })?;
+        let opts = WriteOptions {
+            verify: match o.verify {
+                Verify::Full => pipeline::Verify::Full,
+                Verify::None => pipeline::Verify::None,
+            },
+            expand_data: o.expand_data,
+            root: self.root.clone(),
+            ..WriteOptions::default()
+        };
+        let report = pipeline::write(BufReader::new(file), &target, &opts, &*self.sinks)?;
+        let s = summary(&report);
+        self.report = Some(report);
+        Ok(s)
     }
 
-    fn fixups(&mut self, _o: &Options) -> Result<(), Error> {
-        Err(not_yet("partition fix-ups"))
+    fn fixups(&mut self, _o: &Options) -> crate::Result<()> {
+        // The pipeline fixes up the partition table as its last step (backup GPT
+        // at the real end, optional growth), so this step reports what it did.
+        let report = self
+            .report
+            .as_ref()
+            .ok_or_else(|| missing("a write report"))?;
+        let msg = match &report.fixup {
+            Some(f) => format!("partition table: {f}"),
+            None => "partition table: no fix-up needed".to_string(),
+        };
+        self.note(Phase::Finishing, msg);
+        Ok(())
     }
 
-    fn bootloader(&mut self, _o: &Options) -> Result<(), Error> {
-        Err(not_yet("bootloader"))
+    fn bootloader(&mut self, _o: &Options) -> crate::Result<()> {
+        if self.board()?.bootloader.is_empty() {
+            return Ok(());
+        }
+        Err(not_wired(
+            "bootloader placement (eMMC boot partitions / raw offsets)",
+        ))
     }
 
-    fn copy_config(&mut self, _o: &Options) -> Result<(), Error> {
-        Err(not_yet("config copy"))
+    fn copy_config(&mut self, _o: &Options) -> crate::Result<()> {
+        Err(not_wired("config copy from flash-boot"))
     }
 
-    fn append_record(&mut self, _r: &RunRecord) -> Result<(), Error> {
-        Err(not_yet("unit record"))
+    fn append_record(&mut self, r: &RunRecord) -> crate::Result<()> {
+        let Some(log) = self.log.clone() else {
+            return Err(Error::NotAvailable {
+                what: "unit record",
+                detail: "no flasher-log partition was found on the boot medium".into(),
+            }
+            .into());
+        };
+        let rec = unit_record(r, &self.identity, SystemTime::now());
+        let offset = append_to(&log, &rec)?;
+        self.note(
+            Phase::Finishing,
+            format!("unit record appended to {} at byte {offset}", log.display()),
+        );
+        Ok(())
     }
 
     fn show(&mut self, e: &Event) {
+        if e.phase == Phase::Success {
+            self.succeeded = true;
+        }
         self.sinks.event(e);
     }
 
     fn finish(&mut self, after: After) {
+        let board_power = self.board.as_ref().map(|b| b.power_off);
+        // "Power off" means the board's own way of ending, where it cannot cut power.
+        let after = match (after, board_power.map(|p| p.method)) {
+            (After::PowerOff, Some(boards::PowerOffMethod::Reboot)) => After::Reboot,
+            (After::PowerOff, Some(boards::PowerOffMethod::Halt)) => After::Halt,
+            (a, _) => a,
+        };
+        if self.succeeded && after != After::Wait {
+            // Let the operator see "all LEDs solid" before the board goes dark.
+            let hold = board_power
+                .and_then(|p| p.hold_secs)
+                .map(|s| Duration::from_secs(s.into()))
+                .unwrap_or(SUCCESS_HOLD);
+            std::thread::sleep(hold);
+        }
         let wd = self.watchdog.as_mut().map(|w| w as &mut dyn Disarm);
         if self.pid1 {
             power::finish(after, wd, &mut System);
@@ -222,5 +514,91 @@ impl Power for NotPid1 {
     }
     fn park(&mut self) {
         System.park()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::run::Step;
+
+    #[test]
+    fn identity_from_fake_sysfs() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("sys/block/mmcblk1");
+        std::fs::create_dir_all(dev.join("device")).unwrap();
+        std::fs::write(dev.join("size"), "7634944\n").unwrap();
+        std::fs::write(dev.join("device/cid"), "150100414a544434520a32e4c0ab4a00\n").unwrap();
+        std::fs::write(dev.join("device/serial"), "0x32e4c0ab\n").unwrap();
+        std::fs::write(dev.join("device/name"), "AJTD4R\n").unwrap();
+        let id = target_identity(root.path(), "mmcblk1");
+        assert_eq!(id.size_bytes, 7634944 * 512);
+        assert_eq!(id.cid.as_deref(), Some("150100414a544434520a32e4c0ab4a00"));
+        assert_eq!(id.serial.as_deref(), Some("0x32e4c0ab"));
+        assert_eq!(id.model.as_deref(), Some("AJTD4R"));
+        assert_eq!(
+            id.describe(),
+            "model AJTD4R, serial 0x32e4c0ab, CID 150100414a544434520a32e4c0ab4a00"
+        );
+        let none = target_identity(root.path(), "sda");
+        assert_eq!(none.size_bytes, 0);
+        assert_eq!(none.describe(), "no identity in sysfs");
+    }
+
+    #[test]
+    fn records_append_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, vec![0u8; 64 << 10]).unwrap();
+        let ok = RunRecord {
+            board: Some("qemu-x86_64-sd".into()),
+            target: None,
+            write: Some(WriteSummary {
+                image_digest: "ab".repeat(32),
+                bytes_written: 1 << 20,
+                phases: vec![("write".into(), Duration::from_millis(1500))],
+            }),
+            failure: None,
+        };
+        let failed = RunRecord {
+            failure: Some((Step::Write, 5, "write and verify: verify failed".into())),
+            ..ok.clone()
+        };
+        let id = TargetIdentity {
+            device: "mmcblk1".into(),
+            size_bytes: 4 << 30,
+            ..Default::default()
+        };
+        // 2023-11-14: a plausible clock is kept; 1970 (no RTC) is not.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(append_to(&log, &unit_record(&ok, &id, now)).unwrap(), 0);
+        assert!(append_to(&log, &unit_record(&failed, &id, SystemTime::UNIX_EPOCH)).unwrap() > 0);
+        let mut f = File::open(&log).unwrap();
+        let recs = record::read_all(&mut f, 64 << 10).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!((recs[0].seq, recs[1].seq), (1, 2));
+        assert_eq!(recs[0].board, "qemu-x86_64-sd");
+        assert_eq!(recs[0].timestamp_unix_s, Some(1_700_000_000));
+        assert_eq!(recs[0].bytes_written, 1 << 20);
+        assert_eq!(recs[0].phases[0].duration_ms, 1500);
+        assert_eq!(recs[0].result, record::Outcome::Ok);
+        assert_eq!(recs[1].timestamp_unix_s, None);
+        assert_eq!(
+            recs[1].result,
+            record::Outcome::Error {
+                class: 5,
+                message: "write and verify: verify failed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn sinks_reach_observers_added_later() {
+        let sinks = Arc::new(Sinks::default());
+        let handed_out: Arc<dyn Observer> = sinks.clone();
+        let rec = Arc::new(crate::progress::Recorder::default());
+        sinks.add(Box::new(rec.clone()));
+        handed_out.event(&Event::phase(Phase::Writing));
+        assert_eq!(rec.phases(), [Phase::Writing]);
     }
 }

@@ -12,7 +12,7 @@ use led::Phase;
 
 use super::cmdline::Options;
 use super::power::After;
-use super::{step_error_class, Error};
+use super::{crate_error_class, Error};
 use crate::progress::Event;
 
 /// One step of the run, for error classes and messages.
@@ -73,8 +73,8 @@ pub struct WriteSummary {
     /// Hex digest of the image as the manifest names it.
     pub image_digest: String,
     pub bytes_written: u64,
-    /// How long each phase took.
-    pub phases: Vec<(Phase, Duration)>,
+    /// How long each phase took, by name (`preflight`, `write`, `verify`, ...).
+    pub phases: Vec<(String, Duration)>,
 }
 
 /// Why a run failed.
@@ -83,7 +83,18 @@ pub struct Failure {
     pub step: Step,
     /// The blink-code class (see BRIEF/ docs/leds.md).
     pub class: u8,
-    pub error: Error,
+    pub error: crate::Error,
+}
+
+impl Failure {
+    /// A failure of `step`, classified by [`crate_error_class`].
+    pub fn new(step: Step, error: crate::Error) -> Self {
+        Failure {
+            step,
+            class: crate_error_class(step, &error),
+            error,
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -121,29 +132,29 @@ pub enum Outcome {
 /// board, the boot medium, the open target) between calls.
 pub trait Steps {
     /// Mount proc, sysfs, devtmpfs, /run; open the console.
-    fn mount(&mut self) -> Result<(), Error>;
+    fn mount(&mut self) -> crate::Result<()>;
     /// Parse the `flasher.*` options; open the events path if given.
-    fn options(&mut self) -> Result<Options, Error>;
+    fn options(&mut self) -> crate::Result<Options>;
     /// Load the kernel modules and wait for block devices.
-    fn load_modules(&mut self, o: &Options) -> Result<(), Error>;
+    fn load_modules(&mut self, o: &Options) -> crate::Result<()>;
     /// Detect the board (or take `flasher.board=`); start its LEDs. Returns its name.
-    fn detect_board(&mut self, o: &Options) -> Result<String, Error>;
+    fn detect_board(&mut self, o: &Options) -> crate::Result<String>;
     /// Open and start feeding the board's watchdog, if it has one.
-    fn start_watchdog(&mut self) -> Result<(), Error>;
+    fn start_watchdog(&mut self) -> crate::Result<()>;
     /// Scan storage; find the boot medium with the payload and log partitions.
-    fn find_payload(&mut self, o: &Options) -> Result<(), Error>;
+    fn find_payload(&mut self, o: &Options) -> crate::Result<()>;
     /// Choose the internal target (never the boot medium).
-    fn choose_target(&mut self, o: &Options) -> Result<TargetInfo, Error>;
+    fn choose_target(&mut self, o: &Options) -> crate::Result<TargetInfo>;
     /// Stream the payload onto the target and verify it.
-    fn write(&mut self, o: &Options) -> Result<WriteSummary, Error>;
+    fn write(&mut self, o: &Options) -> crate::Result<WriteSummary>;
     /// Partition-table fix-ups (backup GPT, optional data growth).
-    fn fixups(&mut self, o: &Options) -> Result<(), Error>;
+    fn fixups(&mut self, o: &Options) -> crate::Result<()>;
     /// eMMC boot partitions / raw bootloader.
-    fn bootloader(&mut self, o: &Options) -> Result<(), Error>;
+    fn bootloader(&mut self, o: &Options) -> crate::Result<()>;
     /// Copy config from the card's flash-boot FAT onto the target's boot partition.
-    fn copy_config(&mut self, o: &Options) -> Result<(), Error>;
+    fn copy_config(&mut self, o: &Options) -> crate::Result<()>;
     /// Append the unit record to the card's log partition.
-    fn append_record(&mut self, r: &RunRecord) -> Result<(), Error>;
+    fn append_record(&mut self, r: &RunRecord) -> crate::Result<()>;
     /// Show an event on the console, the event stream and the LEDs.
     fn show(&mut self, e: &Event);
     /// Disarm the watchdog, sync, then power off / reboot / halt / wait.
@@ -163,10 +174,10 @@ struct State {
 
 /// Run the steps in order and stop at the first error. Does not record, show the
 /// result or finish; [`drive`] does.
-fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, (Step, Error)> {
-    fn at<T>(st: &mut State, step: Step, r: Result<T, Error>) -> Result<T, (Step, Error)> {
+fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, Box<Failure>> {
+    fn at<T>(st: &mut State, step: Step, r: crate::Result<T>) -> Result<T, Box<Failure>> {
         st.step = Some(step);
-        r.map_err(|e| (step, e))
+        r.map_err(|error| Box::new(Failure::new(step, error)))
     }
     st.step = Some(Step::Mount);
     at(st, Step::Mount, s.mount())?;
@@ -235,14 +246,14 @@ fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, (Step, Error)
 /// a record of the failure, then `flasher.on-failure`, by default wait forever).
 /// A panic inside a step is caught here and handled as an internal error (class 8),
 /// so it is recorded too. Returns only if `finish` does (fakes; the real one never).
-pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Failure> {
+pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Box<Failure>> {
     let mut st = State::default();
     let result = match catch_unwind(AssertUnwindSafe(|| run_steps(s, &mut st))) {
         Ok(r) => r,
-        Err(payload) => Err((
+        Err(payload) => Err(Box::new(Failure::new(
             st.step.unwrap_or(Step::Mount),
-            Error::Panic(super::panic::message(&*payload)),
-        )),
+            crate::Error::Init(Error::Panic(super::panic::message(&*payload))),
+        ))),
     };
     let options = st.options.clone().unwrap_or_default();
     match result {
@@ -264,9 +275,8 @@ pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Failure> {
             s.finish(options.after);
             Ok(outcome)
         }
-        Err((step, error)) => {
-            let class = step_error_class(step, &error);
-            let failure = Failure { step, class, error };
+        Err(failure) => {
+            let (step, class) = (failure.step, failure.class);
             let message = failure.to_string();
             s.show(&Event {
                 error_class: Some(class),
@@ -314,13 +324,13 @@ mod tests {
     }
 
     impl Fake {
-        fn step(&mut self, name: &'static str) -> Result<(), Error> {
+        fn step(&mut self, name: &'static str) -> crate::Result<()> {
             self.calls.push(name.to_string());
             if self.panic_at == Some(name) {
                 panic!("fake panic in {name}");
             }
             match self.fail_at {
-                Some((n, e)) if n == name => Err(e()),
+                Some((n, e)) if n == name => Err(e().into()),
                 _ => Ok(()),
             }
         }
@@ -335,52 +345,53 @@ mod tests {
     }
 
     impl Steps for Fake {
-        fn mount(&mut self) -> Result<(), Error> {
+        fn mount(&mut self) -> crate::Result<()> {
             self.step("mount")
         }
-        fn options(&mut self) -> Result<Options, Error> {
+        fn options(&mut self) -> crate::Result<Options> {
             self.step("options")?;
-            Options::parse(&self.cmdline)
+            Ok(Options::parse(&self.cmdline)?)
         }
-        fn load_modules(&mut self, _: &Options) -> Result<(), Error> {
+        fn load_modules(&mut self, _: &Options) -> crate::Result<()> {
             self.step("modules")
         }
-        fn detect_board(&mut self, _: &Options) -> Result<String, Error> {
+        fn detect_board(&mut self, _: &Options) -> crate::Result<String> {
             self.step("board").map(|_| "bbb".to_string())
         }
-        fn start_watchdog(&mut self) -> Result<(), Error> {
+        fn start_watchdog(&mut self) -> crate::Result<()> {
             self.step("watchdog")
         }
-        fn find_payload(&mut self, _: &Options) -> Result<(), Error> {
+        fn find_payload(&mut self, _: &Options) -> crate::Result<()> {
             self.step("payload")
         }
-        fn choose_target(&mut self, _: &Options) -> Result<TargetInfo, Error> {
+        fn choose_target(&mut self, _: &Options) -> crate::Result<TargetInfo> {
             self.step("target").map(|_| target())
         }
-        fn write(&mut self, _: &Options) -> Result<WriteSummary, Error> {
+        fn write(&mut self, _: &Options) -> crate::Result<WriteSummary> {
             self.step("write").map(|_| WriteSummary {
                 image_digest: "ab12".into(),
                 bytes_written: 1 << 20,
-                phases: vec![(Phase::Writing, Duration::from_secs(3))],
+                phases: vec![("write".into(), Duration::from_secs(3))],
             })
         }
-        fn fixups(&mut self, _: &Options) -> Result<(), Error> {
+        fn fixups(&mut self, _: &Options) -> crate::Result<()> {
             self.step("fixups")
         }
-        fn bootloader(&mut self, _: &Options) -> Result<(), Error> {
+        fn bootloader(&mut self, _: &Options) -> crate::Result<()> {
             self.step("bootloader")
         }
-        fn copy_config(&mut self, _: &Options) -> Result<(), Error> {
+        fn copy_config(&mut self, _: &Options) -> crate::Result<()> {
             self.step("config")
         }
-        fn append_record(&mut self, r: &RunRecord) -> Result<(), Error> {
+        fn append_record(&mut self, r: &RunRecord) -> crate::Result<()> {
             self.calls.push("record".into());
             self.records.push(r.clone());
             if self.record_fails {
                 return Err(Error::Read {
                     path: "/dev/sda3".into(),
                     source: std::io::Error::other("log partition full"),
-                });
+                }
+                .into());
             }
             Ok(())
         }
@@ -448,7 +459,7 @@ mod tests {
         assert!(f.records.is_empty());
     }
 
-    fn fail_at(step: &'static str, err: fn() -> Error, cmdline: &str) -> (Fake, Failure) {
+    fn fail_at(step: &'static str, err: MakeError, cmdline: &str) -> (Fake, Box<Failure>) {
         let mut f = Fake {
             fail_at: Some((step, err)),
             cmdline: cmdline.into(),
@@ -546,7 +557,9 @@ mod tests {
         };
         let failure = drive(&mut f).unwrap_err();
         assert_eq!((failure.step, failure.class), (Step::Write, 8));
-        assert!(matches!(failure.error, Error::Panic(ref m) if m.contains("fake panic")));
+        assert!(
+            matches!(failure.error, crate::Error::Init(Error::Panic(ref m)) if m.contains("fake panic"))
+        );
         let mut want: Vec<&str> = ALL[..8].to_vec();
         want.extend(["show failure", "record", "disarm", "finish wait"]);
         assert_eq!(f.calls, want);
