@@ -73,6 +73,10 @@ pub struct Real {
     identity: TargetIdentity,
     report: Option<WriteReport>,
     succeeded: bool,
+    /// `reboot(2)` and friends; a fake in tests.
+    power: Box<dyn Power + Send>,
+    /// Overrides the success hold before power-off (tests use zero).
+    hold: Option<Duration>,
 }
 
 impl Real {
@@ -95,7 +99,20 @@ impl Real {
             identity: TargetIdentity::default(),
             report: None,
             succeeded: false,
+            power: if pid1 {
+                Box::new(System)
+            } else {
+                Box::new(NotPid1)
+            },
+            hold: None,
         }
+    }
+
+    /// Use another power backend and success hold (tests: a recorder and zero).
+    pub fn with_power(mut self, power: Box<dyn Power + Send>, hold: Duration) -> Self {
+        self.power = power;
+        self.hold = Some(hold);
+        self
     }
 
     /// The event sinks (console, events, LEDs), for the panic hook.
@@ -486,18 +503,16 @@ impl Steps for Real {
         };
         if self.succeeded && after != After::Wait {
             // Let the operator see "all LEDs solid" before the board goes dark.
-            let hold = board_power
-                .and_then(|p| p.hold_secs)
-                .map(|s| Duration::from_secs(s.into()))
-                .unwrap_or(SUCCESS_HOLD);
+            let hold = self.hold.unwrap_or_else(|| {
+                board_power
+                    .and_then(|p| p.hold_secs)
+                    .map(|s| Duration::from_secs(s.into()))
+                    .unwrap_or(SUCCESS_HOLD)
+            });
             std::thread::sleep(hold);
         }
         let wd = self.watchdog.as_mut().map(|w| w as &mut dyn Disarm);
-        if self.pid1 {
-            power::finish(after, wd, &mut System);
-        } else {
-            power::finish(after, wd, &mut NotPid1);
-        }
+        power::finish(after, wd, self.power.as_mut());
     }
 }
 
