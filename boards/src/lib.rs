@@ -252,6 +252,14 @@ pub fn with_override(mut boards: Vec<Board>, extra: Board) -> Vec<Board> {
     boards
 }
 
+/// A board as TOML, in the board-file format (what `flasher boards NAME` prints).
+pub fn to_toml(board: &Board) -> Result<String> {
+    toml::to_string(board).map_err(|e| Error::Invalid {
+        file: board.name.clone(),
+        reason: format!("cannot be written as TOML: {e}"),
+    })
+}
+
 /// `root` joined with an absolute path like `/proc/cmdline`.
 pub(crate) fn under(root: &Path, abs: &str) -> PathBuf {
     root.join(abs.trim_start_matches('/'))

@@ -152,8 +152,16 @@ hold_secs = 3
     assert_eq!(b.power_off.method, PowerOffMethod::Reboot);
     assert_eq!(b.watchdog.as_deref(), Some("/dev/watchdog"));
     assert_eq!(b.leds.phases.get(&led::Phase::Success).unwrap(), "solid");
-    let back = toml::to_string(&b).unwrap();
+    let back = to_toml(&b).unwrap();
     assert_eq!(parse("x.toml", &back).unwrap(), b);
+}
+
+#[test]
+fn every_shipped_board_round_trips_through_toml() {
+    for b in builtin().unwrap() {
+        let text = to_toml(&b).unwrap();
+        assert_eq!(parse(&format!("{}.toml", b.name), &text).unwrap(), b);
+    }
 }
 
 #[test]
