@@ -81,6 +81,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("no flasher-payload partition{}; is the flasher card inserted, and was it made with `mkflasher build`? saw: {seen}",
+        disk.as_ref().map(|d| format!(" on boot disk {d}")).unwrap_or_else(|| " on any disk".into()))]
+    NoPayload { disk: Option<String>, seen: String },
+    #[error("flasher.target={name} refused: {why}; saw: {seen}")]
+    TargetRefused {
+        name: String,
+        why: String,
+        seen: String,
+    },
     #[error("{what} is not available in this build ({detail})")]
     NotAvailable { what: &'static str, detail: String },
     #[error("internal error: {0}")]
@@ -104,7 +113,7 @@ pub fn error_class(e: &crate::Error) -> u8 {
             | crate::blockdev::Error::NotBlockOrFile { .. } => 3,
             crate::blockdev::Error::Open { .. } | crate::blockdev::Error::Ioctl { .. } => 4,
         },
-        E::Storage(_) => 1,
+        E::Storage(s) => s.error_class(),
         E::Fixup(_) | E::Emmc(_) | E::Record(_) | E::ConfigInject(_) => 7,
         E::Io { .. } | E::Usage(_) => 8,
     }
@@ -115,6 +124,8 @@ fn init_class(e: &Error) -> u8 {
     match e {
         Error::Cmdline { .. } => 6,
         Error::NoBlockDevices { .. } => 1,
+        Error::NoPayload { .. } => 2,
+        Error::TargetRefused { .. } => 3,
         Error::Watchdog { .. } | Error::NotAvailable { .. } => 6,
         Error::Mount { .. }
         | Error::MountPoint { .. }

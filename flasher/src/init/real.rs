@@ -20,6 +20,7 @@ use super::{under, Error};
 use crate::pipeline::{self, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer};
 use crate::record::{self, PhaseTiming, TargetIdentity, UnitRecord};
+use crate::storage::{self, BootMedium, Disk};
 
 /// Observers that can be added to after they were handed out (the panic hook gets
 /// this before the events path and the LEDs are known).
@@ -65,6 +66,9 @@ pub struct Real {
     sinks: Arc<Sinks>,
     watchdog: Option<Feeder<File>>,
     board: Option<boards::Board>,
+    /// What the storage scan saw, and the boot medium among it.
+    disks: Vec<Disk>,
+    boot: Option<BootMedium>,
     /// The boot medium's payload and log partitions (device nodes).
     payload: Option<PathBuf>,
     log: Option<PathBuf>,
@@ -93,6 +97,8 @@ impl Real {
             sinks,
             watchdog: None,
             board: None,
+            disks: Vec::new(),
+            boot: None,
             payload: None,
             log: None,
             target: None,
@@ -135,6 +141,45 @@ impl Real {
         let wd = Watchdog::open(&self.root, path)?;
         self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY));
         Ok(())
+    }
+
+    /// `flasher.target=NAME`: that disk, but never the boot medium (rule 1,
+    /// compared by major:minor) and never a disk in use or read-only.
+    fn named_target(&self, name: &str) -> crate::Result<Disk> {
+        let name = name.trim_start_matches("/dev/");
+        let seen = || {
+            self.disks
+                .iter()
+                .map(|d| d.summary(self.boot.as_ref()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let Some(disk) = self.disks.iter().find(|d| d.name == name) else {
+            return Err(Error::TargetRefused {
+                name: name.to_string(),
+                why: "no such disk".into(),
+                seen: seen(),
+            }
+            .into());
+        };
+        let why = if self.boot.as_ref().is_some_and(|b| b.dev == disk.dev) {
+            Some("it is the boot medium holding the payload".to_string())
+        } else if !disk.uses.is_empty() {
+            Some(format!("it is in use ({})", disk.uses.join(", ")))
+        } else if disk.read_only {
+            Some("it is read-only".to_string())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(Error::TargetRefused {
+                name: name.to_string(),
+                why,
+                seen: seen(),
+            }
+            .into()),
+            None => Ok(disk.clone()),
+        }
     }
 
     /// Use these devices instead of storage discovery (the payload and log
@@ -188,6 +233,17 @@ pub fn target_identity(root: &Path, name: &str) -> TargetIdentity {
         cid: attr(&dev.join("device/cid")),
         serial: attr(&dev.join("device/serial")).or_else(|| attr(&dev.join("device/wwid"))),
         model: attr(&dev.join("device/model")).or_else(|| attr(&dev.join("device/name"))),
+    }
+}
+
+/// The target's identity for the unit record, from the storage scan.
+pub fn disk_identity(d: &Disk) -> TargetIdentity {
+    TargetIdentity {
+        device: d.name.clone(),
+        size_bytes: d.size_bytes,
+        cid: d.cid.clone(),
+        serial: d.serial.clone(),
+        model: d.model.clone(),
     }
 }
 
@@ -393,23 +449,85 @@ impl Steps for Real {
         Ok(())
     }
 
-    fn find_payload(&mut self, _o: &Options) -> crate::Result<()> {
+    fn find_payload(&mut self, o: &Options) -> crate::Result<()> {
         if self.payload.is_some() {
+            // Given with `set_devices`.
             return Ok(());
         }
-        Err(not_wired("storage scan and boot-medium search"))
+        self.disks = storage::scan(&self.root)?;
+        let seen = || {
+            self.disks
+                .iter()
+                .map(|d| d.summary(None))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let boot = storage::find_boot_medium(&self.disks, o.boot_disk.as_deref())?;
+        let Some(boot) = boot else {
+            return Err(Error::NoPayload {
+                disk: None,
+                seen: seen(),
+            }
+            .into());
+        };
+        let Some(payload) = &boot.payload else {
+            return Err(Error::NoPayload {
+                disk: Some(boot.disk.clone()),
+                seen: seen(),
+            }
+            .into());
+        };
+        self.note(
+            Phase::Searching,
+            format!(
+                "boot medium {}: payload {} ({}), log {}",
+                boot.disk,
+                payload.name,
+                storage::human_size(payload.size_bytes),
+                boot.log
+                    .as_ref()
+                    .map(|l| l.name.as_str())
+                    .unwrap_or("none (no unit record will be kept)")
+            ),
+        );
+        self.payload = Some(payload.dev_path.clone());
+        self.log = boot.log.as_ref().map(|l| l.dev_path.clone());
+        self.boot = Some(boot);
+        Ok(())
     }
 
-    fn choose_target(&mut self, _o: &Options) -> crate::Result<TargetInfo> {
-        let device = match &self.target {
-            Some(t) => t.clone(),
-            None => return Err(not_wired("target choice")),
-        };
-        let name = device
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.identity = target_identity(&self.root, &name);
+    fn choose_target(&mut self, o: &Options) -> crate::Result<TargetInfo> {
+        if let Some(device) = self.target.clone().filter(|_| self.disks.is_empty()) {
+            // Given with `set_devices`: identity from sysfs by name.
+            let name = device
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.identity = target_identity(&self.root, &name);
+        } else {
+            let disk = match o.target.as_deref() {
+                Some(name) => self.named_target(name)?,
+                None => {
+                    let board = self.board()?;
+                    let choice =
+                        storage::choose_target(board, &self.disks, self.boot.as_ref())?;
+                    for r in &choice.rejected {
+                        self.note(
+                            Phase::Searching,
+                            format!("not the target: {} ({})", r.disk, r.why),
+                        );
+                    }
+                    self.note(
+                        Phase::Searching,
+                        format!("target {}: {}", choice.disk.name, choice.reason),
+                    );
+                    choice.disk
+                }
+            };
+            self.identity = disk_identity(&disk);
+            self.target = Some(disk.dev_path.clone());
+        }
+        let device = self.target.clone().ok_or_else(|| missing("a target"))?;
         Ok(TargetInfo {
             device,
             identity: self.identity.describe(),
