@@ -1232,4 +1232,29 @@ mod tests {
         assert_eq!(parts[0]["bootable"], true);
         assert_eq!(parts[..2], before["partitions"].as_array().unwrap()[..2]);
     }
+
+    #[test]
+    fn sfdisk_gpt_short_entry_table_expands_and_verifies() {
+        // 8 entries: a 1 KiB array (2 sectors) instead of the usual 16 KiB.
+        let dir = tempfile::tempdir().unwrap();
+        let (img, tgt) = (dir.path().join("img"), dir.path().join("tgt"));
+        sfdisk_make(
+            &img,
+            8 * MIB,
+            "label: gpt\ntable-length: 8\nsize=2MiB, type=uefi\ntype=linux\n",
+        );
+        flash_copy(&img, &tgt, 20 * MIB + 512 * 3);
+        let r = run_fixup(&tgt, 8 * MIB, true);
+        assert_eq!(r.grown.as_ref().map(|g| g.number), Some(2));
+        let complaints = sfdisk_complaints(&tgt);
+        assert!(complaints.is_empty(), "{complaints:?}");
+        let j = sfdisk_json(&tgt);
+        let total = (20 * MIB + 512 * 3) / 512;
+        assert_eq!(j["lastlba"].as_u64().unwrap(), total - 1 - 2 - 1);
+        let last = &j["partitions"][1];
+        assert_eq!(
+            last["start"].as_u64().unwrap() + last["size"].as_u64().unwrap() - 1,
+            total - 4
+        );
+    }
 }
