@@ -10,10 +10,12 @@
 //! - [`modules`]: `finit_module` in load order, waiting for block devices.
 //! - [`watchdog`]: feeding and the magic close.
 //! - [`power`]: sync and `reboot(2)`, or park forever.
+//! - [`card`]: the target's boot FAT, files on the card's flash-boot FAT.
 //! - [`console`]: readable lines and JSON event lines.
 //! - [`panic`]: the panic hook (error class 8).
 //! - [`run`]: the sequence over the [`run::Steps`] trait; [`real`] implements it.
 
+pub mod card;
 pub mod cmdline;
 pub mod console;
 pub mod modules;
@@ -90,6 +92,11 @@ pub enum Error {
         why: String,
         seen: String,
     },
+    #[error("bootloader file {file} is not on the card's flash-boot partition{}; rebuild the card with the board's bootloader files",
+        card.as_ref().map(|c| format!(" ({})", c.display())).unwrap_or_else(|| " (no flash-boot partition found)".into()))]
+    BootloaderFile { file: String, card: Option<PathBuf> },
+    #[error("the image written to {target} has no FAT boot partition to copy the card's configuration onto; remove the configuration from the card or use an image with a FAT boot partition")]
+    NoTargetBoot { target: PathBuf },
     #[error("{what} is not available in this build ({detail})")]
     NotAvailable { what: &'static str, detail: String },
     #[error("internal error: {0}")]
@@ -125,6 +132,7 @@ fn init_class(e: &Error) -> u8 {
         Error::Cmdline { .. } => 6,
         Error::NoBlockDevices { .. } => 1,
         Error::NoPayload { .. } => 2,
+        Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } => 7,
         Error::TargetRefused { .. } => 3,
         Error::Watchdog { .. } | Error::NotAvailable { .. } => 6,
         Error::Mount { .. }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use led::Phase;
 
+use super::card;
 use super::cmdline::{Options, Verify};
 use super::console::{open_events, Console};
 use super::modules::{self, Finit, RealClock};
@@ -21,6 +22,7 @@ use crate::pipeline::{self, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer};
 use crate::record::{self, PhaseTiming, TargetIdentity, UnitRecord};
 use crate::storage::{self, BootMedium, Disk};
+use boards::Placement;
 
 /// Observers that can be added to after they were handed out (the panic hook gets
 /// this before the events path and the LEDs are known).
@@ -56,6 +58,8 @@ const POLL: Duration = Duration::from_millis(100);
 const FEED_EVERY: Duration = Duration::from_secs(2);
 /// How long the success pattern shows before power-off, unless the board says.
 const SUCCESS_HOLD: Duration = Duration::from_secs(3);
+/// The card's boot FAT partition name.
+pub const FLASH_BOOT: &str = "flash-boot";
 /// A board-supplied (or user-supplied) board file that overrides the built-in one.
 pub const BOARD_OVERRIDE: &str = "etc/flasher/board.toml";
 
@@ -72,6 +76,8 @@ pub struct Real {
     /// The boot medium's payload and log partitions (device nodes).
     payload: Option<PathBuf>,
     log: Option<PathBuf>,
+    /// The card's flash-boot FAT partition (config and bootloader files).
+    card_boot: Option<PathBuf>,
     /// The chosen target's device node and identity.
     target: Option<PathBuf>,
     identity: TargetIdentity,
@@ -101,6 +107,7 @@ impl Real {
             boot: None,
             payload: None,
             log: None,
+            card_boot: None,
             target: None,
             identity: TargetIdentity::default(),
             report: None,
@@ -184,10 +191,50 @@ impl Real {
 
     /// Use these devices instead of storage discovery (the payload and log
     /// partitions on the boot medium, and the target disk).
-    pub fn set_devices(&mut self, payload: PathBuf, log: Option<PathBuf>, target: PathBuf) {
+    pub fn set_devices(
+        &mut self,
+        payload: PathBuf,
+        log: Option<PathBuf>,
+        card_boot: Option<PathBuf>,
+        target: PathBuf,
+    ) {
         self.payload = Some(payload);
         self.log = log;
+        self.card_boot = card_boot;
         self.target = Some(target);
+    }
+
+    /// Open the target for the post-write steps, dropping any cached pages first
+    /// so we read what is on the medium.
+    fn open_target(&self) -> crate::Result<(PathBuf, File)> {
+        let target = self.target.clone().ok_or_else(|| missing("a target"))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&target)
+            .map_err(|e| crate::Error::io(format!("open target {}", target.display()), e))?;
+        // Advice only; O_DIRECT writes already invalidated what they covered.
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        Ok((target, f))
+    }
+
+    /// Read `file` from the card's flash-boot FAT.
+    fn card_file(&self, file: &str) -> crate::Result<Vec<u8>> {
+        let not_there = || Error::BootloaderFile {
+            file: file.to_string(),
+            card: self.card_boot.clone(),
+        };
+        let card = self.card_boot.as_ref().ok_or_else(not_there)?;
+        let f = File::open(card)
+            .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))?;
+        card::read_file(f, file)
+            .map_err(|e| crate::Error::io(format!("read {file} from {}", card.display()), e))?
+            .ok_or_else(|| not_there().into())
     }
 }
 
@@ -201,11 +248,6 @@ fn missing(what: &'static str) -> crate::Error {
     .into()
 }
 
-fn not_wired(what: &'static str) -> crate::Error {
-    Error::NotAvailable {
-        what,
-        detail: "not wired into init in this build".into(),
-    }
     .into()
 }
 
@@ -492,6 +534,16 @@ impl Steps for Real {
         );
         self.payload = Some(payload.dev_path.clone());
         self.log = boot.log.as_ref().map(|l| l.dev_path.clone());
+        // GPT cards name it; MBR cards (U-Boot boards) have it first.
+        self.card_boot = self
+            .disks
+            .iter()
+            .find(|d| d.name == boot.disk)
+            .and_then(|d| {
+                d.partition_named(FLASH_BOOT)
+                    .or_else(|| d.partitions.iter().find(|p| p.number == 1))
+            })
+            .map(|p| p.dev_path.clone());
         self.boot = Some(boot);
         Ok(())
     }
@@ -509,8 +561,7 @@ impl Steps for Real {
                 Some(name) => self.named_target(name)?,
                 None => {
                     let board = self.board()?;
-                    let choice =
-                        storage::choose_target(board, &self.disks, self.boot.as_ref())?;
+                    let choice = storage::choose_target(board, &self.disks, self.boot.as_ref())?;
                     for r in &choice.rejected {
                         self.note(
                             Phase::Searching,
@@ -575,16 +626,84 @@ impl Steps for Real {
     }
 
     fn bootloader(&mut self, _o: &Options) -> crate::Result<()> {
-        if self.board()?.bootloader.is_empty() {
-            return Ok(());
+        let placements = self.board()?.bootloader.clone();
+        for p in &placements {
+            match p {
+                Placement::Raw { offset, file } => {
+                    let data = self.card_file(file)?;
+                    let (target, mut t) = self.open_target()?;
+                    let ctx = format!("write {file} at byte {offset} of {}", target.display());
+                    crate::emmc::write_at(&mut t, &data, *offset)
+                        .and_then(|()| t.sync_all())
+                        .map_err(|e| crate::Error::io(ctx.clone(), e))?;
+                    self.note(
+                        Phase::Finishing,
+                        format!("bootloader: {ctx} ({} bytes)", data.len()),
+                    );
+                }
+                Placement::EmmcBoot {
+                    partition,
+                    offset,
+                    file,
+                } => {
+                    let data = self.card_file(file)?;
+                    let part = format!("{}{}", self.identity.device, partition.suffix());
+                    crate::emmc::write_boot_partition(&self.root, &part, &data, *offset)?;
+                    self.note(
+                        Phase::Finishing,
+                        format!(
+                            "bootloader: {file} ({} bytes) to {part} at byte {offset}",
+                            data.len()
+                        ),
+                    );
+                }
+            }
         }
-        Err(not_wired(
-            "bootloader placement (eMMC boot partitions / raw offsets)",
-        ))
+        Ok(())
     }
 
     fn copy_config(&mut self, _o: &Options) -> crate::Result<()> {
-        Err(not_wired("config copy from flash-boot"))
+        let Some(card) = self.card_boot.clone() else {
+            self.note(
+                Phase::Finishing,
+                "config: no flash-boot partition on the card".into(),
+            );
+            return Ok(());
+        };
+        let open_card = || {
+            File::open(&card)
+                .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))
+        };
+        let has = card::has_config(open_card()?)
+            .map_err(|e| crate::Error::io(format!("read the FAT on {}", card.display()), e))?;
+        if !has {
+            self.note(Phase::Finishing, "config: none on the card".into());
+            return Ok(());
+        }
+        let (target, mut t) = self.open_target()?;
+        let span = card::first_fat(&mut t)
+            .map_err(|e| {
+                crate::Error::io(
+                    format!("read the partition table of {}", target.display()),
+                    e,
+                )
+            })?
+            .ok_or_else(|| Error::NoTargetBoot {
+                target: target.clone(),
+            })?;
+        let report = crate::config_inject::copy_config(open_card()?, card::slice(&mut t, span))?;
+        t.sync_all()
+            .map_err(|e| crate::Error::io(format!("sync {}", target.display()), e))?;
+        let files: Vec<&str> = report.files.iter().map(|(n, _)| n.as_str()).collect();
+        self.note(
+            Phase::Finishing,
+            format!(
+                "config: copied {} onto {}",
+                files.join(", "),
+                target.display()
+            ),
+        );
+        Ok(())
     }
 
     fn append_record(&mut self, r: &RunRecord) -> crate::Result<()> {
