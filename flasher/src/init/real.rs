@@ -248,9 +248,6 @@ fn missing(what: &'static str) -> crate::Error {
     .into()
 }
 
-    .into()
-}
-
 /// One sysfs attribute, trimmed; `None` if absent or empty.
 fn attr(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)
