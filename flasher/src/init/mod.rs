@@ -320,3 +320,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod e2e_tests;

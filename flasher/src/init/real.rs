@@ -456,11 +456,15 @@ impl Steps for Real {
             all = boards::with_override(all, boards::load_file(&extra)?);
         }
         let d = boards::detect(&self.root, o.board.as_deref(), &all)?;
+        let how = match &o.board {
+            Some(_) => "flasher.board= on the kernel command line".to_string(),
+            None => d.how.to_string(),
+        };
         self.note(
-            Phase::Searching,
+            Phase::Starting,
             format!(
-                "board {} ({}), selected by {}",
-                d.board.name, d.board.description, d.how
+                "board {} ({}), selected by {how}",
+                d.board.name, d.board.description
             ),
         );
         // The LEDs follow the event stream from here on. The LED event sink shares

@@ -196,7 +196,7 @@ fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, Box<Failure>>
     st.step = Some(Step::Board);
     let board = at(st, Step::Board, s.detect_board(&o))?;
     st.board = Some(board.clone());
-    s.show(&Event::phase(Phase::Searching).with_message(format!("board {board}")));
+    s.show(&Event::phase(Phase::Searching).with_message("looking for the payload and the target"));
     st.step = Some(Step::Watchdog);
     at(st, Step::Watchdog, s.start_watchdog())?;
     st.step = Some(Step::Payload);
