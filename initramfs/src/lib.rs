@@ -8,5 +8,6 @@
 
 pub mod cmd;
 pub mod error;
+pub mod source;
 
 pub use error::{Error, Result};

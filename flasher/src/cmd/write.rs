@@ -1,10 +1,161 @@
-//! `flasher write` (placeholder: to be filled in by the work that owns it).
+//! `flasher write`: write a bundle onto a block device or file and verify it.
+//! Thin: parse, pick a progress display (an indicatif bar when stderr is a
+//! terminal, log lines otherwise), call `pipeline::write`, print the report.
+
+use crate::pipeline::{self, human, Verify, WriteOptions};
+use crate::progress::{Event, Observer};
+use led::Phase;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The bundle (a file, or a raw partition holding one; bytes after the bundle are ignored).
+    #[arg(long)]
+    pub payload: PathBuf,
+    /// The block device or regular file to write (must be at least the image size).
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Read back every written byte after a flush (full) or not (none).
+    #[arg(long, value_enum, default_value_t = Verify::Full)]
+    pub verify: Verify,
+    /// Grow the last partition to the end of a larger target.
+    #[arg(long)]
+    pub expand_data: bool,
+    /// Use buffered I/O instead of O_DIRECT.
+    #[arg(long)]
+    pub no_direct: bool,
+    /// Decompression threads (default: CPUs, at most 4).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Root of /proc and /sys for the mounted-target check (for tests).
+    #[arg(long, default_value = "/", hide = true)]
+    pub root: PathBuf,
+    /// Print the write report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args) -> crate::Result<()> {
-    Err(crate::Error::Usage(
-        "`flasher write` is not implemented yet".into(),
-    ))
+pub fn run(args: Args) -> crate::Result<()> {
+    let defaults = WriteOptions::default();
+    let opts = WriteOptions {
+        verify: args.verify,
+        expand_data: args.expand_data,
+        root: args.root.clone(),
+        direct: !args.no_direct,
+        workers: args.workers.unwrap_or(defaults.workers).max(1),
+    };
+    let f = std::fs::File::open(&args.payload)
+        .map_err(|e| crate::Error::io(format!("open payload {}", args.payload.display()), e))?;
+    let payload = std::io::BufReader::with_capacity(4 << 20, f);
+    let obs: Box<dyn Observer> = if std::io::stderr().is_terminal() {
+        Box::new(Bar::default())
+    } else {
+        Box::new(LogLines::default())
+    };
+    let report = pipeline::write(payload, &args.target, &opts, obs.as_ref())?;
+    drop(obs);
+    tracing::info!(
+        "wrote {} ({} bytes, sha256 {}) to {}: {} data, {} zeroed, {} verified, {} written last; write {:.1}s, verify {:.1}s, finish {:.1}s{}",
+        human(report.image_size),
+        report.image_size,
+        report.image_sha256,
+        args.target.display(),
+        human(report.bytes_written),
+        human(report.bytes_zeroed),
+        human(report.bytes_verified),
+        human(report.held_back),
+        report.durations.write.as_secs_f64(),
+        report.durations.verify.as_secs_f64(),
+        report.durations.finish.as_secs_f64(),
+        if report.direct_io { "" } else { " (buffered I/O)" }
+    );
+    if args.json {
+        let s = serde_json::to_string(&report)
+            .map_err(|e| crate::Error::Usage(format!("report to JSON: {e}")))?;
+        println!("{s}");
+    }
+    Ok(())
+}
+
+/// Progress as an indicatif bar per byte-counting phase.
+#[derive(Default)]
+struct Bar(Mutex<Option<(Phase, indicatif::ProgressBar)>>);
+
+impl Observer for Bar {
+    fn event(&self, e: &Event) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(done), Some(total)) = (e.done, e.total) else {
+            if let Some((_, b)) = g.take() {
+                b.finish();
+            }
+            if let Some(m) = &e.message {
+                eprintln!("{}: {m}", e.phase);
+            }
+            return;
+        };
+        if g.as_ref().map(|(p, _)| *p) != Some(e.phase) {
+            if let Some((_, b)) = g.take() {
+                b.finish();
+            }
+            let b = indicatif::ProgressBar::new(total);
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg:>9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            b.set_style(style);
+            b.set_message(e.phase.to_string());
+            *g = Some((e.phase, b));
+        }
+        if let Some((_, b)) = g.as_ref() {
+            b.set_position(done);
+        }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some((_, b)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish();
+        }
+    }
+}
+
+/// Progress as log lines: each phase start and every 10 %.
+#[derive(Default)]
+struct LogLines(Mutex<Option<(Phase, u64)>>);
+
+impl Observer for LogLines {
+    fn event(&self, e: &Event) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(done), Some(total)) = (e.done, e.total) else {
+            tracing::info!(
+                "{}{}",
+                e.phase,
+                e.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+            *g = None;
+            return;
+        };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        let step = pct / 10;
+        match *g {
+            Some((p, s)) if p == e.phase && s == step => {}
+            _ => {
+                tracing::info!(
+                    "{}: {pct}% ({} of {}, {}/s)",
+                    e.phase,
+                    human(done),
+                    human(total),
+                    human(e.rate.unwrap_or(0))
+                );
+                *g = Some((e.phase, step));
+            }
+        }
+    }
 }
