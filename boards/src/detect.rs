@@ -34,7 +34,7 @@ pub enum How {
 impl std::fmt::Display for How {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            How::Named => write!(f, "named on the command line of this program"),
+            How::Named => write!(f, "its name (--board or flasher.board=)"),
             How::Cmdline => write!(f, "flasher.board= on the kernel command line"),
             How::Compatible(c) => write!(f, "device-tree compatible {c:?}"),
             How::Dmi(d) => write!(f, "DMI {d}"),
@@ -171,9 +171,11 @@ pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Dete
         let hit = board.identity.dmi.iter().find(|m| {
             let fields = m.fields();
             !fields.is_empty()
-                && fields
-                    .iter()
-                    .all(|(f, pat)| value(f).is_some_and(|v| glob_match(pat, v)))
+                && fields.iter().all(|(f, pat)| {
+                    // Firmware is inconsistent about case ("intel" from U-Boot's
+                    // SMBIOS, "Intel Corporation" from AMI), so DMI ignores it.
+                    value(f).is_some_and(|v| glob_match(&pat.to_lowercase(), &v.to_lowercase()))
+                })
         });
         if let Some(m) = hit {
             let evidence = m

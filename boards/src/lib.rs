@@ -165,6 +165,15 @@ pub fn validate(board: &Board) -> Result<(), String> {
     {
         return Err("target.controllers entries must be one path component like \"481d8000.mmc\" or \"0000:00:06.0\"".into());
     }
+    if let Some(c) = rules
+        .controllers
+        .iter()
+        .find(|c| board.boot_medium.controllers.contains(c))
+    {
+        return Err(format!(
+            "controller {c} is listed both for the target and for the boot medium"
+        ));
+    }
     for p in &board.bootloader {
         if let Placement::EmmcBoot { .. } = p {
             if !rules.require_boot_partitions {

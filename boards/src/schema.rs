@@ -199,25 +199,37 @@ pub struct TargetRules {
 }
 
 impl TargetRules {
-    /// One line saying what the board expects, for error messages.
+    /// One line saying what the board expects, for error messages, e.g.
+    /// `eMMC (card type MMC) with boot0/boot1 partitions on 481d8000.mmc`.
     pub fn describe(&self) -> String {
-        let mut s = match self.mmc_type {
+        let mut mmc = match self.mmc_type {
             Some(MmcType::Mmc) => "eMMC (card type MMC)".to_string(),
             Some(MmcType::Sd) => "an SD card (card type SD)".to_string(),
-            None => "a disk".to_string(),
+            None => "an MMC/SD card".to_string(),
         };
         if self.require_boot_partitions {
-            s.push_str(" with boot0/boot1 partitions");
+            mmc.push_str(" with boot0/boot1 partitions");
         }
+        let only_mmc = self.transports == [Transport::Mmc];
+        let mut s = if only_mmc {
+            mmc.clone()
+        } else {
+            let t: Vec<String> = self.transports.iter().map(|t| t.to_string()).collect();
+            format!("a disk via {} (in that order of preference)", t.join(" > "))
+        };
         if !self.controllers.is_empty() {
             s.push_str(" on ");
             s.push_str(&self.controllers.join(" or "));
         }
-        let t: Vec<String> = self.transports.iter().map(|t| t.to_string()).collect();
-        s.push_str(" via ");
-        s.push_str(&t.join(" > "));
+        let mmc_constrained = self.mmc_type.is_some() || self.require_boot_partitions;
+        if !only_mmc && mmc_constrained && self.transports.contains(&Transport::Mmc) {
+            s.push_str(&format!("; an mmc disk must be {mmc}"));
+        }
+        if !self.allow_removable {
+            s.push_str(", not removable");
+        }
         if let Some(min) = self.min_size {
-            s.push_str(&format!(", at least {min} bytes"));
+            s.push_str(&format!(", at least {:.1} GB", min as f64 / 1e9));
         }
         s
     }

@@ -183,6 +183,10 @@ fn validation_rejects_inconsistent_boards() {
         MINIMAL.replace("arch", "watchdog = \"watchdog\"\narch"),
         MINIMAL.replace("arch", "modules = [\"sdhci.ko\"]\narch"),
         MINIMAL.replace("name = \"x\"", "name = \"X Y\""),
+        MINIMAL.replace(
+            "transports = [\"mmc\"]",
+            "transports = [\"mmc\"]\ncontrollers = [\"a.mmc\"]",
+        ) + "[boot_medium]\ncontrollers = [\"a.mmc\"]\n",
     ];
     for text in cases {
         assert!(
@@ -347,6 +351,15 @@ fn detect_by_dmi_and_qemu_needs_cmdline() {
     assert_eq!(d.board.name, "intel-nuc");
     assert!(matches!(d.how, How::Dmi(_)));
 
+    // DMI matching ignores case: U-Boot's SMBIOS on an Edison says "intel"/"edison".
+    let r = tempfile::tempdir().unwrap();
+    write(r.path(), "sys/class/dmi/id/sys_vendor", b"intel\n");
+    write(r.path(), "sys/class/dmi/id/product_name", b"edison\n");
+    assert_eq!(
+        detect(r.path(), None, &boards).unwrap().board.name,
+        "intel-edison"
+    );
+
     // QEMU's DMI matches no board: the QEMU boards are chosen by cmdline only.
     let r = tempfile::tempdir().unwrap();
     write(r.path(), "sys/class/dmi/id/sys_vendor", b"QEMU\n");
@@ -386,4 +399,16 @@ fn two_boards_claiming_the_same_identity_is_ambiguous() {
         detect(r.path(), None, &[a, b]),
         Err(Error::Ambiguous { .. })
     ));
+}
+
+#[test]
+fn rules_describe_themselves() {
+    assert_eq!(
+        find("beaglebone-black").unwrap().target.describe(),
+        "eMMC (card type MMC) with boot0/boot1 partitions on 481d8000.mmc, not removable, at least 1.0 GB"
+    );
+    assert_eq!(
+        find("intel-nuc").unwrap().target.describe(),
+        "a disk via nvme > sata > mmc (in that order of preference); an mmc disk must be eMMC (card type MMC), not removable, at least 4.0 GB"
+    );
 }

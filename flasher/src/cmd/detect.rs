@@ -96,6 +96,38 @@ fn error_class(e: &crate::Error) -> u8 {
 }
 
 impl Report {
+    /// Why each disk is not the target: from the choice, or, after a refusal,
+    /// recomputed per disk so the report still explains every disk.
+    pub fn rejected(&self) -> Vec<storage::Rejection> {
+        if let Some(c) = &self.choice {
+            return c.rejected.clone();
+        }
+        let Some(d) = &self.board else {
+            return Vec::new();
+        };
+        self.disks
+            .iter()
+            .filter_map(|disk| {
+                storage::why_not(&d.board, disk, self.boot.as_ref()).map(|why| storage::Rejection {
+                    disk: disk.name.clone(),
+                    why,
+                })
+            })
+            .collect()
+    }
+
+    /// Things that look wrong without being refusals.
+    pub fn warnings(&self) -> Vec<String> {
+        let (Some(d), Some(b)) = (&self.board, &self.boot) else {
+            return Vec::new();
+        };
+        self.disks
+            .iter()
+            .filter(|disk| disk.dev == b.dev)
+            .filter_map(|disk| storage::boot_medium_note(&d.board, disk))
+            .collect()
+    }
+
     /// Human-readable lines.
     pub fn text(&self) -> String {
         let mut out = String::new();
@@ -104,7 +136,7 @@ impl Report {
             Some(d) => {
                 let _ = writeln!(
                     out,
-                    "board:  {} ({}; {})",
+                    "board:  {} ({}; selected by {})",
                     d.board.name, d.board.status, d.how
                 );
                 let _ = writeln!(out, "rules:  {}", d.board.target.describe());
@@ -140,9 +172,17 @@ impl Report {
                 );
             }
         }
+        for w in self.warnings() {
+            let _ = writeln!(out, "warning: {w}");
+        }
         if let Some(c) = &self.choice {
             let _ = writeln!(out, "target: {} ({})", c.disk.name, c.reason);
             for r in &c.rejected {
+                let _ = writeln!(out, "  not {}: {}", r.disk, r.why);
+            }
+        }
+        if self.choice.is_none() {
+            for r in self.rejected() {
                 let _ = writeln!(out, "  not {}: {}", r.disk, r.why);
             }
         }
@@ -177,7 +217,8 @@ impl Report {
                 "size_bytes": c.disk.size_bytes,
                 "reason": c.reason,
             })),
-            "rejected": self.choice.as_ref().map(|c| c.rejected.clone()).unwrap_or_default(),
+            "warnings": self.warnings(),
+            "rejected": self.rejected(),
             "error": self.error.as_ref().map(|e| serde_json::json!({
                 "message": e.to_string(),
                 "class": error_class(e),
@@ -242,6 +283,11 @@ mod tests {
         assert_eq!(j["board"], "beaglebone-black");
         assert!(j["target"].is_null());
         assert_eq!(j["error"]["class"], 1);
+        assert_eq!(j["rejected"][0]["disk"], "mmcblk0");
+        assert!(j["rejected"][0]["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("boot medium"));
         assert!(r
             .text()
             .contains("mmcblk0: SD 15.9 GB on 48060000.mmc (boot medium)"));
@@ -266,10 +312,12 @@ mod tests {
             (Some("qemu-x86_64-nuc"), Some("nvme0n1"))
         );
 
-        // --board beats the cmdline; the SD board finds no mmc disk here.
+        // --board beats the cmdline; the SD board finds no mmc disk here, and the
+        // USB boot medium is not where that board expects its card.
         let mut a = args(t.path());
         a.board = Some("qemu-x86_64-sd".into());
         let r = report(&a);
+        assert_eq!(r.warnings().len(), 1);
         assert_eq!(r.board.as_ref().unwrap().how, boards::How::Named);
         assert!(matches!(
             r.error,

@@ -105,8 +105,8 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A block device number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// A block device number. Serialized as `"major:minor"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DevNum {
     pub major: u32,
     pub minor: u32,
@@ -115,6 +115,12 @@ pub struct DevNum {
 impl fmt::Display for DevNum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl Serialize for DevNum {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -343,8 +349,17 @@ fn read_dev(path: &Path) -> Result<DevNum> {
     })
 }
 
-fn read_flag(path: &Path) -> Result<bool> {
-    Ok(read_trim(path)? == "1")
+/// A 0/1 attribute; absent counts as 0 (the kernel always has `ro` and
+/// `removable`; hand-made trees may leave them out).
+fn read_flag_or_false(path: &Path) -> Result<bool> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim() == "1"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Io {
+            context: format!("read {}", path.display()),
+            source,
+        }),
+    }
 }
 
 /// Kernel names that are never whole disks we could flash.
@@ -369,17 +384,48 @@ fn numbered(component: &str, prefix: &str) -> bool {
         .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Recognises the path component that marks a transport.
+type Marker = fn(&str) -> bool;
+
 /// Transport and controller from a resolved device path's components.
 fn classify(path: &str) -> (Option<Transport>, Option<String>) {
+    let (t, c) = classify_by_markers(path);
+    if t.is_some() {
+        return (t, c);
+    }
+    // Fallback for trees without the usual marker directories: the kernel name.
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let name = comps.last().copied().unwrap_or_default();
+    let before = |pred: &dyn Fn(&str) -> bool| {
+        comps
+            .iter()
+            .position(|c| pred(c))
+            .filter(|i| *i > 0)
+            .map(|i| comps[i - 1].to_string())
+    };
+    if name.starts_with("mmcblk") {
+        // `.../<controller>/mmcN/mmcN:RCA/block/mmcblkM`
+        return (Some(Transport::Mmc), before(&|c| numbered(c, "mmc")));
+    }
+    if name.starts_with("nvme") {
+        return (Some(Transport::Nvme), None);
+    }
+    if name.starts_with("vd") {
+        return (Some(Transport::Virtio), None);
+    }
+    (None, None)
+}
+
+fn classify_by_markers(path: &str) -> (Option<Transport>, Option<String>) {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let before = |i: usize| (i > 0).then(|| comps[i - 1].to_string());
     // USB first: a card reader or a USB-SATA bridge is still a USB disk.
-    let markers: [(Transport, &dyn Fn(&str) -> bool); 5] = [
-        (Transport::Usb, &|c| numbered(c, "usb")),
-        (Transport::Mmc, &|c| c == "mmc_host"),
-        (Transport::Nvme, &|c| c == "nvme"),
-        (Transport::Virtio, &|c| numbered(c, "virtio")),
-        (Transport::Sata, &|c| numbered(c, "ata")),
+    let markers: [(Transport, Marker); 5] = [
+        (Transport::Usb, |c| numbered(c, "usb")),
+        (Transport::Mmc, |c| c == "mmc_host"),
+        (Transport::Nvme, |c| c == "nvme"),
+        (Transport::Virtio, |c| numbered(c, "virtio")),
+        (Transport::Sata, |c| numbered(c, "ata")),
     ];
     for (transport, is_marker) in markers {
         if let Some(i) = comps.iter().position(|c| is_marker(c)) {
@@ -403,13 +449,30 @@ fn relative_to_root(root_real: &Path, real: &Path, shown: &Path) -> Result<Strin
 
 /// Mount points and swap users by device number, from `/proc/self/mountinfo`
 /// and `/proc/swaps`.
-fn read_uses(root: &Path) -> Result<(HashMap<DevNum, Vec<String>>, Vec<String>)> {
+/// Mount points by device number, and the kernel names used as swap.
+struct Uses {
+    mounts: HashMap<DevNum, Vec<String>>,
+    swaps: Vec<String>,
+}
+
+fn read_uses(root: &Path) -> Result<Uses> {
     let path = under(root, "/proc/self/mountinfo");
-    // Fail closed: without mountinfo we cannot tell whether a disk is in use.
-    let text = std::fs::read_to_string(&path).map_err(io_err(format!(
-        "read {} (is /proc mounted?)",
-        path.display()
-    )))?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        // A captured or generated tree without /proc has nothing mounted from it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && root != Path::new("/") => {
+            tracing::warn!("{} missing; assuming nothing is mounted", path.display());
+            String::new()
+        }
+        // Fail closed on the live system: without mountinfo we cannot tell
+        // whether a disk is in use.
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("read {} (is /proc mounted?)", path.display()),
+                source,
+            })
+        }
+    };
     let mut mounts: HashMap<DevNum, Vec<String>> = HashMap::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -428,7 +491,7 @@ fn read_uses(root: &Path) -> Result<(HashMap<DevNum, Vec<String>>, Vec<String>)>
         .filter_map(|l| l.split_whitespace().next())
         .filter_map(|p| p.strip_prefix("/dev/").map(str::to_string))
         .collect();
-    Ok((mounts, swaps))
+    Ok(Uses { mounts, swaps })
 }
 
 fn list_dir(path: &Path) -> Result<Vec<String>> {
@@ -450,7 +513,7 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
     let sys_block = under(root, "/sys/block");
     let root_real =
         std::fs::canonicalize(root).map_err(io_err(format!("resolve {}", root.display())))?;
-    let (mounts, swaps) = read_uses(root)?;
+    let Uses { mounts, swaps } = read_uses(root)?;
     let mut disks = Vec::new();
     for name in list_dir(&sys_block)? {
         if skipped(&name) {
@@ -466,7 +529,7 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
         let device = dir.join("device");
         let mut other_paths = Vec::new();
         let mut model = read_opt(&device.join("model")).or_else(|| read_opt(&device.join("name")));
-        let mut serial = read_opt(&device.join("serial"));
+        let mut serial = read_opt(&device.join("serial")).or_else(|| read_opt(&dir.join("serial")));
         if device_path.contains("/nvme-subsystem/") {
             // Multipath NVMe: the head disk lives under the subsystem, which links
             // to each controller (linux drivers/nvme/host/core.c, nvme_init_subsystem).
@@ -496,7 +559,12 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
         let boot_partitions = ["boot0", "boot1"]
             .iter()
             .map(|s| format!("{name}{s}"))
-            .filter(|b| name.starts_with("mmcblk") && sys_block.join(b).exists())
+            .filter(|b| {
+                // Listed in /sys/block, or at least next to the disk under the card.
+                name.starts_with("mmcblk")
+                    && (sys_block.join(b).exists()
+                        || dir.parent().is_some_and(|p| p.join(b).is_dir()))
+            })
             .collect();
 
         let mut uses = Vec::new();
@@ -516,21 +584,36 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
         let mut partitions = Vec::new();
         for entry in list_dir(&dir)? {
             let pdir = dir.join(&entry);
-            if !pdir.join("partition").is_file() {
+            let uevent = read_opt(&pdir.join("uevent")).unwrap_or_default();
+            let field = |key: &str| {
+                uevent
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).map(str::to_string))
+            };
+            // The kernel marks partitions with a `partition` file; accept a
+            // `DEVTYPE=partition` uevent too (hand-made trees).
+            let has_file = pdir.join("partition").is_file();
+            if !has_file && field("DEVTYPE=").as_deref() != Some("partition") {
                 continue;
             }
+            let number = if has_file {
+                parse_num(&pdir.join("partition"))?
+            } else {
+                field("PARTN=")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| Error::Malformed {
+                        path: pdir.display().to_string(),
+                        what: "partition without a partition file or PARTN=".into(),
+                    })?
+            };
             let pdev = read_dev(&pdir.join("dev"))?;
-            let partname = read_opt(&pdir.join("uevent")).and_then(|u| {
-                u.lines()
-                    .find_map(|l| l.strip_prefix("PARTNAME=").map(str::to_string))
-            });
             note_uses(&entry, pdev, &pdir);
             partitions.push(Partition {
                 dev_path: under(root, &format!("/dev/{entry}")),
-                number: parse_num(&pdir.join("partition"))?,
+                number,
                 size_bytes: parse_num::<u64>(&pdir.join("size"))? * 512,
                 dev: pdev,
-                partname,
+                partname: field("PARTNAME="),
                 name: entry,
             });
         }
@@ -546,8 +629,8 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
             controller,
             boot_partitions,
             size_bytes: sectors * 512,
-            read_only: read_flag(&dir.join("ro"))?,
-            removable: read_flag(&dir.join("removable"))?,
+            read_only: read_flag_or_false(&dir.join("ro"))?,
+            removable: read_flag_or_false(&dir.join("removable"))?,
             model,
             serial,
             cid: read_opt(&device.join("cid")),
@@ -598,6 +681,47 @@ pub fn find_boot_medium(disks: &[Disk], explicit: Option<&str>) -> Result<Option
     }
 }
 
+/// A warning when the boot medium is not where `board` expects its flasher card
+/// (another transport or controller): usually a wrong `flasher.board=`.
+pub fn boot_medium_note(board: &Board, disk: &Disk) -> Option<String> {
+    let hints = &board.boot_medium;
+    let transport_ok = hints.transports.is_empty()
+        || disk
+            .transport
+            .is_some_and(|t| hints.transports.contains(&t));
+    let controller_ok =
+        hints.controllers.is_empty() || hints.controllers.iter().any(|c| disk.on_controller(c));
+    if transport_ok && controller_ok {
+        return None;
+    }
+    let mut want = Vec::new();
+    if !hints.transports.is_empty() {
+        let t: Vec<String> = hints.transports.iter().map(|t| t.to_string()).collect();
+        want.push(format!("via {}", t.join(" or ")));
+    }
+    if !hints.controllers.is_empty() {
+        want.push(format!("on {}", hints.controllers.join(" or ")));
+    }
+    Some(format!(
+        "boot medium {} is not where {} expects its flasher card ({}); is the board right?",
+        disk.summary(None),
+        board.name,
+        want.join(" ")
+    ))
+}
+
+/// Why `disk` is not a target candidate for `board` (None: it matches the rules
+/// and is not the boot medium). For reports; [`choose_target`] decides.
+pub fn why_not(board: &Board, disk: &Disk, boot: Option<&BootMedium>) -> Option<String> {
+    let is_boot = boot.is_some_and(|b| b.dev == disk.dev);
+    match (rank(board, disk), is_boot) {
+        (Ok(_), true) => Some("boot medium".into()),
+        (Err(why), true) => Some(format!("boot medium; {why}")),
+        (Err(why), false) => Some(why),
+        (Ok(_), false) => None,
+    }
+}
+
 /// Why `disk` does not match `board`'s target rules, or its preference rank
 /// (index into `transports`; lower is better).
 fn rank(board: &Board, disk: &Disk) -> Result<usize, String> {
@@ -608,6 +732,16 @@ fn rank(board: &Board, disk: &Disk) -> Result<usize, String> {
     let Some(rank) = rules.transports.iter().position(|x| *x == t) else {
         return Err(format!("transport {t} not allowed"));
     };
+    // Defence in depth: even without a payload partition to recognise it by,
+    // a disk on the board's boot-medium controller is the card slot, not the target.
+    if let Some(c) = board
+        .boot_medium
+        .controllers
+        .iter()
+        .find(|c| disk.on_controller(c))
+    {
+        return Err(format!("on {c}, the board's boot-medium slot"));
+    }
     if !rules.controllers.is_empty() && !rules.controllers.iter().any(|c| disk.on_controller(c)) {
         return Err(format!(
             "on {}, not {}",

@@ -390,11 +390,56 @@ fn virtio_and_controller_rules() {
 }
 
 #[test]
-fn missing_mountinfo_fails_closed() {
+fn hand_made_trees_without_proc_or_flags_still_scan() {
+    // The live system (root "/") fails closed without mountinfo; a captured or
+    // generated tree without /proc, `ro` or `removable` is read as "none"/0.
     let t = tempfile::tempdir().unwrap();
     scenarios::beaglebone(t.path(), Some(1)).unwrap();
     std::fs::remove_file(t.path().join("proc/self/mountinfo")).unwrap();
+    std::fs::remove_file(t.path().join("sys/block/mmcblk1/ro")).unwrap();
+    std::fs::remove_file(t.path().join("sys/block/mmcblk1/removable")).unwrap();
+    assert_eq!(
+        pick(t.path(), "beaglebone-black").unwrap().disk.name,
+        "mmcblk1"
+    );
+}
+
+#[test]
+fn mountinfo_that_cannot_be_read_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    scenarios::beaglebone(t.path(), Some(1)).unwrap();
+    let p = t.path().join("proc/self/mountinfo");
+    std::fs::remove_file(&p).unwrap();
+    std::fs::create_dir(&p).unwrap();
     assert!(matches!(scan(t.path()), Err(Error::Io { .. })));
+}
+
+#[test]
+fn mmc_without_mmc_host_directory_is_still_classified() {
+    // A simplified tree: .../481d8000.mmc/mmc1/mmc1:0001/block/mmcblk1.
+    let t = tempfile::tempdir().unwrap();
+    let mut r = FakeRoot::new(t.path()).unwrap();
+    r.mmc("platform/ocp/481d8000.mmc", 1, 1, "MMC", 4 << 30, true)
+        .unwrap();
+    let flat = t.path().join("sys/devices/platform/ocp/481d8000.mmc/mmc1");
+    std::fs::rename(
+        t.path()
+            .join("sys/devices/platform/ocp/481d8000.mmc/mmc_host/mmc1"),
+        &flat,
+    )
+    .unwrap();
+    for n in ["mmcblk1", "mmcblk1boot0", "mmcblk1boot1"] {
+        let link = t.path().join("sys/block").join(n);
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(flat.join("mmc1:0001/block").join(n), &link).unwrap();
+    }
+    let disks = scan(t.path()).unwrap();
+    assert_eq!(disks[0].transport, Some(Transport::Mmc));
+    assert_eq!(disks[0].controller.as_deref(), Some("481d8000.mmc"));
+    assert_eq!(
+        pick(t.path(), "beaglebone-black").unwrap().disk.name,
+        "mmcblk1"
+    );
 }
 
 #[test]
@@ -410,4 +455,37 @@ fn sizes_read_like_labels() {
     assert_eq!(human_size(15_931_539_456), "15.9 GB");
     assert_eq!(human_size(512), "512 B");
     assert_eq!(human_size(256 << 20), "268.4 MB");
+}
+
+#[test]
+fn the_boot_medium_slot_is_never_the_target_even_without_a_payload() {
+    // An eMMC-type card in the BeagleBone's microSD slot and no payload partition
+    // anywhere (e.g. detect on a running system): still not a target.
+    let t = tempfile::tempdir().unwrap();
+    let mut r = FakeRoot::new(t.path()).unwrap();
+    r.mmc("platform/ocp/48060000.mmc", 0, 0, "MMC", 4 << 30, true)
+        .unwrap();
+    let disks = scan(t.path()).unwrap();
+    let b = board("beaglebone-black");
+    let err = choose_target(&b, &disks, None).unwrap_err();
+    assert!(matches!(err, Error::NoMatch { .. }), "{err:?}");
+    assert!(boot_medium_note(&b, &disks[0]).is_none());
+    // The QEMU NUC board's stick is USB; an mmc boot medium draws a warning.
+    assert!(boot_medium_note(&board("qemu-x86_64-nuc"), &disks[0]).is_some());
+}
+
+#[test]
+fn partitions_marked_only_by_uevent_are_found() {
+    let t = tempfile::tempdir().unwrap();
+    scenarios::beaglebone(t.path(), Some(1)).unwrap();
+    let p2 = t.path().join("sys/block/mmcblk0/mmcblk0p2");
+    std::fs::remove_file(p2.join("partition")).unwrap();
+    let disks = scan(t.path()).unwrap();
+    let sd = disk(&disks, "mmcblk0");
+    assert_eq!(sd.partitions.len(), 3);
+    assert_eq!(sd.partitions[1].number, 2);
+    assert_eq!(
+        find_boot_medium(&disks, None).unwrap().unwrap().disk,
+        "mmcblk0"
+    );
 }
