@@ -133,9 +133,7 @@ impl Engine {
     }
 
     fn restart(&mut self, now: Duration) -> Option<Duration> {
-        let Some(phase) = self.phase else {
-            return None;
-        };
+        let phase = self.phase?;
         let failing = phase == Phase::Failure || self.spec == PatternSpec::BlinkCode;
         let what = Announcement {
             phase,
@@ -264,13 +262,21 @@ impl Engine {
 }
 
 /// What the animator thread is told.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Command {
     Phase(Phase),
     Progress(f32),
     ErrorClass(u8),
     /// Error class and failure phase in one step (no flash of the default class).
     Fail(u8),
+    /// One progress event: progress (if known), error class (if any), then phase.
+    Event {
+        phase: Phase,
+        progress: Option<f32>,
+        error_class: Option<u8>,
+    },
+    /// Reply once every earlier command has been applied.
+    Sync(Sender<()>),
     Stop,
 }
 
@@ -311,6 +317,24 @@ impl Animator {
                                 Command::Fail(c) => {
                                     engine.set_error_class(c, now);
                                     engine.set_phase(Phase::Failure, now)
+                                }
+                                Command::Event {
+                                    phase,
+                                    progress,
+                                    error_class,
+                                } => {
+                                    if let Some(f) = progress {
+                                        engine.set_progress(f, now);
+                                    }
+                                    if let Some(c) = error_class {
+                                        engine.set_error_class(c, now);
+                                    }
+                                    engine.set_phase(phase, now)
+                                }
+                                Command::Sync(reply) => {
+                                    // The caller may have given up waiting; fine.
+                                    let _ = reply.send(());
+                                    engine.deadline()
                                 }
                                 Command::Stop => None,
                             }
@@ -354,7 +378,8 @@ impl Animator {
         self.send(Command::Fail(class));
     }
 
-    /// Follow one progress event (the fields of `flasher::progress::Event`).
+    /// Follow one progress event (the fields of `flasher::progress::Event`), as
+    /// one message so the thread never shows a half-applied event.
     pub fn on_event(
         &self,
         phase: Phase,
@@ -362,14 +387,26 @@ impl Animator {
         total: Option<u64>,
         error_class: Option<u8>,
     ) {
-        if let (Some(done), Some(total)) = (done, total) {
-            if total > 0 {
-                self.set_progress((done as f64 / total as f64) as f32);
-            }
-        }
-        match (phase, error_class) {
-            (Phase::Failure, Some(c)) => self.fail(c),
-            _ => self.set_phase(phase),
+        let progress = match (done, total) {
+            (Some(done), Some(total)) if total > 0 => Some((done as f64 / total as f64) as f32),
+            _ => None,
+        };
+        self.send(Command::Event {
+            phase,
+            progress,
+            error_class,
+        });
+    }
+
+    /// Wait until every earlier call has reached the LEDs (e.g. before powering
+    /// off on success, or before a test reads a fake tree). Returns at once if the
+    /// thread is gone. With a [`crate::clock::FakeClock`] this wakes the thread like
+    /// any other call.
+    pub fn sync(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(Command::Sync(tx)).is_ok() {
+            // Err: the thread ended (panicked) without replying; nothing to wait for.
+            let _ = rx.recv();
         }
     }
 
@@ -404,5 +441,77 @@ impl Drop for Animator {
         if self.thread.is_some() {
             self.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Recording, RecordingLeds};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn after_a_stall_the_pattern_resumes_from_now() {
+        let leds = RecordingLeds::new(4);
+        let mut e = Engine::new(Box::new(leds.clone()), &LedConfig::default());
+        assert_eq!(e.set_phase(Phase::Writing, ms(0)), Some(ms(150)));
+        // Ten seconds late: one step forward, timed from now, not 66 replayed steps.
+        leds.take();
+        assert_eq!(e.tick(ms(10_000)), Some(ms(10_150)));
+        assert_eq!(
+            leds.take(),
+            [
+                Recording::Set {
+                    idx: 0,
+                    brightness: 0.0
+                },
+                Recording::Set {
+                    idx: 1,
+                    brightness: 1.0
+                },
+            ]
+        );
+        // An early tick changes nothing.
+        assert_eq!(e.tick(ms(10_100)), Some(ms(10_150)));
+        assert!(leds.take().is_empty());
+    }
+
+    /// LEDs whose every write fails, counting the attempts.
+    struct Broken(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl Leds for Broken {
+        fn count(&self) -> usize {
+            2
+        }
+        fn set(&mut self, _: usize, _: f32) -> Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(crate::Error::Io {
+                path: "/sys/class/leds/x/brightness".into(),
+                source: std::io::Error::from_raw_os_error(5),
+            })
+        }
+    }
+
+    #[test]
+    fn failing_leds_never_stop_the_animation() {
+        let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut e = Engine::new(Box::new(Broken(tries.clone())), &LedConfig::default());
+        assert_eq!(e.set_phase(Phase::Verifying, ms(0)), Some(ms(500)));
+        assert_eq!(e.tick(ms(500)), Some(ms(1000)));
+        assert_eq!(e.set_phase(Phase::Success, ms(700)), None);
+        // Every step was still attempted on both LEDs (a broken LED may recover).
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 6);
+        assert!(e.complained.iter().all(|&c| c));
+    }
+
+    #[test]
+    fn zero_leds_need_no_wakeups() {
+        let leds = RecordingLeds::new(0);
+        let mut e = Engine::new(Box::new(leds.clone()), &LedConfig::default());
+        assert_eq!(e.set_phase(Phase::Writing, ms(0)), None);
+        // The phase is still announced (for the event sink).
+        assert_eq!(leds.announcements().len(), 1);
     }
 }

@@ -124,14 +124,20 @@ phases = { success = "solid", writing = "progress" }
                 active_low: false
             }
         );
-        assert_eq!(c.pattern_for(Phase::Writing).unwrap(), PatternSpec::Progress);
-        assert_eq!(c.pattern_for(Phase::Failure).unwrap(), PatternSpec::BlinkCode);
+        assert_eq!(
+            c.pattern_for(Phase::Writing).unwrap(),
+            PatternSpec::Progress
+        );
+        assert_eq!(
+            c.pattern_for(Phase::Failure).unwrap(),
+            PatternSpec::BlinkCode
+        );
     }
 
     #[test]
     fn unknown_pattern_is_rejected_by_name() {
-        let err = LedConfig::from_board_toml("[leds]\nphases = { success = \"disco\" }\n")
-            .unwrap_err();
+        let err =
+            LedConfig::from_board_toml("[leds]\nphases = { success = \"disco\" }\n").unwrap_err();
         assert!(matches!(
             err,
             Error::UnknownPattern { phase: Phase::Success, ref name } if name == "disco"
@@ -140,16 +146,20 @@ phases = { success = "solid", writing = "progress" }
 
     #[test]
     fn unknown_phase_or_field_is_a_config_error() {
-        let err = LedConfig::from_board_toml("[leds]\nphases = { flashing = \"solid\" }\n")
-            .unwrap_err();
+        let err =
+            LedConfig::from_board_toml("[leds]\nphases = { flashing = \"solid\" }\n").unwrap_err();
         assert!(matches!(err, Error::Config { .. }));
-        let err = LedConfig::from_board_toml("[leds]\nleds = [{ kind = \"class\", name = \"x\" }]\n")
-            .unwrap_err();
+        let err =
+            LedConfig::from_board_toml("[leds]\nleds = [{ kind = \"class\", name = \"x\" }]\n")
+                .unwrap_err();
         assert!(matches!(err, Error::Config { .. }));
     }
 
     #[test]
     fn no_leds_table_means_no_leds() {
-        assert_eq!(LedConfig::from_board_toml("name = \"nuc\"\n").unwrap(), LedConfig::default());
+        assert_eq!(
+            LedConfig::from_board_toml("name = \"nuc\"\n").unwrap(),
+            LedConfig::default()
+        );
     }
 }

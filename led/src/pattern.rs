@@ -127,7 +127,9 @@ impl Pattern {
             leds,
             steps: positions
                 .map(|lit| Step {
-                    levels: (0..leds).map(|i| if i == lit { 1.0 } else { 0.0 }).collect(),
+                    levels: (0..leds)
+                        .map(|i| if i == lit { 1.0 } else { 0.0 })
+                        .collect(),
                     hold: RUNNING_STEP,
                 })
                 .collect(),
@@ -482,10 +484,7 @@ mod tests {
         let p = Pattern::running_light(3);
         assert_eq!(p.led_cycle(0), vec![(1.0, ms(150)), (0.0, ms(450))]);
         // LED 2 is dark at the start and end: the runs merge into one.
-        assert_eq!(
-            p.led_cycle(2),
-            vec![(0.0, ms(450)), (1.0, ms(150))]
-        );
+        assert_eq!(p.led_cycle(2), vec![(0.0, ms(450)), (1.0, ms(150))]);
     }
 
     #[test]
@@ -495,11 +494,79 @@ mod tests {
         }
         assert_eq!(PatternSpec::parse("all-off"), Some(PatternSpec::Off));
         assert_eq!(PatternSpec::parse("disco"), None);
-        assert_eq!(PatternSpec::default_for(Phase::Starting), PatternSpec::Heartbeat);
-        assert_eq!(PatternSpec::default_for(Phase::Searching), PatternSpec::Heartbeat);
-        assert_eq!(PatternSpec::default_for(Phase::Writing), PatternSpec::RunningLight);
-        assert_eq!(PatternSpec::default_for(Phase::Verifying), PatternSpec::SlowBlink);
+        assert_eq!(
+            PatternSpec::default_for(Phase::Starting),
+            PatternSpec::Heartbeat
+        );
+        assert_eq!(
+            PatternSpec::default_for(Phase::Searching),
+            PatternSpec::Heartbeat
+        );
+        assert_eq!(
+            PatternSpec::default_for(Phase::Writing),
+            PatternSpec::RunningLight
+        );
+        assert_eq!(
+            PatternSpec::default_for(Phase::Verifying),
+            PatternSpec::SlowBlink
+        );
         assert_eq!(PatternSpec::default_for(Phase::Success), PatternSpec::Solid);
-        assert_eq!(PatternSpec::default_for(Phase::Failure), PatternSpec::BlinkCode);
+        assert_eq!(
+            PatternSpec::default_for(Phase::Failure),
+            PatternSpec::BlinkCode
+        );
+    }
+
+    fn solid_count(p: &Pattern) -> usize {
+        // LEDs lit in every step.
+        (0..p.leds)
+            .filter(|&i| p.steps.iter().all(|s| s.levels[i] > 0.0))
+            .count()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_builtin_is_well_formed(
+            n in 0usize..10,
+            progress in 0.0f32..=1.0,
+            class in 0u8..=255,
+        ) {
+            for spec in PatternSpec::ALL {
+                let p = spec.build(n, progress, class);
+                proptest::prop_assert_eq!(p.leds, n);
+                proptest::prop_assert!(!p.steps.is_empty());
+                for step in &p.steps {
+                    proptest::prop_assert_eq!(step.levels.len(), n);
+                    proptest::prop_assert!(step.levels.iter().all(|l| (0.0..=1.0).contains(l)));
+                }
+                // A looping pattern always takes time (the animator never spins).
+                if p.repeat {
+                    proptest::prop_assert!(!p.cycle_length().is_zero());
+                }
+                // Each LED's merged cycle covers the whole cycle.
+                for i in 0..n {
+                    let total: Duration = p.led_cycle(i).iter().map(|c| c.1).sum();
+                    proptest::prop_assert_eq!(total, p.cycle_length());
+                }
+            }
+        }
+
+        #[test]
+        fn progress_never_goes_backwards(n in 1usize..12, a in 0.0f32..=1.0, b in 0.0f32..=1.0) {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            proptest::prop_assert!(
+                solid_count(&Pattern::progress(n, lo)) <= solid_count(&Pattern::progress(n, hi))
+            );
+        }
+
+        #[test]
+        fn blink_code_shows_exactly_n_blinks(class in 1u8..=MAX_CODE) {
+            let cycle = blink_code_cycle(class);
+            let blinks = cycle.iter().filter(|c| c.0 > 0.0).count();
+            proptest::prop_assert_eq!(blinks, class as usize);
+            // The pause is the longest dark stretch, so the count is unambiguous.
+            let longest_off = cycle.iter().filter(|c| c.0 == 0.0).map(|c| c.1).max();
+            proptest::prop_assert_eq!(longest_off, Some(CODE_PAUSE));
+        }
     }
 }

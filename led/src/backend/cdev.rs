@@ -18,6 +18,15 @@ use std::path::{Path, PathBuf};
 /// The consumer name the kernel shows for our lines (`gpioinfo`).
 const CONSUMER: &str = "flasher-led";
 
+/// Where `chip` lives under `root`.
+pub fn chip_path(root: &Path, chip: &str) -> PathBuf {
+    if chip.contains('/') {
+        root.join(chip.trim_start_matches('/'))
+    } else {
+        root.join("dev").join(chip)
+    }
+}
+
 /// Whether the line must be driven high for the LED to be `on`.
 pub fn physical_high(on: bool, active_low: bool) -> bool {
     on != active_low
@@ -38,10 +47,11 @@ pub struct CdevLed {
 }
 
 impl CdevLed {
-    /// Request `line` of `chip` (an absolute device path, taken under `root`) as
-    /// an output, initially off.
+    /// Request `line` of `chip` as an output, initially off. `chip` is a device
+    /// path (`/dev/gpiochip2`) or a bare name (`gpiochip2`, meaning `/dev/gpiochip2`),
+    /// taken under `root`.
     pub fn open(root: &Path, chip: &str, line: u32, active_low: bool) -> Result<CdevLed> {
-        let chip_path = root.join(chip.trim_start_matches('/'));
+        let chip_path = chip_path(root, chip);
         let err = |message: String| Error::Gpio {
             chip: chip_path.clone(),
             line,
@@ -114,6 +124,16 @@ mod tests {
         assert!(is_on(0.5));
         assert!(!is_on(0.49));
         assert!(!is_on(0.0));
+    }
+
+    #[test]
+    fn chip_paths_are_taken_under_the_root() {
+        let r = Path::new("/fake");
+        assert_eq!(
+            chip_path(r, "/dev/gpiochip2"),
+            Path::new("/fake/dev/gpiochip2")
+        );
+        assert_eq!(chip_path(r, "gpiochip2"), Path::new("/fake/dev/gpiochip2"));
     }
 
     #[test]

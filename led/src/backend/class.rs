@@ -151,8 +151,8 @@ impl ClassLed {
 
     /// The `pattern` trigger's text for a cycle. The kernel dims gradually between
     /// consecutive entries of different brightness; a square wave needs each level
-    /// twice, the second with duration 0 ("255 250 255 0 0 350 0 0 ..."), per
-    /// Documentation/ABI/testing/sysfs-class-led-trigger-pattern.
+    /// twice, the second with duration 0 ("255 250 255 0 0 350 0 0 ..."), per the
+    /// kernel's Documentation/devicetree/bindings/leds/leds-trigger-pattern.txt.
     pub fn pattern_text(&self, cycle: &[(f32, Duration)]) -> String {
         cycle
             .iter()
@@ -191,15 +191,23 @@ impl Led for ClassLed {
             self.manual = false;
             self.write("trigger", "pattern")?;
             self.write("pattern", &self.pattern_text(cycle))?;
-            // -1: repeat forever (the default, but an earlier user may have changed it).
-            self.write("repeat", "-1")?;
+            // -1: repeat forever. That is already the default when the trigger is
+            // activated, so a kernel refusing the write is not worth losing the
+            // pattern over.
+            if let Err(e) = self.write("repeat", "-1") {
+                tracing::debug!("{}: {e}", self.name);
+            }
             return Ok(true);
         }
         Ok(false)
     }
 
     fn restore(&mut self) -> Result<()> {
-        let trigger = self.triggers.current.clone().unwrap_or_else(|| "none".into());
+        let trigger = self
+            .triggers
+            .current
+            .clone()
+            .unwrap_or_else(|| "none".into());
         self.write("trigger", &trigger)?;
         self.manual = trigger == "none";
         self.last = None;

@@ -17,12 +17,13 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// Open `path` for appending (created if it is a missing regular file; a tty
-    /// or serial device is written as is).
+    /// Open `path` for appending. A missing file is created, except under `/dev`:
+    /// a missing `/dev/ttyS1` means no such port, and creating a regular file
+    /// there would hide the events in RAM.
     pub fn open(path: &Path) -> Result<EventSink> {
         let file = std::fs::OpenOptions::new()
             .append(true)
-            .create(true)
+            .create(!path.starts_with("/dev"))
             .open(path)
             .map_err(|e| Error::io(path, e))?;
         Ok(EventSink {
@@ -79,6 +80,21 @@ mod tests {
              {\"phase\":\"writing\",\"pattern\":\"running-light\"}\n\
              {\"phase\":\"failure\",\"pattern\":\"blink-code\",\"error_class\":5}\n"
         );
+    }
+
+    #[test]
+    fn a_missing_device_is_not_created() {
+        let path = Path::new("/dev/flasher-test-no-such-tty");
+        assert!(matches!(EventSink::open(path), Err(Error::Io { .. })));
+        assert!(!path.exists());
+        // An existing device is written as is.
+        let mut sink = EventSink::open(Path::new("/dev/null")).unwrap();
+        sink.write(&Announcement {
+            phase: Phase::Success,
+            pattern: "solid".into(),
+            error_class: None,
+        })
+        .unwrap();
     }
 
     #[test]

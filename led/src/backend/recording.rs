@@ -9,8 +9,14 @@ use std::time::Duration;
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recording {
-    Set { idx: usize, brightness: f32 },
-    Hw { idx: usize, cycle: Vec<(f32, Duration)> },
+    Set {
+        idx: usize,
+        brightness: f32,
+    },
+    Hw {
+        idx: usize,
+        cycle: Vec<(f32, Duration)>,
+    },
     Announce(Announcement),
     Restore,
 }

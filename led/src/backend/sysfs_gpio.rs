@@ -89,7 +89,10 @@ impl Pin for RootedPin {
         }
     }
     fn output(&self, high: bool) -> Result<()> {
-        self.write(self.dir().join("direction"), if high { "high" } else { "low" })
+        self.write(
+            self.dir().join("direction"),
+            if high { "high" } else { "low" },
+        )
     }
     fn set(&self, high: bool) -> Result<()> {
         self.write(self.dir().join("value"), if high { "1" } else { "0" })
