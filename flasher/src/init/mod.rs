@@ -190,7 +190,7 @@ pub fn step_class(step: Step) -> u8 {
     match step {
         Step::Mount => 8,
         Step::Cmdline | Step::Board | Step::Watchdog => 6,
-        Step::Modules | Step::Target => 1,
+        Step::Modules | Step::Storage | Step::Target => 1,
         Step::Payload => 2,
         Step::Write => 4,
         Step::Fixups | Step::Bootloader | Step::Config | Step::Record => 7,
@@ -208,6 +208,13 @@ pub fn main() -> ! {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/"));
     let pid1 = std::process::id() == 1;
+    // Library log lines (e.g. the pipeline's O_DIRECT fallback) go to the console.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .try_init();
     let r = std::panic::catch_unwind(|| {
         let mut steps = real::Real::new(&root, pid1);
         panic::install(steps.observer());

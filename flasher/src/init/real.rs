@@ -383,6 +383,9 @@ impl Steps for Real {
         if !self.pid1 {
             return Ok(());
         }
+        // Ctrl-Alt-Del mid-flash must not reboot the board: with CAD off the
+        // kernel sends SIGINT to PID 1 instead, which has no handler and is ignored.
+        let _ = nix::sys::reboot::set_cad_enabled(false);
         for (m, r) in mounts::mount_all(&self.root, EARLY, &mut Nix)? {
             if r == mounts::Mounted::Already {
                 eprintln!("flasher: {m}: already mounted");
@@ -408,7 +411,7 @@ impl Steps for Real {
         Ok(o)
     }
 
-    fn load_modules(&mut self, o: &Options) -> crate::Result<()> {
+    fn load_modules(&mut self, _o: &Options) -> crate::Result<()> {
         let order = modules::load_order(&self.root)?;
         let r = modules::load_all(&order, &mut Finit);
         for (name, errno) in &r.failed {
@@ -428,6 +431,10 @@ impl Steps for Real {
                 ),
             );
         }
+        Ok(())
+    }
+
+    fn wait_for_storage(&mut self, o: &Options) -> crate::Result<()> {
         let target = o
             .target
             .as_deref()
@@ -443,7 +450,7 @@ impl Steps for Real {
             &mut RealClock::default(),
         )?;
         self.note(
-            Phase::Starting,
+            Phase::Searching,
             format!("block devices: {}", seen.join(", ")),
         );
         Ok(())

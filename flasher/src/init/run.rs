@@ -23,6 +23,7 @@ pub enum Step {
     Modules,
     Board,
     Watchdog,
+    Storage,
     Payload,
     Target,
     Write,
@@ -40,6 +41,7 @@ impl Step {
             Step::Modules => "kernel modules",
             Step::Board => "board detection",
             Step::Watchdog => "watchdog",
+            Step::Storage => "storage wait",
             Step::Payload => "payload search",
             Step::Target => "target choice",
             Step::Write => "write and verify",
@@ -135,12 +137,15 @@ pub trait Steps {
     fn mount(&mut self) -> crate::Result<()>;
     /// Parse the `flasher.*` options; open the events path if given.
     fn options(&mut self) -> crate::Result<Options>;
-    /// Load the kernel modules and wait for block devices.
+    /// Load the kernel modules (storage, LEDs, watchdog drivers).
     fn load_modules(&mut self, o: &Options) -> crate::Result<()>;
     /// Detect the board (or take `flasher.board=`); start its LEDs. Returns its name.
     fn detect_board(&mut self, o: &Options) -> crate::Result<String>;
     /// Open and start feeding the board's watchdog, if it has one.
     fn start_watchdog(&mut self) -> crate::Result<()>;
+    /// Wait for block devices to appear (after the LEDs are up, so a board whose
+    /// storage never shows up still shows blink code 1).
+    fn wait_for_storage(&mut self, o: &Options) -> crate::Result<()>;
     /// Scan storage; find the boot medium with the payload and log partitions.
     fn find_payload(&mut self, o: &Options) -> crate::Result<()>;
     /// Choose the internal target (never the boot medium).
@@ -199,6 +204,8 @@ fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, Box<Failure>>
     s.show(&Event::phase(Phase::Searching).with_message("looking for the payload and the target"));
     st.step = Some(Step::Watchdog);
     at(st, Step::Watchdog, s.start_watchdog())?;
+    st.step = Some(Step::Storage);
+    at(st, Step::Storage, s.wait_for_storage(&o))?;
     st.step = Some(Step::Payload);
     at(st, Step::Payload, s.find_payload(&o))?;
     st.step = Some(Step::Target);
@@ -361,6 +368,9 @@ mod tests {
         fn start_watchdog(&mut self) -> crate::Result<()> {
             self.step("watchdog")
         }
+        fn wait_for_storage(&mut self, _: &Options) -> crate::Result<()> {
+            self.step("storage")
+        }
         fn find_payload(&mut self, _: &Options) -> crate::Result<()> {
             self.step("payload")
         }
@@ -408,12 +418,13 @@ mod tests {
         }
     }
 
-    const ALL: [&str; 12] = [
+    const ALL: [&str; 13] = [
         "mount",
         "options",
         "modules",
         "board",
         "watchdog",
+        "storage",
         "payload",
         "target",
         "write",
@@ -452,7 +463,7 @@ mod tests {
             ..Default::default()
         };
         let out = drive(&mut f).unwrap();
-        let mut want: Vec<&str> = ALL[..7].to_vec();
+        let mut want: Vec<&str> = ALL[..8].to_vec();
         want.extend(["show success", "disarm", "finish wait"]);
         assert_eq!(f.calls, want);
         assert!(matches!(out, Outcome::DryRun { .. }));
@@ -479,7 +490,7 @@ mod tests {
     #[test]
     fn failure_stops_records_and_waits() {
         let (f, failure) = fail_at("fixups", some_error, "");
-        let mut want: Vec<&str> = ALL[..9].to_vec();
+        let mut want: Vec<&str> = ALL[..10].to_vec();
         want.extend(["show failure", "record", "disarm", "finish wait"]);
         assert_eq!(f.calls, want);
         assert_eq!(failure.step, Step::Fixups);
@@ -523,6 +534,17 @@ mod tests {
     }
 
     #[test]
+    fn storage_timeout_after_the_board_is_known_is_class_1() {
+        let (f, failure) = fail_at("storage", some_error, "");
+        assert_eq!((failure.step, failure.class), (Step::Storage, 1));
+        let mut want: Vec<&str> = ALL[..6].to_vec();
+        want.extend(["show failure", "record", "disarm", "finish wait"]);
+        assert_eq!(f.calls, want);
+        // The board (and so its LEDs) was known when the failure was shown.
+        assert_eq!(f.records[0].board.as_deref(), Some("bbb"));
+    }
+
+    #[test]
     fn bad_cmdline_is_class_6() {
         let mut f = Fake {
             cmdline: "flasher.after=explode".into(),
@@ -560,7 +582,7 @@ mod tests {
         assert!(
             matches!(failure.error, crate::Error::Init(Error::Panic(ref m)) if m.contains("fake panic"))
         );
-        let mut want: Vec<&str> = ALL[..8].to_vec();
+        let mut want: Vec<&str> = ALL[..9].to_vec();
         want.extend(["show failure", "record", "disarm", "finish wait"]);
         assert_eq!(f.calls, want);
     }
