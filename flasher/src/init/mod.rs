@@ -97,7 +97,9 @@ pub enum Error {
     BootloaderFile { file: String, card: Option<PathBuf> },
     #[error("the image written to {target} has no FAT boot partition to copy the card's configuration onto; remove the configuration from the card or use an image with a FAT boot partition")]
     NoTargetBoot { target: PathBuf },
-    #[error("{what} is not available in this build ({detail})")]
+    #[error("no flasher-log partition on the boot medium; this run is not recorded (rebuild the card with `mkflasher build` to get one)")]
+    NoLog,
+    #[error("{what} is not available: {detail}")]
     NotAvailable { what: &'static str, detail: String },
     #[error("internal error: {0}")]
     Panic(String),
@@ -132,7 +134,7 @@ fn init_class(e: &Error) -> u8 {
         Error::Cmdline { .. } => 6,
         Error::NoBlockDevices { .. } => 1,
         Error::NoPayload { .. } => 2,
-        Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } => 7,
+        Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } | Error::NoLog => 7,
         Error::TargetRefused { .. } => 3,
         Error::Watchdog { .. } | Error::NotAvailable { .. } => 6,
         Error::Mount { .. }

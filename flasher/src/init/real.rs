@@ -716,11 +716,7 @@ impl Steps for Real {
 
     fn append_record(&mut self, r: &RunRecord) -> crate::Result<()> {
         let Some(log) = self.log.clone() else {
-            return Err(Error::NotAvailable {
-                what: "unit record",
-                detail: "no flasher-log partition was found on the boot medium".into(),
-            }
-            .into());
+            return Err(Error::NoLog.into());
         };
         let rec = unit_record(r, &self.identity, SystemTime::now());
         let offset = append_to(&log, &rec)?;

@@ -298,10 +298,13 @@ pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Box<Failure>> {
                     failure: Some((step, class, message)),
                 };
                 if let Err(e) = s.append_record(&rec) {
-                    s.show(
-                        &Event::phase(Phase::Failure)
-                            .with_message(format!("could not append the unit record either: {e}")),
-                    );
+                    // Same phase and class, so the LEDs and event readers keep the
+                    // original blink code.
+                    s.show(&Event {
+                        error_class: Some(class),
+                        ..Event::phase(Phase::Failure)
+                            .with_message(format!("could not append the unit record either: {e}"))
+                    });
                 }
             }
             s.finish(options.on_failure);
@@ -542,6 +545,31 @@ mod tests {
         assert_eq!(f.calls, want);
         // The board (and so its LEDs) was known when the failure was shown.
         assert_eq!(f.records[0].board.as_deref(), Some("bbb"));
+    }
+
+    #[test]
+    fn a_failed_failure_record_keeps_the_class() {
+        let mut f = Fake {
+            fail_at: Some(("payload", some_error)),
+            record_fails: true,
+            ..Default::default()
+        };
+        let failure = drive(&mut f).unwrap_err();
+        // NoBlockDevices carries its own class (1), whatever the step.
+        assert_eq!(failure.class, 1);
+        let failures: Vec<Event> = f
+            .events
+            .events()
+            .into_iter()
+            .filter(|e| e.phase == Phase::Failure)
+            .collect();
+        assert_eq!(failures.len(), 2);
+        assert!(failures.iter().all(|e| e.error_class == Some(1)));
+        assert!(failures[1]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("unit record"));
     }
 
     #[test]
