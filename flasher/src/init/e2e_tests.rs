@@ -214,3 +214,63 @@ fn the_boot_medium_is_refused_as_target() {
     assert_eq!((f.step, f.class), (Step::Target, 3), "{f}");
     assert!(f.to_string().contains("boot medium"), "{f}");
 }
+
+/// Records whether the watchdog was already magic-closed when reboot(2) came.
+struct CheckWatchdog {
+    dev: std::path::PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl super::power::Power for CheckWatchdog {
+    fn sync(&mut self) {
+        self.seen.lock().unwrap().push("sync".into());
+    }
+    fn reboot(&mut self, how: super::power::After) -> Result<(), nix::errno::Errno> {
+        let wd = std::fs::read(&self.dev).unwrap();
+        self.seen.lock().unwrap().push(format!(
+            "reboot {how} (watchdog {})",
+            if wd.ends_with(b"V") {
+                "disarmed"
+            } else {
+                "ARMED"
+            }
+        ));
+        Ok(())
+    }
+    fn park(&mut self) {
+        self.seen.lock().unwrap().push("park".into());
+    }
+}
+
+#[test]
+fn watchdog_is_fed_then_disarmed_before_power_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    board(root, 32 << 20, &os_image());
+    // The board file in the initramfs overrides the built-in one: add a watchdog.
+    let text = include_str!("../../../boards/data/qemu-x86_64-sd.toml");
+    std::fs::create_dir_all(root.join("etc/flasher")).unwrap();
+    std::fs::write(
+        root.join("etc/flasher/board.toml"),
+        format!("watchdog = \"/dev/watchdog\"\n{text}"),
+    )
+    .unwrap();
+    let dev = root.join("dev/watchdog");
+    std::fs::write(&dev, b"").unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let power = CheckWatchdog {
+        dev: dev.clone(),
+        seen: seen.clone(),
+    };
+    let mut real = Real::new(root, false).with_power(Box::new(power), Duration::ZERO);
+    drive(&mut real).unwrap_or_else(|f| panic!("run failed: {f}"));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["sync", "reboot poweroff (watchdog disarmed)"]
+    );
+    let bytes = std::fs::read(&dev).unwrap();
+    // Fed at least once (a NUL per feed), then the magic close, once.
+    assert!(bytes.len() >= 2, "{bytes:?}");
+    assert!(bytes[..bytes.len() - 1].iter().all(|b| *b == 0));
+    assert_eq!(bytes.last(), Some(&b'V'));
+}
