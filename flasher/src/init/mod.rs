@@ -1,12 +1,334 @@
-//! (placeholder: PID 1 mode; to be filled in by the init work)
+//! PID-1 mode: `flasher` as the board's `/init`. Owns the early mounts, the kernel
+//! command line options, module loading, the watchdog, power-off, the console and
+//! event output, the panic hook, and the orchestration of a whole flash.
+//!
+//! Each piece takes a root path or an injected backend, so all of it is tested
+//! without being PID 1 (ARCHITECTURE rule 6); real boots run in the QEMU tests.
+//!
+//! - [`mounts`]: the early mount table, the console.
+//! - [`cmdline`]: `flasher.*` options.
+//! - [`modules`]: `finit_module` in load order, waiting for block devices.
+//! - [`watchdog`]: feeding and the magic close.
+//! - [`power`]: sync and `reboot(2)`, or park forever.
+//! - [`card`]: the target's boot FAT, files on the card's flash-boot FAT.
+//! - [`console`]: readable lines and JSON event lines.
+//! - [`panic`]: the panic hook (error class 8).
+//! - [`run`]: the sequence over the [`run::Steps`] trait; [`real`] implements it.
+
+pub mod card;
+pub mod cmdline;
+pub mod console;
+pub mod modules;
+pub mod mounts;
+pub mod panic;
+pub mod power;
+pub mod real;
+pub mod run;
+pub mod watchdog;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+
+pub use cmdline::Options;
+pub use power::After;
+pub use run::{drive, Outcome, Step, Steps};
 
 /// Errors from PID-1 mode.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {}
+pub enum Error {
+    #[error("{command} failed: {errno}; is the kernel built with this filesystem?")]
+    Mount { command: String, errno: Errno },
+    #[error("create mount point {path}: {source}")]
+    MountPoint {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("open console {path}: {source}; output goes to the kernel's initial stdout")]
+    Console {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attach the console to fd {fd}: {errno}")]
+    Dup { fd: i32, errno: Errno },
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel command line: {option}={value:?} is not valid: {reason}")]
+    Cmdline {
+        option: String,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "no storage appeared after {:.0} s (saw: {seen}); check the board's kernel modules, or raise flasher.timeout=",
+        waited.as_secs_f64()
+    )]
+    NoBlockDevices { waited: Duration, seen: String },
+    #[error("open watchdog {path}: {source}; check the board's watchdog setting")]
+    Watchdog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("open events output {path}: {source}; check flasher.events=")]
+    Events {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no flasher-payload partition{}; is the flasher card inserted, and was it made with `mkflasher build`? saw: {seen}",
+        disk.as_ref().map(|d| format!(" on boot disk {d}")).unwrap_or_else(|| " on any disk".into()))]
+    NoPayload { disk: Option<String>, seen: String },
+    #[error("flasher.target={name} refused: {why}; saw: {seen}")]
+    TargetRefused {
+        name: String,
+        why: String,
+        seen: String,
+    },
+    #[error("bootloader file {file} is not on the card's flash-boot partition{}; rebuild the card with the board's bootloader files",
+        card.as_ref().map(|c| format!(" ({})", c.display())).unwrap_or_else(|| " (no flash-boot partition found)".into()))]
+    BootloaderFile { file: String, card: Option<PathBuf> },
+    #[error("the image written to {target} has no FAT boot partition to copy the card's configuration onto; remove the configuration from the card or use an image with a FAT boot partition")]
+    NoTargetBoot { target: PathBuf },
+    #[error("no flasher-log partition on the boot medium; this run is not recorded (rebuild the card with `mkflasher build` to get one)")]
+    NoLog,
+    #[error("{what} is not available: {detail}")]
+    NotAvailable { what: &'static str, detail: String },
+    #[error("internal error: {0}")]
+    Panic(String),
+}
 
-/// Run as PID 1. Never returns.
-pub fn main() -> ! {
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
+/// The blink-code class of an error, from the error alone (BRIEF.md):
+/// 1 no internal storage / ambiguous target, 2 payload invalid, 3 target refused,
+/// 4 write I/O error, 5 verify mismatch, 6 board detection or configuration,
+/// 7 post-write step failed, 8 internal error.
+pub fn error_class(e: &crate::Error) -> u8 {
+    use crate::Error as E;
+    match e {
+        E::Init(i) => init_class(i),
+        E::Board(b) => b.error_class(),
+        E::Bundle(b) => b.blink_class(),
+        E::Pipeline(p) => p.blink_class(),
+        E::BlockDev(b) => match b {
+            crate::blockdev::Error::ReadOnly { .. }
+            | crate::blockdev::Error::Busy { .. }
+            | crate::blockdev::Error::NotBlockOrFile { .. } => 3,
+            crate::blockdev::Error::Open { .. } | crate::blockdev::Error::Ioctl { .. } => 4,
+        },
+        E::Storage(s) => s.error_class(),
+        E::Fixup(_) | E::Emmc(_) | E::Record(_) | E::ConfigInject(_) => 7,
+        E::Io { .. } | E::Usage(_) => 8,
     }
 }
+
+/// The class of one of this module's errors, without knowing the step.
+fn init_class(e: &Error) -> u8 {
+    match e {
+        Error::Cmdline { .. } => 6,
+        Error::NoBlockDevices { .. } => 1,
+        Error::NoPayload { .. } => 2,
+        Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } | Error::NoLog => 7,
+        Error::TargetRefused { .. } => 3,
+        Error::Watchdog { .. } | Error::NotAvailable { .. } => 6,
+        Error::Mount { .. }
+        | Error::MountPoint { .. }
+        | Error::Console { .. }
+        | Error::Dup { .. }
+        | Error::Read { .. }
+        | Error::Events { .. }
+        | Error::Panic(_) => 8,
+    }
+}
+
+/// The class of an error in a given step. Post-write steps are always class 7 (the
+/// image is on the target, something after it failed); a panic is always 8; an
+/// error with no class of its own (plain I/O) takes the step's class.
+pub fn step_error_class(step: Step, e: &Error) -> u8 {
+    let post_write = matches!(
+        step,
+        Step::Fixups | Step::Bootloader | Step::Config | Step::Record
+    );
+    match e {
+        Error::Panic(_) => 8,
+        _ if post_write => 7,
+        Error::NotAvailable { .. } => step_class(step),
+        _ => {
+            let c = init_class(e);
+            if c == 8 {
+                step_class(step)
+            } else {
+                c
+            }
+        }
+    }
+}
+
+/// The class of a crate error in a given step (for the real steps, which see
+/// `crate::Error` from the other modules before wrapping it).
+pub fn crate_error_class(step: Step, e: &crate::Error) -> u8 {
+    match e {
+        crate::Error::Init(i) => step_error_class(step, i),
+        _ if matches!(
+            step,
+            Step::Fixups | Step::Bootloader | Step::Config | Step::Record
+        ) =>
+        {
+            7
+        }
+        crate::Error::Io { .. } | crate::Error::Usage(_) => step_class(step),
+        other => error_class(other),
+    }
+}
+
+/// The class a step's failures have when the error says nothing more specific.
+pub fn step_class(step: Step) -> u8 {
+    match step {
+        Step::Mount => 8,
+        Step::Cmdline | Step::Board | Step::Watchdog => 6,
+        Step::Modules | Step::Storage | Step::Target => 1,
+        Step::Payload => 2,
+        Step::Write => 4,
+        Step::Fixups | Step::Bootloader | Step::Config | Step::Record => 7,
+    }
+}
+
+/// Run as PID 1. Never returns and never exits: every ending is a power-off, a
+/// reboot, or parking forever.
+///
+/// The root is `/`, or `$FLASHER_ROOT` for trying the sequence on a fake tree. When
+/// not PID 1 (`flasher init` on a workstation) the early mounts, the console
+/// takeover and `reboot(2)` are skipped: they would disturb the host.
+pub fn main() -> ! {
+    let root = std::env::var_os("FLASHER_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let pid1 = std::process::id() == 1;
+    // Library log lines (e.g. the pipeline's O_DIRECT fallback) go to the console.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .try_init();
+    let r = std::panic::catch_unwind(|| {
+        let mut steps = real::Real::new(&root, pid1);
+        panic::install(steps.observer());
+        // `drive` ends in `finish`, which powers off or parks; it returns only if
+        // the reboot call came back.
+        let _ = drive(&mut steps);
+    });
+    if let Err(payload) = r {
+        eprintln!(
+            "flasher: internal error outside a step: {}",
+            panic::message(&*payload)
+        );
+    }
+    park()
+}
+
+/// Sleep forever. PID 1 must never exit: the kernel would panic.
+pub fn park() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Where a path from board data or the command line lives under `root`.
+pub(crate) fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        let cmd = Error::Cmdline {
+            option: "flasher.board".into(),
+            value: "x".into(),
+            reason: "unknown".into(),
+        };
+        assert_eq!(init_class(&cmd), 6);
+        assert_eq!(step_error_class(Step::Cmdline, &cmd), 6);
+        let nodev = Error::NoBlockDevices {
+            waited: Duration::from_secs(30),
+            seen: String::new(),
+        };
+        assert_eq!(step_error_class(Step::Modules, &nodev), 1);
+        assert_eq!(step_error_class(Step::Config, &nodev), 7);
+        assert_eq!(step_error_class(Step::Write, &Error::Panic("x".into())), 8);
+        let io = crate::Error::io("write /dev/mmcblk1", std::io::Error::other("EIO"));
+        assert_eq!(error_class(&io), 8);
+        assert_eq!(crate_error_class(Step::Write, &io), 4);
+        assert_eq!(crate_error_class(Step::Config, &io), 7);
+        assert_eq!(crate_error_class(Step::Target, &io), 1);
+        let read = Error::Read {
+            path: "/proc/cmdline".into(),
+            source: std::io::Error::other("x"),
+        };
+        assert_eq!(step_error_class(Step::Cmdline, &read), 6);
+        assert_eq!(step_error_class(Step::Mount, &read), 8);
+    }
+
+    #[test]
+    fn classes_of_other_parts() {
+        let unknown = crate::Error::Board(boards::Error::UnknownBoard {
+            name: "bbx".into(),
+            known: vec!["beaglebone-black".into()],
+        });
+        assert_eq!(crate_error_class(Step::Board, &unknown), 6);
+        let verify = crate::Error::Pipeline(crate::pipeline::Error::VerifyMismatch {
+            offset: 4096,
+            length: 4096,
+            what: "image data".into(),
+        });
+        assert_eq!(crate_error_class(Step::Write, &verify), 5);
+        let small = crate::Error::Pipeline(crate::pipeline::Error::TargetTooSmall {
+            path: "/dev/mmcblk1".into(),
+            target: 1 << 30,
+            image: 4 << 30,
+        });
+        assert_eq!(crate_error_class(Step::Write, &small), 3);
+        let ro = crate::Error::BlockDev(crate::blockdev::Error::ReadOnly {
+            path: "/dev/mmcblk1".into(),
+            reason: "force_ro".into(),
+        });
+        assert_eq!(crate_error_class(Step::Write, &ro), 3);
+        let werr = crate::Error::Pipeline(crate::pipeline::Error::Write {
+            offset: 0,
+            length: 512,
+            source: std::io::Error::other("EIO"),
+        });
+        assert_eq!(crate_error_class(Step::Write, &werr), 4);
+        let full = crate::Error::Record(crate::record::Error::LogFull {
+            used: 1,
+            capacity: 1,
+            needed: 2,
+        });
+        assert_eq!(crate_error_class(Step::Record, &full), 7);
+        assert_eq!(error_class(&full), 7);
+    }
+
+    #[test]
+    fn messages_carry_values() {
+        let e = Error::NoBlockDevices {
+            waited: Duration::from_secs(30),
+            seen: "loop0, ram0".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no storage appeared after 30 s (saw: loop0, ram0); check the board's kernel modules, or raise flasher.timeout="
+        );
+    }
+}
+
+#[cfg(test)]
+mod e2e_tests;

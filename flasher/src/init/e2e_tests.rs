@@ -1,0 +1,276 @@
+//! The real steps end to end on a fake, kernel-shaped root (the QEMU board
+//! `qemu-x86_64-sd`): storage scan, payload on the card, target choice, the
+//! pipeline, config copy, the unit record, events and the power call. Only
+//! `reboot(2)` is faked.
+
+use std::io::{Cursor, Read};
+use std::path::Path;
+use std::time::Duration;
+
+use super::card::tests::{fat_with, mbr_disk};
+use super::power::tests::FakePower;
+use super::real::Real;
+use super::run::{drive, Outcome, Step};
+use crate::bundle::{BundleWriter, WriterOptions};
+use crate::record;
+use crate::storage::testing::FakeRoot;
+
+const CARD: &str = "pci0000:00/0000:00:05.0";
+const TARGET: &str = "pci0000:00/0000:00:06.0";
+
+/// An OS image: MBR, a FAT boot partition at 1 MiB, then a data partition.
+fn os_image() -> Vec<u8> {
+    let boot = fat_with(4 << 20, &[("cmdline.txt", b"root=/dev/mmcblk0p2")]);
+    let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    mbr_disk(8 << 20, &[(2048, &boot, 0x0c), (10240, &data, 0x83)])
+}
+
+fn bundle(image: &[u8]) -> Vec<u8> {
+    let opts = WriterOptions {
+        chunk_size: 1 << 20,
+        level: 1,
+        workers: 2,
+        ..Default::default()
+    };
+    let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
+    w.push_data(image).unwrap();
+    let mut out = Vec::new();
+    w.finish(&mut out).unwrap();
+    out
+}
+
+/// A QEMU-SD board with the flasher card (config on flash-boot) and a target of
+/// `target_size` bytes.
+fn board(root: &Path, target_size: u64, image: &[u8]) {
+    let mut r = FakeRoot::new(root).unwrap();
+    let card = r.mmc(CARD, 0, 0, "SD", 64 << 20, false).unwrap();
+    r.partition(&card, 1, Some("flash-boot"), 8 << 20).unwrap();
+    r.partition(&card, 2, Some("flasher-payload"), 16 << 20)
+        .unwrap();
+    r.partition(&card, 3, Some("flasher-log"), 1 << 20).unwrap();
+    r.mmc(TARGET, 1, 1, "SD", target_size, false).unwrap();
+    let flash_boot = fat_with(
+        8 << 20,
+        &[
+            (
+                "config.json",
+                br#"{"hostname":"unit","installer":{"secureboot":true}}"#,
+            ),
+            ("hostname", b"unit-7\n"),
+        ],
+    );
+    std::fs::write(root.join("dev/mmcblk0p1"), flash_boot).unwrap();
+    let mut payload = bundle(image);
+    payload.resize(16 << 20, 0);
+    std::fs::write(root.join("dev/mmcblk0p2"), payload).unwrap();
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    r.file(
+        "proc/cmdline",
+        b"console=ttyS0 flasher.board=qemu-x86_64-sd flasher.events=/run/events.jsonl\n",
+    )
+    .unwrap();
+}
+
+fn run(root: &Path) -> (Result<Outcome, Box<super::run::Failure>>, Vec<String>) {
+    let power = FakePower::default();
+    let calls = power.calls.clone();
+    let mut real = Real::new(root, false).with_power(Box::new(power), Duration::ZERO);
+    let r = drive(&mut real);
+    let calls = calls.lock().unwrap().clone();
+    (r, calls)
+}
+
+fn records(root: &Path) -> Vec<record::UnitRecord> {
+    let mut f = std::fs::File::open(root.join("dev/mmcblk0p3")).unwrap();
+    record::read_all(&mut f, 1 << 20).unwrap()
+}
+
+fn events(root: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root.join("run/events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn flashes_configures_records_and_powers_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = os_image();
+    board(root, 32 << 20, &image);
+    let (r, calls) = run(root);
+    let out = r.unwrap_or_else(|f| panic!("run failed: {f}"));
+    match &out {
+        Outcome::Flashed { board, target, .. } => {
+            assert_eq!(board, "qemu-x86_64-sd");
+            assert_eq!(target.device, root.join("dev/mmcblk1"));
+        }
+        other => panic!("expected Flashed, got {other:?}"),
+    }
+    assert_eq!(calls, ["sync", "reboot poweroff"]);
+
+    // The image landed, outside the boot FAT byte for byte.
+    let mut written = vec![0u8; image.len()];
+    std::fs::File::open(root.join("dev/mmcblk1"))
+        .unwrap()
+        .read_exact(&mut written)
+        .unwrap();
+    assert_eq!(written[..1 << 20], image[..1 << 20]);
+    assert_eq!(written[5 << 20..], image[5 << 20..]);
+    // The config went onto the target's boot FAT, without the installer section.
+    let mut t = Cursor::new(written);
+    let span = super::card::first_fat(&mut t).unwrap().unwrap();
+    let mut boot = super::card::slice(&mut t, span);
+    let cfg = super::card::read_file(&mut boot, "config.json")
+        .unwrap()
+        .unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+    assert_eq!(cfg["hostname"], "unit");
+    assert!(cfg.get("installer").is_none());
+    assert_eq!(
+        super::card::read_file(&mut boot, "hostname")
+            .unwrap()
+            .unwrap(),
+        b"unit-7\n"
+    );
+    assert!(super::card::read_file(&mut boot, "cmdline.txt")
+        .unwrap()
+        .is_some());
+
+    let recs = records(root);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].board, "qemu-x86_64-sd");
+    assert_eq!(recs[0].target.device, "mmcblk1");
+    assert_eq!(recs[0].result, record::Outcome::Ok);
+    assert_eq!(recs[0].bytes_written, image.len() as u64);
+    assert_eq!(recs[0].image_digest.len(), 64);
+
+    let ev = events(root);
+    assert!(ev.iter().any(|e| e["phase"] == "writing"));
+    assert_eq!(ev.last().unwrap()["phase"], "success");
+}
+
+#[test]
+fn too_small_target_fails_class_3_records_and_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = os_image();
+    board(root, 4 << 20, &image);
+    let (r, calls) = run(root);
+    let f = r.unwrap_err();
+    assert_eq!((f.step, f.class), (Step::Write, 3), "{f}");
+    assert_eq!(calls, ["sync", "park"]);
+    // The target was not touched.
+    let target = std::fs::read(root.join("dev/mmcblk1")).unwrap();
+    assert!(target.iter().all(|b| *b == 0));
+    let recs = records(root);
+    assert_eq!(recs.len(), 1);
+    match &recs[0].result {
+        record::Outcome::Error { class, message } => {
+            assert_eq!(*class, 3);
+            assert!(message.starts_with("write and verify: "), "{message}");
+        }
+        other => panic!("expected an error record, got {other:?}"),
+    }
+    let ev = events(root);
+    let last = ev.iter().rev().find(|e| e["phase"] == "failure").unwrap();
+    assert_eq!(last["error_class"], 3);
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = os_image();
+    board(root, 32 << 20, &image);
+    std::fs::write(
+        root.join("proc/cmdline"),
+        "flasher.board=qemu-x86_64-sd flasher.dry-run flasher.after=wait\n",
+    )
+    .unwrap();
+    let (r, calls) = run(root);
+    assert!(matches!(r, Ok(Outcome::DryRun { .. })));
+    assert_eq!(calls, ["sync", "park"]);
+    assert!(std::fs::read(root.join("dev/mmcblk1"))
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0));
+    assert!(records(root).is_empty());
+}
+
+#[test]
+fn the_boot_medium_is_refused_as_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    board(root, 32 << 20, &os_image());
+    std::fs::write(
+        root.join("proc/cmdline"),
+        "flasher.board=qemu-x86_64-sd flasher.target=/dev/mmcblk0\n",
+    )
+    .unwrap();
+    let (r, _) = run(root);
+    let f = r.unwrap_err();
+    assert_eq!((f.step, f.class), (Step::Target, 3), "{f}");
+    assert!(f.to_string().contains("boot medium"), "{f}");
+}
+
+/// Records whether the watchdog was already magic-closed when reboot(2) came.
+struct CheckWatchdog {
+    dev: std::path::PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl super::power::Power for CheckWatchdog {
+    fn sync(&mut self) {
+        self.seen.lock().unwrap().push("sync".into());
+    }
+    fn reboot(&mut self, how: super::power::After) -> Result<(), nix::errno::Errno> {
+        let wd = std::fs::read(&self.dev).unwrap();
+        self.seen.lock().unwrap().push(format!(
+            "reboot {how} (watchdog {})",
+            if wd.ends_with(b"V") {
+                "disarmed"
+            } else {
+                "ARMED"
+            }
+        ));
+        Ok(())
+    }
+    fn park(&mut self) {
+        self.seen.lock().unwrap().push("park".into());
+    }
+}
+
+#[test]
+fn watchdog_is_fed_then_disarmed_before_power_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    board(root, 32 << 20, &os_image());
+    // The board file in the initramfs overrides the built-in one: add a watchdog.
+    let text = include_str!("../../../boards/data/qemu-x86_64-sd.toml");
+    std::fs::create_dir_all(root.join("etc/flasher")).unwrap();
+    std::fs::write(
+        root.join("etc/flasher/board.toml"),
+        format!("watchdog = \"/dev/watchdog\"\n{text}"),
+    )
+    .unwrap();
+    let dev = root.join("dev/watchdog");
+    std::fs::write(&dev, b"").unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let power = CheckWatchdog {
+        dev: dev.clone(),
+        seen: seen.clone(),
+    };
+    let mut real = Real::new(root, false).with_power(Box::new(power), Duration::ZERO);
+    drive(&mut real).unwrap_or_else(|f| panic!("run failed: {f}"));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["sync", "reboot poweroff (watchdog disarmed)"]
+    );
+    let bytes = std::fs::read(&dev).unwrap();
+    // Fed at least once (a NUL per feed), then the magic close, once.
+    assert!(bytes.len() >= 2, "{bytes:?}");
+    assert!(bytes[..bytes.len() - 1].iter().all(|b| *b == 0));
+    assert_eq!(bytes.last(), Some(&b'V'));
+}

@@ -1,0 +1,860 @@
+//! The real [`Steps`]: the kernel, the board's hardware, and the other parts of
+//! the library (boards, storage, pipeline, record, LEDs), all under one root path.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use led::Phase;
+
+use super::card;
+use super::cmdline::{Options, Verify};
+use super::console::{open_events, Console};
+use super::modules::{self, Finit, RealClock};
+use super::mounts::{self, Nix, EARLY};
+use super::power::{self, After, Power, System};
+use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
+use super::watchdog::{Disarm, Feeder, Watchdog};
+use super::{under, Error};
+use crate::pipeline::{self, WriteOptions, WriteReport};
+use crate::progress::{Event, Observer};
+use crate::record::{self, PhaseTiming, TargetIdentity, UnitRecord};
+use crate::storage::{self, BootMedium, Disk};
+use boards::Placement;
+
+/// Observers that can be added to after they were handed out (the panic hook gets
+/// this before the events path and the LEDs are known).
+#[derive(Default)]
+pub struct Sinks(RwLock<Vec<Box<dyn Observer>>>);
+
+impl Sinks {
+    pub fn add(&self, o: Box<dyn Observer>) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).push(o);
+    }
+}
+
+impl Observer for Sinks {
+    fn event(&self, e: &Event) {
+        for o in self.0.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            o.event(e);
+        }
+    }
+}
+
+/// The board's LEDs as an event subscriber.
+pub struct LedSink(pub led::Animator);
+
+impl Observer for LedSink {
+    fn event(&self, e: &Event) {
+        self.0.on_event(e.phase, e.done, e.total, e.error_class);
+    }
+}
+
+/// How often the block-device wait looks at /sys/block.
+const POLL: Duration = Duration::from_millis(100);
+/// How often the watchdog is fed; well under the usual timeouts (10 to 60 s).
+const FEED_EVERY: Duration = Duration::from_secs(2);
+/// How long the success pattern shows before power-off, unless the board says.
+const SUCCESS_HOLD: Duration = Duration::from_secs(3);
+/// The card's boot FAT partition name.
+pub const FLASH_BOOT: &str = "flash-boot";
+/// A board-supplied (or user-supplied) board file that overrides the built-in one.
+pub const BOARD_OVERRIDE: &str = "etc/flasher/board.toml";
+
+/// The real steps.
+pub struct Real {
+    root: PathBuf,
+    pid1: bool,
+    sinks: Arc<Sinks>,
+    watchdog: Option<Feeder<File>>,
+    board: Option<boards::Board>,
+    /// What the storage scan saw, and the boot medium among it.
+    disks: Vec<Disk>,
+    boot: Option<BootMedium>,
+    /// The boot medium's payload and log partitions (device nodes).
+    payload: Option<PathBuf>,
+    log: Option<PathBuf>,
+    /// The card's flash-boot FAT partition (config and bootloader files).
+    card_boot: Option<PathBuf>,
+    /// The chosen target's device node and identity.
+    target: Option<PathBuf>,
+    identity: TargetIdentity,
+    report: Option<WriteReport>,
+    succeeded: bool,
+    /// `reboot(2)` and friends; a fake in tests.
+    power: Box<dyn Power + Send>,
+    /// Overrides the success hold before power-off (tests use zero).
+    hold: Option<Duration>,
+}
+
+impl Real {
+    /// `pid1`: whether this really is the board's init. When false, the steps that
+    /// would disturb a host (mounts, console takeover, reboot) are skipped.
+    pub fn new(root: &Path, pid1: bool) -> Self {
+        let sinks = Arc::new(Sinks::default());
+        // Before the console is attached this is the kernel's initial stderr,
+        // which is /dev/console too; after `mount` fd 2 is the console we opened.
+        sinks.add(Box::new(Console::new(std::io::stderr())));
+        Real {
+            root: root.to_path_buf(),
+            pid1,
+            sinks,
+            watchdog: None,
+            board: None,
+            disks: Vec::new(),
+            boot: None,
+            payload: None,
+            log: None,
+            card_boot: None,
+            target: None,
+            identity: TargetIdentity::default(),
+            report: None,
+            succeeded: false,
+            power: if pid1 {
+                Box::new(System)
+            } else {
+                Box::new(NotPid1)
+            },
+            hold: None,
+        }
+    }
+
+    /// Use another power backend and success hold (tests: a recorder and zero).
+    pub fn with_power(mut self, power: Box<dyn Power + Send>, hold: Duration) -> Self {
+        self.power = power;
+        self.hold = Some(hold);
+        self
+    }
+
+    /// The event sinks (console, events, LEDs), for the panic hook.
+    pub fn observer(&self) -> Arc<dyn Observer> {
+        self.sinks.clone()
+    }
+
+    fn note(&self, phase: Phase, msg: String) {
+        self.sinks.event(&Event::phase(phase).with_message(msg));
+    }
+
+    fn board(&self) -> crate::Result<&boards::Board> {
+        self.board
+            .as_ref()
+            .ok_or_else(|| missing("a detected board"))
+    }
+
+    /// Open the watchdog at `path` under the root and start feeding it.
+    pub fn start_watchdog_at(&mut self, path: &Path) -> Result<(), Error> {
+        let wd = Watchdog::open(&self.root, path)?;
+        self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY));
+        Ok(())
+    }
+
+    /// `flasher.target=NAME`: that disk, but never the boot medium (rule 1,
+    /// compared by major:minor) and never a disk in use or read-only.
+    fn named_target(&self, name: &str) -> crate::Result<Disk> {
+        let name = name.trim_start_matches("/dev/");
+        let seen = || {
+            self.disks
+                .iter()
+                .map(|d| d.summary(self.boot.as_ref()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let Some(disk) = self.disks.iter().find(|d| d.name == name) else {
+            return Err(Error::TargetRefused {
+                name: name.to_string(),
+                why: "no such disk".into(),
+                seen: seen(),
+            }
+            .into());
+        };
+        let why = if self.boot.as_ref().is_some_and(|b| b.dev == disk.dev) {
+            Some("it is the boot medium holding the payload".to_string())
+        } else if !disk.uses.is_empty() {
+            Some(format!("it is in use ({})", disk.uses.join(", ")))
+        } else if disk.read_only {
+            Some("it is read-only".to_string())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(Error::TargetRefused {
+                name: name.to_string(),
+                why,
+                seen: seen(),
+            }
+            .into()),
+            None => Ok(disk.clone()),
+        }
+    }
+
+    /// Use these devices instead of storage discovery (the payload and log
+    /// partitions on the boot medium, and the target disk).
+    pub fn set_devices(
+        &mut self,
+        payload: PathBuf,
+        log: Option<PathBuf>,
+        card_boot: Option<PathBuf>,
+        target: PathBuf,
+    ) {
+        self.payload = Some(payload);
+        self.log = log;
+        self.card_boot = card_boot;
+        self.target = Some(target);
+    }
+
+    /// Open the target for the post-write steps, dropping any cached pages first
+    /// so we read what is on the medium.
+    fn open_target(&self) -> crate::Result<(PathBuf, File)> {
+        let target = self.target.clone().ok_or_else(|| missing("a target"))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&target)
+            .map_err(|e| crate::Error::io(format!("open target {}", target.display()), e))?;
+        // Advice only; O_DIRECT writes already invalidated what they covered.
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        Ok((target, f))
+    }
+
+    /// Read `file` from the card's flash-boot FAT.
+    fn card_file(&self, file: &str) -> crate::Result<Vec<u8>> {
+        let not_there = || Error::BootloaderFile {
+            file: file.to_string(),
+            card: self.card_boot.clone(),
+        };
+        let card = self.card_boot.as_ref().ok_or_else(not_there)?;
+        let f = File::open(card)
+            .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))?;
+        card::read_file(f, file)
+            .map_err(|e| crate::Error::io(format!("read {file} from {}", card.display()), e))?
+            .ok_or_else(|| not_there().into())
+    }
+}
+
+/// An earlier step did not leave what this one needs (only reachable if the
+/// sequence in `run.rs` changes).
+fn missing(what: &'static str) -> crate::Error {
+    Error::NotAvailable {
+        what,
+        detail: "an earlier step did not provide it".into(),
+    }
+    .into()
+}
+
+/// One sysfs attribute, trimmed; `None` if absent or empty.
+fn attr(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The target's identity for the unit record, from `root/sys/block/NAME`:
+/// eMMC `device/cid`, `device/serial`, `device/name`; disks `device/serial`,
+/// `device/model` (or `device/wwid`).
+pub fn target_identity(root: &Path, name: &str) -> TargetIdentity {
+    let dev = root.join("sys/block").join(name);
+    let size_bytes = attr(&dev.join("size"))
+        .and_then(|s| s.parse::<u64>().ok())
+        // sysfs `size` counts 512-byte sectors whatever the logical block size.
+        .map(|s| s * 512)
+        .unwrap_or(0);
+    TargetIdentity {
+        device: name.to_string(),
+        size_bytes,
+        cid: attr(&dev.join("device/cid")),
+        serial: attr(&dev.join("device/serial")).or_else(|| attr(&dev.join("device/wwid"))),
+        model: attr(&dev.join("device/model")).or_else(|| attr(&dev.join("device/name"))),
+    }
+}
+
+/// The target's identity for the unit record, from the storage scan.
+pub fn disk_identity(d: &Disk) -> TargetIdentity {
+    TargetIdentity {
+        device: d.name.clone(),
+        size_bytes: d.size_bytes,
+        cid: d.cid.clone(),
+        serial: d.serial.clone(),
+        model: d.model.clone(),
+    }
+}
+
+impl TargetIdentity {
+    fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            self.model.as_ref().map(|m| format!("model {m}")),
+            self.serial.as_ref().map(|s| format!("serial {s}")),
+            self.cid.as_ref().map(|c| format!("CID {c}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if parts.is_empty() {
+            "no identity in sysfs".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// The unit record for a run.
+pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) -> UnitRecord {
+    // Boards without a real-time clock start in 1970; only a plausible time is kept.
+    const PLAUSIBLE: u64 = 1_577_836_800; // 2020-01-01
+    let timestamp_unix_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+        .filter(|s| *s >= PLAUSIBLE);
+    let (image_digest, bytes_written, phases) = match &r.write {
+        Some(w) => (
+            w.image_digest.clone(),
+            w.bytes_written,
+            w.phases
+                .iter()
+                .map(|(p, d)| PhaseTiming {
+                    phase: p.clone(),
+                    duration_ms: d.as_millis() as u64,
+                })
+                .collect(),
+        ),
+        None => (String::new(), 0, Vec::new()),
+    };
+    UnitRecord {
+        seq: 0,
+        timestamp_unix_s,
+        flasher_version: env!("CARGO_PKG_VERSION").to_string(),
+        board: r.board.clone().unwrap_or_default(),
+        target: identity.clone(),
+        image_digest,
+        bytes_written,
+        phases,
+        result: match &r.failure {
+            None => record::Outcome::Ok,
+            Some((_, class, message)) => record::Outcome::Error {
+                class: *class,
+                message: message.clone(),
+            },
+        },
+    }
+}
+
+/// Append `rec` to the log partition (or file) at `path`; returns the record's
+/// byte offset in the log.
+pub fn append_to(path: &Path, rec: &UnitRecord) -> crate::Result<u64> {
+    let ctx = |what: &str| format!("{what} unit log {}", path.display());
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| crate::Error::io(ctx("open"), e))?;
+    let capacity = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| crate::Error::io(ctx("size of"), e))?;
+    let seq = record::append(&mut f, capacity, rec)?;
+    f.sync_all().map_err(|e| crate::Error::io(ctx("sync"), e))?;
+    Ok(seq)
+}
+
+/// The write step's summary from the pipeline's report.
+pub fn summary(r: &WriteReport) -> WriteSummary {
+    let d = &r.durations;
+    WriteSummary {
+        image_digest: r.image_sha256.clone(),
+        bytes_written: r.bytes_written + r.bytes_zeroed,
+        phases: vec![
+            ("preflight".into(), d.preflight),
+            ("write".into(), d.write),
+            ("verify".into(), d.verify),
+            ("finish".into(), d.finish),
+        ],
+    }
+}
+
+impl Steps for Real {
+    fn mount(&mut self) -> crate::Result<()> {
+        if !self.pid1 {
+            return Ok(());
+        }
+        // Ctrl-Alt-Del mid-flash must not reboot the board: with CAD off the
+        // kernel sends SIGINT to PID 1 instead, which has no handler and is ignored.
+        let _ = nix::sys::reboot::set_cad_enabled(false);
+        for (m, r) in mounts::mount_all(&self.root, EARLY, &mut Nix)? {
+            if r == mounts::Mounted::Already {
+                eprintln!("flasher: {m}: already mounted");
+            }
+        }
+        match mounts::open_console(&self.root) {
+            Ok(c) => mounts::attach(&c, &[0, 1, 2])?,
+            // Keep the kernel's initial stdout/stderr: the console on most boards.
+            Err(e) => eprintln!("flasher: {e}"),
+        }
+        Ok(())
+    }
+
+    fn options(&mut self) -> crate::Result<Options> {
+        let o = Options::from_root(&self.root)?;
+        if let Some(path) = &o.events {
+            match open_events(&self.root, path) {
+                Ok(j) => self.sinks.add(Box::new(j)),
+                // The console still shows everything; not worth failing the flash.
+                Err(e) => self.note(Phase::Starting, format!("warning: {e}")),
+            }
+        }
+        Ok(o)
+    }
+
+    fn load_modules(&mut self, _o: &Options) -> crate::Result<()> {
+        let order = modules::load_order(&self.root)?;
+        let r = modules::load_all(&order, &mut Finit);
+        for (name, errno) in &r.failed {
+            self.note(
+                Phase::Starting,
+                format!("warning: module {name} failed to load: {errno}"),
+            );
+        }
+        if !order.is_empty() {
+            self.note(
+                Phase::Starting,
+                format!(
+                    "modules: {} loaded, {} already present, {} failed",
+                    r.loaded.len(),
+                    r.already.len(),
+                    r.failed.len()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn wait_for_storage(&mut self, o: &Options) -> crate::Result<()> {
+        let target = o
+            .target
+            .as_deref()
+            .map(|t| t.trim_start_matches("/dev/").to_string());
+        let seen = modules::wait_for_block_devices(
+            &self.root,
+            |names| match &target {
+                Some(t) => names.iter().any(|n| n == t),
+                None => modules::any_real_disk(names),
+            },
+            o.timeout,
+            POLL,
+            &mut RealClock::default(),
+        )?;
+        self.note(
+            Phase::Searching,
+            format!("block devices: {}", seen.join(", ")),
+        );
+        Ok(())
+    }
+
+    fn detect_board(&mut self, o: &Options) -> crate::Result<String> {
+        let mut all = boards::builtin()?;
+        let extra = self.root.join(BOARD_OVERRIDE);
+        if extra.is_file() {
+            all = boards::with_override(all, boards::load_file(&extra)?);
+        }
+        let d = boards::detect(&self.root, o.board.as_deref(), &all)?;
+        let how = match &o.board {
+            Some(_) => "flasher.board= on the kernel command line".to_string(),
+            None => d.how.to_string(),
+        };
+        self.note(
+            Phase::Starting,
+            format!(
+                "board {} ({}), selected by {how}",
+                d.board.name, d.board.description
+            ),
+        );
+        // The LEDs follow the event stream from here on. The LED event sink shares
+        // the flasher.events= path, so boards without LEDs still report patterns.
+        let events = o.events.as_deref().map(|p| under(&self.root, p));
+        let leds = led::open(&self.root, &d.board.leds, events.as_deref());
+        self.sinks
+            .add(Box::new(LedSink(led::Animator::start(leds, &d.board.leds))));
+        let name = d.board.name.clone();
+        self.board = Some(d.board);
+        Ok(name)
+    }
+
+    fn start_watchdog(&mut self) -> crate::Result<()> {
+        let Some(path) = self.board()?.watchdog.clone() else {
+            return Ok(());
+        };
+        if let Err(e) = self.start_watchdog_at(Path::new(&path)) {
+            // Flashing without the watchdog beats not flashing: it only guards hangs.
+            self.note(
+                Phase::Searching,
+                format!("warning: {e}; flashing without it"),
+            );
+        }
+        Ok(())
+    }
+
+    fn find_payload(&mut self, o: &Options) -> crate::Result<()> {
+        if self.payload.is_some() {
+            // Given with `set_devices`.
+            return Ok(());
+        }
+        self.disks = storage::scan(&self.root)?;
+        let seen = || {
+            self.disks
+                .iter()
+                .map(|d| d.summary(None))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let boot = storage::find_boot_medium(&self.disks, o.boot_disk.as_deref())?;
+        let Some(boot) = boot else {
+            return Err(Error::NoPayload {
+                disk: None,
+                seen: seen(),
+            }
+            .into());
+        };
+        let Some(payload) = &boot.payload else {
+            return Err(Error::NoPayload {
+                disk: Some(boot.disk.clone()),
+                seen: seen(),
+            }
+            .into());
+        };
+        self.note(
+            Phase::Searching,
+            format!(
+                "boot medium {}: payload {} ({}), log {}",
+                boot.disk,
+                payload.name,
+                storage::human_size(payload.size_bytes),
+                boot.log
+                    .as_ref()
+                    .map(|l| l.name.as_str())
+                    .unwrap_or("none (no unit record will be kept)")
+            ),
+        );
+        self.payload = Some(payload.dev_path.clone());
+        self.log = boot.log.as_ref().map(|l| l.dev_path.clone());
+        // GPT cards name it; MBR cards (U-Boot boards) have it first.
+        self.card_boot = self
+            .disks
+            .iter()
+            .find(|d| d.name == boot.disk)
+            .and_then(|d| {
+                d.partition_named(FLASH_BOOT)
+                    .or_else(|| d.partitions.iter().find(|p| p.number == 1))
+            })
+            .map(|p| p.dev_path.clone());
+        self.boot = Some(boot);
+        Ok(())
+    }
+
+    fn choose_target(&mut self, o: &Options) -> crate::Result<TargetInfo> {
+        if let Some(device) = self.target.clone().filter(|_| self.disks.is_empty()) {
+            // Given with `set_devices`: identity from sysfs by name.
+            let name = device
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.identity = target_identity(&self.root, &name);
+        } else {
+            let disk = match o.target.as_deref() {
+                Some(name) => self.named_target(name)?,
+                None => {
+                    let board = self.board()?;
+                    let choice = storage::choose_target(board, &self.disks, self.boot.as_ref())?;
+                    for r in &choice.rejected {
+                        self.note(
+                            Phase::Searching,
+                            format!("not the target: {} ({})", r.disk, r.why),
+                        );
+                    }
+                    self.note(
+                        Phase::Searching,
+                        format!("target {}: {}", choice.disk.name, choice.reason),
+                    );
+                    choice.disk
+                }
+            };
+            self.identity = disk_identity(&disk);
+            self.target = Some(disk.dev_path.clone());
+        }
+        let device = self.target.clone().ok_or_else(|| missing("a target"))?;
+        Ok(TargetInfo {
+            device,
+            identity: self.identity.describe(),
+            size_bytes: self.identity.size_bytes,
+        })
+    }
+
+    fn write(&mut self, o: &Options) -> crate::Result<WriteSummary> {
+        let payload = self
+            .payload
+            .clone()
+            .ok_or_else(|| missing("the payload partition"))?;
+        let target = self.target.clone().ok_or_else(|| missing("a target"))?;
+        let file = File::open(&payload).map_err(|e| {
+            crate::Error::io(format!("open payload partition {}", payload.display()), e)
+        })?;
+        let opts = WriteOptions {
+            verify: match o.verify {
+                Verify::Full => pipeline::Verify::Full,
+                Verify::None => pipeline::Verify::None,
+            },
+            expand_data: o.expand_data,
+            root: self.root.clone(),
+            ..WriteOptions::default()
+        };
+        let report = pipeline::write(BufReader::new(file), &target, &opts, &*self.sinks)?;
+        let s = summary(&report);
+        self.report = Some(report);
+        Ok(s)
+    }
+
+    fn fixups(&mut self, _o: &Options) -> crate::Result<()> {
+        // The pipeline fixes up the partition table as its last step (backup GPT
+        // at the real end, optional growth), so this step reports what it did.
+        let report = self
+            .report
+            .as_ref()
+            .ok_or_else(|| missing("a write report"))?;
+        let msg = match &report.fixup {
+            Some(f) => format!("partition table: {f}"),
+            None => "partition table: no fix-up needed".to_string(),
+        };
+        self.note(Phase::Finishing, msg);
+        Ok(())
+    }
+
+    fn bootloader(&mut self, _o: &Options) -> crate::Result<()> {
+        let placements = self.board()?.bootloader.clone();
+        for p in &placements {
+            match p {
+                Placement::Raw { offset, file } => {
+                    let data = self.card_file(file)?;
+                    let (target, mut t) = self.open_target()?;
+                    let ctx = format!("write {file} at byte {offset} of {}", target.display());
+                    crate::emmc::write_at(&mut t, &data, *offset)
+                        .and_then(|()| t.sync_all())
+                        .map_err(|e| crate::Error::io(ctx.clone(), e))?;
+                    self.note(
+                        Phase::Finishing,
+                        format!("bootloader: {ctx} ({} bytes)", data.len()),
+                    );
+                }
+                Placement::EmmcBoot {
+                    partition,
+                    offset,
+                    file,
+                } => {
+                    let data = self.card_file(file)?;
+                    let part = format!("{}{}", self.identity.device, partition.suffix());
+                    crate::emmc::write_boot_partition(&self.root, &part, &data, *offset)?;
+                    self.note(
+                        Phase::Finishing,
+                        format!(
+                            "bootloader: {file} ({} bytes) to {part} at byte {offset}",
+                            data.len()
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_config(&mut self, _o: &Options) -> crate::Result<()> {
+        let Some(card) = self.card_boot.clone() else {
+            self.note(
+                Phase::Finishing,
+                "config: no flash-boot partition on the card".into(),
+            );
+            return Ok(());
+        };
+        let open_card = || {
+            File::open(&card)
+                .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))
+        };
+        let has = card::has_config(open_card()?)
+            .map_err(|e| crate::Error::io(format!("read the FAT on {}", card.display()), e))?;
+        if !has {
+            self.note(Phase::Finishing, "config: none on the card".into());
+            return Ok(());
+        }
+        let (target, mut t) = self.open_target()?;
+        let span = card::first_fat(&mut t)
+            .map_err(|e| {
+                crate::Error::io(
+                    format!("read the partition table of {}", target.display()),
+                    e,
+                )
+            })?
+            .ok_or_else(|| Error::NoTargetBoot {
+                target: target.clone(),
+            })?;
+        let report = crate::config_inject::copy_config(open_card()?, card::slice(&mut t, span))?;
+        t.sync_all()
+            .map_err(|e| crate::Error::io(format!("sync {}", target.display()), e))?;
+        let files: Vec<&str> = report.files.iter().map(|(n, _)| n.as_str()).collect();
+        self.note(
+            Phase::Finishing,
+            format!(
+                "config: copied {} onto {}",
+                files.join(", "),
+                target.display()
+            ),
+        );
+        Ok(())
+    }
+
+    fn append_record(&mut self, r: &RunRecord) -> crate::Result<()> {
+        let Some(log) = self.log.clone() else {
+            return Err(Error::NoLog.into());
+        };
+        let rec = unit_record(r, &self.identity, SystemTime::now());
+        let offset = append_to(&log, &rec)?;
+        self.note(
+            Phase::Finishing,
+            format!("unit record appended to {} at byte {offset}", log.display()),
+        );
+        Ok(())
+    }
+
+    fn show(&mut self, e: &Event) {
+        if e.phase == Phase::Success {
+            self.succeeded = true;
+        }
+        self.sinks.event(e);
+    }
+
+    fn finish(&mut self, after: After) {
+        let board_power = self.board.as_ref().map(|b| b.power_off);
+        // "Power off" means the board's own way of ending, where it cannot cut power.
+        let after = match (after, board_power.map(|p| p.method)) {
+            (After::PowerOff, Some(boards::PowerOffMethod::Reboot)) => After::Reboot,
+            (After::PowerOff, Some(boards::PowerOffMethod::Halt)) => After::Halt,
+            (a, _) => a,
+        };
+        if self.succeeded && after != After::Wait {
+            // Let the operator see "all LEDs solid" before the board goes dark.
+            let hold = self.hold.unwrap_or_else(|| {
+                board_power
+                    .and_then(|p| p.hold_secs)
+                    .map(|s| Duration::from_secs(s.into()))
+                    .unwrap_or(SUCCESS_HOLD)
+            });
+            std::thread::sleep(hold);
+        }
+        let wd = self.watchdog.as_mut().map(|w| w as &mut dyn Disarm);
+        power::finish(after, wd, self.power.as_mut());
+    }
+}
+
+/// When not PID 1: say what would happen instead of rebooting the host, then park.
+struct NotPid1;
+
+impl Power for NotPid1 {
+    fn sync(&mut self) {
+        nix::unistd::sync();
+    }
+    fn reboot(&mut self, how: After) -> Result<(), nix::errno::Errno> {
+        eprintln!("flasher: not PID 1, so not calling reboot(2) for {how}");
+        Err(nix::errno::Errno::EPERM)
+    }
+    fn park(&mut self) {
+        System.park()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::run::Step;
+
+    #[test]
+    fn identity_from_fake_sysfs() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("sys/block/mmcblk1");
+        std::fs::create_dir_all(dev.join("device")).unwrap();
+        std::fs::write(dev.join("size"), "7634944\n").unwrap();
+        std::fs::write(dev.join("device/cid"), "150100414a544434520a32e4c0ab4a00\n").unwrap();
+        std::fs::write(dev.join("device/serial"), "0x32e4c0ab\n").unwrap();
+        std::fs::write(dev.join("device/name"), "AJTD4R\n").unwrap();
+        let id = target_identity(root.path(), "mmcblk1");
+        assert_eq!(id.size_bytes, 7634944 * 512);
+        assert_eq!(id.cid.as_deref(), Some("150100414a544434520a32e4c0ab4a00"));
+        assert_eq!(id.serial.as_deref(), Some("0x32e4c0ab"));
+        assert_eq!(id.model.as_deref(), Some("AJTD4R"));
+        assert_eq!(
+            id.describe(),
+            "model AJTD4R, serial 0x32e4c0ab, CID 150100414a544434520a32e4c0ab4a00"
+        );
+        let none = target_identity(root.path(), "sda");
+        assert_eq!(none.size_bytes, 0);
+        assert_eq!(none.describe(), "no identity in sysfs");
+    }
+
+    #[test]
+    fn records_append_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, vec![0u8; 64 << 10]).unwrap();
+        let ok = RunRecord {
+            board: Some("qemu-x86_64-sd".into()),
+            target: None,
+            write: Some(WriteSummary {
+                image_digest: "ab".repeat(32),
+                bytes_written: 1 << 20,
+                phases: vec![("write".into(), Duration::from_millis(1500))],
+            }),
+            failure: None,
+        };
+        let failed = RunRecord {
+            failure: Some((Step::Write, 5, "write and verify: verify failed".into())),
+            ..ok.clone()
+        };
+        let id = TargetIdentity {
+            device: "mmcblk1".into(),
+            size_bytes: 4 << 30,
+            ..Default::default()
+        };
+        // 2023-11-14: a plausible clock is kept; 1970 (no RTC) is not.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(append_to(&log, &unit_record(&ok, &id, now)).unwrap(), 0);
+        assert!(append_to(&log, &unit_record(&failed, &id, SystemTime::UNIX_EPOCH)).unwrap() > 0);
+        let mut f = File::open(&log).unwrap();
+        let recs = record::read_all(&mut f, 64 << 10).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!((recs[0].seq, recs[1].seq), (1, 2));
+        assert_eq!(recs[0].board, "qemu-x86_64-sd");
+        assert_eq!(recs[0].timestamp_unix_s, Some(1_700_000_000));
+        assert_eq!(recs[0].bytes_written, 1 << 20);
+        assert_eq!(recs[0].phases[0].duration_ms, 1500);
+        assert_eq!(recs[0].result, record::Outcome::Ok);
+        assert_eq!(recs[1].timestamp_unix_s, None);
+        assert_eq!(
+            recs[1].result,
+            record::Outcome::Error {
+                class: 5,
+                message: "write and verify: verify failed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn sinks_reach_observers_added_later() {
+        let sinks = Arc::new(Sinks::default());
+        let handed_out: Arc<dyn Observer> = sinks.clone();
+        let rec = Arc::new(crate::progress::Recorder::default());
+        sinks.add(Box::new(rec.clone()));
+        handed_out.event(&Event::phase(Phase::Writing));
+        assert_eq!(rec.phases(), [Phase::Writing]);
+    }
+}
