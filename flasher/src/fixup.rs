@@ -142,6 +142,32 @@ impl FixupReport {
     }
 }
 
+impl std::fmt::Display for FixupReport {
+    /// One line for logs and the console, e.g.
+    /// "Gpt: backup header moved from LBA 65535 to 131071; partition 2 grown to LBA 131038".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.table)?;
+        if !self.changed() {
+            return f.write_str(": unchanged");
+        }
+        let mut parts = Vec::new();
+        if let Some((a, b)) = self.backup_lba.filter(|(a, b)| a != b) {
+            parts.push(format!("backup header moved from LBA {a} to {b}"));
+        }
+        if self.pmbr_updated {
+            parts.push("protective MBR size fixed".to_string());
+        }
+        if let Some(g) = &self.grown {
+            parts.push(format!(
+                "partition {} grown from LBA {} to {}",
+                g.number, g.old_end_lba, g.new_end_lba
+            ));
+        }
+        parts.extend(self.notes.iter().cloned());
+        write!(f, ": {}", parts.join("; "))
+    }
+}
+
 /// Fix up the partition table of an image of `image_size` bytes that was just written
 /// to the start of `dev`, a device of `device_size` bytes with `sector_size`-byte
 /// logical sectors (512 or 4096). See the module docs for what is done per table type.
