@@ -424,83 +424,9 @@ pub fn read_table<D: Read + Write + Seek + std::fmt::Debug>(
     Ok((Table::Mbr, parts))
 }
 
-/// A window onto `[start, start+len)` of a device: what fatfs sees as a volume.
-#[derive(Debug)]
-pub struct PartitionSlice<D> {
-    inner: D,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl<D: Seek> PartitionSlice<D> {
-    pub fn new(mut inner: D, start: u64, len: u64) -> io::Result<Self> {
-        inner.seek(SeekFrom::Start(start))?;
-        Ok(PartitionSlice {
-            inner,
-            start,
-            len,
-            pos: 0,
-        })
-    }
-    pub fn into_inner(self) -> D {
-        self.inner
-    }
-}
-
-impl<D: Read + Seek> Read for PartitionSlice<D> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
-        let got = self.inner.read(&mut buf[..n])?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl<D: Write + Seek> Write for PartitionSlice<D> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the partition",
-            ));
-        }
-        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
-        let put = self.inner.write(&buf[..n])?;
-        self.pos += put as u64;
-        Ok(put)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<D> Seek for PartitionSlice<D> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(o) => Some(o),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(p) => {
-                self.pos = p;
-                Ok(p)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the partition",
-            )),
-        }
-    }
-}
+/// A window onto one partition of a device: what fatfs sees as a volume. One
+/// implementation serves both sides (the board copies config through it too).
+pub use flasher::config_inject::PartitionSlice;
 
 /// Open partition `name` (GPT name) of an image as a slice. For MBR images,
 /// `mbr_fallback` gives the 1-based number to use for that name.
@@ -531,8 +457,7 @@ pub fn open_partition<D: Read + Write + Seek + std::fmt::Debug>(
             seen,
         });
     };
-    let slice = PartitionSlice::new(dev, p.offset, p.size)
-        .map_err(io(format!("opening partition {name:?}")))?;
+    let slice = PartitionSlice::new(dev, p.offset, p.size);
     Ok((slice, p))
 }
 

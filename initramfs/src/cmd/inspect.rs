@@ -159,8 +159,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
         })
     };
     if let Some(p) = by(card::BOOT_NAME, card::BOOT_NUMBER) {
-        let mut vol = disk::PartitionSlice::new(open()?, p.offset, p.size)
-            .map_err(io_err("opening flash-boot".into()))?;
+        let mut vol = disk::PartitionSlice::new(open()?, p.offset, p.size);
         match fat::describe(&mut vol) {
             Ok((label, ty)) => {
                 let _ = writeln!(out, "flash-boot: {ty:?} volume {label:?}");
@@ -181,8 +180,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
         }
     }
     if let Some(p) = by(card::PAYLOAD_NAME, card::PAYLOAD_NUMBER) {
-        let mut s = disk::PartitionSlice::new(open()?, p.offset, p.size)
-            .map_err(io_err("opening flasher-payload".into()))?;
+        let mut s = disk::PartitionSlice::new(open()?, p.offset, p.size);
         match bundle::read_manifest(&mut s) {
             Ok(o) => {
                 let _ = write!(out, "flasher-payload: ");
@@ -194,8 +192,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
         }
     }
     if let Some(p) = by(card::LOG_NAME, card::LOG_NUMBER) {
-        let mut s = disk::PartitionSlice::new(open()?, p.offset, p.size)
-            .map_err(io_err("opening flasher-log".into()))?;
+        let mut s = disk::PartitionSlice::new(open()?, p.offset, p.size);
         let _ = write!(out, "flasher-log: ");
         describe_log(&mut s, p.size, out)?;
     }
