@@ -518,6 +518,10 @@ fn machine_args(
     a
 }
 
+/// What the flasher does after a failure inside the harness (the board default,
+/// `wait`, would keep the VM running until the timeout).
+const ON_FAILURE: &str = "flasher.on-failure=poweroff";
+
 /// Kernel arguments for the SD board: console, board, events, then the card's
 /// own arguments, then the caller's (later ones win in the flasher's parser).
 fn sd_append(card_cmdline: &str, extra: &[String]) -> String {
@@ -527,6 +531,9 @@ fn sd_append(card_cmdline: &str, extra: &[String]) -> String {
         "panic=-1".to_string(),
         format!("flasher.board={}", VirtualBoard::Sd.name()),
         format!("flasher.events={EVENTS_TTY}"),
+        // In a VM nobody reads the blink code: end the run once the failure is
+        // reported and recorded, rather than at the harness timeout.
+        ON_FAILURE.to_string(),
     ];
     if !card_cmdline.trim().is_empty() {
         parts.push(card_cmdline.trim().to_string());
@@ -880,6 +887,13 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
             {
                 extra.push(format!("flasher.events={EVENTS_TTY}"));
             }
+            if !spec
+                .cmdline
+                .split_whitespace()
+                .any(|a| a.starts_with("flasher.on-failure="))
+            {
+                extra.push(ON_FAILURE.into());
+            }
             extra.extend(opts.append.iter().cloned());
             card_used = if extra.is_empty() {
                 opts.card.clone()
@@ -1071,7 +1085,7 @@ mod tests {
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
         assert_eq!(
             append,
-            "console=ttyS0 panic=-1 flasher.board=qemu-x86_64-sd flasher.events=/dev/ttyS1 quiet flasher.board=bogus"
+            "console=ttyS0 panic=-1 flasher.board=qemu-x86_64-sd flasher.events=/dev/ttyS1 flasher.on-failure=poweroff quiet flasher.board=bogus"
         );
     }
 
