@@ -449,6 +449,27 @@ impl Steps for Real {
             POLL,
             &mut RealClock::default(),
         )?;
+        // Disks probe at different speeds (the USB stick long after the NVMe): the
+        // first disk is not the whole picture. Wait, within the same timeout, until
+        // the payload and a target are both visible. If they never are, carry on:
+        // the next steps fail with the precise reason and every disk they saw.
+        let boot_disk = o.boot_disk.clone();
+        let board = self.board.clone();
+        let settled = modules::wait_for_block_devices(
+            &self.root,
+            |_| {
+                storage_settled(
+                    &self.root,
+                    board.as_ref(),
+                    boot_disk.as_deref(),
+                    target.as_deref(),
+                )
+            },
+            o.timeout,
+            POLL,
+            &mut RealClock::default(),
+        );
+        let seen = settled.unwrap_or(seen);
         self.note(
             Phase::Searching,
             format!("block devices: {}", seen.join(", ")),
@@ -770,6 +791,30 @@ impl Power for NotPid1 {
     }
     fn park(&mut self) {
         System.park()
+    }
+}
+
+/// True once the boot medium with its payload is visible and a target can be
+/// chosen (or the named target exists): what the storage wait waits for.
+fn storage_settled(
+    root: &Path,
+    board: Option<&boards::Board>,
+    boot_disk: Option<&str>,
+    target: Option<&str>,
+) -> bool {
+    let Ok(disks) = storage::scan(root) else {
+        return false;
+    };
+    let Ok(Some(boot)) = storage::find_boot_medium(&disks, boot_disk) else {
+        return false;
+    };
+    if boot.payload.is_none() {
+        return false;
+    }
+    match (target, board) {
+        (Some(t), _) => disks.iter().any(|d| d.name == t),
+        (None, Some(b)) => storage::choose_target(b, &disks, Some(&boot)).is_ok(),
+        (None, None) => true,
     }
 }
 

@@ -527,6 +527,11 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
         let link = sys_block.join(&name);
         let dir =
             std::fs::canonicalize(&link).map_err(io_err(format!("resolve {}", link.display())))?;
+        // Hidden disks (NVMe multipath paths such as nvme0c0n1) have no `dev`
+        // node; the kernel exposes I/O only through the head disk (nvme0n1).
+        if read_opt(&dir.join("hidden")).as_deref() == Some("1") || !dir.join("dev").exists() {
+            continue;
+        }
         let device_path = relative_to_root(&root_real, &dir, &link)?;
         let (transport, mut controller) = classify(&device_path);
         let dev = read_dev(&dir.join("dev"))?;

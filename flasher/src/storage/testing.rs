@@ -232,6 +232,13 @@ impl FakeRoot {
         write(&sdir.join("model"), "QEMU NVMe Ctrl\n")?;
         write(&sdir.join("serial"), &format!("NVME{ctrl:04}\n"))?;
         symlink_rel(&cdir, &sdir.join(format!("nvme{ctrl}")))?;
+        // The per-path disk the kernel hides (no `dev`, `hidden` = 1): it is
+        // listed in /sys/block but has no device node.
+        let path_name = format!("nvme{subsys}c{ctrl}n{ns}");
+        let pdir = cdir.join(&path_name);
+        write(&pdir.join("hidden"), "1\n")?;
+        write(&pdir.join("size"), &format!("{}\n", size / 512))?;
+        symlink_rel(&pdir, &self.root.join("sys/block").join(&path_name))?;
         let name = format!("nvme{ctrl}n{ns}");
         let dir = sdir.join(&name);
         let minor = self.alloc(259, 1);
