@@ -1,7 +1,7 @@
 //! QEMU scenarios on `qemu-x86_64-nuc` (OVMF → systemd-boot → flasher from a USB
 //! stick, NVMe target): the happy path with the flashed OS booting from the NVMe
-//! afterwards, a corrupted payload failing closed, and a power cut mid-write
-//! followed by a clean re-flash.
+//! afterwards, a corrupted payload failing closed, a write error reported with
+//! its offset, and a power cut mid-write followed by a clean re-flash.
 
 mod qemu_common;
 
@@ -68,4 +68,26 @@ fn power_cut_at_half_then_a_second_run_succeeds_bit_exact() {
     again.check(TIMEOUT, None).unwrap();
     assert_target_equals_image(&target, &f.os);
     assert_gpt_verifies(&target);
+}
+
+#[test]
+fn nvme_write_error_is_reported_naming_the_offset() {
+    let f = fixture();
+    let target = blank_target(f, "nuc-ioerr.img", 64 << 20);
+    // Inside the demo OS's kernel file: real data, not a zero range.
+    let offset: u64 = 4 << 20;
+    let mut o = options(NUC, &f.card(NUC), Some(target.clone()));
+    o.faults = vec![Fault::IoError { offset }];
+    let out = run(&o);
+    assert!(!out.succeeded());
+    let msg = out.failure_message().expect("a failure event");
+    assert_eq!(failure_class(&out), Some(4), "NVMe reports EIO: {msg}");
+    assert!(
+        msg.contains(&offset.to_string()) || msg.contains("4.0 MiB") || msg.contains("4 MiB"),
+        "offset not named in {msg:?}"
+    );
+    assert!(
+        !boots(NUC, &target),
+        "a failed flash left a bootable target"
+    );
 }

@@ -38,10 +38,14 @@ fn write_error_fails_naming_the_offset() {
     let out = run(&o);
     assert!(!out.succeeded());
     let msg = out.failure_message().expect("a failure event");
-    assert_eq!(
-        failure_class(&out),
-        Some(4),
-        "write I/O error is class 4: {msg}"
+    // QEMU's sd-card model drops block-layer write errors instead of reporting
+    // them to the guest: the write "succeeds" and only the read-back can see the
+    // data never landed (class 5). NVMe reports the EIO itself (class 4, see
+    // qemu_nuc.rs). Either way the flash must fail and name the range.
+    let class = failure_class(&out);
+    assert!(
+        class == Some(4) || class == Some(5),
+        "a lost write is class 4 (reported) or 5 (caught by verify), got {class:?}: {msg}"
     );
     let forms = [
         offset.to_string(),

@@ -137,6 +137,22 @@ impl Real {
         self.sinks.event(&Event::phase(phase).with_message(msg));
     }
 
+    /// The card's `flasher-log` partition when the run failed before the payload
+    /// search: poll for the boot medium for up to [`LATE_LOG_WAIT`].
+    fn late_log(&self) -> Option<PathBuf> {
+        let deadline = std::time::Instant::now() + LATE_LOG_WAIT;
+        loop {
+            let found = storage::scan(&self.root)
+                .ok()
+                .and_then(|disks| storage::find_boot_medium(&disks, None).ok().flatten())
+                .and_then(|boot| boot.log.map(|l| l.dev_path));
+            if found.is_some() || std::time::Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     fn board(&self) -> crate::Result<&boards::Board> {
         self.board
             .as_ref()
@@ -736,7 +752,9 @@ impl Steps for Real {
     }
 
     fn append_record(&mut self, r: &RunRecord) -> crate::Result<()> {
-        let Some(log) = self.log.clone() else {
+        // A failure before the payload search (bad flasher.board=, say) still
+        // deserves a record: look for the card's log partition now.
+        let Some(log) = self.log.clone().or_else(|| self.late_log()) else {
             return Err(Error::NoLog.into());
         };
         let rec = unit_record(r, &self.identity, SystemTime::now());
@@ -793,6 +811,9 @@ impl Power for NotPid1 {
         System.park()
     }
 }
+
+/// How long a failed run waits for the card to show up so it can still record.
+const LATE_LOG_WAIT: Duration = Duration::from_secs(10);
 
 /// True once the boot medium with its payload is visible and a target can be
 /// chosen (or the named target exists): what the storage wait waits for.

@@ -247,17 +247,18 @@ impl QemuOutcome {
         self.phases().iter().any(|p| p == phase)
     }
 
-    /// The message of the last failure event.
+    /// The message of the first failure event that carries one: the cause. Later
+    /// failure events are consequences (e.g. the unit record could not be
+    /// appended), and LED pattern lines carry no message.
     pub fn failure_message(&self) -> Option<String> {
         self.events
             .iter()
-            .rev()
-            .find(|e| e.get("phase").and_then(Value::as_str) == Some("failure"))
-            .map(|e| {
-                e.get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("(no message)")
-                    .to_string()
+            .filter(|e| e.get("phase").and_then(Value::as_str) == Some("failure"))
+            .find_map(|e| e.get("message").and_then(Value::as_str))
+            .map(str::to_string)
+            .or_else(|| {
+                self.has_phase("failure")
+                    .then(|| "(no message)".to_string())
             })
     }
 

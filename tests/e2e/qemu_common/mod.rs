@@ -209,10 +209,8 @@ pub fn assert_phase_order(out: &QemuOutcome) {
 pub fn failure_class(out: &QemuOutcome) -> Option<u64> {
     out.events
         .iter()
-        .rev()
-        .find(|e| e.get("phase").and_then(|p| p.as_str()) == Some("failure"))
-        .and_then(|e| e.get("error_class"))
-        .and_then(|c| c.as_u64())
+        .filter(|e| e.get("phase").and_then(|p| p.as_str()) == Some("failure"))
+        .find_map(|e| e.get("error_class").and_then(|c| c.as_u64()))
 }
 
 /// True when no byte of the file is non-zero (nothing was written).
