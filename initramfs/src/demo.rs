@@ -230,10 +230,15 @@ fn progress_hook() -> qemu::EventHook {
                 d as f64 / 1048576.0,
                 t as f64 / 1048576.0
             ),
-            _ => format!(
-                "{phase:>10} {}",
-                v.get("message").and_then(Value::as_str).unwrap_or("")
-            ),
+            _ => match (
+                v.get("message").and_then(Value::as_str),
+                v.get("pattern").and_then(Value::as_str),
+            ) {
+                (Some(m), _) => format!("{phase:>10} {m}"),
+                // The LED sink's lines: what a board with LEDs would show now.
+                (None, Some(p)) => format!("{phase:>10} (LEDs: {p})"),
+                (None, None) => return,
+            },
         };
         eprintln!("flasher: {line}");
     })
