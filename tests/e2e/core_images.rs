@@ -369,7 +369,7 @@ fn bundle_in_a_larger_partition_with_trailing_garbage_flashes() {
         verify: pipeline::Verify::Full,
         expand_data: false,
         no_direct: false,
-        no_image_digest: false,
+        image_digest: true,
         workers: Some(2),
         root: "/".into(),
         json: false,

@@ -29,10 +29,11 @@ pub struct Args {
     /// Decompression threads (default: CPUs, at most 4).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Do not recompute the whole-image SHA-256 (saves CPU on slow boards;
-    /// every chunk's digest is still checked).
+    /// Also recompute the whole-image SHA-256 (zeros included) and check it
+    /// before the first blocks are written. Every chunk's digest is always
+    /// checked; this costs a full-image hash.
     #[arg(long)]
-    pub no_image_digest: bool,
+    pub image_digest: bool,
     /// Root of /proc and /sys for the mounted-target check (for tests).
     #[arg(long, default_value = "/", hide = true)]
     pub root: PathBuf,
@@ -49,7 +50,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         root: args.root.clone(),
         direct: !args.no_direct,
         workers: args.workers.unwrap_or(defaults.workers).max(1),
-        image_digest: !args.no_image_digest,
+        image_digest: args.image_digest,
     };
     let f = std::fs::File::open(&args.payload)
         .map_err(|e| crate::Error::io(format!("open payload {}", args.payload.display()), e))?;

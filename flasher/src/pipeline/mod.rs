@@ -124,10 +124,14 @@ pub struct WriteOptions {
     /// Decompression threads.
     pub workers: usize,
     /// Recompute the whole-image SHA-256 while streaming and compare it before
-    /// the first blocks are written. This hashes the zeros of every
-    /// must-be-zero and dont-care range too, which costs real time on slow
-    /// CPUs without SHA instructions; the per-chunk digests (always checked)
-    /// already cover every data byte.
+    /// the first blocks are written. Off by default: it hashes the zeros of every
+    /// must-be-zero and dont-care range too (measured: 2.2 s of a 3 s write of a
+    /// 512 MiB image with 25 % data, worse on boards without SHA instructions),
+    /// and it adds no detection power over what always runs: the header pins
+    /// the manifest's SHA-256, the manifest pins the extent map and every
+    /// chunk's SHA-256, each chunk is checked before its bytes are written, and
+    /// the device is read back. It guards only against a bug in our own extent
+    /// bookkeeping, which the property tests cover.
     pub image_digest: bool,
 }
 
@@ -142,7 +146,7 @@ impl Default for WriteOptions {
                 .map(|n| n.get())
                 .unwrap_or(2)
                 .clamp(1, 4),
-            image_digest: true,
+            image_digest: false,
         }
     }
 }

@@ -416,7 +416,11 @@ fn wrong_image_digest_fails_before_the_head_unless_disabled() {
     let (bundle, _, _) = bundle_of(&[Run::Data(img.clone()), Run::Zero(1 << 20)], 1 << 20);
     let bad = reseal(&bundle, |m| m["image_sha256"] = "ab".repeat(32).into());
     let mut t = Plain::new(Cursor::new(vec![0xeeu8; 5 << 20])).unwrap();
-    let e = write_to(Cursor::new(&bad), &mut t, &opts(), &crate::progress::Null).unwrap_err();
+    let checked = WriteOptions {
+        image_digest: true,
+        ..opts()
+    };
+    let e = write_to(Cursor::new(&bad), &mut t, &checked, &crate::progress::Null).unwrap_err();
     assert!(
         matches!(e, CrateError::Bundle(bundle::Error::ImageDigest { .. })),
         "{e:?}"
