@@ -82,6 +82,7 @@ fn args(f: &Fixture, board: &str, out: &str) -> build::Args {
     build::Args {
         board: board.into(),
         payload: f.bundle.clone(),
+        bmap: None,
         output: f.dir.join(out),
         kernel: Some(f.kernel.clone()),
         initramfs: None,
@@ -240,15 +241,20 @@ fn uboot_mbr_card() {
 }
 
 #[test]
-fn raw_image_payload_is_refused() {
+fn raw_image_payload_is_bundled_first() {
     let f = fixture();
-    let mut a = args(&f, "qemu-x86_64-nuc", "x.img");
+    let mut a = args(&f, "qemu-x86_64-nuc", "raw.img");
+    // Any file that is not a bundle is an OS image to bundle: here, the kernel.
     a.payload = f.kernel.clone();
-    let e = build::run(a).unwrap_err();
-    assert!(
-        matches!(e, initramfs::Error::Card(card::Error::NotABundle { .. })),
-        "{e:?}"
-    );
+    let out = a.output.clone();
+    build::run(a).unwrap();
+    let image = std::fs::read(&f.kernel).unwrap();
+    let dev = std::fs::File::open(&out).unwrap();
+    let (mut payload, _) = disk::open_partition(dev, card::PAYLOAD_NAME, None).unwrap();
+    let opened = flasher::bundle::read_manifest(&mut payload).unwrap();
+    assert_eq!(opened.manifest.image_size, image.len() as u64);
+    // The intermediate bundle is not left behind next to the card.
+    assert!(!build::auto_bundle_path(&out).exists());
 }
 
 #[test]

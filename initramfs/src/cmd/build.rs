@@ -11,9 +11,14 @@ pub struct Args {
     /// Board name, e.g. qemu-x86_64-nuc.
     #[arg(long)]
     pub board: String,
-    /// The bundle made by `mkflasher bundle` (stored byte for byte).
+    /// The bundle made by `mkflasher bundle` (stored byte for byte), or an OS
+    /// image (raw, .gz, .xz, .zst), which is bundled first as `mkflasher bundle`
+    /// would.
     #[arg(long)]
     pub payload: PathBuf,
+    /// With an image as --payload: its bmap (unmapped blocks become don't-care).
+    #[arg(long)]
+    pub bmap: Option<PathBuf>,
     /// Output card image.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -67,7 +72,24 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
     let board = ir_spec.board.clone();
     let root = card::project_root();
     // Check the payload before the (slower) initramfs build.
-    card::check_bundle(&args.payload)?;
+    let payload = match card::check_bundle(&args.payload) {
+        Ok(()) => args.payload.clone(),
+        Err(card::Error::NotABundle { .. }) => {
+            let out = auto_bundle_path(&args.output);
+            tracing::info!(
+                "{} is not a bundle: bundling it into {} first",
+                args.payload.display(),
+                out.display()
+            );
+            let opts = crate::source::BundleOptions {
+                bmap: args.bmap.clone(),
+                ..Default::default()
+            };
+            crate::source::bundle_image(&args.payload, &out, &opts)?;
+            out
+        }
+        Err(e) => return Err(e.into()),
+    };
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => match card::is_qemu_board(&board)
@@ -112,7 +134,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
     };
     Ok(CardSpec {
         board,
-        payload: args.payload.clone(),
+        payload,
         kernel,
         initramfs,
         systemd_boot,
@@ -124,14 +146,31 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
     })
 }
 
+/// Where an image given as `--payload` is bundled: next to the card, removed
+/// once the card holds it.
+pub fn auto_bundle_path(output: &std::path::Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".payload.bundle");
+    output.with_file_name(name)
+}
+
 pub fn run(args: Args) -> crate::Result<()> {
     let mut spec = spec_from_args(&args)?;
+    let built = build_with(&args, &mut spec);
+    if spec.payload != args.payload {
+        // Our own intermediate bundle; the card now carries it byte for byte.
+        let _ = std::fs::remove_file(&spec.payload);
+    }
+    built
+}
+
+fn build_with(args: &Args, spec: &mut CardSpec) -> crate::Result<()> {
     if args.power_of_two {
         // Lay out once to learn the natural size, then round it up.
-        let natural = card::natural_size(&spec)?;
+        let natural = card::natural_size(spec)?;
         spec.image_size = spec.image_size.max(natural).next_power_of_two();
     }
-    let r = card::build_card(&args.output, &spec)?;
+    let r = card::build_card(&args.output, spec)?;
     println!(
         "card {}: {} bytes, {:?}",
         args.output.display(),
