@@ -28,6 +28,7 @@
 //! interruption leaves at worst a valid primary pointing at a missing backup, which
 //! every GPT reader repairs from the primary.
 
+use crate::progress::iec_size as human;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// Errors from `fixup`.
@@ -670,22 +671,6 @@ fn flush<D: Write>(dev: &mut D) -> Result<()> {
         context: "flush partition table".into(),
         source,
     })
-}
-
-/// "3.6 GiB"-style size for messages.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]

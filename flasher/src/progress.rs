@@ -60,6 +60,31 @@ pub trait Observer: Send + Sync {
     fn event(&self, event: &Event);
 }
 
+/// Feeds progress events to an LED animator (phase, progress fraction, error
+/// class): the LEDs subscribe to the stream like any other observer.
+pub struct LedObserver(pub led::Animator);
+impl Observer for LedObserver {
+    fn event(&self, e: &Event) {
+        self.0.on_event(e.phase, e.done, e.total, e.error_class);
+    }
+}
+
+/// "512 B", "1.5 KiB", "3.9 GiB": a byte count for console lines and messages.
+pub fn iec_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// Ignores every event.
 pub struct Null;
 impl Observer for Null {

@@ -7,7 +7,6 @@
 //! Also [`LedObserver`], which subscribes an LED animator to the pipeline's
 //! progress events.
 
-use crate::progress::{Event, Observer};
 use led::{Animator, LedConfig, LedSpec, Phase};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -147,19 +146,13 @@ pub fn run(args: Args) -> crate::Result<()> {
     Ok(())
 }
 
-/// Feeds pipeline progress events to an LED animator: subscribe it next to the
-/// console with [`crate::progress::Fanout`].
-pub struct LedObserver(pub Animator);
-
-impl Observer for LedObserver {
-    fn event(&self, e: &Event) {
-        self.0.on_event(e.phase, e.done, e.total, e.error_class);
-    }
-}
+/// The LED subscriber to the progress stream (shared with the on-board init).
+pub use crate::progress::LedObserver;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::{Event, Observer};
     use std::path::Path;
 
     const BBB_VENDOR: [&str; 4] = [

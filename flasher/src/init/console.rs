@@ -101,20 +101,7 @@ impl<W: Write + Send> Observer for Console<W> {
 }
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `3.9 GiB`.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::progress::iec_size as size;
 
 /// JSON event lines: each event serialized on its own line, flushed at once so a
 /// harness reading the serial port sees it immediately.

@@ -43,15 +43,6 @@ impl Observer for Sinks {
     }
 }
 
-/// The board's LEDs as an event subscriber.
-pub struct LedSink(pub led::Animator);
-
-impl Observer for LedSink {
-    fn event(&self, e: &Event) {
-        self.0.on_event(e.phase, e.done, e.total, e.error_class);
-    }
-}
-
 /// How often the block-device wait looks at /sys/block.
 const POLL: Duration = Duration::from_millis(100);
 /// How often the watchdog is fed; well under the usual timeouts (10 to 60 s).
@@ -515,8 +506,9 @@ impl Steps for Real {
         // the flasher.events= path, so boards without LEDs still report patterns.
         let events = o.events.as_deref().map(|p| under(&self.root, p));
         let leds = led::open(&self.root, &d.board.leds, events.as_deref());
-        self.sinks
-            .add(Box::new(LedSink(led::Animator::start(leds, &d.board.leds))));
+        self.sinks.add(Box::new(crate::progress::LedObserver(
+            led::Animator::start(leds, &d.board.leds),
+        )));
         let name = d.board.name.clone();
         self.board = Some(d.board);
         Ok(name)
