@@ -5,7 +5,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Bundle(#[from] crate::bundle::Error),
+    Bundle(#[from] flasher_format::bundle::Error),
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::Error),
     #[error(transparent)]
@@ -17,7 +17,7 @@ pub enum Error {
     #[error(transparent)]
     Emmc(#[from] crate::emmc::Error),
     #[error(transparent)]
-    Record(#[from] crate::record::Error),
+    Record(#[from] flasher_format::record::Error),
     #[error(transparent)]
     ConfigInject(#[from] crate::config_inject::Error),
     #[error(transparent)]

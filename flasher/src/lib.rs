@@ -8,7 +8,7 @@
 //! `progress` (the event stream), `cmd` (the subcommands the binary dispatches to).
 
 pub mod blockdev;
-pub mod bundle;
+
 pub mod cmd;
 pub mod config_inject;
 pub mod emmc;
@@ -17,7 +17,7 @@ pub mod fixup;
 pub mod init;
 pub mod pipeline;
 pub mod progress;
-pub mod record;
+
 pub mod storage;
 
 pub use error::{Error, Result};

@@ -13,20 +13,15 @@
 
 use std::path::{Path, PathBuf};
 
+use flasher_format::cmdline;
+
 use crate::disk::{self, Contents, PartKind, PartSpec, Table};
 use crate::fat::{self, FatFile};
 
-pub const BOOT_NAME: &str = "flash-boot";
-pub const PAYLOAD_NAME: &str = "flasher-payload";
-pub const LOG_NAME: &str = "flasher-log";
-/// On MBR cards partitions have no names: they are found by number.
-pub const BOOT_NUMBER: u32 = 1;
-pub const PAYLOAD_NUMBER: u32 = 2;
-pub const LOG_NUMBER: u32 = 3;
-/// Default size of the unit log: ~1000 records of ~1 KiB.
-pub const DEFAULT_LOG_SIZE: u64 = 1 << 20;
-/// The FAT volume label of flash-boot.
-pub const BOOT_LABEL: &str = "FLASH-BOOT";
+pub use flasher_format::card::{
+    BOOT_LABEL, BOOT_NAME, BOOT_NUMBER, DEFAULT_LOG_SIZE, LOG_NAME, LOG_NUMBER, PAYLOAD_NAME,
+    PAYLOAD_NUMBER,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -158,7 +153,7 @@ pub fn cmdline(spec: &CardSpec) -> String {
         // QEMU and headless factory stations read.
         c.push_str("console=tty0 console=ttyS0,115200 ");
     }
-    c.push_str(&format!("flasher.board={}", spec.board.name));
+    c.push_str(&cmdline::arg(cmdline::key::BOARD, &spec.board.name));
     if !spec.cmdline_extra.trim().is_empty() {
         c.push(' ');
         c.push_str(spec.cmdline_extra.trim());
@@ -173,10 +168,10 @@ pub fn check_bundle(path: &Path) -> Result<(), Error> {
     let ok = std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut head))
         .is_ok();
-    if !ok || head != flasher::bundle::MAGIC {
+    if !ok || head != flasher_format::bundle::MAGIC {
         return Err(Error::NotABundle {
             path: path.to_path_buf(),
-            magic: String::from_utf8_lossy(&flasher::bundle::MAGIC).into_owned(),
+            magic: String::from_utf8_lossy(&flasher_format::bundle::MAGIC).into_owned(),
         });
     }
     Ok(())

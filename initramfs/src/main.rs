@@ -1,7 +1,7 @@
 //! The `mkflasher` binary. Thin: parse, set up tracing, call the library.
 
 use clap::{Parser, Subcommand};
-use initramfs::cmd;
+use mkflasher::cmd;
 
 #[derive(Parser)]
 #[command(

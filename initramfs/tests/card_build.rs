@@ -7,9 +7,9 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flasher::bundle::{BundleWriter, WriterOptions};
-use initramfs::cmd::{build, configure, initramfs as initrd, inspect};
-use initramfs::{card, disk, fat};
+use flasher_format::bundle::{BundleWriter, WriterOptions};
+use mkflasher::cmd::{build, configure, initramfs as initrd, inspect};
+use mkflasher::{card, disk, fat};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("tool missing: run scripts/setup-host");
@@ -66,7 +66,7 @@ fn fixture() -> Fixture {
     std::fs::write(uboot.join("u-boot.img"), vec![2; 500_000]).unwrap();
     std::fs::write(uboot.join("dtbs/am335x-boneblack.dtb"), vec![3; 60_000]).unwrap();
     let modules = dir.join("modules");
-    initramfs::modules::fake_tree(&modules).unwrap();
+    mkflasher::modules::fake_tree(&modules).unwrap();
     Fixture {
         _t: t,
         dir,
@@ -163,7 +163,7 @@ fn x86_gpt_card_with_systemd_boot() {
     assert!(entry.contains("flasher.verify=full"), "{entry}");
     assert_eq!(fat::read_file(&mut vol, "vmlinuz").unwrap().len(), 2 << 20);
     let ird = fat::read_file(&mut vol, "initramfs").unwrap();
-    let recs = initramfs::cpio::parse(&initramfs::cpio::decompress(&ird).unwrap()).unwrap();
+    let recs = mkflasher::cpio::parse(&mkflasher::cpio::decompress(&ird).unwrap()).unwrap();
     assert!(recs.iter().any(|r| r.name == "lib/modules/nvme.ko"));
 
     // configure edits the FAT in place; it still checks clean and the rest of
@@ -251,7 +251,7 @@ fn raw_image_payload_is_bundled_first() {
     let image = std::fs::read(&f.kernel).unwrap();
     let dev = std::fs::File::open(&out).unwrap();
     let (mut payload, _) = disk::open_partition(dev, card::PAYLOAD_NAME, None).unwrap();
-    let opened = flasher::bundle::read_manifest(&mut payload).unwrap();
+    let opened = flasher_format::bundle::read_manifest(&mut payload).unwrap();
     assert_eq!(opened.manifest.image_size, image.len() as u64);
     // The intermediate bundle is not left behind next to the card.
     assert!(!build::auto_bundle_path(&out).exists());
@@ -285,7 +285,7 @@ fn real_kernel_and_systemd_boot_when_cached() {
     let efi = fat::read_file(&mut vol, "EFI/BOOT/BOOTX64.EFI").unwrap();
     assert_eq!(&efi[..2], b"MZ");
     let ird = fat::read_file(&mut vol, "initramfs").unwrap();
-    let recs = initramfs::cpio::parse(&initramfs::cpio::decompress(&ird).unwrap()).unwrap();
+    let recs = mkflasher::cpio::parse(&mkflasher::cpio::decompress(&ird).unwrap()).unwrap();
     assert!(recs.iter().any(|r| r.name == "lib/modules/sdhci-pci.ko"));
     let _ = modules;
 }

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use initramfs::disk::{self, Contents, PartKind, PartSpec, Table};
-use initramfs::fat::{self, FatFile};
+use mkflasher::disk::{self, Contents, PartKind, PartSpec, Table};
+use mkflasher::fat::{self, FatFile};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd

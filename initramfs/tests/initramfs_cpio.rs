@@ -6,10 +6,10 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use initramfs::card;
-use initramfs::cmd::initramfs::{self as initrd, Args};
-use initramfs::cpio::Compression;
-use initramfs::modules;
+use mkflasher::card;
+use mkflasher::cmd::initramfs::{self as initrd, Args};
+use mkflasher::cpio::Compression;
+use mkflasher::modules;
 
 /// `DECOMPRESSOR -dc FILE | cpio -t`
 fn cpio_list(file: &Path, decompressor: &str) -> Vec<String> {
@@ -121,8 +121,8 @@ fn real_debian_kernel_modules_when_cached() {
         );
     }
     // Every module listed in load-order comes after each of its depends=.
-    let raw = initramfs::cpio::decompress(&std::fs::read(&out).unwrap()).unwrap();
-    let recs = initramfs::cpio::parse(&raw).unwrap();
+    let raw = mkflasher::cpio::decompress(&std::fs::read(&out).unwrap()).unwrap();
+    let recs = mkflasher::cpio::parse(&raw).unwrap();
     let order = recs
         .iter()
         .find(|r| r.name == "lib/modules/load-order")

@@ -4,10 +4,10 @@
 //! with fsck; plus the refusals and the fail-closed behaviour on corruption.
 
 use e2e::*;
-use flasher::bundle::{self, ExtentKind, Manifest};
 use flasher::pipeline::{self, WriteOptions, WriteReport};
 use flasher::progress::{Null, Recorder};
-use initramfs::source::{self, BundleOptions};
+use flasher_format::bundle::{self, ExtentKind, Manifest};
+use mkflasher::source::{self, BundleOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

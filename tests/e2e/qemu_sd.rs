@@ -5,7 +5,7 @@
 
 mod qemu_common;
 
-use initramfs::qemu::{Fault, VirtualBoard};
+use mkflasher::qemu::{Fault, VirtualBoard};
 use qemu_common::*;
 
 const SD: VirtualBoard = VirtualBoard::Sd;

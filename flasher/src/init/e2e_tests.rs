@@ -11,9 +11,9 @@ use super::card::tests::{fat_with, mbr_disk};
 use super::power::tests::FakePower;
 use super::real::Real;
 use super::run::{drive, Outcome, Step};
-use crate::bundle::{BundleWriter, WriterOptions};
-use crate::record;
 use crate::storage::testing::FakeRoot;
+use flasher_format::bundle::{BundleWriter, WriterOptions};
+use flasher_format::record;
 
 const CARD: &str = "pci0000:00/0000:00:05.0";
 const TARGET: &str = "pci0000:00/0000:00:06.0";

@@ -16,7 +16,7 @@
 //! - [`run`]: the sequence over the [`run::Steps`] trait; [`real`] implements it.
 
 pub mod card;
-pub mod cmdline;
+
 pub mod console;
 pub mod modules;
 pub mod mounts;
@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 
-pub use cmdline::Options;
-pub use power::After;
+pub use flasher_format::cmdline::After;
+pub use flasher_format::cmdline::Options;
 pub use run::{drive, Outcome, Step, Steps};
 
 /// Errors from PID-1 mode.
@@ -60,12 +60,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("kernel command line: {option}={value:?} is not valid: {reason}")]
-    Cmdline {
-        option: String,
-        value: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Cmdline(#[from] flasher_format::cmdline::Error),
     #[error(
         "no storage appeared after {:.0} s (saw: {seen}); check the board's kernel modules, or raise flasher.timeout=",
         waited.as_secs_f64()
@@ -131,7 +127,7 @@ pub fn error_class(e: &crate::Error) -> u8 {
 /// The class of one of this module's errors, without knowing the step.
 fn init_class(e: &Error) -> u8 {
     match e {
-        Error::Cmdline { .. } => 6,
+        Error::Cmdline(_) => 6,
         Error::NoBlockDevices { .. } => 1,
         Error::NoPayload { .. } => 2,
         Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } | Error::NoLog => 7,
@@ -251,11 +247,11 @@ mod tests {
 
     #[test]
     fn classes() {
-        let cmd = Error::Cmdline {
+        let cmd = Error::Cmdline(flasher_format::cmdline::Error {
             option: "flasher.board".into(),
             value: "x".into(),
             reason: "unknown".into(),
-        };
+        });
         assert_eq!(init_class(&cmd), 6);
         assert_eq!(step_error_class(Step::Cmdline, &cmd), 6);
         let nodev = Error::NoBlockDevices {
@@ -308,7 +304,7 @@ mod tests {
             source: std::io::Error::other("EIO"),
         });
         assert_eq!(crate_error_class(Step::Write, &werr), 4);
-        let full = crate::Error::Record(crate::record::Error::LogFull {
+        let full = crate::Error::Record(flasher_format::record::Error::LogFull {
             used: 1,
             capacity: 1,
             needed: 2,

@@ -13,7 +13,7 @@ use nix::kmod::ModuleInitFlags;
 use super::Error;
 
 /// Where the load order lives, relative to the root.
-pub const LOAD_ORDER: &str = "lib/modules/load-order";
+pub use flasher_format::card::initramfs::LOAD_ORDER;
 
 /// Read `root/lib/modules/load-order`: module paths, one per line, `#` comments and
 /// blank lines skipped; absolute paths are taken relative to `root`. A missing file

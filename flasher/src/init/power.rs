@@ -2,47 +2,12 @@
 //! chosen mode, or park forever. The system calls sit behind [`Power`] so tests
 //! record the sequence instead of switching the machine off.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use nix::errno::Errno;
 
 use super::watchdog::Disarm;
-
-/// What to do when the run is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
-    PowerOff,
-    Reboot,
-    Halt,
-    /// Stay on forever (PID 1 never exits).
-    Wait,
-}
-
-impl fmt::Display for After {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            After::PowerOff => "poweroff",
-            After::Reboot => "reboot",
-            After::Halt => "halt",
-            After::Wait => "wait",
-        })
-    }
-}
-
-impl FromStr for After {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "poweroff" => Ok(After::PowerOff),
-            "reboot" => Ok(After::Reboot),
-            "halt" => Ok(After::Halt),
-            "wait" => Ok(After::Wait),
-            _ => Err(()),
-        }
-    }
-}
+pub use flasher_format::cmdline::After;
 
 /// The system calls that end a run.
 pub trait Power {

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use led::Phase;
 
 use super::card;
-use super::cmdline::{Options, Verify};
 use super::console::{open_events, Console};
 use super::modules::{self, Finit, RealClock};
 use super::mounts::{self, Nix, EARLY};
@@ -20,9 +19,10 @@ use super::watchdog::{Disarm, Feeder, Watchdog};
 use super::{under, Error};
 use crate::pipeline::{self, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer};
-use crate::record::{self, PhaseTiming, TargetIdentity, UnitRecord};
 use crate::storage::{self, BootMedium, Disk};
 use boards::Placement;
+use flasher_format::cmdline::{Options, Verify};
+use flasher_format::record::{self, PhaseTiming, TargetIdentity, UnitRecord};
 
 /// Observers that can be added to after they were handed out (the panic hook gets
 /// this before the events path and the LEDs are known).
@@ -52,7 +52,7 @@ const SUCCESS_HOLD: Duration = Duration::from_secs(3);
 /// The card's boot FAT partition name.
 pub const FLASH_BOOT: &str = "flash-boot";
 /// A board-supplied (or user-supplied) board file that overrides the built-in one.
-pub const BOARD_OVERRIDE: &str = "etc/flasher/board.toml";
+pub const BOARD_OVERRIDE: &str = flasher_format::card::initramfs::BOARD_FILE;
 
 /// The real steps.
 pub struct Real {
@@ -293,24 +293,6 @@ pub fn disk_identity(d: &Disk) -> TargetIdentity {
     }
 }
 
-impl TargetIdentity {
-    fn describe(&self) -> String {
-        let parts: Vec<String> = [
-            self.model.as_ref().map(|m| format!("model {m}")),
-            self.serial.as_ref().map(|s| format!("serial {s}")),
-            self.cid.as_ref().map(|c| format!("CID {c}")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if parts.is_empty() {
-            "no identity in sysfs".into()
-        } else {
-            parts.join(", ")
-        }
-    }
-}
-
 /// The unit record for a run.
 pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) -> UnitRecord {
     // Boards without a real-time clock start in 1970; only a plausible time is kept.
@@ -407,7 +389,9 @@ impl Steps for Real {
     }
 
     fn options(&mut self) -> crate::Result<Options> {
-        let o = Options::from_root(&self.root)?;
+        let path = self.root.join("proc/cmdline");
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })?;
+        let o = Options::parse(&text).map_err(Error::from)?;
         if let Some(path) = &o.events {
             match open_events(&self.root, path) {
                 Ok(j) => self.sinks.add(Box::new(j)),
@@ -618,7 +602,7 @@ impl Steps for Real {
         let device = self.target.clone().ok_or_else(|| missing("a target"))?;
         Ok(TargetInfo {
             device,
-            identity: self.identity.describe(),
+            identity: self.identity.to_string(),
             size_bytes: self.identity.size_bytes,
         })
     }
@@ -851,12 +835,12 @@ mod tests {
         assert_eq!(id.serial.as_deref(), Some("0x32e4c0ab"));
         assert_eq!(id.model.as_deref(), Some("AJTD4R"));
         assert_eq!(
-            id.describe(),
+            id.to_string(),
             "model AJTD4R, serial 0x32e4c0ab, CID 150100414a544434520a32e4c0ab4a00"
         );
         let none = target_identity(root.path(), "sda");
         assert_eq!(none.size_bytes, 0);
-        assert_eq!(none.describe(), "no identity in sysfs");
+        assert_eq!(none.to_string(), "no identity in sysfs");
     }
 
     #[test]

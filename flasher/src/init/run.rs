@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use led::Phase;
 
-use super::cmdline::Options;
 use super::power::After;
 use super::{crate_error_class, Error};
 use crate::progress::Event;
+use flasher_format::cmdline::Options;
 
 /// One step of the run, for error classes and messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,7 +360,7 @@ mod tests {
         }
         fn options(&mut self) -> crate::Result<Options> {
             self.step("options")?;
-            Ok(Options::parse(&self.cmdline)?)
+            Ok(Options::parse(&self.cmdline).map_err(super::Error::from)?)
         }
         fn load_modules(&mut self, _: &Options) -> crate::Result<()> {
             self.step("modules")

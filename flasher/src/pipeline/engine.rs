@@ -12,9 +12,11 @@
 
 use super::{Error, PhaseDurations, Target, Verify, WriteOptions, WriteReport};
 use crate::blockdev::AlignedBuf;
-use crate::bundle::{self, decode_chunk, ChunkReader, ExtentKind, Manifest, Opened, RawChunk};
 use crate::progress::{Event, Observer};
 use crossbeam_channel::{bounded, Receiver, Sender};
+use flasher_format::bundle::{
+    self, decode_chunk, ChunkReader, ExtentKind, Manifest, Opened, RawChunk,
+};
 use led::Phase;
 use sha2::{Digest, Sha256};
 use std::io::Read;

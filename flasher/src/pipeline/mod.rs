@@ -10,8 +10,8 @@ pub mod preflight;
 pub use engine::{write_opened, write_to};
 
 use crate::blockdev::{self, Device};
-use crate::bundle;
 use crate::progress::Observer;
+use flasher_format::bundle;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -22,10 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The GPT partition name of the flasher payload on the boot medium.
-pub const PAYLOAD_PARTNAME: &str = "flasher-payload";
-/// The GPT partition name of the unit log on the boot medium.
-pub const LOG_PARTNAME: &str = "flasher-log";
+use flasher_format::card::{LOG_NAME, PAYLOAD_NAME};
 
 /// What was seen, one line per disk, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +51,7 @@ pub enum Error {
     Malformed { path: String, what: String },
     #[error("boot disk {name:?} not found; saw {seen}")]
     BootDiskNotFound { name: String, seen: Seen },
-    #[error("a {PAYLOAD_PARTNAME} partition is on more than one disk ({}); remove the extra flasher card or name the boot disk; saw {seen}", disks.join(", "))]
+    #[error("a {PAYLOAD_NAME} partition is on more than one disk ({}); remove the extra flasher card or name the boot disk; saw {seen}", disks.join(", "))]
     MultiplePayloads { disks: Vec<String>, seen: Seen },
     #[error("refusing {disk}: it is the boot medium and the only disk matching {board}'s rules; {board} expects {expected}; saw {seen}")]
     OnlyBootMedium {
@@ -666,8 +663,8 @@ pub fn find_boot_medium(disks: &[Disk], explicit: Option<&str>) -> Result<Option
         disk: d.name.clone(),
         dev: d.dev,
         dev_path: d.dev_path.clone(),
-        payload: d.partition_named(PAYLOAD_PARTNAME).map(PartRef::from),
-        log: d.partition_named(LOG_PARTNAME).map(PartRef::from),
+        payload: d.partition_named(PAYLOAD_NAME).map(PartRef::from),
+        log: d.partition_named(LOG_NAME).map(PartRef::from),
     };
     if let Some(name) = explicit {
         let name = name.trim_start_matches("/dev/");
@@ -681,7 +678,7 @@ pub fn find_boot_medium(disks: &[Disk], explicit: Option<&str>) -> Result<Option
     }
     let holding: Vec<&Disk> = disks
         .iter()
-        .filter(|d| d.partition_named(PAYLOAD_PARTNAME).is_some())
+        .filter(|d| d.partition_named(PAYLOAD_NAME).is_some())
         .collect();
     match holding.as_slice() {
         [] => Ok(None),
@@ -706,17 +703,17 @@ fn name_mbr_card_partitions(partitions: &mut [Partition]) {
         std::fs::File::open(&p.dev_path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
             .is_ok()
-            && magic == crate::bundle::MAGIC
+            && magic == flasher_format::bundle::MAGIC
     };
     let Some(i) = partitions.iter().position(starts_with_magic) else {
         return;
     };
-    partitions[i].partname = Some(PAYLOAD_PARTNAME.to_string());
+    partitions[i].partname = Some(PAYLOAD_NAME.to_string());
     partitions[i].named_by_content = true;
     let number = partitions[i].number;
     if let Some(next) = partitions.get_mut(i + 1) {
         if next.number == number + 1 {
-            next.partname = Some(LOG_PARTNAME.to_string());
+            next.partname = Some(LOG_NAME.to_string());
             next.named_by_content = true;
         }
     }

@@ -527,7 +527,7 @@ fn mbr_card_payload_found_by_content() {
     let disks = scan(t.path()).unwrap();
     assert!(find_boot_medium(&disks, None).unwrap().is_none());
 
-    let mut head = crate::bundle::MAGIC.to_vec();
+    let mut head = flasher_format::bundle::MAGIC.to_vec();
     head.extend_from_slice(&[0u8; 56]);
     std::fs::write(t.path().join("dev/mmcblk0p2"), &head).unwrap();
     let disks = scan(t.path()).unwrap();

@@ -3,8 +3,8 @@
 //! `source::bundle_image` does the work, a summary out.
 
 use crate::source::{self, BundleOptions};
-use flasher::bundle::{ExtentKind, WriterOptions, DEFAULT_CHUNK_SIZE};
 use flasher::pipeline::human;
+use flasher_format::bundle::{ExtentKind, WriterOptions, DEFAULT_CHUNK_SIZE};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::card;
 use crate::cpio::{self, Archive, Compression, CpioSink};
 use crate::modules::{self, ModuleTree};
+use flasher_format::card::initramfs as layout;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -132,13 +133,13 @@ pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
         why,
     })?;
     let mut a = Archive::new();
-    for d in ["dev", "proc", "sys", "run", "mnt", "tmp", "etc/flasher"] {
+    for d in layout::DIRS {
         a.dir(d, 0o755)?;
     }
     a.dev_node("dev/console", 0o600, false, 5, 1)?;
     a.dev_node("dev/null", 0o666, false, 1, 3)?;
     a.file("init", 0o755, &init)?;
-    a.file("etc/flasher/board.toml", 0o644, spec.board_toml.as_bytes())?;
+    a.file(layout::BOARD_FILE, 0o644, spec.board_toml.as_bytes())?;
     let mut loaded = Vec::new();
     if !spec.board.modules.is_empty() {
         let Some(dir) = &spec.kernel_modules else {
@@ -161,9 +162,9 @@ pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
             order.push_str(&format!("/{path}\n"));
             loaded.push(m.file_name);
         }
-        a.file("lib/modules/load-order", 0o644, order.as_bytes())?;
+        a.file(layout::LOAD_ORDER, 0o644, order.as_bytes())?;
     } else {
-        a.file("lib/modules/load-order", 0o644, b"")?;
+        a.file(layout::LOAD_ORDER, 0o644, b"")?;
     }
     let raw = a.to_bytes()?;
     let out = cpio::compress(&raw, spec.compress)?;

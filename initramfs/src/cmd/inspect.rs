@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use flasher::bundle::{self, ExtentKind};
-use flasher::record;
+use flasher_format::bundle::{self, ExtentKind};
+use flasher_format::record;
 
 use crate::card;
 use crate::cpio;

@@ -18,6 +18,7 @@ pub mod fault;
 
 pub use fault::Fault;
 
+use flasher_format::cmdline::{self, After};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -521,7 +522,9 @@ fn machine_args(
 
 /// What the flasher does after a failure inside the harness (the board default,
 /// `wait`, would keep the VM running until the timeout).
-const ON_FAILURE: &str = "flasher.on-failure=poweroff";
+fn on_failure() -> String {
+    cmdline::arg(cmdline::key::ON_FAILURE, After::PowerOff)
+}
 
 /// Kernel arguments for the SD board: console, board, events, then the card's
 /// own arguments, then the caller's (later ones win in the flasher's parser).
@@ -530,11 +533,11 @@ fn sd_append(card_cmdline: &str, extra: &[String]) -> String {
         "console=ttyS0".to_string(),
         // A dead /init should end the run at once, not at the timeout.
         "panic=-1".to_string(),
-        format!("flasher.board={}", VirtualBoard::Sd.name()),
-        format!("flasher.events={EVENTS_TTY}"),
+        cmdline::arg(cmdline::key::BOARD, VirtualBoard::Sd.name()),
+        cmdline::arg(cmdline::key::EVENTS, EVENTS_TTY),
         // In a VM nobody reads the blink code: end the run once the failure is
         // reported and recorded, rather than at the harness timeout.
-        ON_FAILURE.to_string(),
+        on_failure(),
     ];
     if !card_cmdline.trim().is_empty() {
         parts.push(card_cmdline.trim().to_string());
@@ -874,26 +877,16 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
             copy(Path::new(OVMF_VARS), &vars)?;
             let spec = card::boot_spec(&opts.card)?;
             let mut extra: Vec<String> = Vec::new();
-            if !spec
-                .cmdline
-                .split_whitespace()
-                .any(|a| a.starts_with("console="))
-            {
+            let card_args: Vec<String> =
+                spec.cmdline.split_whitespace().map(String::from).collect();
+            if !cmdline::sets(&card_args, "console") {
                 extra.push("console=ttyS0".into());
             }
-            if !spec
-                .cmdline
-                .split_whitespace()
-                .any(|a| a.starts_with("flasher.events="))
-            {
-                extra.push(format!("flasher.events={EVENTS_TTY}"));
+            if !cmdline::sets(&card_args, cmdline::key::EVENTS) {
+                extra.push(cmdline::arg(cmdline::key::EVENTS, EVENTS_TTY));
             }
-            if !spec
-                .cmdline
-                .split_whitespace()
-                .any(|a| a.starts_with("flasher.on-failure="))
-            {
-                extra.push(ON_FAILURE.into());
+            if !cmdline::sets(&card_args, cmdline::key::ON_FAILURE) {
+                extra.push(on_failure());
             }
             extra.extend(opts.append.iter().cloned());
             card_used = if extra.is_empty() {

@@ -2,7 +2,7 @@
 //! xz, zstd, raw), zero ranges found by content and by file holes
 //! (SEEK_DATA/SEEK_HOLE), and bmaptool block maps (`bmap`) whose unmapped
 //! blocks become dont-care and whose range checksums are checked while reading.
-//! The bundle format itself is `flasher::bundle`; this module only feeds its
+//! The bundle format itself is `flasher_format::bundle`; this module only feeds its
 //! [`BundleWriter`].
 
 pub mod bmap;
@@ -10,7 +10,7 @@ mod scan;
 
 pub use scan::Classifier;
 
-use flasher::bundle::{BundleWriter, Manifest, SourceInfo, WriterOptions};
+use flasher_format::bundle::{BundleWriter, Manifest, SourceInfo, WriterOptions};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::io::AsRawFd;
@@ -47,7 +47,7 @@ pub enum Error {
     #[error("image is empty")]
     Empty,
     #[error(transparent)]
-    Bundle(#[from] flasher::bundle::Error),
+    Bundle(#[from] flasher_format::bundle::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,

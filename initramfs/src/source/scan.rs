@@ -3,7 +3,7 @@
 //! seekable file or a one-pass decompressor.
 
 use super::{io, Error, Result, Seg};
-use flasher::bundle::BundleWriter;
+use flasher_format::bundle::BundleWriter;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};

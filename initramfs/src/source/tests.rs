@@ -1,7 +1,7 @@
 use super::*;
 use bmap::Bmap;
-use flasher::bundle::{read_manifest, ExtentKind};
 use flasher::pipeline::{self, WriteOptions};
+use flasher_format::bundle::{read_manifest, ExtentKind};
 use proptest::prelude::*;
 use std::io::{Cursor, Write};
 

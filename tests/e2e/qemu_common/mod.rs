@@ -3,7 +3,7 @@
 //! lock so VMs run one at a time (2 shared cores, software emulation).
 #![allow(dead_code)]
 
-use initramfs::qemu::{self, QemuOptions, QemuOutcome, VirtualBoard};
+use mkflasher::qemu::{self, QemuOptions, QemuOutcome, VirtualBoard};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -104,7 +104,7 @@ pub fn fixture() -> &'static Fixture {
         run_setup();
         let dir = tempfile::tempdir().unwrap();
         let os = dir.path().join("demo-os.img");
-        initramfs::demo::build_demo_os_from_fixtures(&os).unwrap();
+        mkflasher::demo::build_demo_os_from_fixtures(&os).unwrap();
         let bundle = dir.path().join("demo-os.bundle");
         mkflasher(&[
             "bundle",
@@ -123,7 +123,7 @@ pub fn demo_os_only() -> PathBuf {
         run_setup();
         let dir = tempfile::tempdir().unwrap();
         let os = dir.path().join("demo-os.img");
-        initramfs::demo::build_demo_os_from_fixtures(&os).unwrap();
+        mkflasher::demo::build_demo_os_from_fixtures(&os).unwrap();
         (dir, os)
     })
     .1

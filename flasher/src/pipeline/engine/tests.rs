@@ -1,8 +1,8 @@
 use super::*;
-use crate::bundle::{BundleWriter, WriterOptions};
 use crate::pipeline::{Plain, Target, Verify, WriteOptions};
 use crate::progress::Recorder;
 use crate::Error as CrateError;
+use flasher_format::bundle::{BundleWriter, WriterOptions};
 use proptest::prelude::*;
 use std::io::Cursor;
 
@@ -92,7 +92,7 @@ proptest! {
         let r = write_to(Cursor::new(&bundle), &mut t, &opts(), &rec).unwrap();
         let after = t.into_inner().into_inner();
         prop_assert_eq!(after.len(), size);
-        prop_assert_eq!(&r.image_sha256, &crate::bundle::sha256_hex(&logical));
+        prop_assert_eq!(&r.image_sha256, &flasher_format::bundle::sha256_hex(&logical));
         let wiped = |i: usize| i < (1 << 20) || i >= size.saturating_sub(1 << 20);
         for (kind, off, len) in spans {
             let (a, b) = (off as usize, (off + len) as usize);
@@ -135,8 +135,8 @@ fn head_len_follows_the_gpt_entry_array() {
 fn corrupt_chunk_fails_naming_it_and_head_is_never_written() {
     let img = gpt_like_image(3 << 20);
     let (mut bundle, _, _) = bundle_of(&[Run::Data(img)], 1 << 20);
-    let opened = crate::bundle::read_manifest(&mut Cursor::new(&bundle)).unwrap();
-    let start = crate::bundle::HEADER_LEN + opened.header.manifest_len as usize;
+    let opened = flasher_format::bundle::read_manifest(&mut Cursor::new(&bundle)).unwrap();
+    let start = flasher_format::bundle::HEADER_LEN + opened.header.manifest_len as usize;
     let c = &opened.manifest.chunks;
     let pos = start + c[0].compressed_size as usize + c[1].compressed_size as usize / 2;
     bundle[pos] ^= 0x01;
@@ -393,13 +393,13 @@ fn deferred_split_covers_everything_once() {
 /// Re-seal a bundle after editing its manifest JSON (valid header digest).
 fn reseal(bundle: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     use sha2::{Digest, Sha256};
-    let hl = crate::bundle::HEADER_LEN;
-    let h = crate::bundle::Header::parse(bundle[..hl].try_into().unwrap()).unwrap();
+    let hl = flasher_format::bundle::HEADER_LEN;
+    let h = flasher_format::bundle::Header::parse(bundle[..hl].try_into().unwrap()).unwrap();
     let ml = h.manifest_len as usize;
     let mut m: serde_json::Value = serde_json::from_slice(&bundle[hl..hl + ml]).unwrap();
     edit(&mut m);
     let json = serde_json::to_vec(&m).unwrap();
-    let h2 = crate::bundle::Header {
+    let h2 = flasher_format::bundle::Header {
         manifest_len: json.len() as u64,
         manifest_sha256: Sha256::digest(&json).into(),
         ..h

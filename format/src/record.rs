@@ -116,6 +116,26 @@ pub struct TargetIdentity {
 }
 
 /// How long one phase took.
+
+/// "model X, serial Y, CID Z" (what is known), for console lines and errors.
+impl std::fmt::Display for TargetIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            self.model.as_ref().map(|m| format!("model {m}")),
+            self.serial.as_ref().map(|s| format!("serial {s}")),
+            self.cid.as_ref().map(|c| format!("CID {c}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if parts.is_empty() {
+            f.write_str("no identity in sysfs")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseTiming {
     /// Phase name, e.g. `detect`, `write`, `verify`, `fixup`, `bootloader`, `config`.

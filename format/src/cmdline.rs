@@ -5,11 +5,84 @@
 //! and `--` ends the kernel's arguments. In option names `-` and `_` are the same,
 //! as the kernel treats them for module parameters.
 
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-use super::power::After;
-use super::Error;
+/// The option names, as `mkflasher` writes them and `/init` reads them.
+pub mod key {
+    pub const BOARD: &str = "flasher.board";
+    pub const TARGET: &str = "flasher.target";
+    pub const VERIFY: &str = "flasher.verify";
+    pub const AFTER: &str = "flasher.after";
+    pub const ON_FAILURE: &str = "flasher.on-failure";
+    pub const DRY_RUN: &str = "flasher.dry-run";
+    pub const EVENTS: &str = "flasher.events";
+    pub const EXPAND_DATA: &str = "flasher.expand-data";
+    pub const BOOT_DISK: &str = "flasher.boot-disk";
+    pub const TIMEOUT: &str = "flasher.timeout";
+}
+
+/// `key=value`, one kernel command-line word (values with spaces are quoted).
+pub fn arg(key: &str, value: impl fmt::Display) -> String {
+    let v = value.to_string();
+    if v.contains(char::is_whitespace) {
+        format!("{key}=\"{v}\"")
+    } else {
+        format!("{key}={v}")
+    }
+}
+
+/// Whether a list of kernel arguments already sets `key` (as `key` or `key=...`).
+pub fn sets(args: &[String], key: &str) -> bool {
+    args.iter()
+        .flat_map(|a| split(a))
+        .any(|(p, _)| p.replace('_', "-") == key)
+}
+
+/// A `flasher.*` option whose value cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("kernel command line: {option}={value:?} is not valid ({reason}); fix the card's cmdline.txt (mkflasher configure) or the boot entry")]
+pub struct Error {
+    pub option: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// What to do when the run is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    PowerOff,
+    Reboot,
+    Halt,
+    /// Stay on forever (PID 1 never exits).
+    Wait,
+}
+
+impl fmt::Display for After {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            After::PowerOff => "poweroff",
+            After::Reboot => "reboot",
+            After::Halt => "halt",
+            After::Wait => "wait",
+        })
+    }
+}
+
+impl FromStr for After {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "poweroff" => Ok(After::PowerOff),
+            "reboot" => Ok(After::Reboot),
+            "halt" => Ok(After::Halt),
+            "wait" => Ok(After::Wait),
+            _ => Err(()),
+        }
+    }
+}
 
 /// How much of the written image is read back and compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,16 +147,6 @@ const KNOWN: &str =
     "board, target, verify, after, on-failure, dry-run, events, expand-data, boot-disk, timeout";
 
 impl Options {
-    /// Read and parse `root/proc/cmdline`.
-    pub fn from_root(root: &Path) -> Result<Options, Error> {
-        let path = root.join("proc/cmdline");
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Options::parse(&text)
-    }
-
     /// Parse a kernel command line. Options not starting with `flasher.` are ignored.
     pub fn parse(cmdline: &str) -> Result<Options, Error> {
         let mut o = Options::default();
@@ -92,7 +155,7 @@ impl Options {
                 continue;
             };
             let name = name.replace('_', "-");
-            let bad = |reason: &str| Error::Cmdline {
+            let bad = |reason: &str| Error {
                 option: format!("flasher.{name}"),
                 value: value.clone().unwrap_or_default(),
                 reason: reason.to_string(),
@@ -249,6 +312,27 @@ mod tests {
     }
 
     #[test]
+    fn what_the_host_renders_the_board_parses() {
+        let line = [
+            arg(key::BOARD, "a board"),
+            arg(key::EVENTS, "/dev/ttyS1"),
+            arg(key::ON_FAILURE, After::PowerOff),
+            arg(key::TIMEOUT, "45"),
+        ]
+        .join(" ");
+        let o = Options::parse(&line).unwrap();
+        assert_eq!(o.board.as_deref(), Some("a board"));
+        assert_eq!(o.events, Some(PathBuf::from("/dev/ttyS1")));
+        assert_eq!(o.on_failure, After::PowerOff);
+        assert_eq!(o.timeout, Duration::from_secs(45));
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        let args: Vec<String> = line.split(' ').map(String::from).collect();
+        assert!(sets(&args, key::EVENTS));
+        assert!(!sets(&args, key::VERIFY));
+        assert!(sets(&["flasher.on_failure=wait".into()], key::ON_FAILURE));
+    }
+
+    #[test]
     fn defaults_when_no_flasher_options() {
         let o = Options::parse("root=/dev/ram0 console=ttyS0 quiet\n").unwrap();
         assert_eq!(o, Options::default());
@@ -322,24 +406,11 @@ mod tests {
             ("flasher.target", "flasher.target", ""),
         ] {
             match Options::parse(line) {
-                Err(Error::Cmdline { option, value, .. }) => {
+                Err(Error { option, value, .. }) => {
                     assert_eq!((option.as_str(), value.as_str()), (opt, val), "{line}")
                 }
                 other => panic!("{line}: expected Cmdline error, got {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn reads_from_root() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
-        std::fs::write(dir.path().join("proc/cmdline"), "flasher.after=halt\n").unwrap();
-        assert_eq!(Options::from_root(dir.path()).unwrap().after, After::Halt);
-        let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            Options::from_root(empty.path()),
-            Err(Error::Read { .. })
-        ));
     }
 }

@@ -295,7 +295,7 @@ pub(crate) fn hex_digest(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
+pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 

@@ -1,0 +1,37 @@
+//! The card layout both sides agree on: partition names and numbers on the
+//! flasher card, and the files `mkflasher` puts into the initramfs for `/init`
+//! (docs/card-format.md).
+
+/// GPT partition names (partition-table entry names, visible in sysfs as `PARTNAME`).
+pub const BOOT_NAME: &str = "flash-boot";
+pub const PAYLOAD_NAME: &str = "flasher-payload";
+pub const LOG_NAME: &str = "flasher-log";
+
+/// On MBR cards partitions have no names: they are found by number (and the
+/// payload by the bundle magic).
+pub const BOOT_NUMBER: u32 = 1;
+pub const PAYLOAD_NUMBER: u32 = 2;
+pub const LOG_NUMBER: u32 = 3;
+
+/// The FAT volume label of `flash-boot`.
+pub const BOOT_LABEL: &str = "FLASH-BOOT";
+
+/// Default size of the unit log: about 1000 records of about 1 KiB.
+pub const DEFAULT_LOG_SIZE: u64 = 1 << 20;
+
+/// Files on `flash-boot` that `/init` reads.
+pub const KERNEL_FILE: &str = "vmlinuz";
+pub const INITRAMFS_FILE: &str = "initramfs";
+pub const CMDLINE_FILE: &str = "cmdline.txt";
+/// Copied onto the target's first FAT partition (balenaOS convention).
+pub const CONFIG_JSON: &str = "config.json";
+
+/// Paths inside the initramfs, relative to its root.
+pub mod initramfs {
+    /// The board file the init runs with.
+    pub const BOARD_FILE: &str = "etc/flasher/board.toml";
+    /// Kernel modules to load: one absolute path per line, dependencies first.
+    pub const LOAD_ORDER: &str = "lib/modules/load-order";
+    /// Directories the init expects to exist (mount points and its own data).
+    pub const DIRS: [&str; 7] = ["dev", "proc", "sys", "run", "mnt", "tmp", "etc/flasher"];
+}

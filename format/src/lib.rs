@@ -1,0 +1,13 @@
+//! The contract between the host (`mkflasher`) and the board (`/init`): one
+//! definition of everything both sides must agree on. The host renders these
+//! formats; the board parses them.
+//!
+//! - [`bundle`]: the payload format (header, manifest, compressed chunks).
+//! - [`record`]: the unit log's records on the card's `flasher-log` partition.
+//! - [`card`]: partition names and numbers, and the initramfs paths `/init` reads.
+//! - [`cmdline`]: the `flasher.*` kernel command-line options.
+
+pub mod bundle;
+pub mod card;
+pub mod cmdline;
+pub mod record;
