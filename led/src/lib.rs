@@ -16,6 +16,7 @@
 //! ```
 
 pub mod animator;
+pub mod class;
 pub mod backend;
 pub mod clock;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod phase;
 
 pub use animator::{Animator, Engine};
 pub use backend::{open, open_report, Announcement, Led, Leds, Opened, Warning};
+pub use class::ErrorClass;
 pub use clock::{Clock, FakeClock, FakeClockControl, SystemClock};
 pub use config::{LedConfig, LedSpec};
 pub use error::{Error, Result};
