@@ -51,9 +51,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// The blink-code error class (BRIEF: 6 = board detection or configuration).
-    pub fn error_class(&self) -> u8 {
-        6
+    /// Every board error is a detection or configuration error.
+    pub fn class(&self) -> led::ErrorClass {
+        led::ErrorClass::BoardConfig
     }
 }
 

@@ -43,11 +43,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// The blink-code class: 3 target refused, 4 I/O trouble on the target.
-    pub fn blink_class(&self) -> u8 {
+    pub fn class(&self) -> led::ErrorClass {
         match self {
-            Error::ReadOnly { .. } | Error::Busy { .. } | Error::NotBlockOrFile { .. } => 3,
-            Error::Open { .. } | Error::Ioctl { .. } => 4,
+            Error::ReadOnly { .. } | Error::Busy { .. } | Error::NotBlockOrFile { .. } => {
+                led::ErrorClass::TargetRefused
+            }
+            Error::Open { .. } | Error::Ioctl { .. } => led::ErrorClass::WriteIo,
         }
     }
 }

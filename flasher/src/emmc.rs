@@ -40,9 +40,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// The blink-code error class: 7, a post-write step (bootloader) failed.
-    pub fn error_class(&self) -> u8 {
-        7
+    /// A post-write step (the bootloader) failed.
+    pub fn class(&self) -> led::ErrorClass {
+        led::ErrorClass::PostWrite
     }
 }
 

@@ -37,6 +37,24 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The blink class of this error when nothing is known about the step it
+    /// happened in (the init refines it per step: `init::Step::classify`).
+    pub fn class(&self) -> led::ErrorClass {
+        use led::ErrorClass as C;
+        match self {
+            Error::Init(e) => e.class(),
+            Error::Board(e) => e.class(),
+            Error::Bundle(e) => e.class(),
+            Error::Pipeline(e) => e.class(),
+            Error::BlockDev(e) => e.class(),
+            Error::Storage(e) => e.class(),
+            Error::Emmc(e) => e.class(),
+            Error::Record(e) => e.class(),
+            Error::Fixup(_) | Error::ConfigInject(_) => C::PostWrite,
+            Error::Io { .. } | Error::Usage(_) => C::Internal,
+        }
+    }
+
     /// Wrap an I/O error with what was being done, e.g. "open /dev/mmcblk1".
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

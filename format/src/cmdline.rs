@@ -50,6 +50,12 @@ pub struct Error {
     pub reason: String,
 }
 
+impl Error {
+    pub fn class(&self) -> led::ErrorClass {
+        led::ErrorClass::BoardConfig
+    }
+}
+
 /// What to do when the run is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {

@@ -66,6 +66,13 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Recording happens after the write: a post-write step failed.
+    pub fn class(&self) -> led::ErrorClass {
+        led::ErrorClass::PostWrite
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One flashed unit.
@@ -149,8 +156,8 @@ pub struct PhaseTiming {
 pub enum Outcome {
     Ok,
     Error {
-        /// Blink-code error class (1..=8, see the LED docs).
-        class: u8,
+        /// Blink-code error class (1..=8, see the LED docs; a number in JSON).
+        class: led::ErrorClass,
         /// The error as shown on the console.
         message: String,
     },
@@ -387,7 +394,7 @@ mod tests {
                 Outcome::Ok
             } else {
                 Outcome::Error {
-                    class: 5,
+                    class: led::ErrorClass::VerifyMismatch,
                     message: format!("verify mismatch at bytes {i}..{}", i + 4096),
                 }
             },
@@ -490,7 +497,7 @@ mod tests {
         let mut dev = Cursor::new(vec![0u8; cap as usize]);
         let mut long = sample(1);
         long.result = Outcome::Error {
-            class: 4,
+            class: led::ErrorClass::WriteIo,
             message: "x".repeat(2000),
         };
         append(&mut dev, cap, &long).unwrap();
@@ -538,7 +545,7 @@ mod tests {
     fn oversized_record_is_refused() {
         let mut r = sample(1);
         r.result = Outcome::Error {
-            class: 8,
+            class: led::ErrorClass::Internal,
             message: "y".repeat(MAX_BODY as usize),
         };
         let mut dev = Cursor::new(vec![0u8; 4 * MAX_BODY as usize]);
@@ -583,7 +590,10 @@ mod tests {
             (".{0,12}", any::<u64>(), proptest::option::of(".{0,40}")),
             ("[0-9a-f]{64}", any::<u64>()),
             proptest::collection::vec(("[a-z]{1,10}", any::<u64>()), 0..6),
-            proptest::option::of((1u8..=8, "\\PC{0,200}")),
+            proptest::option::of((
+                proptest::sample::select(led::ErrorClass::ALL.to_vec()),
+                "\\PC{0,200}",
+            )),
         )
             .prop_map(
                 |((ts, ver, board), (dev, size, cid), (digest, bytes), phases, err)| UnitRecord {

@@ -86,15 +86,6 @@ pub fn report(args: &Args) -> Report {
     r
 }
 
-/// The blink-code class of a detect failure.
-fn error_class(e: &crate::Error) -> u8 {
-    match e {
-        crate::Error::Storage(s) => s.error_class(),
-        crate::Error::Board(b) => b.error_class(),
-        _ => 8,
-    }
-}
-
 impl Report {
     /// Why each disk is not the target: from the choice, or, after a refusal,
     /// recomputed per disk so the report still explains every disk.
@@ -221,7 +212,7 @@ impl Report {
             "rejected": self.rejected(),
             "error": self.error.as_ref().map(|e| serde_json::json!({
                 "message": e.to_string(),
-                "class": error_class(e),
+                "class": e.class(),
             })),
         })
     }

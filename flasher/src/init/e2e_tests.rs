@@ -159,7 +159,11 @@ fn too_small_target_fails_class_3_records_and_waits() {
     board(root, 4 << 20, &image);
     let (r, calls) = run(root);
     let f = r.unwrap_err();
-    assert_eq!((f.step, f.class), (Step::Write, 3), "{f}");
+    assert_eq!(
+        (f.step, f.class),
+        (Step::Write, led::ErrorClass::TargetRefused),
+        "{f}"
+    );
     assert_eq!(calls, ["sync", "park"]);
     // The target was not touched.
     let target = std::fs::read(root.join("dev/mmcblk1")).unwrap();
@@ -168,7 +172,7 @@ fn too_small_target_fails_class_3_records_and_waits() {
     assert_eq!(recs.len(), 1);
     match &recs[0].result {
         record::Outcome::Error { class, message } => {
-            assert_eq!(*class, 3);
+            assert_eq!(*class, led::ErrorClass::TargetRefused);
             assert!(message.starts_with("write and verify: "), "{message}");
         }
         other => panic!("expected an error record, got {other:?}"),
@@ -211,7 +215,11 @@ fn the_boot_medium_is_refused_as_target() {
     .unwrap();
     let (r, _) = run(root);
     let f = r.unwrap_err();
-    assert_eq!((f.step, f.class), (Step::Target, 3), "{f}");
+    assert_eq!(
+        (f.step, f.class),
+        (Step::Target, led::ErrorClass::TargetRefused),
+        "{f}"
+    );
     assert!(f.to_string().contains("boot medium"), "{f}");
 }
 

@@ -29,6 +29,7 @@ pub mod watchdog;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use led::ErrorClass;
 use nix::errno::Errno;
 
 pub use flasher_format::cmdline::After;
@@ -101,97 +102,67 @@ pub enum Error {
     Panic(String),
 }
 
-/// The blink-code class of an error, from the error alone (BRIEF.md):
-/// 1 no internal storage / ambiguous target, 2 payload invalid, 3 target refused,
-/// 4 write I/O error, 5 verify mismatch, 6 board detection or configuration,
-/// 7 post-write step failed, 8 internal error.
-pub fn error_class(e: &crate::Error) -> u8 {
-    use crate::Error as E;
-    match e {
-        E::Init(i) => init_class(i),
-        E::Board(b) => b.error_class(),
-        E::Bundle(b) => b.blink_class(),
-        E::Pipeline(p) => p.blink_class(),
-        E::BlockDev(b) => match b {
-            crate::blockdev::Error::ReadOnly { .. }
-            | crate::blockdev::Error::Busy { .. }
-            | crate::blockdev::Error::NotBlockOrFile { .. } => 3,
-            crate::blockdev::Error::Open { .. } | crate::blockdev::Error::Ioctl { .. } => 4,
-        },
-        E::Storage(s) => s.error_class(),
-        E::Fixup(_) | E::Emmc(_) | E::Record(_) | E::ConfigInject(_) => 7,
-        E::Io { .. } | E::Usage(_) => 8,
-    }
-}
-
-/// The class of one of this module's errors, without knowing the step.
-fn init_class(e: &Error) -> u8 {
-    match e {
-        Error::Cmdline(_) => 6,
-        Error::NoBlockDevices { .. } => 1,
-        Error::NoPayload { .. } => 2,
-        Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } | Error::NoLog => 7,
-        Error::TargetRefused { .. } => 3,
-        Error::Watchdog { .. } | Error::NotAvailable { .. } => 6,
-        Error::Mount { .. }
-        | Error::MountPoint { .. }
-        | Error::Console { .. }
-        | Error::Dup { .. }
-        | Error::Read { .. }
-        | Error::Events { .. }
-        | Error::Panic(_) => 8,
-    }
-}
-
-/// The class of an error in a given step. Post-write steps are always class 7 (the
-/// image is on the target, something after it failed); a panic is always 8; an
-/// error with no class of its own (plain I/O) takes the step's class.
-pub fn step_error_class(step: Step, e: &Error) -> u8 {
-    let post_write = matches!(
-        step,
-        Step::Fixups | Step::Bootloader | Step::Config | Step::Record
-    );
-    match e {
-        Error::Panic(_) => 8,
-        _ if post_write => 7,
-        Error::NotAvailable { .. } => step_class(step),
-        _ => {
-            let c = init_class(e);
-            if c == 8 {
-                step_class(step)
-            } else {
-                c
+impl Error {
+    /// The class of one of this module's errors, without knowing the step
+    /// (docs/leds.md). `Internal` here means "no class of its own": a step
+    /// gives such errors its class (`Step::classify`).
+    pub fn class(&self) -> ErrorClass {
+        use ErrorClass as C;
+        match self {
+            Error::Cmdline(e) => e.class(),
+            Error::NoBlockDevices { .. } => C::NoStorage,
+            Error::NoPayload { .. } => C::PayloadInvalid,
+            Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } | Error::NoLog => {
+                C::PostWrite
             }
+            Error::TargetRefused { .. } => C::TargetRefused,
+            Error::Watchdog { .. } | Error::NotAvailable { .. } => C::BoardConfig,
+            Error::Mount { .. }
+            | Error::MountPoint { .. }
+            | Error::Console { .. }
+            | Error::Dup { .. }
+            | Error::Read { .. }
+            | Error::Events { .. }
+            | Error::Panic(_) => C::Internal,
         }
     }
 }
 
-/// The class of a crate error in a given step (for the real steps, which see
-/// `crate::Error` from the other modules before wrapping it).
-pub fn crate_error_class(step: Step, e: &crate::Error) -> u8 {
-    match e {
-        crate::Error::Init(i) => step_error_class(step, i),
-        _ if matches!(
-            step,
+impl Step {
+    /// The class a step's failures have when the error says nothing more specific.
+    pub fn class(self) -> ErrorClass {
+        use ErrorClass as C;
+        match self {
+            Step::Mount => C::Internal,
+            Step::Cmdline | Step::Board | Step::Watchdog => C::BoardConfig,
+            Step::Modules | Step::Storage | Step::Target => C::NoStorage,
+            Step::Payload => C::PayloadInvalid,
+            Step::Write => C::WriteIo,
+            Step::Fixups | Step::Bootloader | Step::Config | Step::Record => C::PostWrite,
+        }
+    }
+
+    fn is_post_write(self) -> bool {
+        matches!(
+            self,
             Step::Fixups | Step::Bootloader | Step::Config | Step::Record
-        ) =>
-        {
-            7
-        }
-        crate::Error::Io { .. } | crate::Error::Usage(_) => step_class(step),
-        other => error_class(other),
+        )
     }
-}
 
-/// The class a step's failures have when the error says nothing more specific.
-pub fn step_class(step: Step) -> u8 {
-    match step {
-        Step::Mount => 8,
-        Step::Cmdline | Step::Board | Step::Watchdog => 6,
-        Step::Modules | Step::Storage | Step::Target => 1,
-        Step::Payload => 2,
-        Step::Write => 4,
-        Step::Fixups | Step::Bootloader | Step::Config | Step::Record => 7,
+    /// The class of an error in this step. Post-write steps are always
+    /// `PostWrite` (the image is on the target, something after it failed); a
+    /// panic is always `Internal`; an error with no class of its own (plain I/O,
+    /// "not available") takes the step's class.
+    pub fn classify(self, e: &crate::Error) -> ErrorClass {
+        match e {
+            crate::Error::Init(Error::Panic(_)) => ErrorClass::Internal,
+            _ if self.is_post_write() => ErrorClass::PostWrite,
+            crate::Error::Init(Error::NotAvailable { .. })
+            | crate::Error::Io { .. }
+            | crate::Error::Usage(_) => self.class(),
+            crate::Error::Init(i) if i.class() == ErrorClass::Internal => self.class(),
+            other => other.class(),
+        }
     }
 }
 
@@ -244,6 +215,11 @@ pub(crate) fn under(root: &Path, path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ErrorClass as C;
+
+    fn init(e: Error) -> crate::Error {
+        crate::Error::Init(e)
+    }
 
     #[test]
     fn classes() {
@@ -252,26 +228,31 @@ mod tests {
             value: "x".into(),
             reason: "unknown".into(),
         });
-        assert_eq!(init_class(&cmd), 6);
-        assert_eq!(step_error_class(Step::Cmdline, &cmd), 6);
+        assert_eq!(cmd.class(), C::BoardConfig);
+        assert_eq!(Step::Cmdline.classify(&init(cmd)), C::BoardConfig);
         let nodev = Error::NoBlockDevices {
             waited: Duration::from_secs(30),
             seen: String::new(),
         };
-        assert_eq!(step_error_class(Step::Modules, &nodev), 1);
-        assert_eq!(step_error_class(Step::Config, &nodev), 7);
-        assert_eq!(step_error_class(Step::Write, &Error::Panic("x".into())), 8);
+        let nodev = init(nodev);
+        assert_eq!(Step::Modules.classify(&nodev), C::NoStorage);
+        assert_eq!(Step::Config.classify(&nodev), C::PostWrite);
+        assert_eq!(
+            Step::Write.classify(&init(Error::Panic("x".into()))),
+            C::Internal
+        );
         let io = crate::Error::io("write /dev/mmcblk1", std::io::Error::other("EIO"));
-        assert_eq!(error_class(&io), 8);
-        assert_eq!(crate_error_class(Step::Write, &io), 4);
-        assert_eq!(crate_error_class(Step::Config, &io), 7);
-        assert_eq!(crate_error_class(Step::Target, &io), 1);
+        assert_eq!(io.class(), C::Internal);
+        assert_eq!(Step::Write.classify(&io), C::WriteIo);
+        assert_eq!(Step::Config.classify(&io), C::PostWrite);
+        assert_eq!(Step::Target.classify(&io), C::NoStorage);
         let read = Error::Read {
             path: "/proc/cmdline".into(),
             source: std::io::Error::other("x"),
         };
-        assert_eq!(step_error_class(Step::Cmdline, &read), 6);
-        assert_eq!(step_error_class(Step::Mount, &read), 8);
+        let read = init(read);
+        assert_eq!(Step::Cmdline.classify(&read), C::BoardConfig);
+        assert_eq!(Step::Mount.classify(&read), C::Internal);
     }
 
     #[test]
@@ -280,37 +261,37 @@ mod tests {
             name: "bbx".into(),
             known: vec!["beaglebone-black".into()],
         });
-        assert_eq!(crate_error_class(Step::Board, &unknown), 6);
+        assert_eq!(Step::Board.classify(&unknown), C::BoardConfig);
         let verify = crate::Error::Pipeline(crate::pipeline::Error::VerifyMismatch {
             offset: 4096,
             length: 4096,
             what: "image data".into(),
         });
-        assert_eq!(crate_error_class(Step::Write, &verify), 5);
+        assert_eq!(Step::Write.classify(&verify), C::VerifyMismatch);
         let small = crate::Error::Pipeline(crate::pipeline::Error::TargetTooSmall {
             path: "/dev/mmcblk1".into(),
             target: 1 << 30,
             image: 4 << 30,
         });
-        assert_eq!(crate_error_class(Step::Write, &small), 3);
+        assert_eq!(Step::Write.classify(&small), C::TargetRefused);
         let ro = crate::Error::BlockDev(crate::blockdev::Error::ReadOnly {
             path: "/dev/mmcblk1".into(),
             reason: "force_ro".into(),
         });
-        assert_eq!(crate_error_class(Step::Write, &ro), 3);
+        assert_eq!(Step::Write.classify(&ro), C::TargetRefused);
         let werr = crate::Error::Pipeline(crate::pipeline::Error::Write {
             offset: 0,
             length: 512,
             source: std::io::Error::other("EIO"),
         });
-        assert_eq!(crate_error_class(Step::Write, &werr), 4);
+        assert_eq!(Step::Write.classify(&werr), C::WriteIo);
         let full = crate::Error::Record(flasher_format::record::Error::LogFull {
             used: 1,
             capacity: 1,
             needed: 2,
         });
-        assert_eq!(crate_error_class(Step::Record, &full), 7);
-        assert_eq!(error_class(&full), 7);
+        assert_eq!(Step::Record.classify(&full), C::PostWrite);
+        assert_eq!(full.class(), C::PostWrite);
     }
 
     #[test]

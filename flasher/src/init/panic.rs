@@ -12,7 +12,7 @@ use led::Phase;
 use crate::progress::{Event, Observer};
 
 /// The blink-code class of a panic.
-pub const PANIC_CLASS: u8 = 8;
+pub const PANIC_CLASS: led::ErrorClass = led::ErrorClass::Internal;
 
 /// The text of a panic payload (`panic!("...")` gives `&str` or `String`).
 pub fn message(payload: &(dyn Any + Send)) -> String {
@@ -35,7 +35,7 @@ pub fn event(payload: &(dyn Any + Send), location: Option<&Location<'_>>) -> Eve
         .map(|n| format!(" in thread {n}"))
         .unwrap_or_default();
     Event {
-        error_class: Some(PANIC_CLASS),
+        error_class: Some(PANIC_CLASS.blinks()),
         ..Event::phase(Phase::Failure).with_message(format!(
             "internal error: {}{at}{thread}; this is a flasher bug, please report it",
             message(payload)

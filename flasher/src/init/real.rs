@@ -859,7 +859,11 @@ mod tests {
             failure: None,
         };
         let failed = RunRecord {
-            failure: Some((Step::Write, 5, "write and verify: verify failed".into())),
+            failure: Some((
+                Step::Write,
+                led::ErrorClass::VerifyMismatch,
+                "write and verify: verify failed".into(),
+            )),
             ..ok.clone()
         };
         let id = TargetIdentity {
@@ -884,7 +888,7 @@ mod tests {
         assert_eq!(
             recs[1].result,
             record::Outcome::Error {
-                class: 5,
+                class: led::ErrorClass::VerifyMismatch,
                 message: "write and verify: verify failed".into()
             }
         );

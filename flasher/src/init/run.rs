@@ -11,9 +11,10 @@ use std::time::Duration;
 use led::Phase;
 
 use super::power::After;
-use super::{crate_error_class, Error};
+use super::Error;
 use crate::progress::Event;
 use flasher_format::cmdline::Options;
+use led::ErrorClass;
 
 /// One step of the run, for error classes and messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,17 +84,17 @@ pub struct WriteSummary {
 #[derive(Debug)]
 pub struct Failure {
     pub step: Step,
-    /// The blink-code class (see BRIEF/ docs/leds.md).
-    pub class: u8,
+    /// The blink-code class (docs/leds.md).
+    pub class: ErrorClass,
     pub error: crate::Error,
 }
 
 impl Failure {
-    /// A failure of `step`, classified by [`crate_error_class`].
+    /// A failure of `step`, classified by [`Step::classify`].
     pub fn new(step: Step, error: crate::Error) -> Self {
         Failure {
             step,
-            class: crate_error_class(step, &error),
+            class: step.classify(&error),
             error,
         }
     }
@@ -114,7 +115,7 @@ pub struct RunRecord {
     pub target: Option<TargetInfo>,
     pub write: Option<WriteSummary>,
     /// `None` on success; otherwise the step, class and message.
-    pub failure: Option<(Step, u8, String)>,
+    pub failure: Option<(Step, ErrorClass, String)>,
 }
 
 /// How a run that did not fail ended.
@@ -286,7 +287,7 @@ pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Box<Failure>> {
             let (step, class) = (failure.step, failure.class);
             let message = failure.to_string();
             s.show(&Event {
-                error_class: Some(class),
+                error_class: Some(class.blinks()),
                 ..Event::phase(Phase::Failure).with_message(message.clone())
             });
             // Every run leaves a record, failed ones too; unless recording itself failed.
@@ -301,7 +302,7 @@ pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Box<Failure>> {
                     // Same phase and class, so the LEDs and event readers keep the
                     // original blink code.
                     s.show(&Event {
-                        error_class: Some(class),
+                        error_class: Some(class.blinks()),
                         ..Event::phase(Phase::Failure)
                             .with_message(format!("could not append the unit record either: {e}"))
                     });
@@ -498,13 +499,13 @@ mod tests {
         assert_eq!(f.calls, want);
         assert_eq!(failure.step, Step::Fixups);
         // Post-write steps are class 7 whatever the inner error.
-        assert_eq!(failure.class, 7);
+        assert_eq!(failure.class, ErrorClass::PostWrite);
         let rec = &f.records[0];
         assert_eq!(rec.board.as_deref(), Some("bbb"));
         assert_eq!(rec.target, Some(target()));
         assert!(rec.write.is_some());
         let (step, class, msg) = rec.failure.clone().unwrap();
-        assert_eq!((step, class), (Step::Fixups, 7));
+        assert_eq!((step, class), (Step::Fixups, ErrorClass::PostWrite));
         assert!(msg.starts_with("partition fix-ups: "), "{msg}");
         let last = f.events.events().pop().unwrap();
         assert_eq!(last.phase, Phase::Failure);
@@ -520,7 +521,7 @@ mod tests {
     #[test]
     fn early_failure_still_records_with_defaults() {
         let (f, failure) = fail_at("modules", some_error, "flasher.after=reboot");
-        assert_eq!(failure.class, 1);
+        assert_eq!(failure.class, ErrorClass::NoStorage);
         assert_eq!(
             f.calls,
             [
@@ -539,7 +540,10 @@ mod tests {
     #[test]
     fn storage_timeout_after_the_board_is_known_is_class_1() {
         let (f, failure) = fail_at("storage", some_error, "");
-        assert_eq!((failure.step, failure.class), (Step::Storage, 1));
+        assert_eq!(
+            (failure.step, failure.class),
+            (Step::Storage, ErrorClass::NoStorage)
+        );
         let mut want: Vec<&str> = ALL[..6].to_vec();
         want.extend(["show failure", "record", "disarm", "finish wait"]);
         assert_eq!(f.calls, want);
@@ -556,7 +560,7 @@ mod tests {
         };
         let failure = drive(&mut f).unwrap_err();
         // NoBlockDevices carries its own class (1), whatever the step.
-        assert_eq!(failure.class, 1);
+        assert_eq!(failure.class, ErrorClass::NoStorage);
         let failures: Vec<Event> = f
             .events
             .events()
@@ -579,7 +583,10 @@ mod tests {
             ..Default::default()
         };
         let failure = drive(&mut f).unwrap_err();
-        assert_eq!((failure.step, failure.class), (Step::Cmdline, 6));
+        assert_eq!(
+            (failure.step, failure.class),
+            (Step::Cmdline, ErrorClass::BoardConfig)
+        );
         assert!(failure.to_string().contains("explode"));
         assert_eq!(f.calls.last().unwrap(), "finish wait");
     }
@@ -591,7 +598,10 @@ mod tests {
             ..Default::default()
         };
         let failure = drive(&mut f).unwrap_err();
-        assert_eq!((failure.step, failure.class), (Step::Record, 7));
+        assert_eq!(
+            (failure.step, failure.class),
+            (Step::Record, ErrorClass::PostWrite)
+        );
         let mut want: Vec<&str> = ALL.to_vec();
         want.extend(["show failure", "disarm", "finish wait"]);
         assert_eq!(f.calls, want);
@@ -606,7 +616,10 @@ mod tests {
             ..Default::default()
         };
         let failure = drive(&mut f).unwrap_err();
-        assert_eq!((failure.step, failure.class), (Step::Write, 8));
+        assert_eq!(
+            (failure.step, failure.class),
+            (Step::Write, ErrorClass::Internal)
+        );
         assert!(
             matches!(failure.error, crate::Error::Init(Error::Panic(ref m)) if m.contains("fake panic"))
         );

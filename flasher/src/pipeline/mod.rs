@@ -12,6 +12,7 @@ pub use engine::{write_opened, write_to};
 use crate::blockdev::{self, Device};
 use crate::progress::Observer;
 use flasher_format::bundle;
+use led::ErrorClass;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,13 +76,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// The blink-code class of this error (see the brief's table).
-    pub fn blink_class(&self) -> u8 {
+    pub fn class(&self) -> ErrorClass {
         match self {
-            Error::TargetTooSmall { .. } | Error::Mounted { .. } | Error::Held { .. } => 3,
-            Error::Write { .. } | Error::Zero { .. } | Error::Sync(_) | Error::Probe { .. } => 4,
-            Error::Read { .. } | Error::VerifyMismatch { .. } => 5,
-            Error::Internal(_) => 8,
+            Error::TargetTooSmall { .. } | Error::Mounted { .. } | Error::Held { .. } => {
+                ErrorClass::TargetRefused
+            }
+            Error::Write { .. } | Error::Zero { .. } | Error::Sync(_) | Error::Probe { .. } => {
+                ErrorClass::WriteIo
+            }
+            Error::Read { .. } | Error::VerifyMismatch { .. } => ErrorClass::VerifyMismatch,
+            Error::Internal(_) => ErrorClass::Internal,
         }
     }
 }

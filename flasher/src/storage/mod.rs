@@ -89,13 +89,17 @@ pub enum Error {
 }
 
 impl Error {
-    /// The blink-code error class (see the BRIEF's table).
-    pub fn error_class(&self) -> u8 {
+    pub fn class(&self) -> led::ErrorClass {
+        use led::ErrorClass as C;
         match self {
-            Error::NoMatch { .. } | Error::Ambiguous { .. } | Error::MultiplePayloads { .. } => 1,
-            Error::OnlyBootMedium { .. } | Error::Mounted { .. } | Error::ReadOnly { .. } => 3,
-            Error::BootDiskNotFound { .. } => 6,
-            Error::Io { .. } | Error::Malformed { .. } => 8,
+            Error::NoMatch { .. } | Error::Ambiguous { .. } | Error::MultiplePayloads { .. } => {
+                C::NoStorage
+            }
+            Error::OnlyBootMedium { .. } | Error::Mounted { .. } | Error::ReadOnly { .. } => {
+                C::TargetRefused
+            }
+            Error::BootDiskNotFound { .. } => C::BoardConfig,
+            Error::Io { .. } | Error::Malformed { .. } => C::Internal,
         }
     }
 }

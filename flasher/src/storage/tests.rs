@@ -121,7 +121,7 @@ fn beaglebone_without_emmc_refuses() {
     scenarios::beaglebone(t.path(), None).unwrap();
     let err = pick(t.path(), "beaglebone-black").unwrap_err();
     assert!(matches!(err, Error::NoMatch { .. }), "{err:?}");
-    assert_eq!(err.error_class(), 1);
+    assert_eq!(err.class(), led::ErrorClass::NoStorage);
     // The message says what was seen and what was expected.
     let msg = err.to_string();
     assert!(
@@ -220,7 +220,7 @@ fn beaglebone_mounted_or_read_only_emmc_is_refused() {
     r.set_ro(&emmc, true).unwrap();
     let err = pick(t.path(), "beaglebone-black").unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err:?}");
-    assert_eq!(err.error_class(), 3);
+    assert_eq!(err.class(), led::ErrorClass::TargetRefused);
 }
 
 #[test]

@@ -86,9 +86,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// The blink-code class (see the brief): every bundle error means the payload is invalid.
-    pub fn blink_class(&self) -> u8 {
-        2
+    /// Every bundle error means the payload is invalid.
+    pub fn class(&self) -> led::ErrorClass {
+        led::ErrorClass::PayloadInvalid
     }
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

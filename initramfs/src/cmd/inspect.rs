@@ -101,7 +101,7 @@ pub fn describe_log<R: Read + Seek>(
     for (off, r) in &scan.records {
         let result = match &r.result {
             record::Outcome::Ok => "ok".to_string(),
-            record::Outcome::Error { class, message } => format!("error class {class}: {message}"),
+            record::Outcome::Error { class, message } => format!("error {class}: {message}"),
         };
         let _ = writeln!(
             out,
