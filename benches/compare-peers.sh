@@ -18,8 +18,9 @@ cleanup() {
 trap cleanup EXIT
 
 bash scripts/build-init >/dev/null
-cargo build -q --locked -p initramfs --bin mkflasher
-flasher=target/x86_64-unknown-linux-gnu/release/flasher
+cargo build -q --locked -p mkflasher --bin mkflasher
+cargo build -q --release --locked -p flasher --bin flasher
+flasher=target/release/flasher
 mkflasher=target/debug/mkflasher
 
 # An image with DATA_PERCENT of its 1 MiB blocks holding random data, the rest holes.

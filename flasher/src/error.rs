@@ -63,3 +63,44 @@ impl Error {
         }
     }
 }
+
+/// The whole chain of an error as one line, each cause stated once.
+///
+/// Many messages already include their source (`"{context}: {source}"`), so
+/// printing the chain blindly (`{e:#}`) repeats the cause. A source whose text
+/// is already in the line is skipped.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_once() {
+        let e = Error::io(
+            "open /dev/mmcblk1",
+            std::io::Error::other("Input/output error"),
+        );
+        assert_eq!(report(&e), "open /dev/mmcblk1: Input/output error");
+        // A wrapper whose message does not include its source gets it appended.
+        #[derive(Debug, thiserror::Error)]
+        #[error("write failed")]
+        struct Outer(#[source] Error);
+        assert_eq!(
+            report(&Outer(e)),
+            "write failed: open /dev/mmcblk1: Input/output error"
+        );
+    }
+}

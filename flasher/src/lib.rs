@@ -9,6 +9,7 @@
 
 pub mod blockdev;
 
+#[cfg(feature = "cli")]
 pub mod cmd;
 pub mod config_inject;
 pub mod emmc;

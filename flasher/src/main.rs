@@ -65,8 +65,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let e = anyhow::Error::from(e);
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", flasher::error::report(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -53,67 +53,6 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// The repository root: `$FLASHER_ROOT`, else the nearest ancestor of the
-/// current directory holding `qemu-fixtures/` or a workspace `Cargo.toml`
-/// with an `initramfs/` folder, else where this crate was built from.
-pub fn project_root() -> PathBuf {
-    if let Some(r) = std::env::var_os("FLASHER_ROOT") {
-        return PathBuf::from(r);
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        for d in cwd.ancestors() {
-            if d.join("qemu-fixtures").is_dir() || d.join("initramfs/Cargo.toml").is_file() {
-                return d.to_path_buf();
-            }
-        }
-    }
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.parent().map(Path::to_path_buf).unwrap_or(here)
-}
-
-/// The QEMU fixture cache: `$FLASHER_QEMU_CACHE` or `ROOT/qemu-fixtures/cache`.
-pub fn qemu_cache(root: &Path) -> PathBuf {
-    std::env::var_os("FLASHER_QEMU_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("qemu-fixtures/cache"))
-}
-
-/// The first entry (sorted) of `dir` whose name starts with `prefix`.
-fn first_entry(dir: &Path, prefix: &str) -> Option<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.starts_with(prefix))
-        })
-        .collect();
-    v.sort();
-    v.into_iter().next()
-}
-
-/// The cached Debian kernel's module tree, if `qemu-fixtures/setup` ran.
-pub fn qemu_modules_dir(root: &Path) -> Option<PathBuf> {
-    first_entry(&qemu_cache(root).join("kernel/lib/modules"), "")
-}
-
-/// The cached Debian kernel, if `qemu-fixtures/setup` ran.
-pub fn qemu_kernel(root: &Path) -> Option<PathBuf> {
-    first_entry(&qemu_cache(root).join("kernel/boot"), "vmlinuz-")
-}
-
-/// The cached systemd-boot EFI binary, if `qemu-fixtures/setup` ran.
-pub fn qemu_systemd_boot(root: &Path) -> PathBuf {
-    qemu_cache(root).join("systemd-boot/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
-}
-
-/// Where scripts/build-init leaves the static init.
-pub fn default_init(root: &Path) -> PathBuf {
-    root.join("target/x86_64-unknown-linux-gnu/release/flasher")
-}
-
 pub fn is_qemu_board(b: &boards::Board) -> bool {
     b.name.starts_with("qemu-")
 }

@@ -14,6 +14,7 @@
 use crate::cpio::{self, CpioSink};
 use crate::disk::{self, Contents, PartKind, PartSpec, Table};
 use crate::fat::{self, FatFile};
+use crate::locate;
 use crate::qemu::{self, QemuOptions, VirtualBoard};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -53,88 +54,39 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
-/// The project's `qemu-fixtures/` directory: `$FLASHER_QEMU_FIXTURES`, else the
-/// first `qemu-fixtures/` in the current directory or its parents, else the one
-/// next to this crate's sources.
-pub fn fixtures_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("FLASHER_QEMU_FIXTURES") {
-        return d.into();
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        for dir in cwd.ancestors() {
-            let c = dir.join("qemu-fixtures");
-            if c.is_dir() {
-                return c;
-            }
-        }
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-fixtures")
-}
-
-/// Debian's kernel from the fixtures cache (`cache/kernel/boot/vmlinuz-*`).
-pub fn fixture_kernel(fixtures: &Path) -> Result<PathBuf> {
-    let boot = fixtures.join("cache/kernel/boot");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("vmlinuz-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found.pop().ok_or_else(|| Error::FixturesMissing {
+/// Debian's kernel from the fixture cache.
+pub fn fixture_kernel(cache: &Path) -> Result<PathBuf> {
+    locate::qemu_kernel(cache).ok_or_else(|| Error::FixturesMissing {
         what: "kernel/boot/vmlinuz-*".into(),
-        dir: fixtures.join("cache"),
+        dir: cache.to_path_buf(),
     })
 }
 
-/// systemd-boot's EFI binary from the fixtures cache.
-pub fn fixture_systemd_boot(fixtures: &Path) -> Result<PathBuf> {
-    let p = fixtures.join("cache/systemd-boot/usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+/// systemd-boot's EFI binary from the fixture cache.
+pub fn fixture_systemd_boot(cache: &Path) -> Result<PathBuf> {
+    let p = locate::qemu_systemd_boot(cache);
     if p.is_file() {
         Ok(p)
     } else {
         Err(Error::FixturesMissing {
             what: "systemd-boot/.../systemd-bootx64.efi".into(),
-            dir: fixtures.join("cache"),
+            dir: cache.to_path_buf(),
         })
     }
 }
 
-/// The static `demo-os-init`: `$FLASHER_DEMO_INIT`, else the static build from
-/// `scripts/build-init`, else one next to the running executable.
+/// The static `demo-os-init` (see [`locate::static_binary_candidates`]).
 pub fn find_demo_init() -> Result<PathBuf> {
-    let mut looked = Vec::new();
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os("FLASHER_DEMO_INIT") {
-        candidates.push(p.into());
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    candidates.push(target_dir.join("x86_64-unknown-linux-gnu/release/demo-os-init"));
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("demo-os-init"));
-            if let Some(up) = dir.parent() {
-                candidates.push(up.join("demo-os-init"));
-            }
-        }
-    }
-    for c in candidates {
-        if c.is_file() {
-            return Ok(c);
-        }
-        looked.push(c.display().to_string());
+    let candidates = locate::static_binary_candidates("demo-os-init", "FLASHER_DEMO_INIT");
+    if let Some(found) = candidates.iter().find(|c| c.is_file()) {
+        return Ok(found.clone());
     }
     Err(Error::InitMissing {
-        looked: looked.join(", "),
+        looked: candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -189,11 +141,11 @@ pub fn build_demo_os(
 
 /// [`build_demo_os`] with the fixtures' kernel and systemd-boot and the built init.
 pub fn build_demo_os_from_fixtures(out: &Path) -> Result<disk::DiskReport> {
-    let fx = fixtures_dir();
+    let cache = locate::fixture_cache();
     build_demo_os(
         out,
-        &fixture_kernel(&fx)?,
-        &fixture_systemd_boot(&fx)?,
+        &fixture_kernel(&cache)?,
+        &fixture_systemd_boot(&cache)?,
         &find_demo_init()?,
         "",
     )

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod disk;
 pub mod error;
 pub mod fat;
+pub mod locate;
 pub mod modules;
 pub mod qemu;
 pub mod source;

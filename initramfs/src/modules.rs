@@ -381,6 +381,7 @@ pub fn fake_ko(name: &str, depends: &[&str]) -> Vec<u8> {
 /// Test support: a fake `lib/modules/VERSION` tree with the MMC stack of the
 /// Debian 6.1 kernel and the NVMe/USB-storage stack (names and `depends=` as
 /// in the real linux-image-6.1.0-*-amd64 package).
+#[cfg(any(test, feature = "testing"))]
 pub fn fake_tree(dir: &Path) -> std::io::Result<()> {
     let mods: &[(&str, &str, &[&str])] = &[
         ("drivers/mmc/core", "mmc_core", &[]),

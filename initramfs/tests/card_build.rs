@@ -259,9 +259,11 @@ fn raw_image_payload_is_bundled_first() {
 
 #[test]
 fn real_kernel_and_systemd_boot_when_cached() {
-    let root = card::project_root();
-    let (Some(kernel), Some(modules)) = (card::qemu_kernel(&root), card::qemu_modules_dir(&root))
-    else {
+    let cache = mkflasher::locate::fixture_cache();
+    let (Some(kernel), Some(modules)) = (
+        mkflasher::locate::qemu_kernel(&cache),
+        mkflasher::locate::qemu_modules_dir(&cache),
+    ) else {
         eprintln!("qemu-fixtures/cache has no kernel (run qemu-fixtures/setup); skipped");
         return;
     };

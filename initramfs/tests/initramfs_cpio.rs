@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use mkflasher::card;
 use mkflasher::cmd::initramfs::{self as initrd, Args};
 use mkflasher::cpio::Compression;
 use mkflasher::modules;
@@ -42,7 +41,7 @@ fn cpio_list(file: &Path, decompressor: &str) -> Vec<String> {
 
 fn init_for_tests(dir: &Path) -> std::path::PathBuf {
     // The real static init when scripts/build-init has run, else a stand-in.
-    let real = card::default_init(&card::project_root());
+    let real = mkflasher::locate::init();
     if real.is_file() {
         return real;
     }
@@ -100,7 +99,8 @@ fn synthetic_tree_listed_by_real_cpio() {
 
 #[test]
 fn real_debian_kernel_modules_when_cached() {
-    let Some(tree) = card::qemu_modules_dir(&card::project_root()) else {
+    let Some(tree) = mkflasher::locate::qemu_modules_dir(&mkflasher::locate::fixture_cache())
+    else {
         eprintln!("qemu-fixtures/cache has no kernel modules (run qemu-fixtures/setup); skipped");
         return;
     };

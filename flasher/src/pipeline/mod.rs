@@ -106,7 +106,8 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// Whether to read the device back after writing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Verify {
     /// Read back every written or zeroed byte, bypassing the page cache.
     #[default]

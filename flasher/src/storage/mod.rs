@@ -12,6 +12,8 @@
 //!   matches. Disks are compared by major:minor and selected by controller, card
 //!   type and boot partitions, never by kernel index.
 
+/// Fake kernel-shaped roots, for tests here and in other crates (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -70,7 +70,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
     };
     let ir_spec = initrd::spec_from_args(&ir_args)?;
     let board = ir_spec.board.clone();
-    let root = card::project_root();
+    let cache = crate::locate::fixture_cache();
     // Check the payload before the (slower) initramfs build.
     let payload = match card::check_bundle(&args.payload) {
         Ok(()) => args.payload.clone(),
@@ -93,7 +93,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => match card::is_qemu_board(&board)
-            .then(|| card::qemu_kernel(&root))
+            .then(|| crate::locate::qemu_kernel(&cache))
             .flatten()
         {
             Some(k) => k,
@@ -114,7 +114,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         let p = args
             .systemd_boot
             .clone()
-            .unwrap_or_else(|| card::qemu_systemd_boot(&root));
+            .unwrap_or_else(|| crate::locate::qemu_systemd_boot(&cache));
         if !p.is_file() {
             return Err(card::Error::NoSystemdBoot {
                 board: board.name.clone(),

@@ -28,7 +28,7 @@ pub struct Args {
     /// QEMU boards default to qemu-fixtures/cache/kernel/lib/modules/*.
     #[arg(long)]
     pub kernel_modules: Option<PathBuf>,
-    /// The static init binary. Default: target/x86_64-unknown-linux-gnu/release/flasher
+    /// The static init binary. Default: target/x86_64-unknown-linux-gnu/release/flasher-init
     /// (built by scripts/build-init).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -203,14 +203,12 @@ pub fn board_and_text(name: &str, file: Option<&Path>) -> crate::Result<(boards:
 /// Resolve defaults (init path, QEMU module tree) into a [`Spec`].
 pub fn spec_from_args(args: &Args) -> crate::Result<Spec> {
     let (board, board_toml) = board_and_text(&args.board, args.board_file.as_deref())?;
-    let root = card::project_root();
-    let init = args
-        .init
-        .clone()
-        .unwrap_or_else(|| card::default_init(&root));
+    let init = args.init.clone().unwrap_or_else(|| crate::locate::init());
     let kernel_modules = match &args.kernel_modules {
         Some(d) => Some(d.clone()),
-        None if card::is_qemu_board(&board) => card::qemu_modules_dir(&root),
+        None if card::is_qemu_board(&board) => {
+            crate::locate::qemu_modules_dir(&crate::locate::fixture_cache())
+        }
         None => None,
     };
     Ok(Spec {
