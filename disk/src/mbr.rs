@@ -23,7 +23,7 @@ pub const EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
 pub const ACTIVE: u8 = 0x80;
 
 /// One of the four primary entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Entry {
     /// 1-based slot number.
     pub number: u32,

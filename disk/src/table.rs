@@ -265,13 +265,7 @@ fn from_mbr(s0: &[u8], ss: u64) -> Table {
     let mut signature = [0u8; 4];
     signature.copy_from_slice(&s0[440..444]);
     let partitions = mbr::entries(s0)
-        .unwrap_or([mbr::Entry {
-            number: 0,
-            boot: 0,
-            sys: 0,
-            start_lba: 0,
-            sectors: 0,
-        }; 4])
+        .unwrap_or_default()
         .iter()
         .filter(|e| e.is_used() && e.sectors > 0)
         .map(|e| {

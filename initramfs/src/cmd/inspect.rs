@@ -146,7 +146,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
             "  #{} {:<16} type {:<38} offset {:>11} size {:>10}{}",
             p.number,
             p.name,
-            p.type_id,
+            p.part_type.id(),
             p.offset,
             human(p.size),
             if p.bootable { " bootable" } else { "" }
