@@ -360,3 +360,123 @@ pub fn sync_fsinfo<D: Read + Write + Seek + ?Sized>(dev: &mut D) -> io::Result<b
     dev.flush()?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use std::process::Command;
+
+    const MIB: usize = 1 << 20;
+
+    fn put(dev: &mut Cursor<Vec<u8>>, files: &[(&str, &[u8])]) {
+        let fs = open(&mut *dev, fatfs::FsOptions::new()).unwrap();
+        for (path, data) in files {
+            let mut dir = fs.root_dir();
+            let parts: Vec<&str> = path.split('/').collect();
+            for d in &parts[..parts.len() - 1] {
+                dir = match dir.open_dir(d) {
+                    Ok(x) => x,
+                    Err(_) => dir.create_dir(d).unwrap(),
+                };
+            }
+            let mut f = dir.create_file(parts[parts.len() - 1]).unwrap();
+            f.truncate().unwrap();
+            f.write_all(data).unwrap();
+        }
+        fs.unmount().unwrap();
+    }
+
+    fn get(dev: &mut Cursor<Vec<u8>>, path: &str) -> Vec<u8> {
+        let fs = open_read_only(&mut *dev, fatfs::FsOptions::new()).unwrap();
+        let mut f = fs.root_dir().open_file(path).unwrap();
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    fn fsck(path: &std::path::Path) -> (bool, String) {
+        let out = Command::new("fsck.vfat")
+            .arg("-n")
+            .arg(path)
+            .output()
+            .expect("fsck.vfat not found: run scripts/setup-host (apt-get install -y dosfstools)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// fatfs-created nested directories on FAT12, FAT16 and FAT32: fsck rejects them as
+    /// fatfs leaves them (the negative control) and accepts them after the repair.
+    #[test]
+    fn repair_makes_fatfs_directories_fsck_clean_on_every_fat_type() {
+        for (size, fat_type, bits) in [
+            (2 * MIB, fatfs::FatType::Fat12, 12),
+            (16 * MIB, fatfs::FatType::Fat16, 16),
+            (40 * MIB, fatfs::FatType::Fat32, 32),
+        ] {
+            let mut dev = Cursor::new(vec![0u8; size]);
+            fatfs::format_volume(
+                &mut dev,
+                fatfs::FormatVolumeOptions::new().fat_type(fat_type),
+            )
+            .unwrap();
+            assert_eq!(Geometry::read(&mut dev).unwrap().fat_bits, bits);
+            put(
+                &mut dev,
+                &[
+                    ("loader/entries/flasher.conf", b"title flasher\n"),
+                    ("EFI/BOOT/BOOTX64.EFI", &[0x4D; 5000]),
+                    ("top.txt", b"t"),
+                ],
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("fat.img");
+            std::fs::write(&img, dev.get_ref()).unwrap();
+            let (ok, text) = fsck(&img);
+            assert!(
+                !ok,
+                "{fat_type:?}: expected fsck to reject fatfs's directories: {text}"
+            );
+
+            let fixed = repair_dot_entries(&mut dev).unwrap();
+            assert!(fixed >= 4, "{fat_type:?}: fixed {fixed}");
+            assert_eq!(sync_fsinfo(&mut dev).unwrap(), bits == 32);
+            std::fs::write(&img, dev.get_ref()).unwrap();
+            let (ok, text) = fsck(&img);
+            assert!(ok, "{fat_type:?}: {text}");
+            // Still readable by fatfs, and a second pass finds nothing to do.
+            assert_eq!(get(&mut dev, "loader/entries/flasher.conf"), b"title flasher\n");
+            assert_eq!(repair_dot_entries(&mut dev).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn read_only_wrapper_refuses_writes() {
+        let mut ro = ReadOnly(Cursor::new(vec![1u8; 8]));
+        assert_eq!(
+            ro.write(b"x").unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        let mut b = [0u8; 4];
+        ro.read_exact(&mut b).unwrap();
+        assert_eq!(b, [1; 4]);
+    }
+
+    #[test]
+    fn fat_detection_and_bad_boot_sectors() {
+        let mut dev = Cursor::new(vec![0u8; 2 * MIB]);
+        fatfs::format_volume(&mut dev, fatfs::FormatVolumeOptions::new()).unwrap();
+        assert!(looks_like_fat(&dev.get_ref()[..512]));
+        assert!(!looks_like_fat(&[0u8; 512]));
+        let mut b = [0u8; 512];
+        b.copy_from_slice(&dev.get_ref()[..512]);
+        b[11..13].fill(0); // bytes per sector 0
+        let e = Geometry::parse(&b).unwrap_err();
+        assert!(e.to_string().contains("bytes per sector"), "{e}");
+        assert!(Geometry::parse(&[0u8; 512]).is_err());
+    }
+}

@@ -111,3 +111,45 @@ impl<D> PartitionSlice<D> {
         PartitionSlice::new(dev, p.offset, p.size)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn partition_slice_stays_inside_its_window() {
+        let mut disk = Cursor::new((0..=255u8).cycle().take(4096).collect::<Vec<u8>>());
+        let mut s = PartitionSlice::new(&mut disk, 1000, 100);
+        assert_eq!(s.len(), 100);
+        let mut all = vec![];
+        s.read_to_end(&mut all).unwrap();
+        assert_eq!(all.len(), 100);
+        assert_eq!(all[0], (1000 % 256) as u8);
+        assert_eq!(s.seek(SeekFrom::End(-10)).unwrap(), 90);
+        s.write_all(&[0xEE; 10]).unwrap();
+        // Partial write at the end, then a clear error.
+        s.seek(SeekFrom::Start(95)).unwrap();
+        assert_eq!(s.write(&[0xDD; 20]).unwrap(), 5);
+        assert_eq!(
+            s.write(&[0xDD; 1]).unwrap_err().kind(),
+            io::ErrorKind::WriteZero
+        );
+        assert!(s.seek(SeekFrom::Current(-1000)).is_err());
+        assert_eq!(s.seek(SeekFrom::Start(200)).unwrap(), 200);
+        assert_eq!(s.read(&mut [0u8; 8]).unwrap(), 0);
+        let d = disk.get_ref();
+        assert_eq!(&d[1090..1095], &[0xEE; 5]);
+        assert_eq!(&d[1095..1100], &[0xDD; 5]);
+        assert_eq!(
+            d[1100],
+            (1100 % 256) as u8,
+            "byte after the window untouched"
+        );
+        assert_eq!(
+            d[999],
+            (999 % 256) as u8,
+            "byte before the window untouched"
+        );
+    }
+}
