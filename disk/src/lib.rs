@@ -75,3 +75,6 @@ pub(crate) fn put64(b: &mut [u8], at: usize, v: u64) {
 pub fn device_size<D: Seek + ?Sized>(dev: &mut D) -> io::Result<u64> {
     dev.seek(SeekFrom::End(0))
 }
+
+#[cfg(test)]
+mod tests;
