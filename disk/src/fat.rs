@@ -449,7 +449,10 @@ mod tests {
             let (ok, text) = fsck(&img);
             assert!(ok, "{fat_type:?}: {text}");
             // Still readable by fatfs, and a second pass finds nothing to do.
-            assert_eq!(get(&mut dev, "loader/entries/flasher.conf"), b"title flasher\n");
+            assert_eq!(
+                get(&mut dev, "loader/entries/flasher.conf"),
+                b"title flasher\n"
+            );
             assert_eq!(repair_dot_entries(&mut dev).unwrap(), 0);
         }
     }

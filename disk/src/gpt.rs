@@ -195,12 +195,13 @@ impl Header {
         dev: &mut D,
         sector_size: u64,
     ) -> Result<Vec<u8>> {
-        let off = self.entries_lba.checked_mul(sector_size).ok_or_else(|| {
-            Error::BadHeader {
+        let off = self
+            .entries_lba
+            .checked_mul(sector_size)
+            .ok_or_else(|| Error::BadHeader {
                 offset: self.my_lba.saturating_mul(sector_size),
                 reason: format!("entries LBA {} overflows a byte offset", self.entries_lba),
-            }
-        })?;
+            })?;
         // entry_bytes() <= MAX_ENTRY_BYTES, checked in parse.
         let entries = read_at(dev, off, self.entry_bytes() as usize, "read GPT entries")?;
         self.check_entries(&entries, sector_size)?;

@@ -159,7 +159,9 @@ pub fn set_sectors<D: Read + Write + Seek>(dev: &mut D, number: u32, sectors: u3
     };
     let mut header = mbrman::MBRHeader::read_from(dev).map_err(merr("read MBR"))?;
     let Some(entry) = header.get_mut(number as usize) else {
-        return Err(Error::MbrCrate(format!("no MBR entry {number}; entries are 1..=4")));
+        return Err(Error::MbrCrate(format!(
+            "no MBR entry {number}; entries are 1..=4"
+        )));
     };
     entry.sectors = sectors;
     entry.last_chs = chs((u64::from(entry.starting_lba) + u64::from(sectors)).saturating_sub(1));

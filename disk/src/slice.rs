@@ -104,7 +104,6 @@ impl<D> Seek for PartitionSlice<D> {
     }
 }
 
-
 impl<D> PartitionSlice<D> {
     /// The window onto `p` of `dev`.
     pub fn of(dev: D, p: &crate::Partition) -> Self {

@@ -36,7 +36,14 @@ fn gpt_table(ss: u64) -> Table {
         },
         sector_size: ss,
         partitions: vec![
-            part(1, "flash-boot", first, first + 4 * mib - 1, gpt::ESP_TYPE, ss),
+            part(
+                1,
+                "flash-boot",
+                first,
+                first + 4 * mib - 1,
+                gpt::ESP_TYPE,
+                ss,
+            ),
             part(
                 2,
                 "rootfs",
@@ -86,16 +93,17 @@ fn gpt_round_trip_512_matches_sfdisk() {
     let dump = sfdisk(&["--dump"], &p);
     assert!(dump.contains("label: gpt"), "{dump}");
     assert!(
-        dump.contains("start=        2048, size=        8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
-            && dump.contains("name=\"flash-boot\""),
+        dump.contains(
+            "start=        2048, size=        8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+        ) && dump.contains("name=\"flash-boot\""),
         "{dump}"
     );
-    assert!(dump.contains("start=       10240, size=        8192"), "{dump}");
     assert!(
-        dump.contains(&format!(
-            "label-id: {}",
-            gpt::guid_string(&[0x5A; 16])
-        )),
+        dump.contains("start=       10240, size=        8192"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(&format!("label-id: {}", gpt::guid_string(&[0x5A; 16]))),
         "{dump}"
     );
 }
@@ -139,10 +147,7 @@ fn corrupt_header_crc_is_detected_and_backup_used() {
     let mut dev = written(&gpt_table(512), 16 * MIB);
     dev.get_mut()[512 + 56] ^= 0xFF; // disk GUID, covered by the header CRC
     let e = gpt::read_primary(&mut dev, 512).unwrap_err();
-    assert!(
-        matches!(e, Error::HeaderCrc { offset: 512, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, Error::HeaderCrc { offset: 512, .. }), "{e}");
     assert!(e.to_string().contains("rebuild the image"), "{e}");
     // Like the kernel, Table::read recovers from the intact backup.
     assert_eq!(Table::read(&mut dev).unwrap(), gpt_table(512));
@@ -295,12 +300,18 @@ fn mbr_round_trip_matches_sfdisk() {
     let p = dir.path().join("mbr.img");
     std::fs::write(&p, dev.get_ref()).unwrap();
     let dump = sfdisk(&["--dump"], &p);
-    assert!(dump.contains("label: dos") && dump.contains("label-id: 0xefbeadde"), "{dump}");
+    assert!(
+        dump.contains("label: dos") && dump.contains("label-id: 0xefbeadde"),
+        "{dump}"
+    );
     assert!(
         dump.contains("start=        2048, size=        8192, type=c, bootable"),
         "{dump}"
     );
-    assert!(dump.contains("start=       10240, size=        2048, type=da"), "{dump}");
+    assert!(
+        dump.contains("start=       10240, size=        2048, type=da"),
+        "{dump}"
+    );
 
     // Grow the last one to the end of the disk; boot code and entry 1 stay.
     dev.get_mut()[..4].copy_from_slice(&[0xFA, 0x31, 0xC0, 0x8E]);
@@ -408,4 +419,14 @@ proptest! {
             prop_assert!(p.entry_size >= 128 && p.entry_size % 128 == 0);
         }
     }
+}
+
+#[test]
+fn chs_saturates_like_fdisk() {
+    let c = mbr::chs(1 << 30);
+    assert_eq!((c.cylinder, c.head, c.sector), (1023, 254, 63));
+    let c = mbr::chs(0);
+    assert_eq!((c.cylinder, c.head, c.sector), (0, 0, 1));
+    let c = mbr::chs(255 * 63 + 64);
+    assert_eq!((c.cylinder, c.head, c.sector), (1, 1, 2));
 }

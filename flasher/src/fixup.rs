@@ -438,7 +438,24 @@ mod tests {
             .map(|(i, &(first, last))| gpt::NewPartition {
                 name: "p".into(),
                 type_guid: LINUX,
-                part_guid: [i as u8 + 1, 0x42, 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 1],
+                part_guid: [
+                    i as u8 + 1,
+                    0x42,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x40,
+                    0,
+                    0x80,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                ],
                 first_lba: first,
                 last_lba: last,
                 attributes: 0,
@@ -674,7 +691,8 @@ mod tests {
     fn hybrid_mbr_is_left_alone_but_gpt_is_fixed() {
         let mut img = make_gpt(512, 2048, &[(34, 2000)]);
         // Second MBR entry: a FAT partition mirroring GPT partition 1.
-        img[462..478].copy_from_slice(&[0, 0, 0, 0, 0x0C, 0, 0, 0, 34, 0, 0, 0, 0xB7, 7, 0, 0]);
+        let e2 = mbr::ENTRIES_OFFSET + 16;
+        img[e2..e2 + 16].copy_from_slice(&[0, 0, 0, 0, 0x0C, 0, 0, 0, 34, 0, 0, 0, 0xB7, 7, 0, 0]);
         let mut dev = on_device(&img, 2 * MIB);
         let r = after_write(&mut dev, img.len() as u64, 2 * MIB, 512, false).unwrap();
         assert!(!r.pmbr_updated);
@@ -703,12 +721,18 @@ mod tests {
 
     #[test]
     fn mbr_expand_in_memory_and_extended_refused() {
-        let mut img = vec![0u8; MIB as usize];
-        img[446..462].copy_from_slice(&[0x80, 0, 0, 0, 0x0C, 0, 0, 0, 0, 8, 0, 0, 0, 8, 0, 0]);
-        img[462..478].copy_from_slice(&[0, 0, 0, 0, 0x83, 0, 0, 0, 0, 0x10, 0, 0, 0, 0x08, 0, 0]);
-        img[510] = 0x55;
-        img[511] = 0xAA;
+        let mut img = Cursor::new(vec![0u8; MIB as usize]);
+        let part = |sys, bootable, start_lba| mbr::NewPartition {
+            sys,
+            bootable,
+            start_lba,
+            sectors: 0x800,
+        };
+        let parts = [part(0x0C, true, 0x800), part(0x83, false, 0x1000)];
+        mbr::write_new(&mut img, 512, [0; 4], &parts).unwrap();
+        let mut img = img.into_inner();
         img[0..4].copy_from_slice(&[0xFA, 0x31, 0xC0, 0x8E]); // some boot code
+        let (entry1, entry2) = (mbr::ENTRIES_OFFSET, mbr::ENTRIES_OFFSET + 16);
         let mut dev = on_device(&img, 4 * MIB);
         let r = after_write(&mut dev, MIB, 4 * MIB, 512, false).unwrap();
         assert_eq!(r.table, TableKind::Mbr);
@@ -726,10 +750,14 @@ mod tests {
         );
         let d = dev.get_ref();
         assert_eq!(mbr::entries(d).unwrap()[1].sectors as u64, total - 0x1000);
-        assert_eq!(&d[..446], &img[..446], "boot code kept");
-        assert_eq!(&d[446..462], &img[446..462], "other entries kept");
+        assert_eq!(&d[..entry1], &img[..entry1], "boot code kept");
+        assert_eq!(
+            &d[entry1..entry2],
+            &img[entry1..entry2],
+            "other entries kept"
+        );
 
-        img[462 + 4] = 0x05; // make the last one extended
+        img[entry2 + 4] = 0x05; // make the last one extended (type byte)
         let mut dev = on_device(&img, 4 * MIB);
         let e = after_write(&mut dev, MIB, 4 * MIB, 512, true).unwrap_err();
         assert!(matches!(e, Error::ExpandUnsupported { number: 2, .. }));

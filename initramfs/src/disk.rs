@@ -307,18 +307,20 @@ fn write_gpt(f: &mut File, report: &DiskReport, parts: &[PartSpec], seed: &[u8])
         .iter()
         .zip(parts)
         .enumerate()
-        .map(|(i, ((name, off, size), p))| flasher_disk::gpt::NewPartition {
-            name: name.clone(),
-            type_guid: p.kind.gpt_type(),
-            part_guid: derived_uuid(seed, &format!("part{i}")).to_bytes_le(),
-            first_lba: off / SECTOR,
-            last_lba: (off + size) / SECTOR - 1,
-            attributes: if p.bootable {
-                flasher_disk::gpt::ATTR_LEGACY_BOOTABLE
-            } else {
-                0
+        .map(
+            |(i, ((name, off, size), p))| flasher_disk::gpt::NewPartition {
+                name: name.clone(),
+                type_guid: p.kind.gpt_type(),
+                part_guid: derived_uuid(seed, &format!("part{i}")).to_bytes_le(),
+                first_lba: off / SECTOR,
+                last_lba: (off + size) / SECTOR - 1,
+                attributes: if p.bootable {
+                    flasher_disk::gpt::ATTR_LEGACY_BOOTABLE
+                } else {
+                    0
+                },
             },
-        })
+        )
         .collect();
     let disk_guid = derived_uuid(seed, "disk").to_bytes_le();
     flasher_disk::gpt::write_new(f, SECTOR, report.size, disk_guid, &new)?;
@@ -478,7 +480,9 @@ mod tests {
         assert_eq!(r.size, 32 << 20);
         let img = std::fs::read(&out).unwrap();
         assert_eq!(img.len(), 32 << 20);
-        assert_eq!(&img[img.len() - 512..][..8], b"EFI PART");
+        let last = img.len() as u64 / 512 - 1;
+        flasher_disk::gpt::read_backup(&mut io::Cursor::new(&img), last, 512)
+            .expect("a valid backup GPT at the last LBA");
         assert_eq!(r.partitions[2].1, 10 << 20);
     }
 
