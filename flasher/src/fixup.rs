@@ -14,14 +14,10 @@
 //!   (capped at the 2^32-sector limit of the format).
 //! * **No table / unknown** (e.g. a bare filesystem image): nothing to do; reported.
 //!
-//! Why the GPT rewrite is hand-rolled instead of using the `gpt` crate: `gpt`'s
-//! `write_inplace` re-packs the used entries to the start of the array (which renumbers
-//! partitions when the image has gaps), re-creates the headers from its own model
-//! (dropping bytes it does not model) and reads the backup from where the *device* ends,
-//! which is exactly what is wrong here. Moving the backup is a small byte operation on a
-//! well-specified 92-byte header plus the entry array, so we copy the image's bytes
-//! verbatim and patch only the fields that must change. The MBR side uses `mbrman`'s
-//! sector-0 header model, which round-trips the boot code and all four entries.
+//! The table bytes are read, checked and rewritten by `flasher_disk` (see its `gpt`
+//! module for why that is not the `gpt` crate: it would renumber entries, drop bytes
+//! it does not model and look for the backup at the device's end). This module only
+//! decides what must change.
 //!
 //! Write order: the old backup header is cleared first, then the new backup (entries,
 //! header), then the primary entries/header and finally the protective MBR, so an
@@ -29,6 +25,7 @@
 //! every GPT reader repairs from the primary.
 
 use crate::progress::iec_size as human;
+use flasher_disk::{gpt, mbr};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// Errors from `fixup`.
@@ -44,21 +41,8 @@ pub enum Error {
         sector_size: u64,
         entry_bytes: u64,
     },
-    #[error("primary GPT header at byte {offset} has CRC32 {stored:#010x} but its contents give {computed:#010x}; the image's partition table is corrupt, rebuild the image")]
-    HeaderCrc {
-        offset: u64,
-        stored: u32,
-        computed: u32,
-    },
-    #[error("GPT partition entries at byte {offset} ({len} bytes) have CRC32 {stored:#010x} but their contents give {computed:#010x}; the image's partition table is corrupt, rebuild the image")]
-    EntriesCrc {
-        offset: u64,
-        len: u64,
-        stored: u32,
-        computed: u32,
-    },
-    #[error("primary GPT header at byte {offset} is invalid: {reason}; rebuild the image")]
-    BadHeader { offset: u64, reason: String },
+    #[error(transparent)]
+    Table(#[from] flasher_disk::Error),
     #[error("protective MBR found but no GPT header at LBA 1 ({sector_size}-byte sectors); the image's partition table is corrupt")]
     MissingGptHeader { sector_size: u64 },
     #[error("the image's GPT was made for {found}-byte sectors but the target has {expected}-byte sectors; build the image for this target's sector size")]
@@ -196,7 +180,7 @@ pub fn after_write<D: Read + Write + Seek>(
 
     let lba0 = read_at(dev, 0, sector_size as usize, "read sector 0")?;
     let lba1 = read_at(dev, sector_size, sector_size as usize, "read GPT header")?;
-    if &lba1[..8] == GPT_SIGNATURE {
+    if &lba1[..8] == gpt::SIGNATURE {
         return fix_gpt(dev, lba0, lba1, total_lbas, sector_size, expand_data);
     }
     // A GPT made for the other sector size would be silently "fixed" into garbage;
@@ -204,18 +188,18 @@ pub fn after_write<D: Read + Write + Seek>(
     let other = if sector_size == 512 { 4096 } else { 512 };
     if device_size >= other * 2 {
         let probe = read_at(dev, other, 8, "probe GPT header")?;
-        if probe == GPT_SIGNATURE {
+        if probe == gpt::SIGNATURE {
             return Err(Error::SectorSizeMismatch {
                 found: other,
                 expected: sector_size,
             });
         }
     }
-    if has_protective_entry(&lba0) {
+    if mbr::has_protective_entry(&lba0) {
         return Err(Error::MissingGptHeader { sector_size });
     }
-    if looks_like_mbr(&lba0) {
-        return fix_mbr(dev, total_lbas, sector_size, expand_data);
+    if mbr::looks_like_mbr(&lba0) {
+        return fix_mbr(dev, &lba0, total_lbas, sector_size, expand_data);
     }
     Ok(none_report("no partition table found"))
 }
@@ -224,139 +208,6 @@ fn none_report(why: &str) -> FixupReport {
     let mut r = FixupReport::new(TableKind::None);
     r.notes.push(format!("{why}; nothing to fix up"));
     r
-}
-
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
-/// Size of the defined part of a GPT header (UEFI 2.x, table 5-5).
-const GPT_HEADER_MIN: usize = 92;
-/// Refuse entry arrays beyond this: real tables are 16 KiB, and the number comes from
-/// the image, so bound what we allocate.
-const GPT_MAX_ENTRY_BYTES: u64 = 16 << 20;
-const MBR_PROTECTIVE: u8 = 0xEE;
-const MBR_ENTRIES: usize = 446;
-const MBR_SIGNATURE: usize = 510;
-
-/// The fields of a GPT header we read or patch; the raw sector is kept so every other
-/// byte (revision, disk GUID, reserved tail) is carried over verbatim.
-#[derive(Debug, Clone)]
-struct GptHeader {
-    raw: Vec<u8>,
-    header_size: usize,
-    alternate_lba: u64,
-    first_usable: u64,
-    last_usable: u64,
-    entries_lba: u64,
-    num_entries: u32,
-    entry_size: u32,
-    entries_crc: u32,
-}
-
-// Little-endian field accessors. Slices are always in bounds: `raw` is a whole sector
-// (>= 512 bytes) and the offsets are below 92.
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// CRC32 of a header: over `header_size` bytes with the CRC field itself zeroed.
-fn header_crc(raw: &[u8], header_size: usize) -> u32 {
-    let mut h = raw[..header_size].to_vec();
-    put32(&mut h, 16, 0);
-    crc32fast::hash(&h)
-}
-
-impl GptHeader {
-    fn parse(raw: Vec<u8>, sector_size: u64) -> Result<Self> {
-        let offset = sector_size;
-        let bad = |reason: String| Error::BadHeader { offset, reason };
-        let header_size = le32(&raw, 12) as usize;
-        if header_size < GPT_HEADER_MIN || header_size > raw.len() {
-            return Err(bad(format!(
-                "header size {header_size} bytes is outside {GPT_HEADER_MIN}..={} bytes",
-                raw.len()
-            )));
-        }
-        let stored = le32(&raw, 16);
-        let computed = header_crc(&raw, header_size);
-        if stored != computed {
-            return Err(Error::HeaderCrc {
-                offset,
-                stored,
-                computed,
-            });
-        }
-        let my_lba = le64(&raw, 24);
-        if my_lba != 1 {
-            return Err(bad(format!("its own LBA field says {my_lba}, expected 1")));
-        }
-        let h = GptHeader {
-            header_size,
-            alternate_lba: le64(&raw, 32),
-            first_usable: le64(&raw, 40),
-            last_usable: le64(&raw, 48),
-            entries_lba: le64(&raw, 72),
-            num_entries: le32(&raw, 80),
-            entry_size: le32(&raw, 84),
-            entries_crc: le32(&raw, 88),
-            raw,
-        };
-        // The spec requires 128 * 2^n; accept any multiple of 8 that holds an entry.
-        if h.entry_size < 128 || !h.entry_size.is_multiple_of(8) {
-            return Err(bad(format!(
-                "partition entry size {} bytes is not a multiple of 8 of at least 128 bytes",
-                h.entry_size
-            )));
-        }
-        if h.entry_bytes() > GPT_MAX_ENTRY_BYTES {
-            return Err(bad(format!(
-                "{} entries of {} bytes ({} bytes) exceed the {GPT_MAX_ENTRY_BYTES}-byte limit",
-                h.num_entries,
-                h.entry_size,
-                h.entry_bytes()
-            )));
-        }
-        if h.entries_lba < 2 || h.first_usable > h.last_usable {
-            return Err(bad(format!(
-                "entries at LBA {}, usable LBAs {}..={} are inconsistent",
-                h.entries_lba, h.first_usable, h.last_usable
-            )));
-        }
-        Ok(h)
-    }
-
-    fn entry_bytes(&self) -> u64 {
-        u64::from(self.num_entries) * u64::from(self.entry_size)
-    }
-
-    /// Serialize with the given location fields, recomputing the header CRC.
-    fn render(
-        &self,
-        my_lba: u64,
-        alternate_lba: u64,
-        last_usable: u64,
-        entries_lba: u64,
-        entries_crc: u32,
-    ) -> Vec<u8> {
-        let mut raw = self.raw.clone();
-        put64(&mut raw, 24, my_lba);
-        put64(&mut raw, 32, alternate_lba);
-        put64(&mut raw, 48, last_usable);
-        put64(&mut raw, 72, entries_lba);
-        put32(&mut raw, 88, entries_crc);
-        let crc = header_crc(&raw, self.header_size);
-        put32(&mut raw, 16, crc);
-        raw
-    }
 }
 
 fn fix_gpt<D: Read + Write + Seek>(
@@ -368,66 +219,43 @@ fn fix_gpt<D: Read + Write + Seek>(
     expand_data: bool,
 ) -> Result<FixupReport> {
     let mut report = FixupReport::new(TableKind::Gpt);
-    let hdr = GptHeader::parse(lba1, ss)?;
-
-    let entry_bytes = hdr.entry_bytes();
-    let entries_off = hdr.entries_lba * ss;
-    let mut entries = read_at(dev, entries_off, entry_bytes as usize, "read GPT entries")?;
-    let computed = crc32fast::hash(&entries);
-    if computed != hdr.entries_crc {
-        return Err(Error::EntriesCrc {
-            offset: entries_off,
-            len: entry_bytes,
-            stored: hdr.entries_crc,
-            computed,
-        });
-    }
+    let hdr = gpt::Header::parse(&lba1, 1, ss)?;
+    let mut entries = hdr.read_entries(dev, ss)?;
 
     // Where the backup belongs on this device.
-    let entry_sectors = entry_bytes.div_ceil(ss);
-    let last_lba = total_lbas - 1;
-    let too_small = || Error::DeviceTooSmallForGpt {
+    let place = gpt::backup_place(&hdr, total_lbas, ss).ok_or(Error::DeviceTooSmallForGpt {
         device_size: total_lbas * ss,
         sector_size: ss,
-        entry_bytes,
-    };
-    let backup_entries_lba = last_lba.checked_sub(entry_sectors).ok_or_else(too_small)?;
-    let last_usable = backup_entries_lba.checked_sub(1).ok_or_else(too_small)?;
-    let primary_entries_end = hdr.entries_lba + entry_sectors; // exclusive
-    if last_usable < hdr.first_usable || backup_entries_lba < primary_entries_end {
-        return Err(too_small());
-    }
+        entry_bytes: hdr.entry_bytes(),
+    })?;
+    let last_lba = place.header_lba;
+    let last_usable = place.last_usable;
 
     // Every used partition must still fit; find the one that ends last.
-    let es = hdr.entry_size as usize;
-    let mut last: Option<(usize, u64, u64)> = None; // (index, first, last)
-    for i in 0..hdr.num_entries as usize {
-        let e = &entries[i * es..(i + 1) * es];
-        if e[..16].iter().all(|&b| b == 0) {
-            continue; // unused entry: zero type GUID
-        }
-        let (first, end) = (le64(e, 32), le64(e, 40));
-        if end > last_usable {
+    let mut last: Option<&gpt::Entry> = None;
+    let used = hdr.entries(&entries);
+    for e in &used {
+        if e.last_lba > last_usable {
             return Err(Error::PartitionBeyondEnd {
-                number: i as u32 + 1,
-                end_lba: end,
+                number: e.number,
+                end_lba: e.last_lba,
                 last_usable_lba: last_usable,
                 sector_size: ss,
             });
         }
-        if last.is_none_or(|(_, _, l)| end > l) {
-            last = Some((i, first, end));
+        if last.is_none_or(|l| e.last_lba > l.last_lba) {
+            last = Some(e);
         }
     }
 
     if expand_data {
         match last {
-            Some((i, first, end)) if end < last_usable => {
-                put64(&mut entries[i * es..(i + 1) * es], 40, last_usable);
+            Some(e) if e.last_lba < last_usable => {
+                gpt::set_last_lba(&mut entries, hdr.entry_size, e.number, last_usable);
                 report.grown = Some(Grown {
-                    number: i as u32 + 1,
-                    start_lba: first,
-                    old_end_lba: end,
+                    number: e.number,
+                    start_lba: e.first_lba,
+                    old_end_lba: e.last_lba,
                     new_end_lba: last_usable,
                 });
             }
@@ -437,20 +265,18 @@ fn fix_gpt<D: Read + Write + Seek>(
             None => report.notes.push("no partitions to grow".into()),
         }
     }
-    let entries_crc = crc32fast::hash(&entries);
 
     report.backup_lba = Some((hdr.alternate_lba, last_lba));
     report.last_usable_lba = Some((hdr.last_usable, last_usable));
-    let primary = hdr.render(1, last_lba, last_usable, hdr.entries_lba, entries_crc);
-    let backup = hdr.render(last_lba, 1, last_usable, backup_entries_lba, entries_crc);
 
     // Clear the stale backup header at the image's old end, so nothing ever mistakes it
     // for the real one. Only when it lies beyond every partition of the original layout
     // (past the old last usable LBA), so no data byte is touched.
     let old = hdr.alternate_lba;
+    let primary_entries_end = hdr.entries_lba + hdr.entry_sectors(ss);
     if old != last_lba && old > hdr.last_usable && old < total_lbas && old >= primary_entries_end {
         let stale = read_at(dev, old * ss, ss as usize, "read old backup GPT header")?;
-        if &stale[..8] == GPT_SIGNATURE {
+        if &stale[..8] == gpt::SIGNATURE {
             write_at(
                 dev,
                 old * ss,
@@ -461,33 +287,16 @@ fn fix_gpt<D: Read + Write + Seek>(
         }
     }
 
-    write_at(
-        dev,
-        backup_entries_lba * ss,
-        &entries,
-        "write backup GPT entries",
-    )?;
-    write_at(dev, last_lba * ss, &backup, "write backup GPT header")?;
-    if report.grown.is_some() {
-        write_at(dev, entries_off, &entries, "write primary GPT entries")?;
-    }
-    write_at(dev, ss, &primary, "write primary GPT header")?;
+    gpt::write_relocated(dev, &hdr, &entries, report.grown.is_some(), place, ss)?;
 
     // Protective MBR: one 0xEE entry covering LBA 1 to the end (UEFI: size of the disk
     // minus one, 0xFFFFFFFF when that does not fit). A hybrid MBR (other entries
     // besides 0xEE) is deliberately left alone: its layout is the image author's.
-    let used: Vec<usize> = (0..4)
-        .filter(|&i| lba0[MBR_ENTRIES + i * 16 + 4] != 0)
-        .collect();
+    let slots = mbr::entries(&lba0).unwrap_or_default();
+    let used: Vec<&mbr::Entry> = slots.iter().filter(|e| e.is_used()).collect();
     match used.as_slice() {
-        [i] if lba0[MBR_ENTRIES + i * 16 + 4] == MBR_PROTECTIVE => {
-            let at = MBR_ENTRIES + i * 16;
-            let size = u32::try_from(total_lbas - 1).unwrap_or(u32::MAX);
-            let start = le32(&lba0, at + 8);
-            if le32(&lba0, at + 12) != size || start != 1 || lba0[at + 5..at + 8] != [0xFF; 3] {
-                put32(&mut lba0, at + 8, 1);
-                put32(&mut lba0, at + 12, size);
-                lba0[at + 5..at + 8].copy_from_slice(&[0xFF; 3]);
+        [e] if e.sys == mbr::PROTECTIVE => {
+            if mbr::fit_protective(&mut lba0, e.number, total_lbas) {
                 write_at(dev, 0, &lba0[..512], "write protective MBR")?;
                 report.pmbr_updated = true;
             }
@@ -503,84 +312,31 @@ fn fix_gpt<D: Read + Write + Seek>(
     Ok(report)
 }
 
-fn has_protective_entry(lba0: &[u8]) -> bool {
-    lba0[MBR_SIGNATURE..MBR_SIGNATURE + 2] == [0x55, 0xAA]
-        && (0..4).any(|i| lba0[MBR_ENTRIES + i * 16 + 4] == MBR_PROTECTIVE)
-}
-
-/// An MBR, as opposed to a filesystem boot sector (FAT/NTFS/exFAT also end in 55 AA):
-/// valid boot flags, at least one used entry with a non-zero start and size, and no
-/// filesystem name where a boot sector keeps it.
-fn looks_like_mbr(lba0: &[u8]) -> bool {
-    if lba0[MBR_SIGNATURE..MBR_SIGNATURE + 2] != [0x55, 0xAA] {
-        return false;
-    }
-    if &lba0[0x36..0x39] == b"FAT"
-        || &lba0[0x52..0x57] == b"FAT32"
-        || &lba0[3..7] == b"NTFS"
-        || &lba0[3..8] == b"EXFAT"
-    {
-        return false;
-    }
-    let mut used = 0;
-    for i in 0..4 {
-        let e = &lba0[MBR_ENTRIES + i * 16..MBR_ENTRIES + (i + 1) * 16];
-        if e[0] != 0 && e[0] != 0x80 {
-            return false;
-        }
-        if e[4] != 0 {
-            if le32(e, 8) == 0 || le32(e, 12) == 0 {
-                return false;
-            }
-            used += 1;
-        }
-    }
-    used > 0
-}
-
-/// Cylinder/head/sector bytes for an LBA with the usual 255-head, 63-sector geometry,
-/// saturating to 1023/254/63 like fdisk does for LBAs that CHS cannot address.
-fn chs(lba: u64) -> mbrman::CHS {
-    let (heads, sectors) = (255u64, 63u64);
-    let c = lba / (heads * sectors);
-    if c > 1023 {
-        return mbrman::CHS::new(1023, 254, 63);
-    }
-    let h = (lba / sectors) % heads;
-    let s = lba % sectors + 1;
-    // In range by construction: c <= 1023, h < 255, s <= 63.
-    mbrman::CHS::new(c as u16, h as u8, s as u8)
-}
-
 fn fix_mbr<D: Read + Write + Seek>(
     dev: &mut D,
+    lba0: &[u8],
     total_lbas: u64,
     ss: u64,
     expand_data: bool,
 ) -> Result<FixupReport> {
     let mut report = FixupReport::new(TableKind::Mbr);
-    let mut header = mbrman::MBRHeader::read_from(dev).map_err(mbr_err("read MBR"))?;
+    let slots = mbr::entries(lba0).unwrap_or_default();
     // MBR addresses at most 2^32 sectors.
     let max_end = total_lbas.min(1 << 32);
-    let mut last: Option<(usize, u64, u64)> = None; // (number, start, end exclusive)
-    for (n, e) in header.iter() {
-        if e.is_unused() {
-            continue;
-        }
-        let (start, end) = (
-            u64::from(e.starting_lba),
-            u64::from(e.starting_lba) + u64::from(e.sectors),
-        );
+    let mut last: Option<(mbr::Entry, u64, u64)> = None; // (entry, start, end exclusive)
+    for e in slots.iter().filter(|e| e.is_used()) {
+        let start = u64::from(e.start_lba);
+        let end = start + u64::from(e.sectors);
         if end > total_lbas {
             return Err(Error::PartitionBeyondEnd {
-                number: n as u32,
+                number: e.number,
                 end_lba: end - 1,
                 last_usable_lba: total_lbas - 1,
                 sector_size: ss,
             });
         }
         if last.is_none_or(|(_, _, l)| end > l) {
-            last = Some((n, start, end));
+            last = Some((*e, start, end));
         }
     }
     if !expand_data {
@@ -589,33 +345,29 @@ fn fix_mbr<D: Read + Write + Seek>(
             .push("MBR has no backup to move; partitions left as they are".into());
         return Ok(report);
     }
-    let Some((n, start, end)) = last else {
+    let Some((entry, start, end)) = last else {
         report.notes.push("no partitions to grow".into());
         return Ok(report);
     };
+    let n = entry.number;
     if end >= max_end {
         report
             .notes
             .push("last partition already ends at the end of the device".into());
         return Ok(report);
     }
-    let Some(entry) = header.get_mut(n) else {
-        // `n` came from header.iter(), so it is a valid index.
-        return Ok(report);
-    };
     if entry.is_extended() {
         return Err(Error::ExpandUnsupported {
-            number: n as u32,
+            number: n,
             reason: format!(
                 "it is an extended partition (type {:#04x}); growing logical partitions is not supported, build the image with a primary data partition last",
                 entry.sys
             ),
         });
     }
-    // max_end <= 2^32 and start >= 1 (checked in looks_like_mbr), so this fits.
-    entry.sectors = u32::try_from(max_end - start).unwrap_or(u32::MAX);
-    entry.last_chs = chs(max_end - 1);
-    header.write_into(dev).map_err(mbr_err("write MBR"))?;
+    // max_end <= 2^32 and start >= 1 (checked by looks_like_mbr), so this fits.
+    let sectors = u32::try_from(max_end - start).unwrap_or(u32::MAX);
+    mbr::set_sectors(dev, n, sectors)?;
     flush(dev)?;
     if max_end < total_lbas {
         report.notes.push(format!(
@@ -625,25 +377,12 @@ fn fix_mbr<D: Read + Write + Seek>(
         ));
     }
     report.grown = Some(Grown {
-        number: n as u32,
+        number: n,
         start_lba: start,
         old_end_lba: end - 1,
         new_end_lba: max_end - 1,
     });
     Ok(report)
-}
-
-fn mbr_err(context: &'static str) -> impl Fn(mbrman::Error) -> Error {
-    move |e| match e {
-        mbrman::Error::Io(source) => Error::Io {
-            context: context.into(),
-            source,
-        },
-        other => Error::Io {
-            context: context.into(),
-            source: io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-        },
-    }
 }
 
 fn read_at<D: Read + Seek>(dev: &mut D, offset: u64, len: usize, what: &str) -> Result<Vec<u8>> {
@@ -687,64 +426,43 @@ mod tests {
         0xE4,
     ];
 
-    // ---- a GPT builder independent of the code under test ----
+    // ---- a GPT builder independent of the code under test (the `gpt` crate) ----
 
     /// A GPT disk image of `lbas` sectors with 128 entries of 128 bytes and the given
     /// inclusive (first, last) partitions.
     fn make_gpt(ss: u64, lbas: u64, parts: &[(u64, u64)]) -> Vec<u8> {
-        let mut img = vec![0u8; (lbas * ss) as usize];
-        let entry_sectors = (128 * 128u64).div_ceil(ss);
-        let mut entries = vec![0u8; 128 * 128];
-        for (i, &(first, last)) in parts.iter().enumerate() {
-            let e = &mut entries[i * 128..(i + 1) * 128];
-            e[..16].copy_from_slice(&LINUX);
-            e[16] = i as u8 + 1; // unique GUID
-            e[17] = 0x42;
-            e[32..40].copy_from_slice(&first.to_le_bytes());
-            e[40..48].copy_from_slice(&last.to_le_bytes());
-            e[56] = b'p';
-        }
-        let ecrc = crc32fast::hash(&entries);
-        let last_lba = lbas - 1;
-        let hdr = |my: u64, alt: u64, elba: u64| {
-            let mut h = vec![0u8; ss as usize];
-            h[..8].copy_from_slice(b"EFI PART");
-            h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-            h[12..16].copy_from_slice(&92u32.to_le_bytes());
-            h[24..32].copy_from_slice(&my.to_le_bytes());
-            h[32..40].copy_from_slice(&alt.to_le_bytes());
-            h[40..48].copy_from_slice(&(2 + entry_sectors).to_le_bytes());
-            h[48..56].copy_from_slice(&(last_lba - entry_sectors - 1).to_le_bytes());
-            h[56..72].copy_from_slice(&[7u8; 16]);
-            h[72..80].copy_from_slice(&elba.to_le_bytes());
-            h[80..84].copy_from_slice(&128u32.to_le_bytes());
-            h[84..88].copy_from_slice(&128u32.to_le_bytes());
-            h[88..92].copy_from_slice(&ecrc.to_le_bytes());
-            let c = crc32fast::hash(&h[..92]);
-            h[16..20].copy_from_slice(&c.to_le_bytes());
-            h
-        };
-        let put = |img: &mut Vec<u8>, lba: u64, data: &[u8]| {
-            let at = (lba * ss) as usize;
-            img[at..at + data.len()].copy_from_slice(data);
-        };
-        // Protective MBR as sfdisk writes it.
-        let mut mbr = vec![0u8; 512];
-        mbr[446..462]
-            .copy_from_slice(&[0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0, 0, 0, 0, 0]);
-        mbr[458..462].copy_from_slice(&((lbas - 1).min(u32::MAX as u64) as u32).to_le_bytes());
-        mbr[510] = 0x55;
-        mbr[511] = 0xAA;
-        put(&mut img, 0, &mbr);
-        put(&mut img, 1, &hdr(1, last_lba, 2));
-        put(&mut img, 2, &entries);
-        put(&mut img, last_lba - entry_sectors, &entries);
-        put(
-            &mut img,
-            last_lba,
-            &hdr(last_lba, 1, last_lba - entry_sectors),
-        );
-        img
+        let mut img = Cursor::new(vec![0u8; (lbas * ss) as usize]);
+        let parts = parts
+            .iter()
+            .enumerate()
+            .map(|(i, &(first, last))| gpt::NewPartition {
+                name: "p".into(),
+                type_guid: LINUX,
+                part_guid: [
+                    i as u8 + 1,
+                    0x42,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x40,
+                    0,
+                    0x80,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                ],
+                first_lba: first,
+                last_lba: last,
+                attributes: 0,
+            })
+            .collect::<Vec<_>>();
+        gpt::write_new(&mut img, ss, lbas * ss, [7u8; 16], &parts).unwrap();
+        img.into_inner()
     }
 
     /// `img` at the start of a device of `dev_size` bytes filled with 0xA5 garbage.
@@ -758,11 +476,11 @@ mod tests {
     /// crate), backup at the device's last LBA. Returns (last_usable, partitions).
     fn gpt_crate_view(dev: &Cursor<Vec<u8>>, ss: u64) -> (u64, Vec<(u64, u64)>) {
         let lb = if ss == 512 {
-            gpt::disk::LogicalBlockSize::Lb512
+            ::gpt::disk::LogicalBlockSize::Lb512
         } else {
-            gpt::disk::LogicalBlockSize::Lb4096
+            ::gpt::disk::LogicalBlockSize::Lb4096
         };
-        let disk = gpt::GptConfig::new()
+        let disk = ::gpt::GptConfig::new()
             .writable(false)
             .only_valid_headers(true)
             .logical_block_size(lb)
@@ -784,7 +502,7 @@ mod tests {
     }
 
     fn pmbr_size(dev: &[u8]) -> u32 {
-        le32(dev, 446 + 12)
+        mbr::entries(dev).unwrap()[0].sectors
     }
 
     #[test]
@@ -887,7 +605,13 @@ mod tests {
         let mut dev = on_device(&img, 2 * MIB);
         let before = dev.get_ref().clone();
         let e = after_write(&mut dev, img.len() as u64, 2 * MIB, 512, false).unwrap_err();
-        assert!(matches!(e, Error::HeaderCrc { offset: 512, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::Table(flasher_disk::Error::HeaderCrc { offset: 512, .. })
+            ),
+            "{e}"
+        );
         assert_eq!(dev.get_ref(), &before);
     }
 
@@ -900,11 +624,11 @@ mod tests {
         assert!(
             matches!(
                 e,
-                Error::EntriesCrc {
+                Error::Table(flasher_disk::Error::EntriesCrc {
                     offset: 1024,
                     len: 16384,
                     ..
-                }
+                })
             ),
             "{e}"
         );
@@ -967,7 +691,8 @@ mod tests {
     fn hybrid_mbr_is_left_alone_but_gpt_is_fixed() {
         let mut img = make_gpt(512, 2048, &[(34, 2000)]);
         // Second MBR entry: a FAT partition mirroring GPT partition 1.
-        img[462..478].copy_from_slice(&[0, 0, 0, 0, 0x0C, 0, 0, 0, 34, 0, 0, 0, 0xB7, 7, 0, 0]);
+        let e2 = mbr::ENTRIES_OFFSET + 16;
+        img[e2..e2 + 16].copy_from_slice(&[0, 0, 0, 0, 0x0C, 0, 0, 0, 34, 0, 0, 0, 0xB7, 7, 0, 0]);
         let mut dev = on_device(&img, 2 * MIB);
         let r = after_write(&mut dev, img.len() as u64, 2 * MIB, 512, false).unwrap();
         assert!(!r.pmbr_updated);
@@ -996,12 +721,18 @@ mod tests {
 
     #[test]
     fn mbr_expand_in_memory_and_extended_refused() {
-        let mut img = vec![0u8; MIB as usize];
-        img[446..462].copy_from_slice(&[0x80, 0, 0, 0, 0x0C, 0, 0, 0, 0, 8, 0, 0, 0, 8, 0, 0]);
-        img[462..478].copy_from_slice(&[0, 0, 0, 0, 0x83, 0, 0, 0, 0, 0x10, 0, 0, 0, 0x08, 0, 0]);
-        img[510] = 0x55;
-        img[511] = 0xAA;
+        let mut img = Cursor::new(vec![0u8; MIB as usize]);
+        let part = |sys, bootable, start_lba| mbr::NewPartition {
+            sys,
+            bootable,
+            start_lba,
+            sectors: 0x800,
+        };
+        let parts = [part(0x0C, true, 0x800), part(0x83, false, 0x1000)];
+        mbr::write_new(&mut img, 512, [0; 4], &parts).unwrap();
+        let mut img = img.into_inner();
         img[0..4].copy_from_slice(&[0xFA, 0x31, 0xC0, 0x8E]); // some boot code
+        let (entry1, entry2) = (mbr::ENTRIES_OFFSET, mbr::ENTRIES_OFFSET + 16);
         let mut dev = on_device(&img, 4 * MIB);
         let r = after_write(&mut dev, MIB, 4 * MIB, 512, false).unwrap();
         assert_eq!(r.table, TableKind::Mbr);
@@ -1018,24 +749,18 @@ mod tests {
             })
         );
         let d = dev.get_ref();
-        assert_eq!(le32(d, 462 + 12) as u64, total - 0x1000);
-        assert_eq!(&d[..446], &img[..446], "boot code kept");
-        assert_eq!(&d[446..462], &img[446..462], "other entries kept");
+        assert_eq!(mbr::entries(d).unwrap()[1].sectors as u64, total - 0x1000);
+        assert_eq!(&d[..entry1], &img[..entry1], "boot code kept");
+        assert_eq!(
+            &d[entry1..entry2],
+            &img[entry1..entry2],
+            "other entries kept"
+        );
 
-        img[462 + 4] = 0x05; // make the last one extended
+        img[entry2 + 4] = 0x05; // make the last one extended (type byte)
         let mut dev = on_device(&img, 4 * MIB);
         let e = after_write(&mut dev, MIB, 4 * MIB, 512, true).unwrap_err();
         assert!(matches!(e, Error::ExpandUnsupported { number: 2, .. }));
-    }
-
-    #[test]
-    fn chs_saturates_like_fdisk() {
-        let c = chs(1 << 30);
-        assert_eq!((c.cylinder, c.head, c.sector), (1023, 254, 63));
-        let c = chs(0);
-        assert_eq!((c.cylinder, c.head, c.sector), (0, 0, 1));
-        let c = chs(255 * 63 + 64);
-        assert_eq!((c.cylinder, c.head, c.sector), (1, 1, 2));
     }
 
     // ---- against the real sfdisk ----

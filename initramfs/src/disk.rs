@@ -1,6 +1,8 @@
 //! Partitioned disk images: laying out partitions at 1 MiB boundaries, writing a
 //! GPT (with protective MBR) or an MBR, streaming each partition's contents into
-//! place, and reading a table back (for `configure` and `inspect`).
+//! place, and reading a table back (for `configure` and `inspect`). The table bytes
+//! themselves are encoded and decoded by `flasher_disk`; this module only assembles
+//! the card.
 //!
 //! Big contents (the payload bundle) are streamed from their file, never loaded
 //! into memory. The output file is created sparse, so zero ranges cost nothing.
@@ -20,6 +22,8 @@ const SECTOR: u64 = 512;
 /// GPT partition type for raw Flasher partitions (payload, log). Project-specific
 /// so that nothing mistakes them for a filesystem.
 pub const FLASHER_RAW_GUID: &str = "5F1A54E2-7D3B-4C8E-9A61-F1A5E4D00001";
+/// GPT type of a Microsoft basic data partition (FAT data).
+const GPT_BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
 /// MBR partition type for raw partitions: 0xda, "non-FS data".
 pub const MBR_RAW: u8 = 0xda;
 /// MBR partition type for FAT32 with LBA addressing; U-Boot and Linux read
@@ -47,14 +51,10 @@ pub enum Error {
     TooManyPartitions { count: usize },
     #[error("disk of {size} bytes is too large for an MBR (2 TiB at most); use GPT")]
     TooLargeForMbr { size: u64 },
-    #[error("no partition table found (neither GPT nor MBR)")]
-    NoTable,
     #[error("no partition named {name:?}; the disk has: {seen}")]
     NoSuchPartition { name: String, seen: String },
-    #[error("GPT: {0}")]
-    Gpt(String),
-    #[error("MBR: {0}")]
-    Mbr(String),
+    #[error(transparent)]
+    Table(#[from] flasher_disk::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -89,17 +89,14 @@ pub enum PartKind {
 }
 
 impl PartKind {
-    fn gpt_type(self) -> gpt::partition_types::Type {
-        use gpt::partition_types as t;
+    fn gpt_type(self) -> [u8; 16] {
+        // The GUID constants are valid literals; parsing cannot fail.
+        let guid = |g: &str| flasher_disk::gpt::guid_bytes(g).unwrap_or_default();
         match self {
-            PartKind::Esp => t::EFI,
-            PartKind::BasicData => t::BASIC,
-            PartKind::LinuxFs => t::LINUX_FS,
-            PartKind::Raw => t::Type {
-                // The constant is a valid GUID literal; parse cannot fail.
-                guid: uuid::Uuid::parse_str(FLASHER_RAW_GUID).unwrap_or_default(),
-                os: t::OperatingSystem::None,
-            },
+            PartKind::Esp => flasher_disk::gpt::ESP_TYPE,
+            PartKind::BasicData => guid(GPT_BASIC_DATA),
+            PartKind::LinuxFs => flasher_disk::table::LINUX_FS,
+            PartKind::Raw => guid(FLASHER_RAW_GUID),
         }
     }
     fn mbr_type(self) -> u8 {
@@ -305,132 +302,66 @@ fn write_sparse(f: &mut File, data: &[u8]) -> io::Result<()> {
 }
 
 fn write_gpt(f: &mut File, report: &DiskReport, parts: &[PartSpec], seed: &[u8]) -> Result<()> {
-    let gerr = |e: gpt::GptError| Error::Gpt(e.to_string());
-    let mut disk = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .create_from_device(&mut *f, Some(derived_uuid(seed, "disk")))
-        .map_err(gerr)?;
-    let mut map = std::collections::BTreeMap::new();
-    for (i, ((name, off, size), p)) in report.partitions.iter().zip(parts).enumerate() {
-        map.insert(
-            i as u32 + 1,
-            gpt::partition::Partition {
-                part_type_guid: p.kind.gpt_type(),
-                part_guid: derived_uuid(seed, &format!("part{i}")),
+    let new: Vec<_> = report
+        .partitions
+        .iter()
+        .zip(parts)
+        .enumerate()
+        .map(
+            |(i, ((name, off, size), p))| flasher_disk::gpt::NewPartition {
+                name: name.clone(),
+                type_guid: p.kind.gpt_type(),
+                part_guid: derived_uuid(seed, &format!("part{i}")).to_bytes_le(),
                 first_lba: off / SECTOR,
                 last_lba: (off + size) / SECTOR - 1,
-                // Bit 2: legacy BIOS bootable.
-                flags: if p.bootable { 1 << 2 } else { 0 },
-                name: name.clone(),
+                attributes: if p.bootable {
+                    flasher_disk::gpt::ATTR_LEGACY_BOOTABLE
+                } else {
+                    0
+                },
             },
-        );
-    }
-    disk.update_partitions(map).map_err(gerr)?;
-    disk.write().map_err(gerr)?;
-    let lbas = u32::try_from(report.size / SECTOR - 1).unwrap_or(u32::MAX);
-    gpt::mbr::ProtectiveMBR::with_lb_size(lbas)
-        .overwrite_lba0(f)
-        .map_err(|e| Error::Gpt(format!("protective MBR: {e}")))?;
+        )
+        .collect();
+    let disk_guid = derived_uuid(seed, "disk").to_bytes_le();
+    flasher_disk::gpt::write_new(f, SECTOR, report.size, disk_guid, &new)?;
     Ok(())
 }
 
 fn write_mbr(f: &mut File, report: &DiskReport, parts: &[PartSpec], seed: &[u8]) -> Result<()> {
-    let merr = |e: mbrman::Error| Error::Mbr(e.to_string());
     let mut sig = [0u8; 4];
     sig.copy_from_slice(&sha2::Sha256::digest(seed)[..4]);
-    let mut mbr = mbrman::MBR::new_from(f, SECTOR as u32, sig).map_err(merr)?;
-    for (i, ((_, off, size), p)) in report.partitions.iter().zip(parts).enumerate() {
-        // `layout` checked that every LBA fits in 32 bits.
-        let start = (off / SECTOR) as u32;
-        let sectors = (size / SECTOR) as u32;
-        mbr[i + 1] = mbrman::MBRPartitionEntry {
-            boot: if p.bootable {
-                mbrman::BOOT_ACTIVE
-            } else {
-                mbrman::BOOT_INACTIVE
-            },
-            first_chs: mbrman::CHS::empty(),
+    let new: Vec<_> = report
+        .partitions
+        .iter()
+        .zip(parts)
+        .map(|((_, off, size), p)| flasher_disk::mbr::NewPartition {
             sys: p.kind.mbr_type(),
-            last_chs: mbrman::CHS::empty(),
-            starting_lba: start,
-            sectors,
-        };
-    }
-    mbr.write_into(f).map_err(merr)?;
+            bootable: p.bootable,
+            start_lba: off / SECTOR,
+            sectors: size / SECTOR,
+        })
+        .collect();
+    flasher_disk::mbr::write_new(f, SECTOR, sig, &new)?;
     Ok(())
 }
 
 /// One partition as read back from an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartInfo {
-    /// 1-based partition number.
-    pub number: u32,
-    /// GPT partition name; empty for MBR.
-    pub name: String,
-    /// GPT type GUID, or the MBR type byte as "0x0c".
-    pub type_id: String,
-    pub offset: u64,
-    pub size: u64,
-    pub bootable: bool,
-}
+pub type PartInfo = flasher_disk::Partition;
 
-/// Read the partition table of an image: GPT if valid, else MBR.
-pub fn read_table<D: Read + Write + Seek + std::fmt::Debug>(
-    dev: &mut D,
-) -> Result<(Table, Vec<PartInfo>)> {
-    let mut sector0 = [0u8; 512];
-    dev.seek(SeekFrom::Start(0))
-        .and_then(|_| dev.read_exact(&mut sector0))
-        .map_err(io("reading sector 0"))?;
-    if sector0[510..] != [0x55, 0xAA] {
-        return Err(Error::NoTable);
-    }
-    let protective = sector0[450] == 0xee;
-    if protective {
-        let disk = gpt::GptConfig::new()
-            .writable(false)
-            .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-            .open_from_device(&mut *dev)
-            .map_err(|e| Error::Gpt(e.to_string()))?;
-        let parts = disk
-            .partitions()
-            .iter()
-            .filter(|(_, p)| p.is_used())
-            .map(|(n, p)| PartInfo {
-                number: *n,
-                name: p.name.clone(),
-                type_id: p.part_type_guid.guid.to_string().to_uppercase(),
-                offset: p.first_lba * SECTOR,
-                size: (p.last_lba + 1 - p.first_lba) * SECTOR,
-                bootable: p.flags & (1 << 2) != 0,
-            })
-            .collect();
-        return Ok((Table::Gpt, parts));
-    }
-    let mbr = mbrman::MBR::read_from(dev, SECTOR as u32).map_err(|e| Error::Mbr(e.to_string()))?;
-    let parts = mbr
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(n, p)| PartInfo {
-            number: n as u32,
-            name: String::new(),
-            type_id: format!("0x{:02x}", p.sys),
-            offset: u64::from(p.starting_lba) * SECTOR,
-            size: u64::from(p.sectors) * SECTOR,
-            bootable: p.boot == mbrman::BOOT_ACTIVE,
-        })
-        .collect();
-    Ok((Table::Mbr, parts))
+/// Read the partition table of an image: GPT if present (any sector size), else MBR.
+pub fn read_table<D: Read + Seek>(dev: &mut D) -> Result<(Table, Vec<PartInfo>)> {
+    let t = flasher_disk::Table::read(dev)?;
+    let kind = if t.is_gpt() { Table::Gpt } else { Table::Mbr };
+    Ok((kind, t.partitions))
 }
 
 /// A window onto one partition of a device: what fatfs sees as a volume. One
 /// implementation serves both sides (the board copies config through it too).
-pub use flasher::config_inject::PartitionSlice;
+pub use flasher_disk::PartitionSlice;
 
 /// Open partition `name` (GPT name) of an image as a slice. For MBR images,
 /// `mbr_fallback` gives the 1-based number to use for that name.
-pub fn open_partition<D: Read + Write + Seek + std::fmt::Debug>(
+pub fn open_partition<D: Read + Write + Seek>(
     mut dev: D,
     name: &str,
     mbr_fallback: Option<u32>,
@@ -515,7 +446,7 @@ mod tests {
         assert_eq!(t, Table::Gpt);
         let names: Vec<_> = parts.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["flash-boot", "flasher-payload", "flasher-log"]);
-        assert_eq!(parts[1].type_id, FLASHER_RAW_GUID);
+        assert_eq!(parts[1].part_type.id(), FLASHER_RAW_GUID);
         assert_eq!(parts[1].offset, 9 << 20);
     }
 
@@ -531,9 +462,9 @@ mod tests {
         assert!(ia == std::fs::read(&b).unwrap());
         let (t, parts) = read_table(&mut io::Cursor::new(ia)).unwrap();
         assert_eq!(t, Table::Mbr);
-        assert_eq!(parts[0].type_id, "0xef");
+        assert_eq!(parts[0].part_type.id(), "0xef");
         assert!(parts[0].bootable);
-        assert_eq!(parts[1].type_id, "0xda");
+        assert_eq!(parts[1].part_type.id(), "0xda");
         // GPT twice is identical too (derived GUIDs).
         write_disk(&a, Table::Gpt, &s).unwrap();
         write_disk(&b, Table::Gpt, &s).unwrap();
@@ -549,7 +480,9 @@ mod tests {
         assert_eq!(r.size, 32 << 20);
         let img = std::fs::read(&out).unwrap();
         assert_eq!(img.len(), 32 << 20);
-        assert_eq!(&img[img.len() - 512..][..8], b"EFI PART");
+        let last = img.len() as u64 / 512 - 1;
+        flasher_disk::gpt::read_backup(&mut io::Cursor::new(&img), last, 512)
+            .expect("a valid backup GPT at the last LBA");
         assert_eq!(r.partitions[2].1, 10 << 20);
     }
 

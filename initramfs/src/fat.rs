@@ -195,7 +195,7 @@ pub fn format_into<D: Read + Write + Seek>(
         })?;
     }
     fs.unmount().map_err(io("closing the volume"))?;
-    fix_dot_entries(&mut dev)
+    repair(&mut dev)
 }
 
 fn is_no_space(e: &std::io::Error) -> bool {
@@ -248,9 +248,8 @@ fn put<T: fatfs::ReadWriteSeek>(fs: &FileSystem<T>, path: &str, data: &[u8]) -> 
 }
 
 /// Open a volume; fatfs insists on starting at position 0.
-fn open<D: Read + Write + Seek>(mut img: D) -> Result<FileSystem<D>> {
-    img.rewind().map_err(io("rewinding the volume"))?;
-    FileSystem::new(img, fs_options()).map_err(io("opening the volume (is it FAT?)"))
+fn open<D: Read + Write + Seek>(img: D) -> Result<FileSystem<D>> {
+    flasher_disk::fat::open(img, fs_options()).map_err(io("opening the volume (is it FAT?)"))
 }
 
 /// Read one file from a FAT volume (`img` is the volume, not a whole disk;
@@ -291,7 +290,7 @@ pub fn write_file<D: Read + Write + Seek>(mut img: D, path: &str, data: &[u8]) -
     let fs = open(&mut img)?;
     put(&fs, path, data)?;
     fs.unmount().map_err(io("closing the volume"))?;
-    fix_dot_entries(&mut img)
+    repair(&mut img)
 }
 
 /// Every file and directory in the volume, depth first, sorted by name.
@@ -340,203 +339,14 @@ pub fn describe<D: Read + Write + Seek>(img: D) -> Result<(String, FatType)> {
     Ok((fs.volume_label().trim_end().to_string(), fs.fat_type()))
 }
 
-/// fatfs 0.3 writes a long-name entry in front of every short entry, even in
-/// front of a new directory's `.` and `..`. FAT requires `.` and `..` in slots 0
-/// and 1 (fsck.vfat rejects the volume otherwise, and some firmware may too).
-/// This pass walks every directory and, where slot 0 is a long-name entry,
-/// moves `.` and `..` into slots 0 and 1 and marks slots 2 and 3 deleted
-/// (0xE5), which every FAT reader skips. On FAT32 it also points `..` of the
-/// root's children at cluster 0 (fatfs writes the root's cluster number) and
-/// fills in the FSInfo free-cluster count fatfs leaves unset. Idempotent.
-fn fix_dot_entries<D: Read + Write + Seek>(dev: &mut D) -> Result<()> {
-    let geo = Geometry::read(dev)?;
-    // (directory, whether its parent is the root)
-    let mut todo: Vec<(Option<u32>, bool)> = vec![(None, false)];
-    let mut seen = 0usize;
-    while let Some((dir, parent_is_root)) = todo.pop() {
-        seen += 1;
-        if seen > 1_000_000 {
-            break; // a cycle in a corrupt volume; nothing more to fix safely
-        }
-        let ranges = geo.dir_ranges(dev, dir)?;
-        if dir.is_some() {
-            let (off, len) = ranges[0];
-            if len >= 4 * 32 {
-                let mut first = [0u8; 128];
-                read_at(dev, off, &mut first)?;
-                let is_lfn = |e: &[u8]| e[11] == 0x0f && e[0] != 0xe5 && e[0] != 0;
-                if is_lfn(&first[0..32])
-                    && &first[32..43] == b".          "
-                    && is_lfn(&first[64..96])
-                    && &first[96..107] == b"..         "
-                {
-                    let mut fixed = [0u8; 128];
-                    fixed[0..32].copy_from_slice(&first[32..64]);
-                    fixed[32..64].copy_from_slice(&first[96..128]);
-                    fixed[64..96].copy_from_slice(&first[0..32]);
-                    fixed[96..128].copy_from_slice(&first[64..96]);
-                    fixed[64] = 0xe5;
-                    fixed[96] = 0xe5;
-                    write_at(dev, off, &fixed)?;
-                }
-                let mut dotdot = [0u8; 32];
-                read_at(dev, off + 32, &mut dotdot)?;
-                if parent_is_root && &dotdot[..11] == b"..         " {
-                    // FAT: `..` of a root child points at cluster 0.
-                    dotdot[20..22].fill(0);
-                    dotdot[26..28].fill(0);
-                    write_at(dev, off + 32, &dotdot)?;
-                }
-            }
-        }
-        for (off, len) in ranges {
-            let mut buf = vec![0u8; len as usize];
-            read_at(dev, off, &mut buf)?;
-            for e in buf.chunks_exact(32) {
-                if e[0] == 0 {
-                    break;
-                }
-                if e[0] == 0xe5 || e[11] == 0x0f || e[11] & 0x10 == 0 || e[0] == b'.' {
-                    continue;
-                }
-                let hi = u32::from(u16::from_le_bytes([e[20], e[21]]));
-                let lo = u32::from(u16::from_le_bytes([e[26], e[27]]));
-                let c = (hi << 16) | lo;
-                if c >= 2 {
-                    todo.push((Some(c), dir.is_none()));
-                }
-            }
-        }
-    }
-    if geo.fat32 {
-        geo.write_fsinfo(dev)?;
-    }
+/// What fatfs 0.3 leaves for fsck.vfat to complain about (misplaced `.`/`..`
+/// entries, an unset FAT32 FSInfo count), put right by the shared FAT layer.
+fn repair<D: Read + Write + Seek>(dev: &mut D) -> Result<()> {
+    flasher_disk::fat::repair_dot_entries(dev).map_err(io("repairing directory dot entries"))?;
+    flasher_disk::fat::sync_fsinfo(dev).map_err(io("updating the FAT32 FSInfo sector"))?;
     Ok(())
 }
 
-fn read_at<D: Read + Seek>(dev: &mut D, off: u64, buf: &mut [u8]) -> Result<()> {
-    dev.seek(std::io::SeekFrom::Start(off))
-        .and_then(|_| dev.read_exact(buf))
-        .map_err(io(format!("reading at byte {off}")))
-}
-
-fn write_at<D: Write + Seek>(dev: &mut D, off: u64, buf: &[u8]) -> Result<()> {
-    dev.seek(std::io::SeekFrom::Start(off))
-        .and_then(|_| dev.write_all(buf))
-        .map_err(io(format!("writing at byte {off}")))
-}
-
-/// Just enough of the boot sector to walk directories (FAT16/FAT32).
-struct Geometry {
-    cluster_bytes: u64,
-    fat_offset: u64,
-    fat32: bool,
-    root_offset: u64,
-    root_len: u64,
-    root_cluster: u32,
-    data_offset: u64,
-    clusters: u64,
-    fsinfo_offset: u64,
-}
-
-impl Geometry {
-    fn read<D: Read + Seek>(dev: &mut D) -> Result<Self> {
-        let mut b = [0u8; 512];
-        read_at(dev, 0, &mut b)?;
-        let u16_at = |o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let bps = u16_at(11);
-        let spc = u64::from(b[13]);
-        let reserved = u16_at(14);
-        let fats = u64::from(b[16]);
-        let root_entries = u16_at(17);
-        let spf16 = u16_at(22);
-        let fat32 = spf16 == 0;
-        let spf = if fat32 { u64::from(u32_at(36)) } else { spf16 };
-        let fat_offset = reserved * bps;
-        let root_offset = fat_offset + fats * spf * bps;
-        let root_len = root_entries * 32;
-        let total_sectors = if u16_at(19) != 0 {
-            u16_at(19)
-        } else {
-            u64::from(u32_at(32))
-        };
-        let data_offset = root_offset + root_len.div_ceil(bps) * bps;
-        Ok(Geometry {
-            clusters: (total_sectors * bps).saturating_sub(data_offset) / (spc * bps).max(1),
-            fsinfo_offset: u16_at(48) * bps,
-            cluster_bytes: spc * bps,
-            fat_offset,
-            fat32,
-            root_offset,
-            root_len,
-            root_cluster: if fat32 { u32_at(44) } else { 0 },
-            data_offset,
-        })
-    }
-
-    fn next_cluster<D: Read + Seek>(&self, dev: &mut D, c: u32) -> Result<Option<u32>> {
-        if self.fat32 {
-            let mut e = [0u8; 4];
-            read_at(dev, self.fat_offset + u64::from(c) * 4, &mut e)?;
-            let n = u32::from_le_bytes(e) & 0x0fff_ffff;
-            Ok((2..0x0fff_fff7).contains(&n).then_some(n))
-        } else {
-            let mut e = [0u8; 2];
-            read_at(dev, self.fat_offset + u64::from(c) * 2, &mut e)?;
-            let n = u32::from(u16::from_le_bytes(e));
-            Ok((2..0xfff7).contains(&n).then_some(n))
-        }
-    }
-
-    /// FAT32: store the real free-cluster count and first free cluster.
-    fn write_fsinfo<D: Read + Write + Seek>(&self, dev: &mut D) -> Result<()> {
-        let mut fat = vec![0u8; ((self.clusters + 2) * 4) as usize];
-        read_at(dev, self.fat_offset, &mut fat)?;
-        let mut free = 0u32;
-        let mut first = None;
-        for (i, e) in fat.chunks_exact(4).enumerate().skip(2) {
-            if u32::from_le_bytes([e[0], e[1], e[2], e[3]]) & 0x0fff_ffff == 0 {
-                free += 1;
-                first.get_or_insert(i as u32);
-            }
-        }
-        let mut sig = [0u8; 4];
-        read_at(dev, self.fsinfo_offset, &mut sig)?;
-        if &sig != b"RRaA" {
-            return Ok(()); // no FSInfo sector to maintain
-        }
-        let mut v = [0u8; 8];
-        v[..4].copy_from_slice(&free.to_le_bytes());
-        v[4..].copy_from_slice(&first.unwrap_or(0xffff_ffff).to_le_bytes());
-        write_at(dev, self.fsinfo_offset + 488, &v)
-    }
-
-    /// Byte ranges holding a directory's entries; `None` is the root.
-    fn dir_ranges<D: Read + Seek>(&self, dev: &mut D, dir: Option<u32>) -> Result<Vec<(u64, u64)>> {
-        let start = match dir {
-            None if !self.fat32 => return Ok(vec![(self.root_offset, self.root_len)]),
-            None => self.root_cluster,
-            Some(c) => c,
-        };
-        let mut out = Vec::new();
-        let mut c = Some(start);
-        while let Some(cl) = c {
-            if out.len() > 65536 {
-                break; // corrupt chain
-            }
-            out.push((
-                self.data_offset + u64::from(cl - 2) * self.cluster_bytes,
-                self.cluster_bytes,
-            ));
-            c = self.next_cluster(dev, cl)?;
-        }
-        Ok(out)
-    }
-}
-
-// Bridge into the crate error until the lead adds a `Fat(#[from] fat::Error)`
-// variant: the typed error stays reachable as the io::Error's inner error.
 #[cfg(test)]
 mod tests {
     use super::*;

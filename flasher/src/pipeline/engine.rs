@@ -186,15 +186,8 @@ impl Deferred {
 fn head_len(first_chunk: Option<&[u8]>, image_size: u64) -> u64 {
     let mut head = HOLD;
     if let Some(b) = first_chunk {
-        for ss in [512usize, 4096] {
-            if b.len() >= ss + 92 && &b[ss..ss + 8] == b"EFI PART" {
-                let u64_at =
-                    |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-                let u32_at =
-                    |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4])) as u64;
-                let entries_end = u64_at(ss + 72)
-                    .saturating_mul(ss as u64)
-                    .saturating_add(u32_at(ss + 80).saturating_mul(u32_at(ss + 84)));
+        for ss in [512u64, 4096] {
+            if let Some(entries_end) = flasher_disk::gpt::primary_extent(b, ss) {
                 head = head.max(entries_end.div_ceil(4096) * 4096).min(MAX_HEAD);
             }
         }

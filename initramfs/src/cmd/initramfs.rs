@@ -203,7 +203,7 @@ pub fn board_and_text(name: &str, file: Option<&Path>) -> crate::Result<(boards:
 /// Resolve defaults (init path, QEMU module tree) into a [`Spec`].
 pub fn spec_from_args(args: &Args) -> crate::Result<Spec> {
     let (board, board_toml) = board_and_text(&args.board, args.board_file.as_deref())?;
-    let init = args.init.clone().unwrap_or_else(|| crate::locate::init());
+    let init = args.init.clone().unwrap_or_else(crate::locate::init);
     let kernel_modules = match &args.kernel_modules {
         Some(d) => Some(d.clone()),
         None if card::is_qemu_board(&board) => {

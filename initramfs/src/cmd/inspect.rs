@@ -146,7 +146,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
             "  #{} {:<16} type {:<38} offset {:>11} size {:>10}{}",
             p.number,
             p.name,
-            p.type_id,
+            p.part_type.id(),
             p.offset,
             human(p.size),
             if p.bootable { " bootable" } else { "" }
@@ -219,7 +219,7 @@ pub fn describe(path: &Path) -> crate::Result<String> {
             .map_err(io_err(format!("seeking {}", path.display())))?;
         let _ = write!(out, "{}: ", path.display());
         describe_log(&mut f, len, &mut out)?;
-    } else if head.len() == 512 && head[510..] == [0x55, 0xaa] && disk::read_table(&mut f).is_ok() {
+    } else if disk::read_table(&mut f).is_ok() {
         describe_card(path, &mut out)?;
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
         || head.starts_with(&[0x1f, 0x8b])

@@ -1,5 +1,5 @@
 //! Reading (and, on a copy, patching) the boot configuration of a card or disk
-//! image, in user space: the partition table by hand, the FAT with `fatfs`.
+//! image, in user space: the partition table with `flasher_disk`, the FAT with `fatfs`.
 //!
 //! `qemu-x86_64-sd` has no firmware that reads a card, so the harness plays
 //! U-Boot: it takes the kernel, initramfs and command line from the card's
@@ -13,12 +13,6 @@ use std::fs::File;
 use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-const SECTOR: u64 = 512;
-/// The EFI system partition type GUID as stored on disk (mixed endian).
-const ESP_GUID: [u8; 16] = [
-    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
-];
-
 /// One partition: where it is, and what we know of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
@@ -29,68 +23,22 @@ pub struct Part {
     pub fat_type: bool,
 }
 
-fn le_u32(b: &[u8], at: usize) -> u64 {
-    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
-}
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-/// The partitions of a GPT or MBR image, in table order.
+/// The partitions of a GPT or MBR image, in table order; empty without a table.
 pub fn partitions<R: Read + Seek>(img: &mut R) -> io::Result<Vec<Part>> {
-    let mut mbr = [0u8; 512];
-    img.seek(SeekFrom::Start(0))?;
-    img.read_exact(&mut mbr)?;
-    if mbr[510] != 0x55 || mbr[511] != 0xaa {
-        return Ok(Vec::new());
-    }
-    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
-    if entries.iter().any(|e| e[4] == 0xee) {
-        let mut hdr = [0u8; 512];
-        img.seek(SeekFrom::Start(SECTOR))?;
-        img.read_exact(&mut hdr)?;
-        if &hdr[0..8] != b"EFI PART" {
-            return Ok(Vec::new());
-        }
-        let lba = le_u64(&hdr, 72);
-        let count = le_u32(&hdr, 80).min(1024);
-        let esize = le_u32(&hdr, 84).max(128);
-        let mut table = vec![0u8; (count * esize) as usize];
-        img.seek(SeekFrom::Start(lba * SECTOR))?;
-        img.read_exact(&mut table)?;
-        let mut out = Vec::new();
-        for e in table.chunks(esize as usize) {
-            if e[0..16].iter().all(|&b| b == 0) {
-                continue;
-            }
-            let (first, last) = (le_u64(e, 32), le_u64(e, 40));
-            let name: Vec<u16> = e[56..128]
-                .chunks(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .take_while(|&c| c != 0)
-                .collect();
-            let esp = e[0..16] == ESP_GUID;
-            out.push(Part {
-                name: String::from_utf16_lossy(&name),
-                offset: first * SECTOR,
-                size: (last + 1).saturating_sub(first) * SECTOR,
-                esp,
-                fat_type: esp,
-            });
-        }
-        return Ok(out);
-    }
-    Ok(entries
-        .iter()
-        .filter(|e| e[4] != 0)
-        .map(|e| Part {
-            name: String::new(),
-            offset: le_u32(e, 8) * SECTOR,
-            size: le_u32(e, 12) * SECTOR,
-            esp: e[4] == 0xef,
-            fat_type: matches!(e[4], 0x01 | 0x04 | 0x06 | 0x0b | 0x0c | 0x0e | 0xef),
+    let table = match flasher_disk::Table::read(img) {
+        Ok(t) => t,
+        Err(flasher_disk::Error::NoTable) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table
+        .partitions
+        .into_iter()
+        .map(|p| Part {
+            esp: p.part_type.is_esp(),
+            fat_type: p.part_type.is_fat(),
+            name: p.name,
+            offset: p.offset,
+            size: p.size,
         })
         .collect())
 }
@@ -207,7 +155,7 @@ fn default_entry<T: Read + Write + Seek>(fs: &fatfs::FileSystem<T>) -> Option<St
 pub fn boot_spec(path: &Path) -> Result<BootSpec, Error> {
     let part = boot_partition(path)?;
     let bytes = read_part(path, &part)?;
-    let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new()).map_err(|e| {
+    let fs = flasher_disk::fat::open(Cursor::new(bytes), fatfs::FsOptions::new()).map_err(|e| {
         Error::Card {
             path: path.to_path_buf(),
             reason: format!(
@@ -284,56 +232,6 @@ pub fn boot_spec(path: &Path) -> Result<BootSpec, Error> {
     })
 }
 
-/// A window onto part of a file, so `fatfs` can edit one partition in place.
-struct Slice {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for Slice {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.read(&mut buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-impl Write for Slice {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "end of partition"));
-        }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.write(&buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-impl Seek for Slice {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(p) => p as i128,
-            SeekFrom::End(d) => self.len as i128 + d as i128,
-            SeekFrom::Current(d) => self.pos as i128 + d as i128,
-        };
-        if new < 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before start",
-            ));
-        }
-        self.pos = new as u64;
-        Ok(self.pos)
-    }
-}
-
 /// Add kernel arguments to every loader entry's `options` on `path` (a copy of
 /// the card: the user's card is never touched). Returns how many entries changed.
 pub fn append_loader_options(path: &Path, extra: &str) -> Result<usize, Error> {
@@ -349,13 +247,8 @@ pub fn append_loader_options(path: &Path, extra: &str) -> Result<usize, Error> {
         .write(true)
         .open(path)
         .map_err(ctx)?;
-    let slice = Slice {
-        file,
-        start: part.offset,
-        len: part.size,
-        pos: 0,
-    };
-    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).map_err(ctx)?;
+    let slice = flasher_disk::PartitionSlice::new(file, part.offset, part.size);
+    let fs = flasher_disk::fat::open(slice, fatfs::FsOptions::new()).map_err(ctx)?;
     let mut changed = 0;
     for name in dir_files(&fs, "loader/entries") {
         let p = format!("loader/entries/{name}");
@@ -415,25 +308,18 @@ mod tests {
             }
         }
         let start = 2048u64;
-        let mut disk = vec![0u8; (start * 512 + fat_size + 34 * 512) as usize];
-        // Protective MBR.
-        disk[446 + 4] = 0xee;
-        disk[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
-        disk[510] = 0x55;
-        disk[511] = 0xaa;
-        // GPT header: entries at LBA 2, 128 entries of 128 bytes.
-        disk[512..520].copy_from_slice(b"EFI PART");
-        disk[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
-        disk[512 + 80..512 + 84].copy_from_slice(&128u32.to_le_bytes());
-        disk[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
-        let e = 1024;
-        disk[e..e + 16].copy_from_slice(&ESP_GUID);
-        disk[e + 16] = 1;
-        disk[e + 32..e + 40].copy_from_slice(&start.to_le_bytes());
-        disk[e + 40..e + 48].copy_from_slice(&(start + fat_size / 512 - 1).to_le_bytes());
-        for (i, c) in "flash-boot".encode_utf16().enumerate() {
-            disk[e + 56 + 2 * i..e + 58 + 2 * i].copy_from_slice(&c.to_le_bytes());
-        }
+        let size = start * 512 + fat_size + 34 * 512;
+        let mut disk = Cursor::new(vec![0u8; size as usize]);
+        let esp = flasher_disk::gpt::NewPartition {
+            name: "flash-boot".into(),
+            type_guid: flasher_disk::gpt::ESP_TYPE,
+            part_guid: [1; 16],
+            first_lba: start,
+            last_lba: start + fat_size / 512 - 1,
+            attributes: 0,
+        };
+        flasher_disk::gpt::write_new(&mut disk, 512, size, [2; 16], &[esp]).unwrap();
+        let mut disk = disk.into_inner();
         disk[(start * 512) as usize..(start * 512 + fat_size) as usize]
             .copy_from_slice(fat.get_ref());
         let mut t = tempfile::NamedTempFile::new().unwrap();

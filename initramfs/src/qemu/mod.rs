@@ -139,7 +139,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
         format!("{} GiB", bytes >> 30)
     } else if bytes >= 1 << 20 {
         format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)

@@ -1,0 +1,485 @@
+//! FAT volumes inside a disk image or a device slice: opening one with `fatfs`, the
+//! one boot-sector geometry parser, and the repairs `fatfs` 0.3.6 needs after it
+//! creates directories (dot entries) or a volume (FAT32 FSInfo), so `fsck.vfat -n`
+//! is clean. Also a read-only wrapper for media that must never be written.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use crate::{le16, le32, mbr};
+
+/// Whether `sector` (the first 512 bytes of a partition) is a FAT boot sector.
+pub fn looks_like_fat(sector: &[u8]) -> bool {
+    sector.len() >= 512
+        && mbr::has_signature(sector)
+        && (&sector[54..57] == b"FAT" || &sector[82..87] == b"FAT32")
+}
+
+/// Open the FAT volume that `dev` holds from its position 0 (a whole volume, e.g. a
+/// [`crate::PartitionSlice`]). fatfs insists on starting at position 0.
+pub fn open<D: Read + Write + Seek>(
+    mut dev: D,
+    options: fatfs::FsOptions,
+) -> io::Result<fatfs::FileSystem<D>> {
+    dev.seek(SeekFrom::Start(0))?;
+    fatfs::FileSystem::new(dev, options)
+}
+
+/// Open a FAT volume that is only ever read: writes through it fail.
+pub fn open_read_only<D: Read + Seek>(
+    dev: D,
+    options: fatfs::FsOptions,
+) -> io::Result<fatfs::FileSystem<ReadOnly<D>>> {
+    open(ReadOnly(dev), options)
+}
+
+/// Passes reads and seeks through and refuses every write, so a medium that must stay
+/// pristine (the flasher card) cannot be modified by accident, even by fatfs.
+#[derive(Debug)]
+pub struct ReadOnly<D>(pub D);
+
+impl<D: Read> Read for ReadOnly<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<D> Write for ReadOnly<D> {
+    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the flasher card is never written",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<D: Seek> Seek for ReadOnly<D> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+
+fn bad(what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        crate::Error::BadFat { reason: what },
+    )
+}
+
+/// The layout of a FAT volume, from its boot sector (BPB): enough to walk
+/// directories and the FAT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Geometry {
+    pub bytes_per_sector: u64,
+    pub cluster_bytes: u64,
+    pub fat_offset: u64,
+    /// Bytes of one FAT copy.
+    pub fat_bytes: u64,
+    /// FAT12/16: the fixed root directory region.
+    pub root_offset: u64,
+    pub root_bytes: u64,
+    pub data_offset: u64,
+    pub clusters: u32,
+    /// 12, 16 or 32, from the cluster count as the specification decides it.
+    pub fat_bits: u8,
+    /// FAT32: the root directory's first cluster.
+    pub root_cluster: u32,
+    /// FAT32: byte offset of the FSInfo sector (0 if none).
+    pub fsinfo_offset: u64,
+}
+
+/// Largest FAT copy read into memory: FAT32 with 2^28 clusters of 4 bytes. A
+/// corrupt boot sector claiming more is refused.
+const MAX_FAT_BYTES: u64 = 1 << 30;
+
+impl Geometry {
+    /// Parse the boot sector at position 0 of `dev`.
+    pub fn read<D: Read + Seek + ?Sized>(dev: &mut D) -> io::Result<Geometry> {
+        let mut b = [0u8; 512];
+        dev.seek(SeekFrom::Start(0))?;
+        dev.read_exact(&mut b)?;
+        Geometry::parse(&b)
+    }
+
+    /// Parse a boot sector.
+    pub fn parse(b: &[u8; 512]) -> io::Result<Geometry> {
+        let u16at = |i: usize| u64::from(le16(b, i));
+        let u32at = |i: usize| u64::from(le32(b, i));
+        let bps = u16at(11);
+        let spc = u64::from(b[13]);
+        if !(512..=4096).contains(&bps)
+            || !bps.is_power_of_two()
+            || spc == 0
+            || !spc.is_power_of_two()
+        {
+            return Err(bad(format!(
+                "boot sector says {bps} bytes per sector and {spc} sectors per cluster; expected a power of two of 512..=4096 bytes and a power of two"
+            )));
+        }
+        let reserved = u16at(14);
+        let nfats = u64::from(b[16]);
+        let root_entries = u16at(17);
+        let total = if u16at(19) != 0 { u16at(19) } else { u32at(32) };
+        let fat_sectors = if u16at(22) != 0 { u16at(22) } else { u32at(36) };
+        let root_sectors = (root_entries * 32).div_ceil(bps);
+        let data_start = reserved + nfats * fat_sectors + root_sectors;
+        if nfats == 0 || fat_sectors == 0 || total <= data_start {
+            return Err(bad(format!(
+                "inconsistent layout: {nfats} FATs of {fat_sectors} sectors, data from sector {data_start} of {total}"
+            )));
+        }
+        let clusters = (total - data_start) / spc;
+        let fat_bits = if clusters < 4085 {
+            12
+        } else if clusters < 65525 {
+            16
+        } else {
+            32
+        };
+        let fat32 = fat_bits == 32;
+        Ok(Geometry {
+            bytes_per_sector: bps,
+            cluster_bytes: bps * spc,
+            fat_offset: reserved * bps,
+            fat_bytes: fat_sectors * bps,
+            root_offset: (reserved + nfats * fat_sectors) * bps,
+            root_bytes: root_sectors * bps,
+            data_offset: data_start * bps,
+            clusters: u32::try_from(clusters)
+                .map_err(|_| bad(format!("{clusters} clusters are more than FAT can address")))?,
+            fat_bits,
+            root_cluster: if fat32 { le32(b, 44) } else { 0 },
+            fsinfo_offset: if fat32 { u16at(48) * bps } else { 0 },
+        })
+    }
+
+    /// The first FAT copy, bounded by [`MAX_FAT_BYTES`].
+    pub fn read_fat<D: Read + Seek + ?Sized>(&self, dev: &mut D) -> io::Result<Vec<u8>> {
+        if self.fat_bytes > MAX_FAT_BYTES {
+            return Err(bad(format!(
+                "a FAT of {} bytes exceeds the {MAX_FAT_BYTES}-byte limit",
+                self.fat_bytes
+            )));
+        }
+        let mut fat = vec![0u8; self.fat_bytes as usize];
+        dev.seek(SeekFrom::Start(self.fat_offset))?;
+        dev.read_exact(&mut fat)?;
+        Ok(fat)
+    }
+
+    /// The cluster after `c` in a chain, `None` at its end or on a bad value.
+    pub fn next(&self, fat: &[u8], c: u32) -> Option<u32> {
+        let c = c as usize;
+        let v = match self.fat_bits {
+            12 => {
+                let i = c + c / 2;
+                let w = u16::from_le_bytes([*fat.get(i)?, *fat.get(i + 1)?]);
+                u32::from(if c % 2 == 0 { w & 0x0FFF } else { w >> 4 })
+            }
+            16 => u32::from(u16::from_le_bytes([*fat.get(2 * c)?, *fat.get(2 * c + 1)?])),
+            _ => {
+                u32::from_le_bytes([
+                    *fat.get(4 * c)?,
+                    *fat.get(4 * c + 1)?,
+                    *fat.get(4 * c + 2)?,
+                    *fat.get(4 * c + 3)?,
+                ]) & 0x0FFF_FFFF
+            }
+        };
+        (v >= 2 && v < self.clusters + 2).then_some(v)
+    }
+
+    /// Byte regions (offset, len) of a cluster chain, bounded against loops.
+    pub fn chain_regions(&self, fat: &[u8], first: u32) -> io::Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let mut c = Some(first);
+        while let Some(cl) = c {
+            if cl < 2 || cl >= self.clusters + 2 || out.len() > self.clusters as usize {
+                break;
+            }
+            out.push((
+                self.data_offset + u64::from(cl - 2) * self.cluster_bytes,
+                self.cluster_bytes,
+            ));
+            c = self.next(fat, cl);
+        }
+        if out.is_empty() {
+            return Err(bad(format!(
+                "directory cluster {first} is outside clusters 2..{}",
+                self.clusters + 2
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Byte regions of the root directory.
+    pub fn root_regions(&self, fat: &[u8]) -> io::Result<Vec<(u64, u64)>> {
+        if self.fat_bits == 32 {
+            self.chain_regions(fat, self.root_cluster)
+        } else {
+            Ok(vec![(self.root_offset, self.root_bytes)])
+        }
+    }
+}
+
+/// Where a directory being walked sits: `None` is the root itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parent {
+    None,
+    Root,
+    Other,
+}
+
+fn slot(data: &[u8], i: usize) -> &[u8] {
+    &data[i * 32..(i + 1) * 32]
+}
+
+/// Repair directories created by `fatfs` 0.3, returning how many entries were fixed.
+///
+/// `fatfs` 0.3.6 (the newest release) writes a long-file-name entry in front of the `.`
+/// and `..` entries of every directory it creates, so `.` is not in slot 0 and `..` not
+/// in slot 1. Readers that look names up cope, but `fsck.vfat` reports the directory
+/// as damaged (and would "repair" it), and some firmware may trip. This walks the
+/// whole tree and, in any directory that starts `LFN, ".", LFN, ".."`, moves `.` and
+/// `..` to slots 0 and 1 and keeps the two long-name entries behind them, marked
+/// deleted (0xE5), which every reader skips. On FAT32 it also sets `..` of directories
+/// in the root to cluster 0 as the specification requires (fatfs writes the root's
+/// cluster). Nothing else is touched; idempotent. Call after unmounting.
+pub fn repair_dot_entries<D: Read + Write + Seek + ?Sized>(dev: &mut D) -> io::Result<usize> {
+    let geo = Geometry::read(dev)?;
+    let fat = geo.read_fat(dev)?;
+    let mut fixed = 0;
+    let mut seen = HashSet::new();
+    let mut stack = vec![(geo.root_regions(&fat)?, Parent::None)];
+    while let Some((regions, parent)) = stack.pop() {
+        let mut data = Vec::new();
+        for &(off, len) in &regions {
+            let mut buf = vec![0u8; len as usize];
+            dev.seek(SeekFrom::Start(off))?;
+            dev.read_exact(&mut buf)?;
+            data.extend_from_slice(&buf);
+        }
+        let n = data.len() / 32;
+        let is_lfn = |e: &[u8]| e[11] == 0x0F && e[0] != 0xE5 && e[0] != 0;
+        if parent != Parent::None
+            && n >= 4
+            && is_lfn(slot(&data, 0))
+            && &slot(&data, 1)[..11] == b".          "
+            && is_lfn(slot(&data, 2))
+            && &slot(&data, 3)[..11] == b"..         "
+        {
+            let mut head = [0u8; 128];
+            head[0..32].copy_from_slice(slot(&data, 1));
+            head[32..64].copy_from_slice(slot(&data, 3));
+            head[64..96].copy_from_slice(slot(&data, 0));
+            head[96..128].copy_from_slice(slot(&data, 2));
+            head[64] = 0xE5;
+            head[96] = 0xE5;
+            // The first four slots always lie in the directory's first cluster
+            // (clusters are at least 512 bytes).
+            dev.seek(SeekFrom::Start(regions[0].0))?;
+            dev.write_all(&head)?;
+            data[..128].copy_from_slice(&head);
+            fixed += 1;
+        }
+        if parent == Parent::Root && geo.fat_bits == 32 && data.len() >= 64 {
+            let dd = &mut data[32..64];
+            let cl = u32::from(le16(dd, 20)) << 16 | u32::from(le16(dd, 26));
+            if &dd[..11] == b"..         " && cl != 0 && cl == geo.root_cluster {
+                dd[20..22].fill(0);
+                dd[26..28].fill(0);
+                dev.seek(SeekFrom::Start(regions[0].0 + 32))?;
+                dev.write_all(dd)?;
+                fixed += 1;
+            }
+        }
+        for i in 0..n {
+            let e = slot(&data, i);
+            if e[0] == 0 {
+                break; // end of directory
+            }
+            let attr = e[11];
+            if e[0] == 0xE5 || e[0] == b'.' || attr == 0x0F || attr & 0x08 != 0 || attr & 0x10 == 0
+            {
+                continue; // deleted, dot, LFN, volume label or not a directory
+            }
+            let hi = if geo.fat_bits == 32 {
+                u32::from(le16(e, 20)) << 16
+            } else {
+                0
+            };
+            let cluster = hi | u32::from(le16(e, 26));
+            // `seen` bounds the walk on a corrupt (looping) tree.
+            if cluster >= 2 && seen.insert(cluster) {
+                let p = if parent == Parent::None {
+                    Parent::Root
+                } else {
+                    Parent::Other
+                };
+                stack.push((geo.chain_regions(&fat, cluster)?, p));
+            }
+        }
+    }
+    dev.flush()?;
+    Ok(fixed)
+}
+
+/// FAT32: store the real free-cluster count and first free cluster in FSInfo, which
+/// fatfs leaves unset ("unknown") on a volume it formats. Returns whether it wrote.
+/// FAT12/16 and volumes without an FSInfo sector are left alone.
+pub fn sync_fsinfo<D: Read + Write + Seek + ?Sized>(dev: &mut D) -> io::Result<bool> {
+    let geo = Geometry::read(dev)?;
+    if geo.fat_bits != 32 || geo.fsinfo_offset == 0 {
+        return Ok(false);
+    }
+    let mut sig = [0u8; 4];
+    dev.seek(SeekFrom::Start(geo.fsinfo_offset))?;
+    dev.read_exact(&mut sig)?;
+    if &sig != b"RRaA" {
+        return Ok(false);
+    }
+    let fat = geo.read_fat(dev)?;
+    let mut free = 0u32;
+    let mut first = None;
+    for c in 2..geo.clusters + 2 {
+        let at = 4 * c as usize;
+        let Some(e) = fat.get(at..at + 4) else { break };
+        if le32(e, 0) & 0x0FFF_FFFF == 0 {
+            free += 1;
+            first.get_or_insert(c);
+        }
+    }
+    let mut v = [0u8; 8];
+    v[..4].copy_from_slice(&free.to_le_bytes());
+    v[4..].copy_from_slice(&first.unwrap_or(0xFFFF_FFFF).to_le_bytes());
+    dev.seek(SeekFrom::Start(geo.fsinfo_offset + 488))?;
+    dev.write_all(&v)?;
+    dev.flush()?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use std::process::Command;
+
+    const MIB: usize = 1 << 20;
+
+    fn put(dev: &mut Cursor<Vec<u8>>, files: &[(&str, &[u8])]) {
+        let fs = open(&mut *dev, fatfs::FsOptions::new()).unwrap();
+        for (path, data) in files {
+            let mut dir = fs.root_dir();
+            let parts: Vec<&str> = path.split('/').collect();
+            for d in &parts[..parts.len() - 1] {
+                dir = match dir.open_dir(d) {
+                    Ok(x) => x,
+                    Err(_) => dir.create_dir(d).unwrap(),
+                };
+            }
+            let mut f = dir.create_file(parts[parts.len() - 1]).unwrap();
+            f.truncate().unwrap();
+            f.write_all(data).unwrap();
+        }
+        fs.unmount().unwrap();
+    }
+
+    fn get(dev: &mut Cursor<Vec<u8>>, path: &str) -> Vec<u8> {
+        let fs = open_read_only(&mut *dev, fatfs::FsOptions::new()).unwrap();
+        let mut f = fs.root_dir().open_file(path).unwrap();
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    fn fsck(path: &std::path::Path) -> (bool, String) {
+        let out = Command::new("fsck.vfat")
+            .arg("-n")
+            .arg(path)
+            .output()
+            .expect("fsck.vfat not found: run scripts/setup-host (apt-get install -y dosfstools)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// fatfs-created nested directories on FAT12, FAT16 and FAT32: fsck rejects them as
+    /// fatfs leaves them (the negative control) and accepts them after the repair.
+    #[test]
+    fn repair_makes_fatfs_directories_fsck_clean_on_every_fat_type() {
+        for (size, fat_type, bits) in [
+            (2 * MIB, fatfs::FatType::Fat12, 12),
+            (16 * MIB, fatfs::FatType::Fat16, 16),
+            (40 * MIB, fatfs::FatType::Fat32, 32),
+        ] {
+            let mut dev = Cursor::new(vec![0u8; size]);
+            fatfs::format_volume(
+                &mut dev,
+                fatfs::FormatVolumeOptions::new().fat_type(fat_type),
+            )
+            .unwrap();
+            assert_eq!(Geometry::read(&mut dev).unwrap().fat_bits, bits);
+            put(
+                &mut dev,
+                &[
+                    ("loader/entries/flasher.conf", b"title flasher\n"),
+                    ("EFI/BOOT/BOOTX64.EFI", &[0x4D; 5000]),
+                    ("top.txt", b"t"),
+                ],
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("fat.img");
+            std::fs::write(&img, dev.get_ref()).unwrap();
+            let (ok, text) = fsck(&img);
+            assert!(
+                !ok,
+                "{fat_type:?}: expected fsck to reject fatfs's directories: {text}"
+            );
+
+            let fixed = repair_dot_entries(&mut dev).unwrap();
+            assert!(fixed >= 4, "{fat_type:?}: fixed {fixed}");
+            assert_eq!(sync_fsinfo(&mut dev).unwrap(), bits == 32);
+            std::fs::write(&img, dev.get_ref()).unwrap();
+            let (ok, text) = fsck(&img);
+            assert!(ok, "{fat_type:?}: {text}");
+            // Still readable by fatfs, and a second pass finds nothing to do.
+            assert_eq!(
+                get(&mut dev, "loader/entries/flasher.conf"),
+                b"title flasher\n"
+            );
+            assert_eq!(repair_dot_entries(&mut dev).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn read_only_wrapper_refuses_writes() {
+        let mut ro = ReadOnly(Cursor::new(vec![1u8; 8]));
+        assert_eq!(
+            ro.write(b"x").unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        let mut b = [0u8; 4];
+        ro.read_exact(&mut b).unwrap();
+        assert_eq!(b, [1; 4]);
+    }
+
+    #[test]
+    fn fat_detection_and_bad_boot_sectors() {
+        let mut dev = Cursor::new(vec![0u8; 2 * MIB]);
+        fatfs::format_volume(&mut dev, fatfs::FormatVolumeOptions::new()).unwrap();
+        assert!(looks_like_fat(&dev.get_ref()[..512]));
+        assert!(!looks_like_fat(&[0u8; 512]));
+        let mut b = [0u8; 512];
+        b.copy_from_slice(&dev.get_ref()[..512]);
+        b[11..13].fill(0); // bytes per sector 0
+        let e = Geometry::parse(&b).unwrap_err();
+        assert!(e.to_string().contains("bytes per sector"), "{e}");
+        assert!(Geometry::parse(&[0u8; 512]).is_err());
+    }
+}
