@@ -16,8 +16,8 @@
 //! ```
 
 pub mod animator;
-pub mod class;
 pub mod backend;
+pub mod class;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -366,10 +366,16 @@ mod tests {
             &LedConfig::default(),
         ));
         observer.event(&Event::phase(Phase::Writing));
-        observer.event(&Event {
-            error_class: Some(4),
-            ..Event::phase(Phase::Failure)
-        });
+        observer.event(&Event::failure(led::ErrorClass::WriteIo, "write error"));
+        // The LEDs' own echo and the unit record do not move them.
+        observer.event(&Event::led(Phase::Writing, "running-light", vec![], None));
+        observer.event(&Event::record(
+            Phase::Finishing,
+            1,
+            crate::progress::RecordResult::Error,
+            "/dev/null",
+            0,
+        ));
         drop(observer.0.stop());
         let shown: Vec<_> = leds
             .announcements()

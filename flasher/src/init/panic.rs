@@ -7,12 +7,11 @@ use std::any::Any;
 use std::panic::Location;
 use std::sync::Arc;
 
-use led::Phase;
-
 use crate::progress::{Event, Observer};
 
 /// The blink-code class of a panic.
 pub const PANIC_CLASS: u8 = 8;
+const PANIC_ERROR_CLASS: led::ErrorClass = led::ErrorClass::Internal;
 
 /// The text of a panic payload (`panic!("...")` gives `&str` or `String`).
 pub fn message(payload: &(dyn Any + Send)) -> String {
@@ -34,13 +33,13 @@ pub fn event(payload: &(dyn Any + Send), location: Option<&Location<'_>>) -> Eve
         .name()
         .map(|n| format!(" in thread {n}"))
         .unwrap_or_default();
-    Event {
-        error_class: Some(PANIC_CLASS),
-        ..Event::phase(Phase::Failure).with_message(format!(
+    Event::failure(
+        PANIC_ERROR_CLASS,
+        format!(
             "internal error: {}{at}{thread}; this is a flasher bug, please report it",
             message(payload)
-        ))
-    }
+        ),
+    )
 }
 
 /// Replace the panic hook with one that sends the failure event to `observer`
@@ -48,10 +47,7 @@ pub fn event(payload: &(dyn Any + Send), location: Option<&Location<'_>>) -> Eve
 pub fn install(observer: Arc<dyn Observer>) {
     std::panic::set_hook(Box::new(move |info| {
         let e = event(info.payload(), info.location());
-        eprintln!(
-            "flasher: PANIC: {}",
-            e.message.as_deref().unwrap_or_default()
-        );
+        eprintln!("flasher: PANIC: {}", e.text().unwrap_or_default());
         observer.event(&e);
     }));
 }
@@ -60,6 +56,7 @@ pub fn install(observer: Arc<dyn Observer>) {
 mod tests {
     use super::*;
     use crate::progress::Recorder;
+    use led::Phase;
 
     #[test]
     fn payload_text() {
@@ -79,14 +76,11 @@ mod tests {
         let ev = rec
             .events()
             .into_iter()
-            .find(|e| {
-                e.message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("index out of range"))
-            })
+            .find(|e| e.text().is_some_and(|m| m.contains("index out of range")))
             .expect("the hook sent a failure event");
         assert_eq!(ev.phase, Phase::Failure);
-        assert_eq!(ev.error_class, Some(8));
-        assert!(ev.message.unwrap().contains("panic.rs"));
+        assert_eq!(ev.error_class(), Some(led::ErrorClass::Internal));
+        assert_eq!(PANIC_ERROR_CLASS.blinks(), PANIC_CLASS);
+        assert!(ev.text().unwrap().contains("panic.rs"));
     }
 }
