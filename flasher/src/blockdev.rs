@@ -368,9 +368,9 @@ impl Device {
     }
 
     fn aligned(&self, off: u64, data: &[u8]) -> bool {
-        off.is_multiple_of(self.granularity)
-            && (data.len() as u64).is_multiple_of(self.granularity)
-            && (data.as_ptr() as usize).is_multiple_of(ALIGN)
+        off % self.granularity == 0
+            && (data.len() as u64) % self.granularity == 0
+            && (data.as_ptr() as usize) % ALIGN == 0
     }
 
     /// Write all of `data` at byte `off`.
@@ -411,10 +411,7 @@ impl Device {
         let g = self.granularity;
         let end = off + data.len() as u64;
         let (a, b) = (round_up(off, g), round_down(end, g));
-        if a < b
-            && b <= self.size
-            && (data.as_ptr() as usize + (a - off) as usize).is_multiple_of(ALIGN)
-        {
+        if a < b && b <= self.size && (data.as_ptr() as usize + (a - off) as usize) % ALIGN == 0 {
             if a > off {
                 self.write_bounced(off, &data[..(a - off) as usize])?;
             }
@@ -520,7 +517,7 @@ impl Device {
         let g = self.granularity;
         let end = off + buf.len() as u64;
         let (a, b) = (round_up(off, g), round_down(end, g));
-        if a < b && (buf.as_ptr() as usize + (a - off) as usize).is_multiple_of(ALIGN) {
+        if a < b && (buf.as_ptr() as usize + (a - off) as usize) % ALIGN == 0 {
             // Aligned middle straight into the caller's buffer, edges bounced.
             let (head, rest) = buf.split_at_mut((a - off) as usize);
             let (mid, tail) = rest.split_at_mut((b - a) as usize);

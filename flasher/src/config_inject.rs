@@ -429,11 +429,7 @@ impl FatGeometry {
             12 => {
                 let i = c + c / 2;
                 let w = u16::from_le_bytes([*fat.get(i)?, *fat.get(i + 1)?]);
-                u32::from(if c.is_multiple_of(2) {
-                    w & 0x0FFF
-                } else {
-                    w >> 4
-                })
+                u32::from(if c % 2 == 0 { w & 0x0FFF } else { w >> 4 })
             }
             16 => u32::from(u16::from_le_bytes([*fat.get(2 * c)?, *fat.get(2 * c + 1)?])),
             _ => {

@@ -311,7 +311,7 @@ impl GptHeader {
             raw,
         };
         // The spec requires 128 * 2^n; accept any multiple of 8 that holds an entry.
-        if h.entry_size < 128 || !h.entry_size.is_multiple_of(8) {
+        if h.entry_size < 128 || h.entry_size % 8 != 0 {
             return Err(bad(format!(
                 "partition entry size {} bytes is not a multiple of 8 of at least 128 bytes",
                 h.entry_size

@@ -115,8 +115,6 @@ pub struct TargetIdentity {
     pub model: Option<String>,
 }
 
-/// How long one phase took.
-
 /// "model X, serial Y, CID Z" (what is known), for console lines and errors.
 impl std::fmt::Display for TargetIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -367,7 +365,7 @@ mod tests {
     fn sample(i: u64) -> UnitRecord {
         UnitRecord {
             seq: 0,
-            timestamp_unix_s: if i.is_multiple_of(2) {
+            timestamp_unix_s: if i % 2 == 0 {
                 Some(1_700_000_000 + i)
             } else {
                 None
@@ -393,7 +391,7 @@ mod tests {
                     duration_ms: 20_500,
                 },
             ],
-            result: if i.is_multiple_of(3) {
+            result: if i % 3 == 0 {
                 Outcome::Ok
             } else {
                 Outcome::Error {

@@ -355,7 +355,7 @@ pub fn fake_ko(name: &str, depends: &[&str]) -> Vec<u8> {
     elf.extend_from_slice(modinfo.as_bytes());
     let str_off = elf.len() as u64;
     elf.extend_from_slice(shstrtab);
-    while !elf.len().is_multiple_of(8) {
+    while elf.len() % 8 != 0 {
         elf.push(0);
     }
     let shoff = elf.len() as u64;

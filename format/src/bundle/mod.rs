@@ -212,7 +212,7 @@ impl Manifest {
             return bad("image size is 0 bytes".into());
         }
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
-            || !self.chunk_size.is_multiple_of(4096)
+            || self.chunk_size % 4096 != 0
         {
             return bad(format!(
                 "chunk size {} bytes is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} or not a multiple of 4096",

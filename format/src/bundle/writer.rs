@@ -69,7 +69,7 @@ static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 impl<S: Read + Write + Seek> BundleWriter<S> {
     pub fn new(opts: WriterOptions, mut spool: S) -> Result<Self> {
         if !(super::MIN_CHUNK_SIZE..=super::MAX_CHUNK_SIZE).contains(&opts.chunk_size)
-            || !opts.chunk_size.is_multiple_of(4096)
+            || opts.chunk_size % 4096 != 0
         {
             return Err(Error::Writer(format!(
                 "chunk size {} is not a multiple of 4096 in 64 KiB..=64 MiB",
