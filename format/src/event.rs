@@ -518,6 +518,27 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_examples_parse() {
+        let doc = include_str!("../../docs/events.md");
+        let examples: Vec<Event> = doc
+            .lines()
+            .filter(|l| l.starts_with("{\"v\":"))
+            .map(|l| Event::parse(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        for kind in ["phase", "progress", "message", "led", "record"] {
+            assert!(
+                examples.iter().any(|e| e.kind() == kind),
+                "docs/events.md has no example of {kind}"
+            );
+            assert!(
+                doc.contains(&format!("### `{kind}`")),
+                "{kind} undocumented"
+            );
+        }
+        assert!(examples.iter().all(|e| e.v == SCHEMA_VERSION));
+    }
+
+    #[test]
     fn accessors_match_the_kind() {
         let f = Event::failure(ErrorClass::NoStorage, "no eMMC");
         assert!(f.is_failure() && f.is_flasher_state());

@@ -163,7 +163,12 @@ impl<W: Write + Send> Observer for JsonLines<W> {
 /// Open the `flasher.events=` path under `root` for appending: a file is created if
 /// missing; a tty is switched to raw mode so the kernel adds no `\r` and no echo.
 pub fn open_events(root: &Path, path: &Path) -> Result<JsonLines<File>, Error> {
-    let full = super::under(root, path);
+    open_events_at(&super::under(root, path))
+}
+
+/// [`open_events`] for a path taken as given (host commands, relative paths).
+pub fn open_events_at(full: &Path) -> Result<JsonLines<File>, Error> {
+    let full = full.to_path_buf();
     let file = OpenOptions::new()
         .append(true)
         .create(true)
