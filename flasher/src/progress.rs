@@ -3,57 +3,10 @@
 //! each subscribe. None of them is wired into the pipeline itself.
 
 use led::Phase;
-use serde::Serialize;
 use std::sync::Mutex;
 
-/// One progress event. Serialized as one JSON object per line with a `"phase"` field.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    pub phase: Phase,
-    /// Bytes done in this phase.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub done: Option<u64>,
-    /// Bytes this phase will process in total.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total: Option<u64>,
-    /// Bytes per second over the phase so far.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate: Option<u64>,
-    /// A human-readable line: what is happening, or the error on failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// On failure: the blink-code error class (see docs/leds.md).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_class: Option<u8>,
-}
-
-impl Event {
-    /// A phase change with no byte counts.
-    pub fn phase(phase: Phase) -> Self {
-        Event {
-            phase,
-            done: None,
-            total: None,
-            rate: None,
-            message: None,
-            error_class: None,
-        }
-    }
-
-    pub fn with_message(mut self, message: impl Into<String>) -> Self {
-        self.message = Some(message.into());
-        self
-    }
-
-    pub fn progress(phase: Phase, done: u64, total: u64, rate: u64) -> Self {
-        Event {
-            done: Some(done),
-            total: Some(total),
-            rate: Some(rate),
-            ..Event::phase(phase)
-        }
-    }
-}
+/// The one event type, shared with the host through the contract crate.
+pub use flasher_format::event::{Body, Event, RecordResult, SCHEMA_VERSION};
 
 /// Something that wants to hear about progress.
 pub trait Observer: Send + Sync {
@@ -61,11 +14,74 @@ pub trait Observer: Send + Sync {
 }
 
 /// Feeds progress events to an LED animator (phase, progress fraction, error
-/// class): the LEDs subscribe to the stream like any other observer.
+/// class): the LEDs subscribe to the stream like any other observer. Only the
+/// flasher's own state moves them: `led` events are the LEDs' echo of it, and a
+/// `record` event (appended after a failure, too) must not end the blink code.
 pub struct LedObserver(pub led::Animator);
 impl Observer for LedObserver {
     fn event(&self, e: &Event) {
-        self.0.on_event(e.phase, e.done, e.total, e.error_class);
+        if !e.is_flasher_state() {
+            return;
+        }
+        let (done, total) = match e.bytes() {
+            Some((done, total, _)) => (Some(done), Some(total)),
+            None => (None, None),
+        };
+        self.0
+            .on_event(e.phase, done, total, e.error_class().map(u8::from));
+    }
+}
+
+/// LEDs that report each pattern they start showing back into the event stream
+/// as a `led` event, so boards with no LEDs (and the QEMU harness) still see
+/// what an operator would. The stream is held weakly: it owns the LED observer
+/// that owns these LEDs, and a strong reference would be a cycle.
+pub struct AnnouncingLeds {
+    inner: Box<dyn led::Leds>,
+    to: std::sync::Weak<dyn Observer>,
+}
+
+impl AnnouncingLeds {
+    pub fn new(inner: Box<dyn led::Leds>, to: std::sync::Weak<dyn Observer>) -> Self {
+        AnnouncingLeds { inner, to }
+    }
+}
+
+impl led::Leds for AnnouncingLeds {
+    fn count(&self) -> usize {
+        self.inner.count()
+    }
+    fn set(&mut self, idx: usize, brightness: f32) -> led::Result<()> {
+        self.inner.set(idx, brightness)
+    }
+    fn set_hw_pattern(
+        &mut self,
+        idx: usize,
+        cycle: &[(f32, std::time::Duration)],
+    ) -> led::Result<bool> {
+        self.inner.set_hw_pattern(idx, cycle)
+    }
+    fn announce(&mut self, what: &led::Announcement) -> led::Result<()> {
+        if let Some(to) = self.to.upgrade() {
+            // Classes outside 1..=8 cannot come from the flasher (they are
+            // `flasher leds --error-class` experiments); the line then says none.
+            let class = what
+                .error_class
+                .and_then(|c| led::ErrorClass::try_from(c).ok());
+            to.event(&Event::led(
+                what.phase,
+                what.pattern.clone(),
+                self.inner.labels(),
+                class,
+            ));
+        }
+        self.inner.announce(what)
+    }
+    fn restore(&mut self) -> led::Result<()> {
+        self.inner.restore()
+    }
+    fn labels(&self) -> Vec<String> {
+        self.inner.labels()
     }
 }
 

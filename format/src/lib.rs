@@ -6,8 +6,10 @@
 //! - [`record`]: the unit log's records on the card's `flasher-log` partition.
 //! - [`card`]: partition names and numbers, and the initramfs paths `/init` reads.
 //! - [`cmdline`]: the `flasher.*` kernel command-line options.
+//! - [`event`]: the event stream's JSON lines (docs/events.md).
 
 pub mod bundle;
 pub mod card;
 pub mod cmdline;
+pub mod event;
 pub mod record;

@@ -215,6 +215,16 @@ pub fn scan<R: Read + Seek>(dev: &mut R, capacity: u64) -> Result<Scan> {
 /// to one more than the previous record's. Refuses with [`Error::LogFull`] when the
 /// record does not fit in `capacity` bytes; nothing is written then.
 pub fn append<D: Read + Write + Seek>(dev: &mut D, capacity: u64, rec: &UnitRecord) -> Result<u64> {
+    append_numbered(dev, capacity, rec).map(|(offset, _)| offset)
+}
+
+/// [`append`], also returning the sequence number the record was given:
+/// `(offset, seq)`.
+pub fn append_numbered<D: Read + Write + Seek>(
+    dev: &mut D,
+    capacity: u64,
+    rec: &UnitRecord,
+) -> Result<(u64, u64)> {
     let frames = scan_frames(dev, capacity)?;
     let prev_seq = match frames.bodies.last() {
         // Only the seq is needed, so a record from a newer format still counts.
@@ -254,7 +264,7 @@ pub fn append<D: Read + Write + Seek>(dev: &mut D, capacity: u64, rec: &UnitReco
             .map_err(io(format!("clear the log tail at byte {after}")))?;
     }
     dev.flush().map_err(io("flush unit log".into()))?;
-    Ok(offset)
+    Ok((offset, rec.seq))
 }
 
 #[derive(Deserialize)]

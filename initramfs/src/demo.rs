@@ -16,7 +16,7 @@ use crate::disk::{self, Contents, PartKind, PartSpec, Table};
 use crate::fat::{self, FatFile};
 use crate::locate;
 use crate::qemu::{self, QemuOptions, VirtualBoard};
-use serde_json::Value;
+use flasher_format::event::{Body, Event, RecordResult};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,28 +171,34 @@ fn mkflasher(mkflasher_bin: &Path, step: &str, args: &[&std::ffi::OsStr]) -> Res
 
 /// A one-line progress display fed by the flasher's events.
 fn progress_hook() -> qemu::EventHook {
-    Arc::new(|v: &Value| {
-        let phase = v.get("phase").and_then(Value::as_str).unwrap_or("?");
-        let done = v.get("done").and_then(Value::as_u64);
-        let total = v.get("total").and_then(Value::as_u64);
-        let line = match (done, total) {
-            (Some(d), Some(t)) if t > 0 => format!(
-                "{phase:>10} {:5.1}%  {:.1}/{:.1} MiB",
-                100.0 * d as f64 / t as f64,
-                d as f64 / 1048576.0,
-                t as f64 / 1048576.0
-            ),
-            _ => match (
-                v.get("message").and_then(Value::as_str),
-                v.get("pattern").and_then(Value::as_str),
-            ) {
-                (Some(m), _) => format!("{phase:>10} {m}"),
-                // The LED sink's lines: what a board with LEDs would show now.
-                (None, Some(p)) => format!("{phase:>10} (LEDs: {p})"),
-                (None, None) => return,
-            },
-        };
-        eprintln!("flasher: {line}");
+    Arc::new(|e: &Event| {
+        if let Some(line) = progress_line(e) {
+            eprintln!("flasher: {line}");
+        }
+    })
+}
+
+/// What the demo prints for one event, if anything.
+fn progress_line(e: &Event) -> Option<String> {
+    // As text: Phase's Display ignores the width.
+    let phase = e.phase.as_str();
+    Some(match &e.body {
+        Body::Progress { done, total, .. } if *total > 0 => format!(
+            "{phase:>10} {:5.1}%  {:.1}/{:.1} MiB",
+            100.0 * *done as f64 / *total as f64,
+            *done as f64 / 1048576.0,
+            *total as f64 / 1048576.0
+        ),
+        // What a board with LEDs would show now.
+        Body::Led { pattern, .. } => format!("{phase:>10} (LEDs: {pattern})"),
+        Body::Record { seq, result, .. } => format!(
+            "{phase:>10} unit record {seq} appended ({})",
+            match result {
+                RecordResult::Ok => "ok",
+                RecordResult::Error => "error",
+            }
+        ),
+        _ => format!("{phase:>10} {}", e.text()?),
     })
 }
 
@@ -269,7 +275,7 @@ pub fn run(opts: &DemoOptions) -> crate::Result<DemoReport> {
     eprintln!(
         "demo: flashed in {:.0} s; phases {}",
         flash.elapsed.as_secs_f64(),
-        flash.phases().join(" → ")
+        flash.phase_names()
     );
     eprintln!("demo: booting the NVMe alone (OVMF → systemd-boot → demo OS)");
     let boot_log = qemu::boot_disk_log(VirtualBoard::Nuc, &nvme, opts.timeout)?;
@@ -298,6 +304,18 @@ pub fn run(opts: &DemoOptions) -> crate::Result<DemoReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use led::Phase;
+
+    #[test]
+    fn progress_lines_per_kind() {
+        let p = Event::progress(Phase::Writing, 1 << 20, 4 << 20, 0);
+        assert_eq!(progress_line(&p).unwrap(), "   writing  25.0%  1.0/4.0 MiB");
+        let l = Event::led(Phase::Success, "solid", vec![], None);
+        assert_eq!(progress_line(&l).unwrap(), "   success (LEDs: solid)");
+        let m = Event::message(Phase::Searching, "block devices: sda");
+        assert_eq!(progress_line(&m).unwrap(), " searching block devices: sda");
+        assert_eq!(progress_line(&Event::phase(Phase::Verifying)), None);
+    }
 
     #[test]
     fn initramfs_holds_init_and_dev() {

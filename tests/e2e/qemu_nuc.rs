@@ -19,9 +19,16 @@ fn happy_path_flashes_verifies_and_the_nvme_boots() {
     let out = run(&o);
     out.check(o.timeout, None).unwrap();
     assert_phase_order(&out);
-    assert!(std::fs::read_to_string(f.path("nuc-happy.events"))
+    // The events file holds the same typed lines the outcome was parsed from.
+    let saved: Vec<Event> = std::fs::read_to_string(f.path("nuc-happy.events"))
         .unwrap()
-        .contains("\"success\""));
+        .lines()
+        .map(|l| Event::parse(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(saved, out.events);
+    assert!(saved
+        .iter()
+        .any(|e| e.phase == Phase::Success && e.is_flasher_state()));
     assert_target_equals_image(&target, &f.os);
     assert_gpt_verifies(&target);
     assert!(
@@ -41,8 +48,8 @@ fn corrupted_payload_fails_and_leaves_the_target_unbootable() {
         "no failure event: {:?}",
         out.phases()
     );
-    assert_eq!(failure_class(&out), Some(2), "payload invalid is class 2");
-    assert!(!out.has_phase("success"));
+    assert_eq!(failure_class(&out), Some(ErrorClass::PayloadInvalid));
+    assert!(!out.has_phase(Phase::Success));
     assert!(
         !boots(NUC, &target),
         "a failed flash left a bootable target"
@@ -58,7 +65,7 @@ fn power_cut_at_half_then_a_second_run_succeeds_bit_exact() {
     o.faults = vec![Fault::PowerCutAt { percent: 50.0 }];
     let cut = run(&o);
     assert!(cut.power_cut, "the VM was not cut: {:?}", cut.phases());
-    assert!(!cut.has_phase("success"));
+    assert!(!cut.has_phase(Phase::Success));
     assert!(
         !boots(NUC, &target),
         "a half-written target must not boot (partition table last)"
@@ -81,7 +88,11 @@ fn nvme_write_error_is_reported_naming_the_offset() {
     let out = run(&o);
     assert!(!out.succeeded());
     let msg = out.failure_message().expect("a failure event");
-    assert_eq!(failure_class(&out), Some(4), "NVMe reports EIO: {msg}");
+    assert_eq!(
+        failure_class(&out),
+        Some(ErrorClass::WriteIo),
+        "NVMe reports EIO: {msg}"
+    );
     assert!(
         msg.contains(&offset.to_string()) || msg.contains("4.0 MiB") || msg.contains("4 MiB"),
         "offset not named in {msg:?}"

@@ -5,6 +5,7 @@
 
 mod qemu_common;
 
+use flasher_format::event::Body;
 use mkflasher::qemu::{Fault, VirtualBoard};
 use qemu_common::*;
 
@@ -44,7 +45,7 @@ fn write_error_fails_naming_the_offset() {
     // qemu_nuc.rs). Either way the flash must fail and name the range.
     let class = failure_class(&out);
     assert!(
-        class == Some(4) || class == Some(5),
+        class == Some(ErrorClass::WriteIo) || class == Some(ErrorClass::VerifyMismatch),
         "a lost write is class 4 (reported) or 5 (caught by verify), got {class:?}: {msg}"
     );
     let forms = [
@@ -68,14 +69,11 @@ fn target_too_small_is_refused_before_any_write() {
     let out = run(&options(SD, &f.card(SD), Some(target.clone())));
     assert!(!out.succeeded());
     assert!(out.failure_message().is_some());
-    assert_eq!(failure_class(&out), Some(3), "target refused is class 3");
-    assert!(
-        !out.has_phase("writing")
-            || out
-                .events
-                .iter()
-                .all(|e| e.get("done").and_then(|d| d.as_u64()).unwrap_or(0) == 0)
-    );
+    assert_eq!(failure_class(&out), Some(ErrorClass::TargetRefused));
+    assert!(out
+        .events
+        .iter()
+        .all(|e| !matches!(e.body, Body::Progress { done, .. } if done > 0)));
     assert!(all_zero(&target), "the refused target was written");
 }
 
@@ -88,7 +86,7 @@ fn no_internal_disk_is_a_clear_error() {
     assert!(!msg.is_empty());
     assert_eq!(
         failure_class(&out),
-        Some(1),
+        Some(ErrorClass::NoStorage),
         "no internal storage is class 1: {msg}"
     );
 }
@@ -108,7 +106,7 @@ fn bad_board_option_is_a_clear_error() {
     );
     assert_eq!(
         failure_class(&out),
-        Some(6),
+        Some(ErrorClass::BoardConfig),
         "board configuration error is class 6"
     );
     assert!(all_zero(&target));

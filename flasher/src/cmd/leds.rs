@@ -85,10 +85,22 @@ pub fn run(args: Args) -> crate::Result<()> {
     let spec = config.pattern_for(args.phase).map_err(|e| {
         crate::Error::Usage(format!("{e}; fix the board file's [leds.phases] table"))
     })?;
-    let opened = led::open_report(&args.root, &config, args.events.as_deref());
+    let opened = led::open_report(&args.root, &config, None);
     for w in &opened.warnings {
         tracing::warn!("{w}");
     }
+    // Pattern changes go out as typed `led` events (docs/events.md), the same
+    // lines /init writes to flasher.events=.
+    let sink: Option<std::sync::Arc<dyn crate::progress::Observer>> = match &args.events {
+        Some(path) => match crate::init::console::open_events_at(path) {
+            Ok(j) => Some(std::sync::Arc::new(j)),
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        },
+        None => None,
+    };
     let labels = led::Leds::labels(&opened.leds);
     let count = labels.len();
     let pattern = spec.build(
@@ -113,7 +125,14 @@ pub fn run(args: Args) -> crate::Result<()> {
         println!("no LEDs found; the board reports phases on the console and with --events PATH");
     }
 
-    let animator = Animator::start(Box::new(opened.leds), &config);
+    let leds: Box<dyn led::Leds> = match &sink {
+        Some(sink) => Box::new(crate::progress::AnnouncingLeds::new(
+            Box::new(opened.leds),
+            std::sync::Arc::downgrade(sink),
+        )),
+        None => Box::new(opened.leds),
+    };
+    let animator = Animator::start(leds, &config);
     if let Some(f) = args.progress {
         animator.set_progress(f);
     }
@@ -207,10 +226,19 @@ mod tests {
             assert_eq!(read(d.join("trigger")), "none");
             assert_eq!(read(d.join("brightness")), "255");
         }
-        assert_eq!(
-            read(events),
-            "{\"phase\":\"success\",\"pattern\":\"solid\"}\n"
-        );
+        let lines: Vec<Event> = read(events)
+            .lines()
+            .map(|l| Event::parse(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].phase, Phase::Success);
+        match &lines[0].body {
+            crate::progress::Body::Led { pattern, leds, .. } => {
+                assert_eq!(pattern, "solid");
+                assert_eq!(leds.len(), 4);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -366,10 +394,16 @@ mod tests {
             &LedConfig::default(),
         ));
         observer.event(&Event::phase(Phase::Writing));
-        observer.event(&Event {
-            error_class: Some(4),
-            ..Event::phase(Phase::Failure)
-        });
+        observer.event(&Event::failure(led::ErrorClass::WriteIo, "write error"));
+        // The LEDs' own echo and the unit record do not move them.
+        observer.event(&Event::led(Phase::Writing, "running-light", vec![], None));
+        observer.event(&Event::record(
+            Phase::Finishing,
+            1,
+            crate::progress::RecordResult::Error,
+            "/dev/null",
+            0,
+        ));
         drop(observer.0.stop());
         let shown: Vec<_> = leds
             .announcements()

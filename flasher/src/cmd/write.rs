@@ -93,11 +93,11 @@ struct Bar(Mutex<Option<(Phase, indicatif::ProgressBar)>>);
 impl Observer for Bar {
     fn event(&self, e: &Event) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(done), Some(total)) = (e.done, e.total) else {
+        let Some((done, total, _)) = e.bytes() else {
             if let Some((_, b)) = g.take() {
                 b.finish();
             }
-            if let Some(m) = &e.message {
+            if let Some(m) = e.text() {
                 eprintln!("{}: {m}", e.phase);
             }
             return;
@@ -137,14 +137,11 @@ struct LogLines(Mutex<Option<(Phase, u64)>>);
 impl Observer for LogLines {
     fn event(&self, e: &Event) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(done), Some(total)) = (e.done, e.total) else {
+        let Some((done, total, rate)) = e.bytes() else {
             tracing::info!(
                 "{}{}",
                 e.phase,
-                e.message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
+                e.text().map(|m| format!(": {m}")).unwrap_or_default()
             );
             *g = None;
             return;
@@ -159,7 +156,7 @@ impl Observer for LogLines {
                     e.phase,
                     human(done),
                     human(total),
-                    human(e.rate.unwrap_or(0))
+                    human(rate)
                 );
                 *g = Some((e.phase, step));
             }

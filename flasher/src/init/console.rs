@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use led::Phase;
 
 use super::Error;
-use crate::progress::{Event, Observer};
+use crate::progress::{Body, Event, Observer, RecordResult};
 
 /// Readable lines: every phase change and message, and progress in 5 % steps
 /// (a 115200-baud console cannot take a line per chunk).
@@ -51,46 +51,64 @@ impl<W: Write + Send> Console<W> {
 
 impl<W: Write + Send> Observer for Console<W> {
     fn event(&self, e: &Event) {
+        // The LEDs' echo is for machines and boards without LEDs; people at the
+        // console already read the phase it follows.
+        if !e.is_flasher_state() && !matches!(e.body, Body::Record { .. }) {
+            return;
+        }
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let new_phase = s.phase != Some(e.phase);
         if new_phase {
             s.phase = Some(e.phase);
             s.step = None;
         }
-        let line = if e.phase == Phase::Failure {
-            let class = e
-                .error_class
-                .map(|c| format!(" (error class {c})"))
-                .unwrap_or_default();
-            Some(format!(
-                "flasher: FAILED{class}: {}",
-                e.message.as_deref().unwrap_or("unknown error")
-            ))
-        } else if let Some(m) = &e.message {
-            Some(format!("flasher: [{}] {m}", e.phase))
-        } else if let (Some(done), Some(total)) = (e.done, e.total) {
-            // An empty phase is complete.
-            let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
-            let step = pct / STEP_PERCENT;
-            if s.step.is_some_and(|last| step <= last) {
-                None
-            } else {
-                s.step = Some(step);
-                let rate = e
-                    .rate
-                    .map(|r| format!(", {}/s", size(r)))
+        let line = match &e.body {
+            Body::Record {
+                seq,
+                result,
+                log,
+                offset,
+            } => Some(format!(
+                "flasher: [{}] unit record {seq} ({}) appended to {log} at byte {offset}",
+                e.phase,
+                match result {
+                    RecordResult::Ok => "ok",
+                    RecordResult::Error => "error",
+                }
+            )),
+            _ if e.phase == Phase::Failure => {
+                let class = e
+                    .error_class()
+                    .map(|c| format!(" (error class {})", c.blinks()))
                     .unwrap_or_default();
                 Some(format!(
-                    "flasher: [{}] {} of {} ({pct}%){rate}",
-                    e.phase,
-                    size(done),
-                    size(total)
+                    "flasher: FAILED{class}: {}",
+                    e.text().unwrap_or("unknown error")
                 ))
             }
-        } else if new_phase {
-            Some(format!("flasher: [{}]", e.phase))
-        } else {
-            None
+            _ if e.text().is_some() => {
+                Some(format!("flasher: [{}] {}", e.phase, e.text().unwrap_or("")))
+            }
+            Body::Progress { done, total, rate } => {
+                let (done, total) = (*done, *total);
+                // An empty phase is complete.
+                let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+                let step = pct / STEP_PERCENT;
+                if s.step.is_some_and(|last| step <= last) {
+                    None
+                } else {
+                    s.step = Some(step);
+                    Some(format!(
+                        "flasher: [{}] {} of {} ({pct}%), {}/s",
+                        e.phase,
+                        size(done),
+                        size(total),
+                        size(*rate)
+                    ))
+                }
+            }
+            _ if new_phase => Some(format!("flasher: [{}]", e.phase)),
+            _ => None,
         };
         if let Some(line) = line {
             // Nowhere to report a console write error; the LEDs still show the state.
@@ -103,41 +121,54 @@ impl<W: Write + Send> Observer for Console<W> {
 /// A byte count for people: `512 B`, `1.5 KiB`, `3.9 GiB`.
 pub use crate::progress::iec_size as size;
 
-/// JSON event lines: each event serialized on its own line, flushed at once so a
-/// harness reading the serial port sees it immediately.
+/// JSON event lines (docs/events.md): each event serialized on its own line,
+/// flushed at once so a harness reading the serial port sees it immediately.
 pub struct JsonLines<W: Write + Send> {
-    out: Mutex<W>,
+    out: Mutex<(W, u64)>,
 }
 
 impl<W: Write + Send> JsonLines<W> {
     pub fn new(out: W) -> Self {
         JsonLines {
-            out: Mutex::new(out),
+            out: Mutex::new((out, 0)),
         }
     }
 
     pub fn into_inner(self) -> W {
-        self.out.into_inner().unwrap_or_else(|e| e.into_inner())
+        self.out.into_inner().unwrap_or_else(|e| e.into_inner()).0
     }
 }
 
 impl<W: Write + Send> Observer for JsonLines<W> {
     fn event(&self, e: &Event) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        // Event holds only plain data, so serialization cannot fail; a write error
-        // (tty gone) has nowhere to be reported.
-        if let Ok(mut line) = serde_json::to_vec(e) {
-            line.push(b'\n');
-            let _ = out.write_all(&line);
-            let _ = out.flush();
-        }
+        let mut g = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let (out, last) = &mut *g;
+        // Events are stamped where they happen, on several threads (the LED
+        // animator, the pipeline); one stamped a moment before the previous line
+        // was written would go back in time. Readers may rely on t_ms never
+        // decreasing, so such a line carries the previous line's time.
+        let mut line = if e.t_ms < *last {
+            e.clone().with_t_ms(*last).to_line()
+        } else {
+            e.to_line()
+        };
+        *last = e.t_ms.max(*last);
+        line.push('\n');
+        // A write error (tty gone) has nowhere to be reported.
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
     }
 }
 
 /// Open the `flasher.events=` path under `root` for appending: a file is created if
 /// missing; a tty is switched to raw mode so the kernel adds no `\r` and no echo.
 pub fn open_events(root: &Path, path: &Path) -> Result<JsonLines<File>, Error> {
-    let full = super::under(root, path);
+    open_events_at(&super::under(root, path))
+}
+
+/// [`open_events`] for a path taken as given (host commands, relative paths).
+pub fn open_events_at(full: &Path) -> Result<JsonLines<File>, Error> {
+    let full = full.to_path_buf();
     let file = OpenOptions::new()
         .append(true)
         .create(true)
@@ -161,11 +192,10 @@ pub fn open_events(root: &Path, path: &Path) -> Result<JsonLines<File>, Error> {
 mod tests {
     use super::*;
 
-    fn failure(msg: &str, class: u8) -> Event {
-        Event {
-            error_class: Some(class),
-            ..Event::phase(Phase::Failure).with_message(msg)
-        }
+    use led::ErrorClass;
+
+    fn failure(msg: &str, class: ErrorClass) -> Event {
+        Event::failure(class, msg)
     }
 
     #[test]
@@ -182,7 +212,18 @@ mod tests {
                 2 << 20,
             ));
         }
-        c.event(&failure("verify mismatch at 4096..8192", 5));
+        c.event(&Event::led(Phase::Failure, "blink-code", vec![], None));
+        c.event(&Event::record(
+            Phase::Failure,
+            3,
+            RecordResult::Error,
+            "/dev/mmcblk0p3",
+            512,
+        ));
+        c.event(&failure(
+            "verify mismatch at 4096..8192",
+            ErrorClass::VerifyMismatch,
+        ));
         let text = String::from_utf8(c.into_inner()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "flasher: [starting] flasher 0.1.0");
@@ -197,6 +238,11 @@ mod tests {
         );
         // 0 %, 5 %, ... 100 %: 21 progress lines, not 101.
         assert_eq!(lines.iter().filter(|l| l.contains("[writing]")).count(), 21);
+        // The LED echo is not shown; the record is.
+        assert_eq!(
+            lines[lines.len() - 2],
+            "flasher: [failure] unit record 3 (error) appended to /dev/mmcblk0p3 at byte 512"
+        );
         assert_eq!(
             *lines.last().unwrap(),
             "flasher: FAILED (error class 5): verify mismatch at 4096..8192"
@@ -204,21 +250,22 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_round_trip() {
+    fn json_lines_round_trip_in_time_order() {
         let j = JsonLines::new(Vec::new());
-        j.event(&Event::progress(Phase::Verifying, 10, 20, 5));
-        j.event(&failure("target too small", 3));
+        let sent = [
+            Event::progress(Phase::Verifying, 10, 20, 5).with_t_ms(100),
+            failure("target too small", ErrorClass::TargetRefused).with_t_ms(120),
+            // Stamped on another thread just before the previous line went out.
+            Event::led(Phase::Failure, "blink-code", vec![], None).with_t_ms(119),
+        ];
+        for e in &sent {
+            j.event(e);
+        }
         let text = String::from_utf8(j.into_inner()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["phase"], "verifying");
-        assert_eq!(lines[0]["done"], 10);
-        assert_eq!(lines[1]["phase"], "failure");
-        assert_eq!(lines[1]["error_class"], 3);
-        assert_eq!(lines[1]["message"], "target too small");
+        let got: Vec<Event> = text.lines().map(|l| Event::parse(l).unwrap()).collect();
+        assert_eq!(got[..2], sent[..2]);
+        assert_eq!(got[2], sent[2].clone().with_t_ms(120));
+        assert_eq!(flasher_format::event::check_stream(&got), Ok(()));
     }
 
     #[test]
@@ -226,10 +273,13 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("run")).unwrap();
         let j = open_events(root.path(), Path::new("/run/events.jsonl")).unwrap();
-        j.event(&Event::phase(Phase::Success));
+        j.event(&Event::phase(Phase::Success).with_t_ms(7));
         drop(j);
         let text = std::fs::read_to_string(root.path().join("run/events.jsonl")).unwrap();
-        assert_eq!(text, "{\"phase\":\"success\"}\n");
+        assert_eq!(
+            text,
+            "{\"v\":1,\"t_ms\":7,\"phase\":\"success\",\"kind\":\"phase\"}\n"
+        );
         assert!(matches!(
             open_events(root.path(), Path::new("/nodir/x")),
             Err(Error::Events { .. })

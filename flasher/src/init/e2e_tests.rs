@@ -11,9 +11,11 @@ use super::card::tests::{fat_with, mbr_disk};
 use super::power::tests::FakePower;
 use super::real::Real;
 use super::run::{drive, Outcome, Step};
+use crate::progress::{Body, Event, RecordResult};
 use crate::storage::testing::FakeRoot;
 use flasher_format::bundle::{BundleWriter, WriterOptions};
 use flasher_format::record;
+use led::Phase;
 
 const CARD: &str = "pci0000:00/0000:00:05.0";
 const TARGET: &str = "pci0000:00/0000:00:06.0";
@@ -85,12 +87,15 @@ fn records(root: &Path) -> Vec<record::UnitRecord> {
     record::read_all(&mut f, 1 << 20).unwrap()
 }
 
-fn events(root: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(root.join("run/events.jsonl"))
+/// The run's event lines: every one a typed event of this schema, in time order.
+fn events(root: &Path) -> Vec<Event> {
+    let ev: Vec<Event> = std::fs::read_to_string(root.join("run/events.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .map(|l| Event::parse(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    flasher_format::event::check_stream(&ev).unwrap();
+    ev
 }
 
 #[test]
@@ -147,8 +152,23 @@ fn flashes_configures_records_and_powers_off() {
     assert_eq!(recs[0].image_digest.len(), 64);
 
     let ev = events(root);
-    assert!(ev.iter().any(|e| e["phase"] == "writing"));
-    assert_eq!(ev.last().unwrap()["phase"], "success");
+    assert!(ev
+        .iter()
+        .any(|e| e.phase == Phase::Writing && matches!(e.body, Body::Progress { .. })));
+    let last = ev.iter().rev().find(|e| e.is_flasher_state()).unwrap();
+    assert_eq!(last.phase, Phase::Success);
+    assert!(ev.iter().any(|e| matches!(
+        e.body,
+        Body::Record {
+            seq: 1,
+            result: RecordResult::Ok,
+            ..
+        }
+    )));
+    // The board has no LEDs: the pattern changes are reported as events.
+    assert!(ev
+        .iter()
+        .any(|e| e.phase == Phase::Writing && matches!(e.body, Body::Led { .. })));
 }
 
 #[test]
@@ -178,8 +198,15 @@ fn too_small_target_fails_class_3_records_and_waits() {
         other => panic!("expected an error record, got {other:?}"),
     }
     let ev = events(root);
-    let last = ev.iter().rev().find(|e| e["phase"] == "failure").unwrap();
-    assert_eq!(last["error_class"], 3);
+    let last = ev.iter().rev().find(|e| e.is_failure()).unwrap();
+    assert_eq!(last.error_class(), Some(led::ErrorClass::TargetRefused));
+    assert!(ev.iter().any(|e| matches!(
+        e.body,
+        Body::Record {
+            result: RecordResult::Error,
+            ..
+        }
+    )));
 }
 
 #[test]

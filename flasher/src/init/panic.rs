@@ -7,8 +7,6 @@ use std::any::Any;
 use std::panic::Location;
 use std::sync::Arc;
 
-use led::Phase;
-
 use crate::progress::{Event, Observer};
 
 /// The blink-code class of a panic.
@@ -34,13 +32,13 @@ pub fn event(payload: &(dyn Any + Send), location: Option<&Location<'_>>) -> Eve
         .name()
         .map(|n| format!(" in thread {n}"))
         .unwrap_or_default();
-    Event {
-        error_class: Some(PANIC_CLASS.blinks()),
-        ..Event::phase(Phase::Failure).with_message(format!(
+    Event::failure(
+        PANIC_CLASS,
+        format!(
             "internal error: {}{at}{thread}; this is a flasher bug, please report it",
             message(payload)
-        ))
-    }
+        ),
+    )
 }
 
 /// Replace the panic hook with one that sends the failure event to `observer`
@@ -48,10 +46,7 @@ pub fn event(payload: &(dyn Any + Send), location: Option<&Location<'_>>) -> Eve
 pub fn install(observer: Arc<dyn Observer>) {
     std::panic::set_hook(Box::new(move |info| {
         let e = event(info.payload(), info.location());
-        eprintln!(
-            "flasher: PANIC: {}",
-            e.message.as_deref().unwrap_or_default()
-        );
+        eprintln!("flasher: PANIC: {}", e.text().unwrap_or_default());
         observer.event(&e);
     }));
 }
@@ -60,6 +55,7 @@ pub fn install(observer: Arc<dyn Observer>) {
 mod tests {
     use super::*;
     use crate::progress::Recorder;
+    use led::Phase;
 
     #[test]
     fn payload_text() {
@@ -79,14 +75,10 @@ mod tests {
         let ev = rec
             .events()
             .into_iter()
-            .find(|e| {
-                e.message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("index out of range"))
-            })
+            .find(|e| e.text().is_some_and(|m| m.contains("index out of range")))
             .expect("the hook sent a failure event");
         assert_eq!(ev.phase, Phase::Failure);
-        assert_eq!(ev.error_class, Some(8));
-        assert!(ev.message.unwrap().contains("panic.rs"));
+        assert_eq!(ev.error_class(), Some(led::ErrorClass::Internal));
+        assert!(ev.text().unwrap().contains("panic.rs"));
     }
 }

@@ -16,9 +16,9 @@ use super::mounts::{self, Nix, EARLY};
 use super::power::{self, After, Power, System};
 use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
 use super::watchdog::{Disarm, Feeder, Watchdog};
-use super::{under, Error};
+use super::Error;
 use crate::pipeline::{self, WriteOptions, WriteReport};
-use crate::progress::{Event, Observer};
+use crate::progress::{Event, Observer, RecordResult};
 use crate::storage::{self, BootMedium, Disk};
 use boards::Placement;
 use flasher_format::cmdline::{Options, Verify};
@@ -125,7 +125,7 @@ impl Real {
     }
 
     fn note(&self, phase: Phase, msg: String) {
-        self.sinks.event(&Event::phase(phase).with_message(msg));
+        self.sinks.event(&Event::message(phase, msg));
     }
 
     /// The card's `flasher-log` partition when the run failed before the payload
@@ -337,7 +337,8 @@ pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) ->
 
 /// Append `rec` to the log partition (or file) at `path`; returns the record's
 /// byte offset in the log.
-pub fn append_to(path: &Path, rec: &UnitRecord) -> crate::Result<u64> {
+/// Append `rec` to the log at `path`: its byte offset and sequence number.
+pub fn append_to(path: &Path, rec: &UnitRecord) -> crate::Result<(u64, u64)> {
     let ctx = |what: &str| format!("{what} unit log {}", path.display());
     let mut f = OpenOptions::new()
         .read(true)
@@ -347,9 +348,9 @@ pub fn append_to(path: &Path, rec: &UnitRecord) -> crate::Result<u64> {
     let capacity = f
         .seek(SeekFrom::End(0))
         .map_err(|e| crate::Error::io(ctx("size of"), e))?;
-    let seq = record::append(&mut f, capacity, rec)?;
+    let appended = record::append_numbered(&mut f, capacity, rec)?;
     f.sync_all().map_err(|e| crate::Error::io(ctx("sync"), e))?;
-    Ok(seq)
+    Ok(appended)
 }
 
 /// The write step's summary from the pipeline's report.
@@ -486,10 +487,12 @@ impl Steps for Real {
                 d.board.name, d.board.description
             ),
         );
-        // The LEDs follow the event stream from here on. The LED event sink shares
-        // the flasher.events= path, so boards without LEDs still report patterns.
-        let events = o.events.as_deref().map(|p| under(&self.root, p));
-        let leds = led::open(&self.root, &d.board.leds, events.as_deref());
+        // The LEDs follow the event stream from here on, and report each pattern
+        // back into it as a `led` event, so boards without LEDs (and the QEMU
+        // harness) still see what an operator would.
+        let leds = led::open(&self.root, &d.board.leds, None);
+        let stream = Arc::downgrade(&self.sinks);
+        let leds = Box::new(crate::progress::AnnouncingLeds::new(leds, stream));
         self.sinks.add(Box::new(crate::progress::LedObserver(
             led::Animator::start(leds, &d.board.leds),
         )));
@@ -734,11 +737,19 @@ impl Steps for Real {
             return Err(Error::NoLog.into());
         };
         let rec = unit_record(r, &self.identity, SystemTime::now());
-        let offset = append_to(&log, &rec)?;
-        self.note(
-            Phase::Finishing,
-            format!("unit record appended to {} at byte {offset}", log.display()),
-        );
+        let (offset, seq) = append_to(&log, &rec)?;
+        let (phase, result) = match &r.failure {
+            // After a failure the run stays in the failure phase.
+            Some(_) => (Phase::Failure, RecordResult::Error),
+            None => (Phase::Finishing, RecordResult::Ok),
+        };
+        self.sinks.event(&Event::record(
+            phase,
+            seq,
+            result,
+            log.display().to_string(),
+            offset,
+        ));
         Ok(())
     }
 
@@ -873,8 +884,14 @@ mod tests {
         };
         // 2023-11-14: a plausible clock is kept; 1970 (no RTC) is not.
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(append_to(&log, &unit_record(&ok, &id, now)).unwrap(), 0);
-        assert!(append_to(&log, &unit_record(&failed, &id, SystemTime::UNIX_EPOCH)).unwrap() > 0);
+        assert_eq!(
+            append_to(&log, &unit_record(&ok, &id, now)).unwrap(),
+            (0, 1)
+        );
+        let (offset, seq) =
+            append_to(&log, &unit_record(&failed, &id, SystemTime::UNIX_EPOCH)).unwrap();
+        assert!(offset > 0);
+        assert_eq!(seq, 2);
         let mut f = File::open(&log).unwrap();
         let recs = record::read_all(&mut f, 64 << 10).unwrap();
         assert_eq!(recs.len(), 2);

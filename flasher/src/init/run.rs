@@ -194,7 +194,7 @@ fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, Box<Failure>>
     st.step = Some(Step::Cmdline);
     let o = at(st, Step::Cmdline, s.options())?;
     for w in &o.warnings {
-        s.show(&Event::phase(Phase::Starting).with_message(w.clone()));
+        s.show(&Event::message(Phase::Starting, w.clone()));
     }
     st.options = Some(o.clone());
     st.step = Some(Step::Modules);
@@ -212,12 +212,15 @@ fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, Box<Failure>>
     st.step = Some(Step::Target);
     let target = at(st, Step::Target, s.choose_target(&o))?;
     st.target = Some(target.clone());
-    s.show(&Event::phase(Phase::Searching).with_message(format!(
-        "target {} ({}, {})",
-        target.device.display(),
-        target.identity,
-        super::console::size(target.size_bytes)
-    )));
+    s.show(&Event::message(
+        Phase::Searching,
+        format!(
+            "target {} ({}, {})",
+            target.device.display(),
+            target.identity,
+            super::console::size(target.size_bytes)
+        ),
+    ));
     if o.dry_run {
         return Ok(Outcome::DryRun { board, target });
     }
@@ -286,10 +289,7 @@ pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Box<Failure>> {
         Err(failure) => {
             let (step, class) = (failure.step, failure.class);
             let message = failure.to_string();
-            s.show(&Event {
-                error_class: Some(class.blinks()),
-                ..Event::phase(Phase::Failure).with_message(message.clone())
-            });
+            s.show(&Event::failure(class, message.clone()));
             // Every run leaves a record, failed ones too; unless recording itself failed.
             if step != Step::Record {
                 let rec = RunRecord {
@@ -301,11 +301,10 @@ pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Box<Failure>> {
                 if let Err(e) = s.append_record(&rec) {
                     // Same phase and class, so the LEDs and event readers keep the
                     // original blink code.
-                    s.show(&Event {
-                        error_class: Some(class.blinks()),
-                        ..Event::phase(Phase::Failure)
-                            .with_message(format!("could not append the unit record either: {e}"))
-                    });
+                    s.show(&Event::failure(
+                        class,
+                        format!("could not append the unit record either: {e}"),
+                    ));
                 }
             }
             s.finish(options.on_failure);
@@ -509,7 +508,7 @@ mod tests {
         assert!(msg.starts_with("partition fix-ups: "), "{msg}");
         let last = f.events.events().pop().unwrap();
         assert_eq!(last.phase, Phase::Failure);
-        assert_eq!(last.error_class, Some(7));
+        assert_eq!(last.error_class(), Some(led::ErrorClass::PostWrite));
     }
 
     #[test]
@@ -568,12 +567,10 @@ mod tests {
             .filter(|e| e.phase == Phase::Failure)
             .collect();
         assert_eq!(failures.len(), 2);
-        assert!(failures.iter().all(|e| e.error_class == Some(1)));
-        assert!(failures[1]
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("unit record"));
+        assert!(failures
+            .iter()
+            .all(|e| e.error_class() == Some(led::ErrorClass::NoStorage)));
+        assert!(failures[1].text().unwrap().contains("unit record"));
     }
 
     #[test]

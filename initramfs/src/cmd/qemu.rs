@@ -80,7 +80,7 @@ pub fn run(args: Args) -> crate::Result<()> {
             "FAILED"
         },
         outcome.elapsed.as_secs_f64(),
-        outcome.phases().join(" → ")
+        outcome.phase_names()
     );
     outcome.check(opts.timeout, qemu::fault::power_cut(&opts.faults))?;
     Ok(())

@@ -19,7 +19,8 @@ pub mod fault;
 pub use fault::Fault;
 
 use flasher_format::cmdline::{self, After};
-use serde_json::Value;
+use flasher_format::event::{Body, Event};
+use led::Phase;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,6 +74,8 @@ pub enum Error {
         "the VM stopped without the flasher reporting success (last phase: {last_phase}, {how})"
     )]
     NoSuccess { last_phase: String, how: String },
+    #[error("bad event stream from the flasher: {reason}")]
+    BadEvents { reason: String },
 }
 
 impl Error {
@@ -148,8 +151,8 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// Called with each JSON event as it arrives (live progress).
-pub type EventHook = Arc<dyn Fn(&Value) + Send + Sync>;
+/// Called with each event as it arrives (live progress).
+pub type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// One run of a card against a target.
 #[derive(Clone)]
@@ -209,11 +212,22 @@ impl QemuOptions {
     }
 }
 
+/// An event line that did not parse as an [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// The line as received (trimmed).
+    pub line: String,
+    /// Why it is not an event.
+    pub reason: String,
+}
+
 /// What happened in one run.
 #[derive(Debug, Clone)]
 pub struct QemuOutcome {
-    /// Every JSON event line, in order.
-    pub events: Vec<Value>,
+    /// Every event line, parsed, in order.
+    pub events: Vec<Event>,
+    /// Lines on the event port that are not events (there should be none).
+    pub bad_lines: Vec<BadLine>,
     /// The guest powered itself off (QEMU exited on its own, kernel said "Power down").
     pub powered_off: bool,
     /// The guest rebooted (with `-no-reboot` QEMU exits instead).
@@ -231,45 +245,74 @@ pub struct QemuOutcome {
 }
 
 impl QemuOutcome {
-    /// Distinct phases in the order they were entered.
-    pub fn phases(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for e in &self.events {
-            if let Some(p) = e.get("phase").and_then(Value::as_str) {
-                if out.last().map(String::as_str) != Some(p) {
-                    out.push(p.to_string());
-                }
+    /// Distinct phases in the order the flasher entered them. The LEDs' echo
+    /// (`led` events, written a moment later by another thread) and the unit
+    /// record do not count: they follow the phases, they do not move them.
+    pub fn phases(&self) -> Vec<Phase> {
+        let mut out: Vec<Phase> = Vec::new();
+        for e in self.events.iter().filter(|e| e.is_flasher_state()) {
+            if out.last() != Some(&e.phase) {
+                out.push(e.phase);
             }
         }
         out
     }
 
-    pub fn has_phase(&self, phase: &str) -> bool {
-        self.phases().iter().any(|p| p == phase)
+    /// [`Self::phases`] as text, for messages: `writing → verifying → success`.
+    pub fn phase_names(&self) -> String {
+        let names: Vec<&str> = self.phases().iter().map(|p| p.as_str()).collect();
+        names.join(" → ")
     }
 
-    /// The message of the first failure event that carries one: the cause. Later
-    /// failure events are consequences (e.g. the unit record could not be
-    /// appended), and LED pattern lines carry no message.
+    pub fn has_phase(&self, phase: Phase) -> bool {
+        self.phases().contains(&phase)
+    }
+
+    /// The first failure report: the cause. Later failure events are
+    /// consequences (e.g. the unit record could not be appended).
+    pub fn failure(&self) -> Option<&Event> {
+        self.events.iter().find(|e| e.is_failure())
+    }
+
+    /// The message of the first failure event that carries one: the cause.
     pub fn failure_message(&self) -> Option<String> {
         self.events
             .iter()
-            .filter(|e| e.get("phase").and_then(Value::as_str) == Some("failure"))
-            .find_map(|e| e.get("message").and_then(Value::as_str))
+            .filter(|e| e.is_failure())
+            .find_map(|e| e.text())
             .map(str::to_string)
             .or_else(|| {
-                self.has_phase("failure")
+                self.has_phase(Phase::Failure)
                     .then(|| "(no message)".to_string())
             })
     }
 
+    /// The stream itself is sound: every line parsed as an [`Event`] of this
+    /// schema version, and the timestamps never go back.
+    pub fn check_events(&self) -> Result<()> {
+        if let Some(b) = self.bad_lines.first() {
+            return Err(Error::BadEvents {
+                reason: format!(
+                    "{} line(s) are not events; the first: {:?} ({})",
+                    self.bad_lines.len(),
+                    b.line,
+                    b.reason
+                ),
+            });
+        }
+        flasher_format::event::check_stream(&self.events).map_err(|e| Error::BadEvents {
+            reason: e.to_string(),
+        })
+    }
+
     /// The flasher reported success and the VM powered off.
     pub fn succeeded(&self) -> bool {
-        self.has_phase("success") && self.powered_off && !self.has_phase("failure")
+        self.has_phase(Phase::Success) && self.powered_off && !self.has_phase(Phase::Failure)
     }
 
     /// Ok only on success; otherwise the most telling error.
     pub fn check(&self, timeout: Duration, power_cut_at: Option<f64>) -> Result<()> {
+        self.check_events()?;
         if self.succeeded() {
             return Ok(());
         }
@@ -279,8 +322,7 @@ impl QemuOutcome {
         let last_phase = self
             .phases()
             .last()
-            .cloned()
-            .unwrap_or_else(|| "none".into());
+            .map_or_else(|| "none".to_string(), |p| p.to_string());
         if self.power_cut {
             return Err(Error::PowerCut {
                 percent: power_cut_at.unwrap_or(0.0),
@@ -547,32 +589,45 @@ fn sd_append(card_cmdline: &str, extra: &[String]) -> String {
 }
 
 /// Parse complete event lines out of `buf`, leaving a trailing partial line.
-fn drain_events(buf: &mut Vec<u8>, out: &mut Vec<Value>, hook: Option<&EventHook>) {
+/// Every non-blank line must be an [`Event`]; one that is not goes to `bad`
+/// as received, so the run can fail quoting it.
+fn drain_events(
+    buf: &mut Vec<u8>,
+    out: &mut Vec<Event>,
+    bad: &mut Vec<BadLine>,
+    hook: Option<&EventHook>,
+) {
     while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
         let line: Vec<u8> = buf.drain(..=nl).collect();
         let text = String::from_utf8_lossy(&line);
-        // The guest tty may add \r; stray bytes before the object are skipped.
+        // A tty in cooked mode adds \r; a UART may idle as NULs between lines.
         let text = text.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-        if let Some(start) = text.find('{') {
-            if let Ok(v) = serde_json::from_str::<Value>(&text[start..]) {
-                if v.get("phase").is_some() {
-                    if let Some(h) = hook {
-                        h(&v);
-                    }
-                    out.push(v);
+        if text.is_empty() {
+            continue;
+        }
+        match Event::parse(text) {
+            Ok(e) => {
+                if let Some(h) = hook {
+                    h(&e);
                 }
+                out.push(e);
             }
+            Err(e) => bad.push(BadLine {
+                line: text.to_string(),
+                reason: e.to_string(),
+            }),
         }
     }
 }
 
-fn writing_fraction(v: &Value) -> Option<f64> {
-    if v.get("phase").and_then(Value::as_str) != Some("writing") {
-        return None;
+/// How far the writing phase has got, in percent, by this event.
+fn writing_fraction(e: &Event) -> Option<f64> {
+    match e.body {
+        Body::Progress { done, total, .. } if e.phase == Phase::Writing && total > 0 => {
+            Some(100.0 * done as f64 / total as f64)
+        }
+        _ => None,
     }
-    let done = v.get("done")?.as_f64()?;
-    let total = v.get("total")?.as_f64()?;
-    (total > 0.0).then(|| 100.0 * done / total)
 }
 
 struct Running {
@@ -644,7 +699,8 @@ struct Ended {
     power_cut: bool,
     gave_up: bool,
     console: String,
-    events: Vec<Value>,
+    events: Vec<Event>,
+    bad_lines: Vec<BadLine>,
     elapsed: Duration,
 }
 
@@ -658,6 +714,7 @@ fn supervise(
 ) -> Result<Ended> {
     let start = Instant::now();
     let mut events = Vec::new();
+    let mut bad_lines = Vec::new();
     let mut pending = Vec::new();
     let mut offset = 0u64;
     let read_new = |offset: &mut u64, pending: &mut Vec<u8>| {
@@ -680,7 +737,7 @@ fn supervise(
             .map_err(|e| Error::io(format!("waiting for {QEMU}"), e))?;
         let before = events.len();
         read_new(&mut offset, &mut pending);
-        drain_events(&mut pending, &mut events, hook);
+        drain_events(&mut pending, &mut events, &mut bad_lines, hook);
         if let Some(st) = st {
             break Some(st);
         }
@@ -721,8 +778,17 @@ fn supervise(
         let _ = r.join();
     }
     read_new(&mut offset, &mut pending);
-    pending.push(b'\n');
-    drain_events(&mut pending, &mut events, hook);
+    if status.is_some() {
+        // The guest ended by itself: each event went out in one write, so a
+        // last line without its newline is still a whole line, or a real fault.
+        pending.push(b'\n');
+    } else {
+        // Killed (power cut, timeout): the line being written when QEMU died is
+        // cut short by the harness, not by the flasher; drop it.
+        drain_events(&mut pending, &mut events, &mut bad_lines, hook);
+        pending.clear();
+    }
+    drain_events(&mut pending, &mut events, &mut bad_lines, hook);
     let console = String::from_utf8_lossy(&run.console.lock().unwrap_or_else(|e| e.into_inner()))
         .into_owned();
     Ok(Ended {
@@ -732,6 +798,7 @@ fn supervise(
         gave_up,
         console,
         events,
+        bad_lines,
         elapsed: start.elapsed(),
     })
 }
@@ -939,6 +1006,7 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
         power_cut: end.power_cut,
         firmware_gave_up: end.gave_up,
         events: end.events,
+        bad_lines: end.bad_lines,
         console_log: end.console,
         elapsed: end.elapsed,
         card_used,
@@ -1104,30 +1172,47 @@ mod tests {
         assert!(!a.contains("-kernel"));
     }
 
-    #[test]
-    fn events_are_parsed_across_partial_reads() {
-        let mut buf =
-            b"{\"phase\":\"writing\",\"done\":5,\"total\":10}\r\n{\"phase\":\"verif".to_vec();
-        let mut out = Vec::new();
-        drain_events(&mut buf, &mut out, None);
-        assert_eq!(out.len(), 1);
-        assert_eq!(writing_fraction(&out[0]), Some(50.0));
-        buf.extend_from_slice(b"ying\"}\nnoise\n\0{\"phase\":\"success\"}\n");
-        drain_events(&mut buf, &mut out, None);
-        assert_eq!(out.len(), 3);
-        assert!(buf.is_empty());
+    fn at(t_ms: u64, phase: Phase, body: Body) -> Event {
+        Event::at(t_ms, phase, body)
+    }
+
+    fn entered(t_ms: u64, phase: Phase) -> Event {
+        Event::phase(phase).with_t_ms(t_ms)
     }
 
     #[test]
-    fn outcome_verdicts() {
-        let ev = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-        let mut o = QemuOutcome {
-            events: vec![
-                ev(r#"{"phase":"writing","done":1,"total":2}"#),
-                ev(r#"{"phase":"writing","done":2,"total":2}"#),
-                ev(r#"{"phase":"verifying"}"#),
-                ev(r#"{"phase":"success"}"#),
-            ],
+    fn events_are_parsed_across_partial_reads() {
+        let writing = at(
+            1,
+            Phase::Writing,
+            Body::Progress {
+                done: 5,
+                total: 10,
+                rate: 1,
+            },
+        )
+        .to_line();
+        let verifying = entered(2, Phase::Verifying).to_line();
+        let (v1, v2) = verifying.split_at(20);
+        let mut buf = format!("{writing}\r\n{v1}").into_bytes();
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
+        drain_events(&mut buf, &mut out, &mut bad, None);
+        assert_eq!(out.len(), 1);
+        assert_eq!(writing_fraction(&out[0]), Some(50.0));
+        let success = entered(3, Phase::Success).to_line();
+        buf.extend_from_slice(format!("{v2}\n\n\0{success}\nnoise\n").as_bytes());
+        drain_events(&mut buf, &mut out, &mut bad, None);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1].phase, Phase::Verifying);
+        assert!(buf.is_empty());
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].line, "noise");
+    }
+
+    fn outcome(events: Vec<Event>) -> QemuOutcome {
+        QemuOutcome {
+            events,
+            bad_lines: Vec::new(),
             powered_off: true,
             rebooted: false,
             timed_out: false,
@@ -1136,26 +1221,79 @@ mod tests {
             console_log: String::new(),
             elapsed: Duration::ZERO,
             card_used: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn outcome_verdicts() {
+        let progress = |t, done| {
+            at(
+                t,
+                Phase::Writing,
+                Body::Progress {
+                    done,
+                    total: 2,
+                    rate: 1,
+                },
+            )
         };
-        assert_eq!(o.phases(), ["writing", "verifying", "success"]);
+        let mut o = outcome(vec![
+            progress(1, 1),
+            progress(2, 2),
+            entered(3, Phase::Verifying),
+            // The LEDs' echo of the writing pattern, late: not a phase change.
+            Event::led(Phase::Writing, "running-light", vec![], None).with_t_ms(3),
+            entered(4, Phase::Success),
+        ]);
+        assert_eq!(
+            o.phases(),
+            [Phase::Writing, Phase::Verifying, Phase::Success]
+        );
+        assert_eq!(o.phase_names(), "writing → verifying → success");
         assert!(o.check(Duration::from_secs(1), None).is_ok());
         o.powered_off = false;
         assert!(matches!(
             o.check(Duration::from_secs(1), None),
             Err(Error::NoSuccess { .. })
         ));
-        o.events.push(ev(
-            r#"{"phase":"failure","message":"write error at byte 20971520"}"#,
-        ));
+        o.events.push(
+            Event::failure(led::ErrorClass::WriteIo, "write error at byte 20971520").with_t_ms(5),
+        );
         match o.check(Duration::from_secs(1), None) {
             Err(Error::FlashFailed { message }) => assert!(message.contains("20971520")),
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            o.failure().and_then(Event::error_class),
+            Some(led::ErrorClass::WriteIo)
+        );
         o.events.clear();
         o.timed_out = true;
         assert!(matches!(
             o.check(Duration::from_secs(1), None),
             Err(Error::TimedOut { .. })
         ));
+    }
+
+    #[test]
+    fn a_bad_stream_fails_the_run_quoting_the_line() {
+        let mut o = outcome(vec![
+            entered(5, Phase::Starting),
+            entered(9, Phase::Success),
+        ]);
+        assert!(o.check_events().is_ok());
+        o.bad_lines.push(BadLine {
+            line: r#"{"phase":"writing"}"#.into(),
+            reason: "missing field `v`".into(),
+        });
+        match o.check(Duration::from_secs(1), None) {
+            Err(Error::BadEvents { reason }) => {
+                assert!(reason.contains(r#"{\"phase\":\"writing\"}"#), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        o.bad_lines.clear();
+        o.events.push(entered(8, Phase::Success));
+        assert!(matches!(o.check_events(), Err(Error::BadEvents { .. })));
     }
 }

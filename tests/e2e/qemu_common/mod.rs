@@ -3,6 +3,8 @@
 //! lock so VMs run one at a time (2 shared cores, software emulation).
 #![allow(dead_code)]
 
+pub use flasher_format::event::{Event, SCHEMA_VERSION};
+pub use led::{ErrorClass, Phase};
 use mkflasher::qemu::{self, QemuOptions, QemuOutcome, VirtualBoard};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -136,18 +138,49 @@ pub fn options(board: VirtualBoard, card: &Path, target: Option<PathBuf>) -> Qem
     o
 }
 
+/// One VM run. Whatever the scenario expects of the flash, the event stream
+/// must be sound: every line on the event port a typed [`Event`] of this
+/// schema version, with `t_ms` never going back; a bad line fails the scenario,
+/// quoted.
 pub fn run(opts: &QemuOptions) -> QemuOutcome {
     let _g = vm_lock();
     let out = qemu::run(opts).unwrap();
     eprintln!(
-        "{}: phases {:?}, powered_off {}, {:.0} s, failure {:?}",
+        "{}: phases {}, {} events, powered_off {}, {:.0} s, failure {:?}",
         opts.board,
-        out.phases(),
+        out.phase_names(),
+        out.events.len(),
         out.powered_off,
         out.elapsed.as_secs_f64(),
         out.failure_message()
     );
+    assert_event_stream(&out);
     out
+}
+
+/// The acceptance check on a run's events (see [`run`]).
+pub fn assert_event_stream(out: &QemuOutcome) {
+    if let Some(bad) = out.bad_lines.first() {
+        panic!(
+            "{} event line(s) do not parse as Event; first: {:?}: {}",
+            out.bad_lines.len(),
+            bad.line,
+            bad.reason
+        );
+    }
+    assert!(!out.events.is_empty(), "the run produced no event lines");
+    for (i, e) in out.events.iter().enumerate() {
+        assert_eq!(
+            e.v,
+            SCHEMA_VERSION,
+            "event {} has schema version {}",
+            i + 1,
+            e.v
+        );
+    }
+    if let Err(e) = flasher_format::event::check_stream(&out.events) {
+        panic!("{e}");
+    }
 }
 
 pub fn boots(board: VirtualBoard, disk: &Path) -> bool {
@@ -193,24 +226,24 @@ pub fn assert_gpt_verifies(target: &Path) {
     );
 }
 
-/// Events `writing`, `verifying`, `success` appear in that order.
+/// Phases `writing`, `verifying`, `success` are entered in that order.
 pub fn assert_phase_order(out: &QemuOutcome) {
     let p = out.phases();
-    let pos = |name: &str| {
+    let pos = |phase: Phase| {
         p.iter()
-            .position(|x| x == name)
-            .unwrap_or_else(|| panic!("no {name} phase in {p:?}"))
+            .position(|x| *x == phase)
+            .unwrap_or_else(|| panic!("no {phase} phase in {p:?}"))
     };
-    assert!(pos("writing") < pos("verifying"), "{p:?}");
-    assert!(pos("verifying") < pos("success"), "{p:?}");
+    assert!(pos(Phase::Writing) < pos(Phase::Verifying), "{p:?}");
+    assert!(pos(Phase::Verifying) < pos(Phase::Success), "{p:?}");
 }
 
-/// The error class of the last failure event.
-pub fn failure_class(out: &QemuOutcome) -> Option<u64> {
+/// The error class of the first failure event that carries one.
+pub fn failure_class(out: &QemuOutcome) -> Option<ErrorClass> {
     out.events
         .iter()
-        .filter(|e| e.get("phase").and_then(|p| p.as_str()) == Some("failure"))
-        .find_map(|e| e.get("error_class").and_then(|c| c.as_u64()))
+        .filter(|e| e.is_failure())
+        .find_map(Event::error_class)
 }
 
 /// True when no byte of the file is non-zero (nothing was written).

@@ -367,7 +367,8 @@ fn report_counts_and_phase_events() {
         .into_iter()
         .rfind(|e| e.phase == Phase::Writing)
         .unwrap();
-    assert_eq!(last_write.done, last_write.total);
+    let (done, total, _) = last_write.bytes().unwrap();
+    assert_eq!(done, total);
     assert_eq!(
         r.fixup.as_ref().map(|f| f.table),
         Some(crate::fixup::TableKind::None)
