@@ -1,10 +1,11 @@
 //! Boards as data: one TOML file per board under `boards/data/`, compiled into the
-//! binary, the typed schema they parse into, and board detection from the device
-//! tree, DMI and the kernel command line.
+//! binary (as JSON, see `build.rs`), the typed schema they parse into, and board
+//! detection from the device tree, DMI and the kernel command line.
 //!
-//! - [`builtin`] parses every shipped board file; [`find`] looks one up by name;
-//!   [`load_file`] reads a board file given at run time (it overrides the built-in
-//!   board of the same name, see [`with_override`]).
+//! - [`builtin`] parses every shipped board; [`find`] looks one up by name;
+//!   [`load_file`] reads a board file given at run time, TOML (with the `toml`
+//!   feature, on the host) or JSON (what `mkflasher` puts into the initramfs); it
+//!   overrides the built-in board of the same name, see [`with_override`].
 //! - [`detect`] picks the board on a running system (all paths under a root).
 
 mod detect;
@@ -18,12 +19,21 @@ use std::path::{Path, PathBuf};
 /// Errors from parsing board files and detecting the board.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[cfg(feature = "toml")]
     #[error("board file {file}: {source}")]
     Parse {
         file: String,
         #[source]
         source: toml::de::Error,
     },
+    #[error("board file {file}: {source}")]
+    ParseJson {
+        file: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("board file {file} is TOML, which this build cannot read; give it to mkflasher, which stores boards as JSON")]
+    TomlUnsupported { file: String },
     #[error("board file {file}: {reason}")]
     Invalid { file: String, reason: String },
     #[error("{context}: {source}")]
@@ -59,52 +69,30 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The shipped board files, as (file name, contents).
-pub const BUILTIN_FILES: &[(&str, &str)] = &[
-    ("artik10.toml", include_str!("../data/artik10.toml")),
-    ("artik5.toml", include_str!("../data/artik5.toml")),
-    (
-        "beaglebone-black.toml",
-        include_str!("../data/beaglebone-black.toml"),
-    ),
-    (
-        "beaglebone-green.toml",
-        include_str!("../data/beaglebone-green.toml"),
-    ),
-    (
-        "beaglebone-green-wireless.toml",
-        include_str!("../data/beaglebone-green-wireless.toml"),
-    ),
-    (
-        "hummingboard-i2.toml",
-        include_str!("../data/hummingboard-i2.toml"),
-    ),
-    (
-        "intel-edison.toml",
-        include_str!("../data/intel-edison.toml"),
-    ),
-    ("intel-nuc.toml", include_str!("../data/intel-nuc.toml")),
-    ("nitrogen6x.toml", include_str!("../data/nitrogen6x.toml")),
-    ("odroid-c1.toml", include_str!("../data/odroid-c1.toml")),
-    ("odroid-xu4.toml", include_str!("../data/odroid-xu4.toml")),
-    (
-        "qemu-x86_64-nuc.toml",
-        include_str!("../data/qemu-x86_64-nuc.toml"),
-    ),
-    (
-        "qemu-x86_64-sd.toml",
-        include_str!("../data/qemu-x86_64-sd.toml"),
-    ),
-    ("ts4900.toml", include_str!("../data/ts4900.toml")),
-];
+include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
 
-/// Parse one board file's text. `file` names it in errors. The board is validated
-/// (see [`validate`]); when `file` ends in `.toml` its stem must equal `name`.
+/// Parse one TOML board file's text. `file` names it in errors. The board is
+/// validated (see [`validate`]); when `file` ends in `.toml` its stem must equal `name`.
+#[cfg(feature = "toml")]
 pub fn parse(file: &str, text: &str) -> Result<Board> {
     let board: Board = toml::from_str(text).map_err(|source| Error::Parse {
         file: file.to_string(),
         source,
     })?;
+    checked(file, board)
+}
+
+/// [`parse`] for a board in JSON (the built-in boards, the initramfs's board file).
+pub fn parse_json(file: &str, text: &str) -> Result<Board> {
+    let board: Board = serde_json::from_str(text).map_err(|source| Error::ParseJson {
+        file: file.to_string(),
+        source,
+    })?;
+    checked(file, board)
+}
+
+/// Validate a parsed board; a `NAME.toml` file must hold board `NAME`.
+fn checked(file: &str, board: Board) -> Result<Board> {
     validate(&board).map_err(|reason| Error::Invalid {
         file: file.to_string(),
         reason,
@@ -201,9 +189,9 @@ pub fn validate(board: &Board) -> Result<(), String> {
 
 /// Every shipped board, parsed and validated, sorted by name.
 pub fn builtin() -> Result<Vec<Board>> {
-    let mut boards = BUILTIN_FILES
+    let mut boards = BUILTIN_JSON
         .iter()
-        .map(|(file, text)| parse(file, text))
+        .map(|(file, text)| parse_json(file, text))
         .collect::<Result<Vec<_>>>()?;
     boards.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(boards)
@@ -211,7 +199,7 @@ pub fn builtin() -> Result<Vec<Board>> {
 
 /// The names of the shipped boards.
 pub fn builtin_names() -> Vec<String> {
-    BUILTIN_FILES
+    BUILTIN_JSON
         .iter()
         .map(|(f, _)| f.trim_end_matches(".toml").to_string())
         .collect()
@@ -241,10 +229,14 @@ pub fn load_file(path: &Path) -> Result<Board> {
         source,
     })?;
     let label = path.display().to_string();
-    let board: Board = toml::from_str(&text).map_err(|source| Error::Parse {
-        file: label.clone(),
-        source,
-    })?;
+    let board: Board = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|source| Error::ParseJson {
+            file: label.clone(),
+            source,
+        })?
+    } else {
+        from_toml(&label, &text)?
+    };
     validate(&board).map_err(|reason| Error::Invalid {
         file: label,
         reason,
@@ -261,7 +253,31 @@ pub fn with_override(mut boards: Vec<Board>, extra: Board) -> Vec<Board> {
     boards
 }
 
+#[cfg(feature = "toml")]
+fn from_toml(label: &str, text: &str) -> Result<Board> {
+    toml::from_str(text).map_err(|source| Error::Parse {
+        file: label.to_string(),
+        source,
+    })
+}
+
+#[cfg(not(feature = "toml"))]
+fn from_toml(label: &str, _text: &str) -> Result<Board> {
+    Err(Error::TomlUnsupported {
+        file: label.to_string(),
+    })
+}
+
+/// A board as JSON: what `mkflasher` stores in the initramfs for `/init`.
+pub fn to_json(board: &Board) -> Result<String> {
+    serde_json::to_string_pretty(board).map_err(|e| Error::Invalid {
+        file: board.name.clone(),
+        reason: format!("cannot be written as JSON: {e}"),
+    })
+}
+
 /// A board as TOML, in the board-file format (what `flasher boards NAME` prints).
+#[cfg(feature = "toml")]
 pub fn to_toml(board: &Board) -> Result<String> {
     toml::to_string(board).map_err(|e| Error::Invalid {
         file: board.name.clone(),

@@ -412,3 +412,31 @@ fn rules_describe_themselves() {
         "a disk via nvme > sata > mmc (in that order of preference); an mmc disk must be eMMC (card type MMC), not removable, at least 4.0 GB"
     );
 }
+
+#[test]
+fn built_in_json_is_the_toml_board_files() {
+    // build.rs converts data/*.toml to the JSON /init parses: both must agree,
+    // board by board, and a board must survive the JSON mkflasher writes.
+    assert_eq!(BUILTIN_JSON.len(), BUILTIN_FILES.len());
+    for ((jf, json), (tf, toml)) in BUILTIN_JSON.iter().zip(BUILTIN_FILES) {
+        assert_eq!(jf, tf);
+        let from_toml = parse(tf, toml).unwrap();
+        assert_eq!(parse_json(jf, json).unwrap(), from_toml, "{jf}");
+        let again = to_json(&from_toml).unwrap();
+        assert_eq!(parse_json("board.json", &again).unwrap(), from_toml, "{jf}");
+    }
+}
+
+#[test]
+fn board_files_load_as_toml_or_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = find("beaglebone-black").unwrap();
+    let json = dir.path().join("board.json");
+    std::fs::write(&json, to_json(&b).unwrap()).unwrap();
+    assert_eq!(load_file(&json).unwrap(), b);
+    let toml = dir.path().join("my-bbb.toml");
+    std::fs::write(&toml, to_toml(&b).unwrap()).unwrap();
+    assert_eq!(load_file(&toml).unwrap(), b);
+    std::fs::write(&json, "{ not json").unwrap();
+    assert!(matches!(load_file(&json), Err(Error::ParseJson { .. })));
+}

@@ -28,8 +28,9 @@ pub const CONFIG_JSON: &str = "config.json";
 
 /// Paths inside the initramfs, relative to its root.
 pub mod initramfs {
-    /// The board file the init runs with.
-    pub const BOARD_FILE: &str = "etc/flasher/board.toml";
+    /// The board the init runs with, as JSON (`boards::to_json`), so `/init`
+    /// needs no TOML parser.
+    pub const BOARD_FILE: &str = "etc/flasher/board.json";
     /// Kernel modules to load: one absolute path per line, dependencies first.
     pub const LOAD_ORDER: &str = "lib/modules/load-order";
     /// Directories the init expects to exist (mount points and its own data).

@@ -78,7 +78,7 @@ fn synthetic_tree_listed_by_real_cpio() {
             "proc",
             "sys",
             "run",
-            "etc/flasher/board.toml",
+            "etc/flasher/board.json",
             "lib/modules/sdhci.ko",
             "lib/modules/sdhci-pci.ko",
             "lib/modules/cqhci.ko",

@@ -283,13 +283,11 @@ fn watchdog_is_fed_then_disarmed_before_power_off() {
     let root = dir.path();
     board(root, 32 << 20, &os_image());
     // The board file in the initramfs overrides the built-in one: add a watchdog.
-    let text = include_str!("../../../boards/data/qemu-x86_64-sd.toml");
-    std::fs::create_dir_all(root.join("etc/flasher")).unwrap();
-    std::fs::write(
-        root.join("etc/flasher/board.toml"),
-        format!("watchdog = \"/dev/watchdog\"\n{text}"),
-    )
-    .unwrap();
+    let mut b = boards::find("qemu-x86_64-sd").unwrap();
+    b.watchdog = Some("/dev/watchdog".into());
+    let file = root.join(flasher_format::card::initramfs::BOARD_FILE);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(file, boards::to_json(&b).unwrap()).unwrap();
     let dev = root.join("dev/watchdog");
     std::fs::write(&dev, b"").unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

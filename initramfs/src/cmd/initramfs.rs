@@ -2,7 +2,8 @@
 //!
 //! Layout (see docs/card-format.md):
 //! - `/init`: the statically linked flasher binary;
-//! - `/etc/flasher/board.toml`: the board file the init runs with;
+//! - `/etc/flasher/board.json`: the board the init runs with (from the TOML
+//!   board file, as JSON);
 //! - `/lib/modules/NAME.ko` for the board's module closure, plus
 //!   `/lib/modules/load-order`: one absolute path per line, dependencies first,
 //!   which the init loads in order with `finit_module`;
@@ -43,8 +44,8 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub board: boards::Board,
-    /// The board file's text, stored as /etc/flasher/board.toml.
-    pub board_toml: String,
+    /// The board, stored as JSON in /etc/flasher/board.json.
+    pub board_json: String,
     pub init: PathBuf,
     pub kernel_modules: Option<PathBuf>,
     pub compress: Compression,
@@ -139,7 +140,7 @@ pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
     a.dev_node("dev/console", 0o600, false, 5, 1)?;
     a.dev_node("dev/null", 0o666, false, 1, 3)?;
     a.file("init", 0o755, &init)?;
-    a.file(layout::BOARD_FILE, 0o644, spec.board_toml.as_bytes())?;
+    a.file(layout::BOARD_FILE, 0o644, spec.board_json.as_bytes())?;
     let mut loaded = Vec::new();
     if !spec.board.modules.is_empty() {
         let Some(dir) = &spec.kernel_modules else {
@@ -176,33 +177,30 @@ pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
     Ok((out, summary))
 }
 
-/// The board and its file text: `--board-file` wins, else the built-in file.
-pub fn board_and_text(name: &str, file: Option<&Path>) -> crate::Result<(boards::Board, String)> {
-    if let Some(f) = file {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| crate::Error::io(format!("reading board file {}", f.display()), e))?;
-        let b = boards::load_file(f)?;
-        if b.name != name {
-            return Err(crate::Error::Usage(format!(
-                "board file {} describes {:?}, not {name:?}",
-                f.display(),
-                b.name
-            )));
+/// The board and its JSON for the initramfs: `--board-file` wins, else the
+/// built-in board.
+pub fn board_and_json(name: &str, file: Option<&Path>) -> crate::Result<(boards::Board, String)> {
+    let b = match file {
+        Some(f) => {
+            let b = boards::load_file(f)?;
+            if b.name != name {
+                return Err(crate::Error::Usage(format!(
+                    "board file {} describes {:?}, not {name:?}",
+                    f.display(),
+                    b.name
+                )));
+            }
+            b
         }
-        return Ok((b, text));
-    }
-    let b = boards::find(name)?;
-    let text = boards::BUILTIN_FILES
-        .iter()
-        .find(|(f, _)| f.strip_suffix(".toml") == Some(name))
-        .map(|(_, t)| t.to_string())
-        .ok_or_else(|| crate::Error::Usage(format!("no built-in board file for {name}")))?;
-    Ok((b, text))
+        None => boards::find(name)?,
+    };
+    let json = boards::to_json(&b)?;
+    Ok((b, json))
 }
 
 /// Resolve defaults (init path, QEMU module tree) into a [`Spec`].
 pub fn spec_from_args(args: &Args) -> crate::Result<Spec> {
-    let (board, board_toml) = board_and_text(&args.board, args.board_file.as_deref())?;
+    let (board, board_json) = board_and_json(&args.board, args.board_file.as_deref())?;
     let init = args.init.clone().unwrap_or_else(crate::locate::init);
     let kernel_modules = match &args.kernel_modules {
         Some(d) => Some(d.clone()),
@@ -213,7 +211,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<Spec> {
     };
     Ok(Spec {
         board,
-        board_toml,
+        board_json,
         init,
         kernel_modules,
         compress: args.compress,
@@ -273,10 +271,10 @@ mod tests {
         modules::fake_tree(t.path()).unwrap();
         let init = t.path().join("init");
         std::fs::write(&init, fake_static_init()).unwrap();
-        let (board, board_toml) = board_and_text("qemu-x86_64-sd", None).unwrap();
+        let (board, board_json) = board_and_json("qemu-x86_64-sd", None).unwrap();
         let spec = Spec {
             board,
-            board_toml,
+            board_json,
             init,
             kernel_modules: Some(t.path().to_path_buf()),
             compress: Compression::Zstd,
@@ -301,7 +299,7 @@ mod tests {
             "/lib/modules/mmc_core.ko\n/lib/modules/sdhci.ko\n/lib/modules/cqhci.ko\n\
              /lib/modules/sdhci-pci.ko\n/lib/modules/mmc_block.ko\n"
         );
-        assert!(String::from_utf8_lossy(&get("etc/flasher/board.toml").data)
+        assert!(String::from_utf8_lossy(&get(layout::BOARD_FILE).data)
             .contains("name = \"qemu-x86_64-sd\""));
         assert_eq!(get("dev/console").header.rdev_major, 5);
         // Reproducible.
@@ -311,10 +309,10 @@ mod tests {
     #[test]
     fn errors() {
         let t = tempfile::tempdir().unwrap();
-        let (board, board_toml) = board_and_text("qemu-x86_64-sd", None).unwrap();
+        let (board, board_json) = board_and_json("qemu-x86_64-sd", None).unwrap();
         let mut spec = Spec {
             board,
-            board_toml,
+            board_json,
             init: t.path().join("missing"),
             kernel_modules: None,
             compress: Compression::Gzip,
