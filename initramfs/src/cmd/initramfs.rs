@@ -299,8 +299,11 @@ mod tests {
             "/lib/modules/mmc_core.ko\n/lib/modules/sdhci.ko\n/lib/modules/cqhci.ko\n\
              /lib/modules/sdhci-pci.ko\n/lib/modules/mmc_block.ko\n"
         );
-        assert!(String::from_utf8_lossy(&get(layout::BOARD_FILE).data)
-            .contains("name = \"qemu-x86_64-sd\""));
+        let text = String::from_utf8(get(layout::BOARD_FILE).data.clone()).unwrap();
+        assert_eq!(
+            boards::parse_json("board.json", &text).unwrap(),
+            boards::find("qemu-x86_64-sd").unwrap()
+        );
         assert_eq!(get("dev/console").header.rdev_major, 5);
         // Reproducible.
         assert_eq!(build(&spec).unwrap().0, bytes);
