@@ -18,6 +18,7 @@
 pub mod card;
 
 pub mod console;
+pub mod log;
 pub mod modules;
 pub mod mounts;
 pub mod panic;
@@ -178,12 +179,7 @@ pub fn main() -> ! {
         .unwrap_or_else(|| PathBuf::from("/"));
     let pid1 = std::process::id() == 1;
     // Library log lines (e.g. the pipeline's O_DIRECT fallback) go to the console.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .without_time()
-        .try_init();
+    log::ConsoleLog::install(tracing::Level::INFO);
     let r = std::panic::catch_unwind(|| {
         let mut steps = real::Real::new(&root, pid1);
         panic::install(steps.observer());
