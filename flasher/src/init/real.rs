@@ -15,7 +15,7 @@ use super::modules::{self, Finit, RealClock};
 use super::mounts::{self, Nix, EARLY};
 use super::power::{self, After, Power, System};
 use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
-use super::watchdog::{Disarm, Feeder, Watchdog};
+use super::watchdog::{Disarm, Feeder, Liveness, Monotonic, Watchdog};
 use super::Error;
 use crate::pipeline::{self, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer, RecordResult};
@@ -60,6 +60,8 @@ pub struct Real {
     pid1: bool,
     sinks: Arc<Sinks>,
     watchdog: Option<Feeder<File>>,
+    /// When the run last made progress; the watchdog feeder reads it.
+    liveness: Option<Arc<Liveness>>,
     board: Option<boards::Board>,
     /// What the storage scan saw, and the boot medium among it.
     disks: Vec<Disk>,
@@ -93,6 +95,7 @@ impl Real {
             pid1,
             sinks,
             watchdog: None,
+            liveness: None,
             board: None,
             disks: Vec::new(),
             boot: None,
@@ -140,6 +143,7 @@ impl Real {
             if found.is_some() || std::time::Instant::now() >= deadline {
                 return found;
             }
+            self.alive();
             std::thread::sleep(POLL);
         }
     }
@@ -150,11 +154,22 @@ impl Real {
             .ok_or_else(|| missing("a detected board"))
     }
 
-    /// Open the watchdog at `path` under the root and start feeding it.
-    pub fn start_watchdog_at(&mut self, path: &Path) -> Result<(), Error> {
+    /// Open the watchdog at `path` under the root and start feeding it while the
+    /// run makes progress (no progress for `stall`: feeding stops).
+    pub fn start_watchdog_at(&mut self, path: &Path, stall: Duration) -> Result<(), Error> {
         let wd = Watchdog::open(&self.root, path)?;
-        self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY));
+        let live = Arc::new(Liveness::new(Box::new(Monotonic::default()), stall));
+        self.sinks.add(Box::new(live.clone()));
+        self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY, live.clone()));
+        self.liveness = Some(live);
         Ok(())
+    }
+
+    /// The run is alive though it emits no event (a poll loop going round).
+    fn alive(&self) {
+        if let Some(l) = &self.liveness {
+            l.touch();
+        }
     }
 
     /// `flasher.target=NAME`: that disk, but never the boot medium (rule 1,
@@ -431,11 +446,16 @@ impl Steps for Real {
             .target
             .as_deref()
             .map(|t| t.trim_start_matches("/dev/").to_string());
+        // Each poll is the run going round, not a hang: the wait is bounded by
+        // `flasher.timeout`, which may be longer than the board's stall interval.
         let seen = modules::wait_for_block_devices(
             &self.root,
-            |names| match &target {
-                Some(t) => names.iter().any(|n| n == t),
-                None => modules::any_real_disk(names),
+            |names| {
+                self.alive();
+                match &target {
+                    Some(t) => names.iter().any(|n| n == t),
+                    None => modules::any_real_disk(names),
+                }
             },
             o.timeout,
             POLL,
@@ -450,6 +470,7 @@ impl Steps for Real {
         let settled = modules::wait_for_block_devices(
             &self.root,
             |_| {
+                self.alive();
                 storage_settled(
                     &self.root,
                     board.as_ref(),
@@ -502,10 +523,12 @@ impl Steps for Real {
     }
 
     fn start_watchdog(&mut self) -> crate::Result<()> {
-        let Some(path) = self.board()?.watchdog.clone() else {
+        let board = self.board()?;
+        let Some(path) = board.watchdog.clone() else {
             return Ok(());
         };
-        if let Err(e) = self.start_watchdog_at(Path::new(&path)) {
+        let stall = board.watchdog_stall();
+        if let Err(e) = self.start_watchdog_at(Path::new(&path), stall) {
             // Flashing without the watchdog beats not flashing: it only guards hangs.
             self.note(
                 Phase::Searching,
