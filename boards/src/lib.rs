@@ -177,7 +177,10 @@ pub fn validate(board: &Board) -> Result<(), String> {
             return Err(format!("watchdog {w:?} must be a /dev path"));
         }
     }
-    if board.watchdog_stall_s.is_some_and(|s| !(5..=3600).contains(&s)) {
+    if board
+        .watchdog_stall_s
+        .is_some_and(|s| !(5..=3600).contains(&s))
+    {
         return Err(format!(
             "watchdog_stall_s {} must be 5 to 3600 seconds",
             board.watchdog_stall_s.unwrap_or_default()

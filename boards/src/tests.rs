@@ -153,7 +153,11 @@ hold_secs = 3
     assert_eq!(b.watchdog.as_deref(), Some("/dev/watchdog"));
     // Not set: the default stall interval.
     assert_eq!(b.watchdog_stall(), std::time::Duration::from_secs(60));
-    let set = parse("x.toml", &text.replace("arch", "watchdog_stall_s = 30\narch")).unwrap();
+    let set = parse(
+        "x.toml",
+        &text.replace("arch", "watchdog_stall_s = 30\narch"),
+    )
+    .unwrap();
     assert_eq!(set.watchdog_stall(), std::time::Duration::from_secs(30));
     assert_eq!(b.leds.phases.get(&led::Phase::Success).unwrap(), "solid");
     let back = to_toml(&b).unwrap();

@@ -260,6 +260,75 @@ impl Real {
     }
 }
 
+impl Real {
+    /// Before the first write: refuse a unit with [`record::MAX_ATTEMPTS`] failed
+    /// or unfinished attempts in the unit log (unless `flasher.retry-unit`), else
+    /// log an attempt-started record for it, so a reset mid-run leaves evidence
+    /// and a unit that hangs the run cannot reset-loop forever.
+    fn begin_attempt(&mut self, o: &Options) -> crate::Result<()> {
+        let Some(log) = self.log.clone() else {
+            self.note(
+                Phase::Searching,
+                "no unit log: attempts on this unit are not counted".into(),
+            );
+            return Ok(());
+        };
+        if !self.identity.is_countable() {
+            self.note(
+                Phase::Searching,
+                format!(
+                    "target {} has no CID or serial: attempts on it are not counted",
+                    self.identity.device
+                ),
+            );
+            return Ok(());
+        }
+        let records = read_log(&log)?;
+        let attempts = record::failed_attempts(&records, &self.identity);
+        if attempts >= record::MAX_ATTEMPTS && !o.retry_unit {
+            return Err(Error::UnitAttempts {
+                identity: self.identity.to_string(),
+                attempts,
+                log,
+                last: record::last_failure(&records, &self.identity).map(str::to_string),
+            }
+            .into());
+        }
+        if attempts > 0 {
+            self.note(
+                Phase::Searching,
+                format!(
+                    "this unit had {attempts} failed or unfinished attempt(s){}",
+                    if attempts >= record::MAX_ATTEMPTS {
+                        "; flasher.retry-unit given: trying again"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        let run = RunRecord {
+            board: self.board.as_ref().map(|b| b.name.clone()),
+            target: None,
+            write: None,
+            failure: None,
+        };
+        let base = unit_record(&run, &self.identity, SystemTime::now());
+        append_to(&log, &record::attempt_started(&base))?;
+        Ok(())
+    }
+}
+
+/// Every intact record in the unit log at `path`.
+pub fn read_log(path: &Path) -> crate::Result<Vec<UnitRecord>> {
+    let ctx = |what: &str| format!("{what} unit log {}", path.display());
+    let mut f = File::open(path).map_err(|e| crate::Error::io(ctx("open"), e))?;
+    let capacity = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| crate::Error::io(ctx("size of"), e))?;
+    Ok(record::read_all(&mut f, capacity)?)
+}
+
 /// An earlier step did not leave what this one needs (only reachable if the
 /// sequence in `run.rs` changes).
 fn missing(what: &'static str) -> crate::Error {
@@ -332,6 +401,7 @@ pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) ->
         None => (String::new(), 0, Vec::new()),
     };
     UnitRecord {
+        attempt_started: false,
         seq: 0,
         timestamp_unix_s,
         flasher_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -634,6 +704,7 @@ impl Steps for Real {
     }
 
     fn write(&mut self, o: &Options) -> crate::Result<WriteSummary> {
+        self.begin_attempt(o)?;
         let payload = self
             .payload
             .clone()

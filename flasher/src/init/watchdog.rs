@@ -218,7 +218,10 @@ impl<W: Write> Disarm for Watchdog<W> {
     /// ending that does not reset the board.
     fn keep_feeding(&mut self) {
         if let Err(e) = self.disarm() {
-            eprintln!("flasher: watchdog {}: disarm failed: {e}", self.path.display());
+            eprintln!(
+                "flasher: watchdog {}: disarm failed: {e}",
+                self.path.display()
+            );
         }
     }
 }
@@ -455,7 +458,10 @@ mod tests {
         while buf.0.lock().unwrap().len() < 3 {
             std::thread::yield_now();
         }
-        assert!(buf.0.lock().unwrap().iter().all(|&b| b == 0), "never closed");
+        assert!(
+            buf.0.lock().unwrap().iter().all(|&b| b == 0),
+            "never closed"
+        );
     }
 
     #[test]
