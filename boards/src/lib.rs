@@ -178,6 +178,15 @@ pub fn validate(board: &Board) -> Result<(), String> {
         }
     }
     if board
+        .watchdog_stall_s
+        .is_some_and(|s| !(5..=3600).contains(&s))
+    {
+        return Err(format!(
+            "watchdog_stall_s {} must be 5 to 3600 seconds",
+            board.watchdog_stall_s.unwrap_or_default()
+        ));
+    }
+    if board
         .modules
         .iter()
         .any(|m| m.is_empty() || m.contains('/') || m.ends_with(".ko"))

@@ -37,6 +37,28 @@ pub struct Board {
     /// A watchdog device to feed while flashing and disarm before power-off.
     #[serde(default)]
     pub watchdog: Option<String>,
+    /// Seconds without progress (bytes written or verified, a phase change, a
+    /// step's message) after which the flasher stops feeding the watchdog so a
+    /// hung I/O resets the board. Unset: [`DEFAULT_WATCHDOG_STALL_S`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog_stall_s: Option<u32>,
+}
+
+/// The stall interval when a board file does not set `watchdog_stall_s`: well
+/// above the longest gap between progress events of a healthy run (one chunk
+/// on a slow SD card, a few seconds) and short enough that a hung board resets
+/// within about a minute.
+pub const DEFAULT_WATCHDOG_STALL_S: u32 = 60;
+
+impl Board {
+    /// The stall interval (`watchdog_stall_s` or the default).
+    pub fn watchdog_stall(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.watchdog_stall_s
+                .unwrap_or(DEFAULT_WATCHDOG_STALL_S)
+                .into(),
+        )
+    }
 }
 
 /// How far the board's description has been verified.

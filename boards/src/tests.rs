@@ -151,6 +151,14 @@ hold_secs = 3
     );
     assert_eq!(b.power_off.method, PowerOffMethod::Reboot);
     assert_eq!(b.watchdog.as_deref(), Some("/dev/watchdog"));
+    // Not set: the default stall interval.
+    assert_eq!(b.watchdog_stall(), std::time::Duration::from_secs(60));
+    let set = parse(
+        "x.toml",
+        &text.replace("arch", "watchdog_stall_s = 30\narch"),
+    )
+    .unwrap();
+    assert_eq!(set.watchdog_stall(), std::time::Duration::from_secs(30));
     assert_eq!(b.leds.phases.get(&led::Phase::Success).unwrap(), "solid");
     let back = to_toml(&b).unwrap();
     assert_eq!(parse("x.toml", &back).unwrap(), b);
@@ -181,6 +189,8 @@ fn validation_rejects_inconsistent_boards() {
             "{MINIMAL}[[bootloader]]\nkind = \"emmc-boot\"\npartition = \"boot0\"\nfile = \"f\"\n"
         ),
         MINIMAL.replace("arch", "watchdog = \"watchdog\"\narch"),
+        MINIMAL.replace("arch", "watchdog_stall_s = 0\narch"),
+        MINIMAL.replace("arch", "watchdog_stall_s = 86400\narch"),
         MINIMAL.replace("arch", "modules = [\"sdhci.ko\"]\narch"),
         MINIMAL.replace("name = \"x\"", "name = \"X Y\""),
         MINIMAL.replace(

@@ -154,6 +154,35 @@ impl Default for OpenOptions {
     }
 }
 
+/// The `open(2)` flags for a target: O_EXCL on block devices whenever
+/// `exclusive` is asked, with or without O_DIRECT, so the buffered fallback
+/// keeps the exclusive claim.
+fn open_flags(kind: Kind, exclusive: bool, direct: bool) -> libc::c_int {
+    let mut flags = libc::O_CLOEXEC;
+    if direct {
+        flags |= libc::O_DIRECT;
+    }
+    if kind == Kind::Block && exclusive {
+        flags |= libc::O_EXCL;
+    }
+    flags
+}
+
+/// Turn O_DIRECT off on an open descriptor, keeping every other flag.
+fn clear_direct(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no pointers involved.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An open target: a block device or a regular file, with positioned I/O that
 /// honours O_DIRECT alignment. Also `Read + Write + Seek` (for the partition-table
 /// fix-ups), bounded by the target's size.
@@ -165,7 +194,6 @@ pub struct Device {
     path: PathBuf,
     kind: Kind,
     direct: bool,
-    write: bool,
     /// O_DIRECT I/O granularity: logical sector size on block devices, 4096 on files.
     granularity: u64,
     sector_size: u64,
@@ -233,14 +261,8 @@ impl Device {
         let open = |direct: bool| {
             let mut o = std::fs::OpenOptions::new();
             o.read(true).write(opts.write);
-            let mut flags = libc::O_CLOEXEC;
-            if direct {
-                flags |= libc::O_DIRECT;
-            }
-            if kind == Kind::Block && opts.exclusive {
-                flags |= libc::O_EXCL;
-            }
-            o.custom_flags(flags).open(path)
+            o.custom_flags(open_flags(kind, opts.exclusive, direct))
+                .open(path)
         };
         let classify = |e: io::Error| match e.raw_os_error() {
             Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) if opts.write => {
@@ -319,7 +341,6 @@ impl Device {
             path: path.to_owned(),
             kind,
             direct,
-            write: opts.write,
             granularity,
             sector_size,
             size,
@@ -360,9 +381,11 @@ impl Device {
             "O_DIRECT I/O refused on {} ({err}); continuing with buffered I/O and cache drops before verifying",
             self.path.display()
         );
-        let mut o = std::fs::OpenOptions::new();
-        o.read(true).write(self.write).custom_flags(libc::O_CLOEXEC);
-        self.file = o.open(&self.path)?;
+        // Clear O_DIRECT on the open descriptor (F_SETFL may change it) rather
+        // than reopening: a reopen would drop the O_EXCL claim on a block device
+        // (and could not take it again while this descriptor holds it), leaving
+        // a window where a mount or another writer gets the target.
+        clear_direct(&self.file)?;
         self.direct = false;
         self.buffered = None;
         Ok(())
@@ -772,6 +795,43 @@ mod tests {
         want[1..12_001].fill(9);
         want[5000..5010].fill(0);
         assert_eq!(got, want);
+    }
+
+    /// Issue 10 item 7: O_EXCL stays on a block device's flags whether or not
+    /// O_DIRECT is asked for (the open-time fallback calls this with `false`).
+    #[test]
+    fn fallback_flags_keep_o_excl() {
+        for direct in [true, false] {
+            let f = open_flags(Kind::Block, true, direct);
+            assert_ne!(f & libc::O_EXCL, 0, "direct={direct}");
+            assert_eq!(f & libc::O_DIRECT != 0, direct);
+        }
+        assert_eq!(open_flags(Kind::File, true, false) & libc::O_EXCL, 0);
+        assert_eq!(open_flags(Kind::Block, false, true) & libc::O_EXCL, 0);
+    }
+
+    /// The I/O-time fallback keeps the same descriptor (so the O_EXCL claim on a
+    /// block device stays) and only clears O_DIRECT on it.
+    #[test]
+    fn io_fallback_keeps_the_descriptor_and_drops_only_o_direct() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, vec![0u8; 8192]).unwrap();
+        let mut d = Device::open(&p, OpenOptions::default()).unwrap();
+        let fd = d.file.as_raw_fd();
+        // SAFETY: F_GETFL on the device's own descriptor.
+        let before = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        d.fall_back_to_buffered(&io::Error::from_raw_os_error(libc::EINVAL))
+            .unwrap();
+        assert_eq!(d.file.as_raw_fd(), fd, "same descriptor, no reopen");
+        // SAFETY: as above.
+        let after = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_eq!(after & libc::O_DIRECT, 0);
+        assert_eq!(after | libc::O_DIRECT, before | libc::O_DIRECT);
+        assert!(!d.is_direct());
+        d.write_at(1, b"abc").unwrap();
+        d.sync().unwrap();
+        assert_eq!(&std::fs::read(&p).unwrap()[..4], b"\0abc");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod key {
     pub const EXPAND_DATA: &str = "flasher.expand-data";
     pub const BOOT_DISK: &str = "flasher.boot-disk";
     pub const TIMEOUT: &str = "flasher.timeout";
+    pub const RETRY_UNIT: &str = "flasher.retry-unit";
 }
 
 /// `key=value`, one kernel command-line word (values with spaces are quoted).
@@ -124,6 +125,9 @@ pub struct Options {
     pub boot_disk: Option<String>,
     /// `flasher.timeout=SECONDS`: how long to wait for block devices to appear.
     pub timeout: Duration,
+    /// `flasher.retry-unit`: write the target even though the unit log shows
+    /// `record::MAX_ATTEMPTS` failed or unfinished attempts on it.
+    pub retry_unit: bool,
     /// Unknown `flasher.*` options, as warnings to show on the console.
     pub warnings: Vec<String>,
 }
@@ -144,13 +148,14 @@ impl Default for Options {
             expand_data: false,
             boot_disk: None,
             timeout: DEFAULT_TIMEOUT,
+            retry_unit: false,
             warnings: Vec::new(),
         }
     }
 }
 
 const KNOWN: &str =
-    "board, target, verify, after, on-failure, dry-run, events, expand-data, boot-disk, timeout";
+    "board, target, verify, after, on-failure, dry-run, events, expand-data, boot-disk, timeout, retry-unit";
 
 impl Options {
     /// Parse a kernel command line. Options not starting with `flasher.` are ignored.
@@ -196,6 +201,7 @@ impl Options {
                 }
                 "dry-run" => o.dry_run = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
                 "expand-data" => o.expand_data = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
+                "retry-unit" => o.retry_unit = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
                 "timeout" => o.timeout = seconds(&required()?).ok_or_else(|| bad(SECS))?,
                 _ => o.warnings.push(format!(
                     "unknown option flasher.{name} ignored; known options: {KNOWN}"
@@ -373,6 +379,9 @@ mod tests {
     #[test]
     fn flags_take_values() {
         assert!(Options::parse("flasher.dry-run=1").unwrap().dry_run);
+        assert!(Options::parse("flasher.retry-unit").unwrap().retry_unit);
+        assert!(!Options::parse("flasher.retry_unit=0").unwrap().retry_unit);
+        assert!(!Options::default().retry_unit);
         assert!(!Options::parse("flasher.dry-run=0").unwrap().dry_run);
         assert!(
             !Options::parse("flasher.dry-run flasher.dry-run=off")

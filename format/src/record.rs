@@ -24,6 +24,19 @@
 //!
 //! Record bodies are JSON so a new field is a compatible change: readers ignore
 //! unknown fields and default missing optional ones.
+//!
+//! ## Attempts per unit (added with issue 10; an optional field, same format version)
+//!
+//! Just before its first write, the init appends an *attempt-started* record for
+//! the target: `attempt_started: true`, result an error saying no result was
+//! recorded yet. The run's own record (success or failure) follows it. If the
+//! board is reset mid-run (a watchdog reset on a hung I/O, a power cut), the
+//! attempt-started record is the evidence. [`failed_attempts`] counts a unit's
+//! attempt-started records since its last successful record, matching the unit
+//! by eMMC CID, else by serial; at [`MAX_ATTEMPTS`] the init refuses to write the
+//! unit again (unless `flasher.retry-unit` is given), so a unit that hangs the
+//! flasher cannot reset-loop forever. A success record for the unit resets its
+//! count. Readers older than this field see an ordinary failed record.
 
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -101,6 +114,78 @@ pub struct UnitRecord {
     #[serde(default)]
     pub phases: Vec<PhaseTiming>,
     pub result: Outcome,
+    /// An attempt-started record (see the module docs); absent (false) on the
+    /// run's final records and in logs written before the field existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attempt_started: bool,
+}
+
+/// Failed or unfinished attempts on one unit after which the init refuses it.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+impl TargetIdentity {
+    /// Whether `other` is the same physical unit: same CID if this one has a CID,
+    /// else the same serial. A target with neither cannot be told apart from
+    /// another one, so it never matches (its attempts are not counted).
+    pub fn same_unit(&self, other: &TargetIdentity) -> bool {
+        match (&self.cid, &self.serial) {
+            (Some(c), _) => other.cid.as_deref() == Some(c.as_str()),
+            (None, Some(s)) => other.serial.as_deref() == Some(s.as_str()),
+            (None, None) => false,
+        }
+    }
+
+    /// Whether attempts on this target can be counted (it has a CID or serial).
+    pub fn is_countable(&self) -> bool {
+        self.cid.is_some() || self.serial.is_some()
+    }
+}
+
+/// Attempts on `unit` that failed or never finished: its attempt-started
+/// records after its last successful record, in log order. (A run refused before
+/// its attempt-started record, like the refusal this count causes, adds nothing.)
+pub fn failed_attempts(records: &[UnitRecord], unit: &TargetIdentity) -> u32 {
+    let mut n = 0u32;
+    for r in records.iter().filter(|r| unit.same_unit(&r.target)) {
+        if r.attempt_started {
+            n = n.saturating_add(1);
+        } else if r.result == Outcome::Ok {
+            n = 0;
+        }
+    }
+    n
+}
+
+/// The message of `unit`'s last failure record (not an attempt-started one), so
+/// a refusal can say how the earlier attempts ended.
+pub fn last_failure<'a>(records: &'a [UnitRecord], unit: &TargetIdentity) -> Option<&'a str> {
+    records
+        .iter()
+        .rev()
+        .filter(|r| unit.same_unit(&r.target) && !r.attempt_started)
+        .map_while(|r| match &r.result {
+            Outcome::Error { message, .. } => Some(message.as_str()),
+            Outcome::Ok => None,
+        })
+        .next()
+}
+
+/// The attempt-started record for a run described by `base` (board, target,
+/// version, time): no write yet, and a result that says so if nothing follows.
+pub fn attempt_started(base: &UnitRecord) -> UnitRecord {
+    UnitRecord {
+        image_digest: String::new(),
+        bytes_written: 0,
+        phases: Vec::new(),
+        result: Outcome::Error {
+            // The likeliest reason for a missing result is the target's I/O
+            // hanging (watchdog reset) or a power cut during the write.
+            class: led::ErrorClass::WriteIo,
+            message: "attempt started; no result follows if the run was cut short (watchdog reset on a hang, power cut)".into(),
+        },
+        attempt_started: true,
+        ..base.clone()
+    }
 }
 
 /// Who the target was, as far as the kernel told us.
@@ -388,6 +473,7 @@ mod tests {
             },
             image_digest: "ab".repeat(32),
             bytes_written: 1_234_567 * i,
+            attempt_started: false,
             phases: vec![
                 PhaseTiming {
                     phase: "write".into(),
@@ -618,6 +704,7 @@ mod tests {
                     },
                     image_digest: digest,
                     bytes_written: bytes,
+                    attempt_started: false,
                     phases: phases
                         .into_iter()
                         .map(|(phase, duration_ms)| PhaseTiming { phase, duration_ms })
@@ -664,5 +751,74 @@ mod tests {
             prop_assert_eq!(got.len(), n + 1);
             prop_assert_eq!(&got[n], &with_seq(next, n as u64 + 1));
         }
+    }
+
+    /// Attempt-started records count per unit (CID, else serial) until a
+    /// success for that unit; final failure records and other units do not.
+    #[test]
+    fn attempts_count_per_unit_until_a_success() {
+        let unit = sample(1).target;
+        let other = sample(2).target;
+        let ok = UnitRecord {
+            result: Outcome::Ok,
+            ..sample(1)
+        };
+        let failed = UnitRecord {
+            result: Outcome::Error {
+                class: led::ErrorClass::WriteIo,
+                message: "x".into(),
+            },
+            ..sample(1)
+        };
+        let started = attempt_started(&sample(1));
+        assert!(started.attempt_started && started.bytes_written == 0);
+        let started_other = attempt_started(&sample(2));
+        let log = [
+            started.clone(),
+            failed.clone(),
+            started.clone(),
+            ok.clone(),
+            started.clone(),
+            failed.clone(),
+            started_other.clone(),
+            started.clone(),
+            failed.clone(),
+        ];
+        assert_eq!(failed_attempts(&log[..4], &unit), 0, "a success resets");
+        assert_eq!(failed_attempts(&log, &unit), 2);
+        assert_eq!(failed_attempts(&log, &other), 1);
+        let mut more = log.to_vec();
+        more.push(started.clone());
+        assert_eq!(failed_attempts(&more, &unit), MAX_ATTEMPTS);
+        assert_eq!(last_failure(&more, &unit), Some("x"));
+        assert_eq!(last_failure(&log[..4], &unit), None, "after a success");
+        // Serial only: matched by serial; neither: never counted.
+        let by_serial = TargetIdentity {
+            cid: None,
+            ..unit.clone()
+        };
+        let serial_log: Vec<UnitRecord> = (0..2)
+            .map(|_| UnitRecord {
+                target: by_serial.clone(),
+                ..started.clone()
+            })
+            .collect();
+        assert_eq!(failed_attempts(&serial_log, &by_serial), 2);
+        let anon = TargetIdentity {
+            cid: None,
+            serial: None,
+            ..unit.clone()
+        };
+        assert!(!anon.is_countable());
+        assert_eq!(failed_attempts(&serial_log, &anon), 0);
+        // The field round-trips through the log, and an old body without it reads
+        // as a normal record.
+        let mut c = Cursor::new(vec![0u8; 64 << 10]);
+        append(&mut c, 64 << 10, &started).unwrap();
+        append(&mut c, 64 << 10, &ok).unwrap();
+        let back = read_all(&mut c, 64 << 10).unwrap();
+        assert!(back[0].attempt_started && !back[1].attempt_started);
+        let old = serde_json::to_string(&ok).unwrap();
+        assert!(!old.contains("attempt_started"));
     }
 }

@@ -171,4 +171,79 @@ pub(crate) mod tests {
         let empty = fat_with(4 << 20, &[]);
         assert!(!has_config(Cursor::new(empty)).unwrap());
     }
+
+    /// Counts the bytes read through it: proof that a hostile header did not
+    /// make `partitions` read (and so allocate) its claimed entry array.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(b)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+    impl<R: Seek> Seek for Counting<R> {
+        fn seek(&mut self, p: io::SeekFrom) -> io::Result<u64> {
+            self.inner.seek(p)
+        }
+    }
+
+    /// Issue 10 item 7: the target's table is unvalidated input. A GPT header
+    /// (with a correct CRC) claiming 2^32-1 entries of 2 GiB each is refused by
+    /// `flasher_disk`'s bound (`MAX_ENTRY_BYTES`, checked when the header is
+    /// parsed) before anything is allocated or read for the entries.
+    #[test]
+    fn partitions_refuses_a_huge_entry_array_without_allocating() {
+        let mut d = Cursor::new(vec![0u8; 1 << 20]);
+        let p = flasher_disk::gpt::NewPartition {
+            name: String::new(),
+            type_guid: flasher_disk::table::LINUX_FS,
+            part_guid: [1; 16],
+            first_lba: 34,
+            last_lba: 99,
+            attributes: 0,
+        };
+        flasher_disk::gpt::write_new(&mut d, 512, 1 << 20, [9; 16], &[p]).unwrap();
+        let mut disk = d.into_inner();
+        let hostile = |h: &mut [u8]| {
+            h[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
+            h[84..88].copy_from_slice(&0x8000_0000u32.to_le_bytes());
+            let hs = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
+            let crc = flasher_disk::gpt::header_crc(h, hs);
+            h[16..20].copy_from_slice(&crc.to_le_bytes());
+        };
+        hostile(&mut disk[512..1024]);
+        // The primary alone is hostile: the intact backup is used instead.
+        let mut c = Counting {
+            inner: Cursor::new(disk.clone()),
+            read: 0,
+        };
+        assert_eq!(partitions(&mut c).unwrap(), [(34 * 512, 66 * 512)]);
+        assert!(c.read <= flasher_disk::gpt::MAX_ENTRY_BYTES);
+        // Both hostile: refused.
+        let end = disk.len();
+        hostile(&mut disk[end - 512..]);
+        let mut c = Counting {
+            inner: Cursor::new(disk),
+            read: 0,
+        };
+        let e = partitions(&mut c).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            matches!(
+                e.get_ref()
+                    .and_then(|r| r.downcast_ref::<flasher_disk::Error>()),
+                Some(flasher_disk::Error::BadHeader { .. })
+            ),
+            "{e:?}"
+        );
+        assert!(
+            c.read <= flasher_disk::gpt::MAX_ENTRY_BYTES,
+            "read {} bytes",
+            c.read
+        );
+    }
 }

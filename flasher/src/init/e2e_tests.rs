@@ -144,12 +144,16 @@ fn flashes_configures_records_and_powers_off() {
         .is_some());
 
     let recs = records(root);
-    assert_eq!(recs.len(), 1);
-    assert_eq!(recs[0].board, "qemu-x86_64-sd");
+    assert_eq!(recs.len(), 2);
+    // Before the first write: the attempt-started record (issue 10).
+    assert!(recs[0].attempt_started);
     assert_eq!(recs[0].target.device, "mmcblk1");
-    assert_eq!(recs[0].result, record::Outcome::Ok);
-    assert_eq!(recs[0].bytes_written, image.len() as u64);
-    assert_eq!(recs[0].image_digest.len(), 64);
+    assert!(!recs[1].attempt_started);
+    assert_eq!(recs[1].board, "qemu-x86_64-sd");
+    assert_eq!(recs[1].target.device, "mmcblk1");
+    assert_eq!(recs[1].result, record::Outcome::Ok);
+    assert_eq!(recs[1].bytes_written, image.len() as u64);
+    assert_eq!(recs[1].image_digest.len(), 64);
 
     let ev = events(root);
     assert!(ev
@@ -160,7 +164,7 @@ fn flashes_configures_records_and_powers_off() {
     assert!(ev.iter().any(|e| matches!(
         e.body,
         Body::Record {
-            seq: 1,
+            seq: 2,
             result: RecordResult::Ok,
             ..
         }
@@ -189,8 +193,9 @@ fn too_small_target_fails_class_3_records_and_waits() {
     let target = std::fs::read(root.join("dev/mmcblk1")).unwrap();
     assert!(target.iter().all(|b| *b == 0));
     let recs = records(root);
-    assert_eq!(recs.len(), 1);
-    match &recs[0].result {
+    assert_eq!(recs.len(), 2);
+    assert!(recs[0].attempt_started);
+    match &recs[1].result {
         record::Outcome::Error { class, message } => {
             assert_eq!(*class, led::ErrorClass::TargetRefused);
             assert!(message.starts_with("write and verify: "), "{message}");
@@ -306,4 +311,71 @@ fn watchdog_is_fed_then_disarmed_before_power_off() {
     assert!(bytes.len() >= 2, "{bytes:?}");
     assert!(bytes[..bytes.len() - 1].iter().all(|b| *b == 0));
     assert_eq!(bytes.last(), Some(&b'V'));
+}
+
+/// Issue 10 item 6: three attempts on this unit that never finished (the
+/// watchdog reset the board mid-run each time) and the run refuses to write it
+/// again, before touching it; `flasher.retry-unit` lets it through, and the
+/// success resets the count.
+#[test]
+fn a_unit_that_keeps_resetting_is_refused_after_three_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = os_image();
+    board(root, 32 << 20, &image);
+    let target = super::real::target_identity(root, "mmcblk1");
+    assert!(target.is_countable(), "the fake eMMC has a CID: {target}");
+    let base = record::UnitRecord {
+        seq: 0,
+        timestamp_unix_s: None,
+        flasher_version: "0.1.0".into(),
+        board: "qemu-x86_64-sd".into(),
+        target,
+        image_digest: String::new(),
+        bytes_written: 0,
+        phases: vec![],
+        result: record::Outcome::Ok,
+        attempt_started: false,
+    };
+    let log = root.join("dev/mmcblk0p3");
+    for _ in 0..record::MAX_ATTEMPTS {
+        super::real::append_to(&log, &record::attempt_started(&base)).unwrap();
+    }
+    let (r, calls) = run(root);
+    let f = r.unwrap_err();
+    assert_eq!(
+        (f.step, f.class),
+        (Step::Write, led::ErrorClass::TargetRefused),
+        "{f}"
+    );
+    assert!(
+        matches!(
+            f.error,
+            crate::Error::Init(super::Error::UnitAttempts { attempts: 3, .. })
+        ),
+        "{f}"
+    );
+    assert_eq!(calls, ["sync", "park"]);
+    assert!(std::fs::read(root.join("dev/mmcblk1"))
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0));
+    // The refusal is recorded, but is no new attempt.
+    let recs = records(root);
+    assert_eq!(recs.len(), 4);
+    assert!(!recs[3].attempt_started);
+    let target = &recs[0].target;
+    assert_eq!(record::failed_attempts(&recs, target), 3);
+
+    std::fs::write(
+        root.join("proc/cmdline"),
+        "flasher.board=qemu-x86_64-sd flasher.retry-unit\n",
+    )
+    .unwrap();
+    let (r, _) = run(root);
+    r.unwrap_or_else(|f| panic!("run failed: {f}"));
+    let recs = records(root);
+    assert_eq!(record::failed_attempts(&recs, target), 0);
+    assert!(recs[4].attempt_started);
+    assert_eq!(recs[5].result, record::Outcome::Ok);
 }

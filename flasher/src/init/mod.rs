@@ -90,6 +90,16 @@ pub enum Error {
         why: String,
         seen: String,
     },
+    #[error("target {identity} already had {attempts} flash attempts that failed or never finished (a watchdog reset on a hang, a power cut), per the unit log on {}{}; not writing it again. Check or replace this unit's storage, or add flasher.retry-unit to the kernel command line to try it anyway",
+        log.display(),
+        last.as_ref().map(|m| format!("; the last recorded failure: {m}")).unwrap_or_default())]
+    UnitAttempts {
+        identity: String,
+        attempts: u32,
+        log: PathBuf,
+        /// How the last recorded attempt ended, if it got that far.
+        last: Option<String>,
+    },
     #[error("bootloader file {file} is not on the card's flash-boot partition{}; rebuild the card with the board's bootloader files",
         card.as_ref().map(|c| format!(" ({})", c.display())).unwrap_or_else(|| " (no flash-boot partition found)".into()))]
     BootloaderFile { file: String, card: Option<PathBuf> },
@@ -116,7 +126,7 @@ impl Error {
             Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } | Error::NoLog => {
                 C::PostWrite
             }
-            Error::TargetRefused { .. } => C::TargetRefused,
+            Error::TargetRefused { .. } | Error::UnitAttempts { .. } => C::TargetRefused,
             Error::Watchdog { .. } | Error::NotAvailable { .. } => C::BoardConfig,
             Error::Mount { .. }
             | Error::MountPoint { .. }

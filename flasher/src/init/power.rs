@@ -1,5 +1,5 @@
 //! How a PID-1 run ends: disarm the watchdog, sync, then `reboot(2)` with the
-//! chosen mode, or park forever. The system calls sit behind [`Power`] so tests
+//! chosen mode; or keep the watchdog fed, sync and park forever. The system calls sit behind [`Power`] so tests
 //! record the sequence instead of switching the machine off.
 
 use std::time::Duration;
@@ -50,24 +50,38 @@ impl Power for System {
     }
 }
 
-/// End the run: disarm the watchdog first (so a power-off or a long wait never turns
-/// into a watchdog reset, which would start flashing again), sync, then reboot with
-/// `after`'s mode. If `reboot(2)` fails, say so on stderr and park: PID 1 never exits.
+/// End the run without ever letting the watchdog reset the board into a second
+/// flash. `wait` (the default after a failure): keep the watchdog fed while the
+/// board parks showing its result; feeding also holds on kernels built with
+/// `CONFIG_WATCHDOG_NOWAYOUT`, where the magic close is ignored and a disarmed
+/// watchdog would reset the board. Power-off, reboot, halt: disarm first (so the
+/// halted or rebooting board is not reset mid-way), sync, then `reboot(2)`. If
+/// `reboot(2)` fails, say so on stderr, keep the watchdog fed if it could not be
+/// disarmed, and park: PID 1 never exits.
 pub fn finish(after: After, watchdog: Option<&mut dyn Disarm>, power: &mut dyn Power) {
+    if after == After::Wait {
+        if let Some(wd) = watchdog {
+            wd.keep_feeding();
+        }
+        power.sync();
+        power.park();
+        return;
+    }
+    let mut undisarmed = None;
     if let Some(wd) = watchdog {
         if let Err(e) = wd.disarm() {
             // Keep going: a watchdog that cannot be disarmed may reset the board,
             // but powering off still beats hanging.
             eprintln!("flasher: watchdog disarm failed: {e}");
+            undisarmed = Some(wd);
         }
     }
     power.sync();
-    if after == After::Wait {
-        power.park();
-        return;
-    }
     if let Err(e) = power.reboot(after) {
         eprintln!("flasher: {after} failed: {e}; staying on instead");
+        if let Some(wd) = undisarmed {
+            wd.keep_feeding();
+        }
         power.park();
     }
 }
@@ -105,6 +119,9 @@ pub(crate) mod tests {
             self.0.lock().unwrap().push("disarm".into());
             Ok(())
         }
+        fn keep_feeding(&mut self) {
+            self.0.lock().unwrap().push("keep feeding".into());
+        }
     }
 
     fn run(after: After, fail: Option<Errno>) -> Vec<String> {
@@ -132,8 +149,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn wait_disarms_and_parks() {
-        assert_eq!(run(After::Wait, None), ["disarm", "sync", "park"]);
+    fn wait_keeps_feeding_and_parks() {
+        assert_eq!(run(After::Wait, None), ["keep feeding", "sync", "park"]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::modules::{self, Finit, RealClock};
 use super::mounts::{self, Nix, EARLY};
 use super::power::{self, After, Power, System};
 use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
-use super::watchdog::{Disarm, Feeder, Watchdog};
+use super::watchdog::{Disarm, Feeder, Liveness, Monotonic, Watchdog};
 use super::Error;
 use crate::pipeline::{self, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer, RecordResult};
@@ -60,6 +60,8 @@ pub struct Real {
     pid1: bool,
     sinks: Arc<Sinks>,
     watchdog: Option<Feeder<File>>,
+    /// When the run last made progress; the watchdog feeder reads it.
+    liveness: Option<Arc<Liveness>>,
     board: Option<boards::Board>,
     /// What the storage scan saw, and the boot medium among it.
     disks: Vec<Disk>,
@@ -93,6 +95,7 @@ impl Real {
             pid1,
             sinks,
             watchdog: None,
+            liveness: None,
             board: None,
             disks: Vec::new(),
             boot: None,
@@ -140,6 +143,7 @@ impl Real {
             if found.is_some() || std::time::Instant::now() >= deadline {
                 return found;
             }
+            self.alive();
             std::thread::sleep(POLL);
         }
     }
@@ -150,11 +154,22 @@ impl Real {
             .ok_or_else(|| missing("a detected board"))
     }
 
-    /// Open the watchdog at `path` under the root and start feeding it.
-    pub fn start_watchdog_at(&mut self, path: &Path) -> Result<(), Error> {
+    /// Open the watchdog at `path` under the root and start feeding it while the
+    /// run makes progress (no progress for `stall`: feeding stops).
+    pub fn start_watchdog_at(&mut self, path: &Path, stall: Duration) -> Result<(), Error> {
         let wd = Watchdog::open(&self.root, path)?;
-        self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY));
+        let live = Arc::new(Liveness::new(Box::new(Monotonic::default()), stall));
+        self.sinks.add(Box::new(live.clone()));
+        self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY, live.clone()));
+        self.liveness = Some(live);
         Ok(())
+    }
+
+    /// The run is alive though it emits no event (a poll loop going round).
+    fn alive(&self) {
+        if let Some(l) = &self.liveness {
+            l.touch();
+        }
     }
 
     /// `flasher.target=NAME`: that disk, but never the boot medium (rule 1,
@@ -245,6 +260,75 @@ impl Real {
     }
 }
 
+impl Real {
+    /// Before the first write: refuse a unit with [`record::MAX_ATTEMPTS`] failed
+    /// or unfinished attempts in the unit log (unless `flasher.retry-unit`), else
+    /// log an attempt-started record for it, so a reset mid-run leaves evidence
+    /// and a unit that hangs the run cannot reset-loop forever.
+    fn begin_attempt(&mut self, o: &Options) -> crate::Result<()> {
+        let Some(log) = self.log.clone() else {
+            self.note(
+                Phase::Searching,
+                "no unit log: attempts on this unit are not counted".into(),
+            );
+            return Ok(());
+        };
+        if !self.identity.is_countable() {
+            self.note(
+                Phase::Searching,
+                format!(
+                    "target {} has no CID or serial: attempts on it are not counted",
+                    self.identity.device
+                ),
+            );
+            return Ok(());
+        }
+        let records = read_log(&log)?;
+        let attempts = record::failed_attempts(&records, &self.identity);
+        if attempts >= record::MAX_ATTEMPTS && !o.retry_unit {
+            return Err(Error::UnitAttempts {
+                identity: self.identity.to_string(),
+                attempts,
+                log,
+                last: record::last_failure(&records, &self.identity).map(str::to_string),
+            }
+            .into());
+        }
+        if attempts > 0 {
+            self.note(
+                Phase::Searching,
+                format!(
+                    "this unit had {attempts} failed or unfinished attempt(s){}",
+                    if attempts >= record::MAX_ATTEMPTS {
+                        "; flasher.retry-unit given: trying again"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        let run = RunRecord {
+            board: self.board.as_ref().map(|b| b.name.clone()),
+            target: None,
+            write: None,
+            failure: None,
+        };
+        let base = unit_record(&run, &self.identity, SystemTime::now());
+        append_to(&log, &record::attempt_started(&base))?;
+        Ok(())
+    }
+}
+
+/// Every intact record in the unit log at `path`.
+pub fn read_log(path: &Path) -> crate::Result<Vec<UnitRecord>> {
+    let ctx = |what: &str| format!("{what} unit log {}", path.display());
+    let mut f = File::open(path).map_err(|e| crate::Error::io(ctx("open"), e))?;
+    let capacity = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| crate::Error::io(ctx("size of"), e))?;
+    Ok(record::read_all(&mut f, capacity)?)
+}
+
 /// An earlier step did not leave what this one needs (only reachable if the
 /// sequence in `run.rs` changes).
 fn missing(what: &'static str) -> crate::Error {
@@ -317,6 +401,7 @@ pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) ->
         None => (String::new(), 0, Vec::new()),
     };
     UnitRecord {
+        attempt_started: false,
         seq: 0,
         timestamp_unix_s,
         flasher_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -431,11 +516,16 @@ impl Steps for Real {
             .target
             .as_deref()
             .map(|t| t.trim_start_matches("/dev/").to_string());
+        // Each poll is the run going round, not a hang: the wait is bounded by
+        // `flasher.timeout`, which may be longer than the board's stall interval.
         let seen = modules::wait_for_block_devices(
             &self.root,
-            |names| match &target {
-                Some(t) => names.iter().any(|n| n == t),
-                None => modules::any_real_disk(names),
+            |names| {
+                self.alive();
+                match &target {
+                    Some(t) => names.iter().any(|n| n == t),
+                    None => modules::any_real_disk(names),
+                }
             },
             o.timeout,
             POLL,
@@ -450,6 +540,7 @@ impl Steps for Real {
         let settled = modules::wait_for_block_devices(
             &self.root,
             |_| {
+                self.alive();
                 storage_settled(
                     &self.root,
                     board.as_ref(),
@@ -502,10 +593,12 @@ impl Steps for Real {
     }
 
     fn start_watchdog(&mut self) -> crate::Result<()> {
-        let Some(path) = self.board()?.watchdog.clone() else {
+        let board = self.board()?;
+        let Some(path) = board.watchdog.clone() else {
             return Ok(());
         };
-        if let Err(e) = self.start_watchdog_at(Path::new(&path)) {
+        let stall = board.watchdog_stall();
+        if let Err(e) = self.start_watchdog_at(Path::new(&path), stall) {
             // Flashing without the watchdog beats not flashing: it only guards hangs.
             self.note(
                 Phase::Searching,
@@ -611,6 +704,7 @@ impl Steps for Real {
     }
 
     fn write(&mut self, o: &Options) -> crate::Result<WriteSummary> {
+        self.begin_attempt(o)?;
         let payload = self
             .payload
             .clone()

@@ -192,6 +192,19 @@ impl Manifest {
             .sum()
     }
 
+    /// Lowercase every hex digest. Hex is case-insensitive, but the writer
+    /// compares digests as strings against `sha256_hex` (lowercase): a manifest
+    /// written by another tool with uppercase hex would otherwise fail every
+    /// chunk with a false mismatch. Done once at parse time ([`read_manifest`])
+    /// so every later comparison sees one spelling. The header's manifest digest
+    /// covers the bytes as read, so this does not affect it.
+    pub fn normalize_digests(&mut self) {
+        self.image_sha256.make_ascii_lowercase();
+        for c in &mut self.chunks {
+            c.sha256.make_ascii_lowercase();
+        }
+    }
+
     /// Check every invariant the writer relies on, so a malformed manifest is
     /// refused before the first write.
     pub fn validate(&self) -> Result<()> {
@@ -428,8 +441,9 @@ pub(crate) fn read_full(
 }
 
 /// Read and check the header, manifest and signature; leaves `r` at the first
-/// chunk. The manifest is validated (`Manifest::validate`) and its length
-/// accounting checked against the header.
+/// chunk. The manifest's digests are lowercased
+/// ([`Manifest::normalize_digests`]), it is validated (`Manifest::validate`) and
+/// its length accounting checked against the header.
 pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
     let mut hb = [0u8; HEADER_LEN];
     read_full(r, &mut hb, || "header".into())?;
@@ -456,8 +470,9 @@ pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
             supported: VERSION,
         });
     }
-    let manifest: Manifest =
+    let mut manifest: Manifest =
         serde_json::from_slice(&manifest_bytes).map_err(Error::ManifestParse)?;
+    manifest.normalize_digests();
     manifest.validate()?;
     if manifest.data_len() != header.data_len {
         return Err(Error::InvalidManifest(format!(

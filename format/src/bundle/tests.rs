@@ -182,3 +182,35 @@ fn validate_rejects_gaps_and_bad_chunks() {
     m4.image_size += 1;
     assert!(matches!(m4.validate(), Err(Error::InvalidManifest(_))));
 }
+
+/// Another tool may write the manifest's digests in uppercase hex: they are
+/// lowercased at parse time, so they compare equal to what the reader computes.
+#[test]
+fn uppercase_digests_are_normalised_at_parse_time() {
+    let (bundle, logical) = sample();
+    let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let ml = h.manifest_len as usize;
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + ml]).unwrap();
+    let up = |v: &serde_json::Value| v.as_str().unwrap().to_ascii_uppercase();
+    m["image_sha256"] = up(&m["image_sha256"]).into();
+    for c in m["chunks"].as_array_mut().unwrap() {
+        c["sha256"] = up(&c["sha256"]).into();
+    }
+    let json = serde_json::to_vec(&m).unwrap();
+    let h2 = Header {
+        manifest_len: json.len() as u64,
+        manifest_sha256: Sha256::digest(&json).into(),
+        ..h.clone()
+    };
+    let mut b = h2.to_bytes().to_vec();
+    b.extend(&json);
+    b.extend(&bundle[HEADER_LEN + ml..]);
+    let opened = read_manifest(&mut Cursor::new(&b)).unwrap();
+    assert_eq!(opened.manifest.image_sha256, sha256_hex(&logical));
+    assert!(opened
+        .manifest
+        .chunks
+        .iter()
+        .all(|c| c.sha256.bytes().all(|d| !d.is_ascii_uppercase())));
+}

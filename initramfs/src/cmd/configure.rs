@@ -52,7 +52,7 @@ pub const HOSTNAME: &str = "hostname";
 pub enum Error {
     #[error("hostname {0:?} is not valid: use 1 to 63 letters, digits and '-', not starting or ending with '-'")]
     BadHostname(String),
-    #[error("Wi-Fi SSID {0:?} is not valid: it must be 1 to 32 bytes")]
+    #[error("Wi-Fi SSID {0:?} is not valid: it must be 1 to 32 bytes without control characters (newline, tab, ...)")]
     BadSsid(String),
     #[error("Wi-Fi passphrase is {0} characters; WPA2 needs 8 to 63 printable ASCII characters")]
     BadPsk(usize),
@@ -79,7 +79,10 @@ pub fn validate(s: &Settings) -> Result<(), Error> {
         }
     }
     if let Some((ssid, psk)) = &s.wifi {
-        if ssid.is_empty() || ssid.len() > 32 {
+        // A control character (a newline above all) would end the `ssid=` line in
+        // the keyfile and let the rest add keys or sections; no real SSID typed on
+        // a command line needs one.
+        if ssid.is_empty() || ssid.len() > 32 || ssid.chars().any(char::is_control) {
             return Err(Error::BadSsid(ssid.clone()));
         }
         let n = psk.chars().count();
@@ -90,17 +93,52 @@ pub fn validate(s: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// The `ssid=` value. Plain text when NetworkManager reads it back unchanged;
+/// otherwise the byte-list form NetworkManager also accepts (`120;59;...;`), for
+/// SSIDs with `;` (NM would read `1;2;` as a byte list), `\` (a GLib keyfile
+/// escape), or spaces at either end (GLib drops leading whitespace). Callers
+/// have already refused control characters, so a value is always one line.
+pub fn ssid_value(ssid: &str) -> String {
+    let plain = !ssid.contains([';', '\\'])
+        && !ssid.starts_with(' ')
+        && !ssid.ends_with(' ')
+        && !ssid.chars().any(char::is_control);
+    if plain {
+        ssid.to_string()
+    } else {
+        ssid.bytes().map(|b| format!("{b};")).collect()
+    }
+}
+
+/// The `psk=` value: GLib keyfile escapes for `\` and a leading space, so the
+/// passphrase reads back exactly. (It is printable ASCII, checked by
+/// [`validate`], so it cannot hold a newline; `[`, `]`, `=`, `;` and `#` are
+/// plain characters inside a value.)
+pub fn psk_value(psk: &str) -> String {
+    let mut out = String::with_capacity(psk.len());
+    for (i, c) in psk.chars().enumerate() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' ' if i == 0 => out.push_str("\\s"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The NetworkManager keyfile for a WPA2-PSK network. The uuid is derived from
-/// the SSID so that configuring twice gives the same bytes.
+/// the SSID so that configuring twice gives the same bytes. The SSID and PSK are
+/// encoded by [`ssid_value`] and [`psk_value`]: neither can add a line.
 pub fn nm_keyfile(ssid: &str, psk: &str) -> String {
+    let (ssid_v, psk_v) = (ssid_value(ssid), psk_value(psk));
     let d = sha2::Sha256::digest(format!("flasher-wifi:{ssid}").as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
     let uuid = uuid::Builder::from_random_bytes(b).into_uuid();
     format!(
         "[connection]\nid=wifi\nuuid={uuid}\ntype=wifi\nautoconnect=true\n\n\
-         [wifi]\nmode=infrastructure\nssid={ssid}\n\n\
-         [wifi-security]\nkey-mgmt=wpa-psk\npsk={psk}\n\n\
+         [wifi]\nmode=infrastructure\nssid={ssid_v}\n\n\
+         [wifi-security]\nkey-mgmt=wpa-psk\npsk={psk_v}\n\n\
          [ipv4]\nmethod=auto\n\n[ipv6]\naddr-gen-mode=stable-privacy\nmethod=auto\n"
     )
 }
@@ -255,5 +293,53 @@ mod tests {
             .unwrap_err()),
             Error::BadConfig(_)
         ));
+    }
+
+    /// Issue 10 item 7: an SSID with a newline cannot add a section or a key;
+    /// keyfile metacharacters that are legal in an SSID or PSK stay on their line.
+    #[test]
+    fn ssid_and_psk_cannot_inject_lines() {
+        let vol = || Cursor::new(fat::make_fat(8 << 20, "b", &[]).unwrap());
+        for ssid in ["x\n[connection]\nid=evil", "x\r\nid=evil", "tab\there"] {
+            let s = Settings {
+                wifi: Some((ssid.into(), "longenough".into())),
+                ..Default::default()
+            };
+            assert!(
+                matches!(err(apply(vol(), &s).unwrap_err()), Error::BadSsid(_)),
+                "{ssid:?}"
+            );
+        }
+        let s = Settings {
+            wifi: Some(("n".into(), "pass\nword!".to_string())),
+            ..Default::default()
+        };
+        assert!(matches!(
+            err(apply(vol(), &s).unwrap_err()),
+            Error::BadPsk(_)
+        ));
+        // Legal but meaningful to a keyfile: one line each, nothing added.
+        let benign = nm_keyfile("plain", "longenough");
+        let lines = |k: &str| k.lines().map(str::to_string).collect::<Vec<_>>();
+        for (ssid, psk) in [
+            ("a;b", "#[x]=y;z\\n"),
+            (" [wifi-security]", " key-mgmt=none"),
+            ("=#[]", "\\\\\\s"),
+        ] {
+            let k = nm_keyfile(ssid, psk);
+            let (got, want) = (lines(&k), lines(&benign));
+            assert_eq!(got.len(), want.len(), "{k}");
+            for (g, w) in got.iter().zip(&want) {
+                // Every line but the two values is unchanged.
+                if !(w.starts_with("ssid=") || w.starts_with("psk=") || w.starts_with("uuid=")) {
+                    assert_eq!(g, w, "{k}");
+                }
+            }
+        }
+        assert_eq!(ssid_value("a;b"), "97;59;98;");
+        assert_eq!(ssid_value(" x"), "32;120;");
+        assert_eq!(ssid_value("Factory Net"), "Factory Net");
+        assert_eq!(psk_value(" a\\b"), "\\sa\\\\b");
+        assert_eq!(psk_value("#[x]=y;z"), "#[x]=y;z");
     }
 }

@@ -289,6 +289,7 @@ mod tests {
             bytes_written: 123,
             phases: vec![],
             result: record::Outcome::Ok,
+            attempt_started: false,
         };
         record::append(&mut c, 64 << 10, &rec).unwrap();
         std::fs::write(&p, c.into_inner()).unwrap();

@@ -474,3 +474,28 @@ fn manifest_with_a_gap_is_refused_untouched() {
     );
     assert!(t.into_inner().into_inner().iter().all(|&b| b == 0xee));
 }
+
+/// Issue 10 item 7: a manifest with uppercase hex digests (another tool wrote
+/// it) writes and verifies, image digest included, instead of a false mismatch.
+#[test]
+fn uppercase_hex_manifest_writes_and_verifies() {
+    let img = plain_image(3 << 20);
+    let (bundle, _, logical) = bundle_of(&[Run::Data(img), Run::Zero(1 << 20)], 1 << 20);
+    let upper = reseal(&bundle, |m| {
+        let up = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_ascii_uppercase();
+        m["image_sha256"] = up(&m["image_sha256"]).into();
+        for c in m["chunks"].as_array_mut().unwrap() {
+            c["sha256"] = up(&c["sha256"]).into();
+        }
+    });
+    let mut t = Plain::new(Cursor::new(vec![0xeeu8; 5 << 20])).unwrap();
+    let o = WriteOptions {
+        image_digest: true,
+        verify: Verify::Full,
+        ..opts()
+    };
+    let r = write_to(Cursor::new(&upper), &mut t, &o, &crate::progress::Null).unwrap();
+    assert!(r.image_digest_checked);
+    assert_eq!(r.image_sha256, flasher_format::bundle::sha256_hex(&logical));
+    assert_eq!(&t.into_inner().into_inner()[..4 << 20], &logical[..]);
+}
