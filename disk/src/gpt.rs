@@ -54,9 +54,13 @@ pub struct Header {
     pub entries_crc: u32,
 }
 
+/// CRC-32/ISO-HDLC (the zlib CRC the UEFI spec uses), with a 1 KiB table.
+const CRC32: crc::Crc<u32, crc::Table<1>> =
+    crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISO_HDLC);
+
 /// CRC32 of a header: over `header_size` bytes with the CRC field itself zeroed.
 pub fn header_crc(raw: &[u8], header_size: usize) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+    let mut h = CRC32.digest();
     h.update(&raw[..16]);
     h.update(&[0; 4]);
     h.update(&raw[20..header_size]);
@@ -65,7 +69,7 @@ pub fn header_crc(raw: &[u8], header_size: usize) -> u32 {
 
 /// CRC32 of an entry array, as stored in the header.
 pub fn entries_crc(entries: &[u8]) -> u32 {
-    crc32fast::hash(entries)
+    CRC32.checksum(entries)
 }
 
 impl Header {

@@ -39,6 +39,10 @@
 //! count. Readers older than this field see an ordinary failed record.
 
 use serde::{Deserialize, Serialize};
+
+/// CRC-32/ISO-HDLC (the zlib and GPT CRC), with a 1 KiB table.
+const CRC32: crc::Crc<u32, crc::Table<1>> =
+    crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISO_HDLC);
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// Frame magic; the last byte is the format version.
@@ -364,7 +368,7 @@ fn encode_frame(body: &[u8]) -> Vec<u8> {
     // Bounded by MAX_BODY, so it fits in u32.
     f.extend_from_slice(&(body.len() as u32).to_le_bytes());
     f.extend_from_slice(body);
-    let crc = crc32fast::hash(&f);
+    let crc = CRC32.checksum(&f);
     f.extend_from_slice(&crc.to_le_bytes());
     f
 }
@@ -427,7 +431,7 @@ fn scan_frames<R: Read + Seek>(dev: &mut R, capacity: u64) -> Result<Frames> {
         }
         let (body, crc) = rest.split_at(len as usize);
         let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-        let mut h = crc32fast::Hasher::new();
+        let mut h = CRC32.digest();
         h.update(&head);
         h.update(body);
         let computed = h.finalize();
