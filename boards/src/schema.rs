@@ -251,7 +251,9 @@ impl TargetRules {
             s.push_str(", not removable");
         }
         if let Some(min) = self.min_size {
-            s.push_str(&format!(", at least {:.1} GB", min as f64 / 1e9));
+            // Integer tenths: the board binary formats no floats (size budget).
+            let t = (u128::from(min) + 50_000_000) / 100_000_000;
+            s.push_str(&format!(", at least {}.{} GB", t / 10, t % 10));
         }
         s
     }

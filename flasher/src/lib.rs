@@ -20,5 +20,6 @@ pub mod pipeline;
 pub mod progress;
 
 pub mod storage;
+pub mod units;
 
 pub use error::{Error, Result};

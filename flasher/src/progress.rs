@@ -87,18 +87,7 @@ impl led::Leds for AnnouncingLeds {
 
 /// "512 B", "1.5 KiB", "3.9 GiB": a byte count for console lines and messages.
 pub fn iec_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::units::iec(bytes)
 }
 
 /// Ignores every event.

@@ -65,8 +65,8 @@ pub enum Error {
     #[error(transparent)]
     Cmdline(#[from] flasher_format::cmdline::Error),
     #[error(
-        "no storage appeared after {:.0} s (saw: {seen}); check the board's kernel modules, or raise flasher.timeout=",
-        waited.as_secs_f64()
+        "no storage appeared after {} s (saw: {seen}); check the board's kernel modules, or raise flasher.timeout=",
+        (waited.as_millis() + 500) / 1000
     )]
     NoBlockDevices { waited: Duration, seen: String },
     #[error("open watchdog {path}: {source}; check the board's watchdog setting")]

@@ -92,17 +92,11 @@ impl Error {
 
 /// "3.6 GiB", "12.0 MiB", "4.0 KiB", "17 bytes".
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if bytes < 1024 {
-        return format!("{bytes} bytes");
+        format!("{bytes} bytes")
+    } else {
+        crate::units::iec(bytes)
     }
-    let mut v = bytes as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
 }
 
 /// Whether to read the device back after writing.

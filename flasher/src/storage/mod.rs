@@ -261,13 +261,7 @@ impl Disk {
 
 /// Decimal size with one decimal, as disk vendors label them: `15.9 GB`.
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)];
-    for (unit, scale) in UNITS {
-        if bytes as f64 >= scale {
-            return format!("{:.1} {unit}", bytes as f64 / scale);
-        }
-    }
-    format!("{bytes} B")
+    crate::units::si(bytes)
 }
 
 /// A partition on the boot medium the init program needs.

@@ -145,7 +145,7 @@ fn human(bytes: u64) -> String {
     if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
         format!("{} GiB", bytes >> 30)
     } else if bytes >= 1 << 20 {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+        format!("{} MiB", flasher::units::tenths(bytes, 1 << 20))
     } else {
         format!("{bytes} bytes")
     }
