@@ -4,6 +4,7 @@
 //! [`Target`], so it runs on a `Cursor` in tests and on a [`blockdev::Device`] on
 //! the board; pre-write refusals (size, read-only, mounted) are in `preflight`.
 
+pub mod commit;
 mod engine;
 pub mod preflight;
 
@@ -138,6 +139,10 @@ pub struct WriteOptions {
     /// the device is read back. It guards only against a bug in our own extent
     /// bookkeeping, which the property tests cover.
     pub image_digest: bool,
+    /// Leave the table commit (GPT headers, sector 0) to the caller: the report
+    /// carries it in `commit`, and the caller applies it after its own writes
+    /// (bootloader, config). Off: the engine commits as its last step.
+    pub defer_commit: bool,
 }
 
 impl Default for WriteOptions {
@@ -152,6 +157,7 @@ impl Default for WriteOptions {
                 .unwrap_or(2)
                 .clamp(1, 4),
             image_digest: false,
+            defer_commit: false,
         }
     }
 }
@@ -187,6 +193,9 @@ pub struct WriteReport {
     pub durations: PhaseDurations,
     /// What the partition-table fix-ups did, if they ran.
     pub fixup: Option<crate::fixup::FixupReport>,
+    /// The table commit not yet applied (`defer_commit`); the caller's last write.
+    #[serde(skip)]
+    pub commit: Option<commit::TableCommit>,
 }
 
 /// A write destination for the engine: positioned I/O plus zeroing, syncing
