@@ -193,6 +193,32 @@ pub fn plan(
     })
 }
 
+/// GPT "Microsoft basic data", the type most images give their FAT boot partition.
+const BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
+
+/// Refuse a head whose partition table has no partition typed for FAT (MBR
+/// FAT types; GPT EFI system or basic data). The partitions' own boot sectors
+/// are not in the head, so the type is what can be checked before the write.
+pub fn require_fat(head: &[u8]) -> Result<(), Error> {
+    let fat = |p: &flasher_disk::Partition| {
+        p.part_type.is_fat() || p.part_type.id().eq_ignore_ascii_case(BASIC_DATA)
+    };
+    let seen = match flasher_disk::Table::from_bytes(head) {
+        Ok(t) if t.partitions.iter().any(fat) => return Ok(()),
+        Ok(t) => format!(
+            "{} partition(s): {}",
+            t.partitions.len(),
+            t.partitions
+                .iter()
+                .map(|p| format!("{} type {}", p.number, p.part_type.id()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => format!("no readable table: {e}"),
+    };
+    Err(Error::NoBootFat { seen })
+}
+
 /// Zero the bytes of `data` (which starts at target byte `off`) that fall in `hold`.
 pub fn mask(hold: &[(u64, u64)], off: u64, data: &mut [u8]) {
     let end = off + data.len() as u64;

@@ -229,7 +229,7 @@ fn ensure_planned<T: Target>(
     cur: Option<(u64, &[u8])>,
     m: &Manifest,
     target: &mut T,
-    expand_data: bool,
+    (expand_data, require_boot_fat): (bool, bool),
 ) -> crate::Result<()> {
     if out.plan.is_some() {
         return Ok(());
@@ -249,6 +249,9 @@ fn ensure_planned<T: Target>(
         target.sector_size(),
         expand_data,
     )?;
+    if require_boot_fat {
+        commit::require_fat(&head)?;
+    }
     let size = target.size();
     let wipe = HOLD.min(size);
     zero(target, 0, wipe)?;
@@ -368,8 +371,8 @@ fn stream<R: Read, T: Target>(
             }
             hex::encode(h.finalize())
         });
-        let expand = opts.expand_data;
-        let writer = s.spawn(move || write_loop(m, ord_rx, hash_tx, target, obs, expand));
+        let flags = (opts.expand_data, opts.require_boot_fat);
+        let writer = s.spawn(move || write_loop(m, ord_rx, hash_tx, target, obs, flags));
 
         // This thread reads the payload. It stops when the writer hangs up.
         for raw in ChunkReader::new(payload, m) {
@@ -412,7 +415,7 @@ fn write_loop<T: Target>(
     hash_tx: Sender<HashMsg>,
     target: &mut T,
     obs: &dyn Observer,
-    expand_data: bool,
+    flags: (bool, bool),
 ) -> crate::Result<Streamed> {
     let hash = |msg| {
         hash_tx
@@ -459,7 +462,7 @@ fn write_loop<T: Target>(
                 hash(HashMsg::Zeros(e.length))?;
                 let (outside, inside) = dd.split(e.offset, e.length);
                 if !outside.is_empty() {
-                    ensure_planned(&mut out, dd, None, m, target, expand_data)?;
+                    ensure_planned(&mut out, dd, None, m, target, flags)?;
                 }
                 for (off, len) in outside {
                     let mut o = off;
@@ -491,7 +494,7 @@ fn write_loop<T: Target>(
                     let (outside, inside) = dd.split(c.offset, c.length);
                     if !outside.is_empty() {
                         let cur = Some((c.offset, &buf[..]));
-                        ensure_planned(&mut out, dd, cur, m, target, expand_data)?;
+                        ensure_planned(&mut out, dd, cur, m, target, flags)?;
                     }
                     for (off, len) in &outside {
                         let a = (off - c.offset) as usize;
@@ -515,7 +518,7 @@ fn write_loop<T: Target>(
     });
     // An image that lies wholly in the held-back regions wrote nothing yet.
     let dd = out.deferred;
-    ensure_planned(&mut out, dd, None, m, target, expand_data)?;
+    ensure_planned(&mut out, dd, None, m, target, flags)?;
     Ok(out)
 }
 

@@ -6,6 +6,7 @@
 
 pub mod commit;
 mod engine;
+pub mod post;
 pub mod preflight;
 
 pub use engine::{write_opened, write_to};
@@ -72,6 +73,8 @@ pub enum Error {
         length: u64,
         what: String,
     },
+    #[error("the image's partition table has no FAT partition ({seen}), but the card carries config to copy onto one; rebuild the image with a FAT boot partition, or remove the config from the card")]
+    NoBootFat { seen: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -86,6 +89,7 @@ impl Error {
                 ErrorClass::WriteIo
             }
             Error::Read { .. } | Error::VerifyMismatch { .. } => ErrorClass::VerifyMismatch,
+            Error::NoBootFat { .. } => ErrorClass::PayloadInvalid,
             Error::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -143,6 +147,9 @@ pub struct WriteOptions {
     /// carries it in `commit`, and the caller applies it after its own writes
     /// (bootloader, config). Off: the engine commits as its last step.
     pub defer_commit: bool,
+    /// Refuse, before the first write, an image whose table has no FAT
+    /// partition (config injection needs one).
+    pub require_boot_fat: bool,
 }
 
 impl Default for WriteOptions {
@@ -158,6 +165,7 @@ impl Default for WriteOptions {
                 .clamp(1, 4),
             image_digest: false,
             defer_commit: false,
+            require_boot_fat: false,
         }
     }
 }
