@@ -6,6 +6,8 @@
 
 pub mod commit;
 mod engine;
+#[cfg(test)]
+mod fault_tests;
 pub mod post;
 pub mod preflight;
 
