@@ -130,8 +130,8 @@ impl Seek for Model<'_> {
 
 /// Plan the table for an image whose first bytes are `head`, on a target of
 /// `target_size` bytes with `ss`-byte sectors. Errors are the fix-up's own
-/// (corrupt GPT, expand-data unsupported, sector-size mismatch): nothing has
-/// been written when they are reported.
+/// (corrupt GPT, expand-data unsupported, sector-size mismatch) wrapped in
+/// [`Error::Refused`]: nothing has been written when they are reported.
 pub fn plan(
     head: &[u8],
     image_size: u64,
@@ -146,7 +146,8 @@ pub fn plan(
         written: BTreeMap::new(),
         pos: 0,
     };
-    let fixup = crate::fixup::after_write(&mut m, image_size, target_size, ss, expand_data)?;
+    let fixup = crate::fixup::after_write(&mut m, image_size, target_size, ss, expand_data)
+        .map_err(Error::Refused)?;
     let mut commit_lbas: Vec<(u64, &'static str)> = Vec::new();
     let mut hold_lbas: Vec<u64> = vec![0];
     if fixup.table == TableKind::Gpt {

@@ -514,14 +514,24 @@ fn refusals_leave_the_target_untouched() {
         let mut t = Faulty::new(old.clone(), None);
         let e = full_run(&mut t, &bundle(&img), &s.card, expand).expect_err(name);
         let ok = match is {
-            0 => matches!(e, CrateError::Fixup(crate::fixup::Error::Table(_))),
+            0 => matches!(
+                e,
+                CrateError::Pipeline(super::Error::Refused(crate::fixup::Error::Table(_)))
+            ),
             1 => matches!(
                 e,
-                CrateError::Fixup(crate::fixup::Error::ExpandUnsupported { .. })
+                CrateError::Pipeline(super::Error::Refused(
+                    crate::fixup::Error::ExpandUnsupported { .. }
+                ))
             ),
             _ => matches!(e, CrateError::Pipeline(super::Error::NoBootFat { .. })),
         };
         assert!(ok, "{name}: {e:?}");
+        let class = match &e {
+            CrateError::Pipeline(p) => p.class(),
+            _ => led::ErrorClass::Internal,
+        };
+        assert_eq!(class, led::ErrorClass::PayloadInvalid, "{name}");
         assert!(t.data == old, "{name}: the target was written");
     }
 }

@@ -77,6 +77,8 @@ pub enum Error {
     },
     #[error("the image's partition table has no FAT partition ({seen}), but the card carries config to copy onto one; rebuild the image with a FAT boot partition, or remove the config from the card")]
     NoBootFat { seen: String },
+    #[error("refused before the first write (the target is untouched): {0}")]
+    Refused(#[source] crate::fixup::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -92,6 +94,19 @@ impl Error {
             }
             Error::Read { .. } | Error::VerifyMismatch { .. } => ErrorClass::VerifyMismatch,
             Error::NoBootFat { .. } => ErrorClass::PayloadInvalid,
+            // Nothing was written: the image's table or the target's size is
+            // the problem, not a post-write step.
+            Error::Refused(e) => {
+                use crate::fixup::Error as F;
+                match e {
+                    F::DeviceSmaller { .. }
+                    | F::DeviceTooSmallForGpt { .. }
+                    | F::PartitionBeyondEnd { .. }
+                    | F::BadSectorSize { .. }
+                    | F::SectorSizeMismatch { .. } => ErrorClass::TargetRefused,
+                    _ => ErrorClass::PayloadInvalid,
+                }
+            }
             Error::Internal(_) => ErrorClass::Internal,
         }
     }
