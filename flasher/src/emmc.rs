@@ -30,6 +30,8 @@ pub enum Error {
         len: u64,
         size: u64,
     },
+    #[error("{part}: bytes {offset}..{} ({len} bytes, bootloader) read back different from what was written, after a retry; the eMMC may be failing", offset + len)]
+    Mismatch { part: String, offset: u64, len: u64 },
     #[error("{part}: could not restore force_ro to {value:?}: {source}; the boot partition is left writable")]
     Restore {
         part: String,
@@ -149,6 +151,22 @@ pub fn write_at<W: Write + Seek>(w: &mut W, data: &[u8], offset: u64) -> std::io
     w.flush()
 }
 
+/// Whether `f` holds `data` at `offset`, read after dropping the cached pages
+/// (the device is read, not what we just wrote into the cache).
+fn read_back_matches(f: &mut std::fs::File, data: &[u8], offset: u64) -> std::io::Result<bool> {
+    // Advice only, but honoured for clean pages of a block device after fsync.
+    let _ = nix::fcntl::posix_fadvise(
+        std::os::fd::AsRawFd::as_raw_fd(f),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+    let mut buf = vec![0u8; data.len()];
+    f.seek(SeekFrom::Start(offset))?;
+    std::io::Read::read_exact(f, &mut buf)?;
+    Ok(buf == data)
+}
+
 /// Write `data` at `offset` into the boot partition `part` (`mmcblk1boot0`) through
 /// `<root>/dev/<part>`, with `force_ro` cleared for the duration and restored after,
 /// whatever happens. The size comes from `<root>/sys/block/<part>/size`.
@@ -180,15 +198,40 @@ pub fn write_boot_partition(root: &Path, part: &str, data: &[u8], offset: u64) -
     let dev = root.join("dev").join(part);
     let result = std::fs::OpenOptions::new()
         .write(true)
+        .read(true)
         .open(&dev)
-        .and_then(|mut f| {
-            write_at(&mut f, data, offset)?;
-            // Reach the device, not the cache, before force_ro goes back on.
-            f.sync_all()
-        })
         .map_err(|source| Error::Io {
-            context: format!("write {len} bytes at offset {offset} to {}", dev.display()),
+            context: format!("open {}", dev.display()),
             source,
+        })
+        .and_then(|mut f| {
+            // Written, flushed and read back past the page cache; retried once.
+            for attempt in 0..2 {
+                write_at(&mut f, data, offset)
+                    // Reach the device, not the cache, before force_ro goes back on.
+                    .and_then(|()| f.sync_all())
+                    .map_err(|source| Error::Io {
+                        context: format!(
+                            "write {len} bytes at offset {offset} to {}",
+                            dev.display()
+                        ),
+                        source,
+                    })?;
+                if read_back_matches(&mut f, data, offset).map_err(|source| Error::Io {
+                    context: format!("read back {len} bytes at offset {offset} of {}", dev.display()),
+                    source,
+                })? {
+                    return Ok(());
+                }
+                if attempt == 0 {
+                    tracing::warn!("{part}: bootloader read back wrong at bytes {offset}..{}; writing once more", offset + len);
+                }
+            }
+            Err(Error::Mismatch {
+                part: part.to_string(),
+                offset,
+                len,
+            })
         });
     // Restore explicitly so a restore failure is reported; the write error, if
     // any, is the more important one.

@@ -102,3 +102,16 @@ fn nvme_write_error_is_reported_naming_the_offset() {
         "a failed flash left a bootable target"
     );
 }
+
+/// NVMe reports the EIO: a fault in the image's last MiB (the first sector of
+/// the backup GPT entries, held back to the end) fails the run closed.
+#[test]
+fn nvme_fault_in_the_last_mib_fails_closed() {
+    assert_fault_fails_closed(NUC, "nuc-last-mib.img", 33 * 512, true);
+}
+
+/// The same in the first MiB (the primary GPT entries at LBA 2).
+#[test]
+fn nvme_fault_in_the_first_mib_fails_closed() {
+    assert_fault_fails_closed(NUC, "nuc-first-mib.img", 2 * 512, false);
+}

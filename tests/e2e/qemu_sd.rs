@@ -111,3 +111,17 @@ fn bad_board_option_is_a_clear_error() {
     );
     assert!(all_zero(&target));
 }
+
+/// QEMU's sd-card swallows the write error: the read-back must catch a lost
+/// write in the image's last MiB (the first sector of the backup GPT entries,
+/// held back to the end) and fail the run closed.
+#[test]
+fn lost_write_in_the_last_mib_fails_closed() {
+    assert_fault_fails_closed(SD, "sd-last-mib.img", 33 * 512, true);
+}
+
+/// The same in the first MiB (the primary GPT entries at LBA 2).
+#[test]
+fn lost_write_in_the_first_mib_fails_closed() {
+    assert_fault_fails_closed(SD, "sd-first-mib.img", 2 * 512, false);
+}

@@ -51,6 +51,8 @@ pub fn run(args: Args) -> crate::Result<()> {
         direct: !args.no_direct,
         workers: args.workers.unwrap_or(defaults.workers).max(1),
         image_digest: args.image_digest,
+        defer_commit: false,
+        require_boot_fat: false,
     };
     let f = std::fs::File::open(&args.payload)
         .map_err(|e| crate::Error::io(format!("open payload {}", args.payload.display()), e))?;

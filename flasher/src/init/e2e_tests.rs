@@ -379,3 +379,75 @@ fn a_unit_that_keeps_resetting_is_refused_after_three_attempts() {
     assert!(recs[4].attempt_started);
     assert_eq!(recs[5].result, record::Outcome::Ok);
 }
+
+/// A failure after the write (the image's FAT-typed boot partition holds no
+/// FAT, so config injection fails): the target held an old, valid image and
+/// ends with a zero sector 0, a failure record is appended, and every event
+/// from the first failure on stays in the failure phase (LEDs included).
+#[test]
+fn post_write_failure_leaves_sector_0_zero_and_failure_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let not_fat = vec![0u8; 4 << 20];
+    let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let image = mbr_disk(8 << 20, &[(2048, &not_fat, 0x0c), (10240, &data, 0x83)]);
+    board(root, 32 << 20, &image);
+    // The target holds an old, valid image.
+    let mut old = os_image();
+    old.resize(32 << 20, 0);
+    std::fs::write(root.join("dev/mmcblk1"), &old).unwrap();
+    let (r, calls) = run(root);
+    let f = r.unwrap_err();
+    assert_eq!(
+        (f.step, f.class),
+        (Step::Config, led::ErrorClass::PostWrite),
+        "{f}"
+    );
+    assert_eq!(calls, ["sync", "park"]);
+    let target = std::fs::read(root.join("dev/mmcblk1")).unwrap();
+    assert!(target[..512].iter().all(|b| *b == 0), "sector 0 not zero");
+    // The rest of the new image did land (the failure came after the write).
+    assert_eq!(target[5 << 20..8 << 20], image[5 << 20..]);
+    // The attempt-started record, then the failure.
+    let recs = records(root);
+    assert_eq!(recs.len(), 2);
+    assert!(recs[0].attempt_started);
+    assert!(matches!(recs[1].result, record::Outcome::Error { .. }));
+    let ev = events(root);
+    let first = ev.iter().position(Event::is_failure).unwrap();
+    let after: Vec<Phase> = ev[first..].iter().map(|e| e.phase).collect();
+    assert!(after.iter().all(|p| *p == Phase::Failure), "{after:?}");
+    assert!(ev[first..].iter().any(|e| matches!(
+        e.body,
+        Body::Record {
+            result: RecordResult::Error,
+            ..
+        }
+    )));
+}
+
+/// The card carries config but the image's table has no FAT partition: refused
+/// before the first write (class 2), the old image on the target untouched.
+#[test]
+fn image_without_a_boot_fat_is_refused_before_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let image = mbr_disk(8 << 20, &[(10240, &data, 0x83)]);
+    board(root, 32 << 20, &image);
+    let mut old = os_image();
+    old.resize(32 << 20, 0);
+    std::fs::write(root.join("dev/mmcblk1"), &old).unwrap();
+    let (r, _) = run(root);
+    let f = r.unwrap_err();
+    assert_eq!(
+        (f.step, f.class),
+        (Step::Write, led::ErrorClass::PayloadInvalid),
+        "{f}"
+    );
+    assert!(matches!(
+        f.error,
+        crate::Error::Pipeline(crate::pipeline::Error::NoBootFat { .. })
+    ));
+    assert!(std::fs::read(root.join("dev/mmcblk1")).unwrap() == old);
+}

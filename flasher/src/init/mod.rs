@@ -148,7 +148,7 @@ impl Step {
             Step::Cmdline | Step::Board | Step::Watchdog => C::BoardConfig,
             Step::Modules | Step::Storage | Step::Target => C::NoStorage,
             Step::Payload => C::PayloadInvalid,
-            Step::Write => C::WriteIo,
+            Step::Write | Step::Commit => C::WriteIo,
             Step::Fixups | Step::Bootloader | Step::Config | Step::Record => C::PostWrite,
         }
     }

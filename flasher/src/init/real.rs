@@ -17,7 +17,9 @@ use super::power::{self, After, Power, System};
 use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
 use super::watchdog::{Disarm, Feeder, Liveness, Monotonic, Watchdog};
 use super::Error;
-use crate::pipeline::{self, WriteOptions, WriteReport};
+use crate::blockdev::{self, Device};
+use crate::pipeline::commit::TableCommit;
+use crate::pipeline::{self, post, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer, RecordResult};
 use crate::storage::{self, BootMedium, Disk};
 use boards::Placement;
@@ -75,6 +77,8 @@ pub struct Real {
     target: Option<PathBuf>,
     identity: TargetIdentity,
     report: Option<WriteReport>,
+    /// The board's bootloader files, read from the card before the first write.
+    boot_files: Vec<(String, Vec<u8>)>,
     succeeded: bool,
     /// `reboot(2)` and friends; a fake in tests.
     power: Box<dyn Power + Send>,
@@ -105,6 +109,7 @@ impl Real {
             target: None,
             identity: TargetIdentity::default(),
             report: None,
+            boot_files: Vec::new(),
             succeeded: false,
             power: if pid1 {
                 Box::new(System)
@@ -226,23 +231,72 @@ impl Real {
         self.target = Some(target);
     }
 
-    /// Open the target for the post-write steps, dropping any cached pages first
-    /// so we read what is on the medium.
-    fn open_target(&self) -> crate::Result<(PathBuf, File)> {
+    /// Open the target for the post-write steps with O_DIRECT, so every
+    /// read-back comes from the medium, not the page cache.
+    fn open_device(&self) -> crate::Result<Device> {
         let target = self.target.clone().ok_or_else(|| missing("a target"))?;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&target)
-            .map_err(|e| crate::Error::io(format!("open target {}", target.display()), e))?;
-        // Advice only; O_DIRECT writes already invalidated what they covered.
-        let _ = nix::fcntl::posix_fadvise(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
-        Ok((target, f))
+        Ok(Device::open(
+            &target,
+            blockdev::OpenOptions {
+                write: true,
+                direct: true,
+                exclusive: true,
+            },
+        )?)
+    }
+
+    /// The table commit the write step left for the end of the run.
+    fn pending_commit(&self) -> crate::Result<TableCommit> {
+        self.report
+            .as_ref()
+            .and_then(|r| r.commit.clone())
+            .ok_or_else(|| missing("a pending partition-table commit"))
+    }
+
+    /// A bootloader file read before the write.
+    fn boot_file(&self, file: &str) -> crate::Result<&[u8]> {
+        self.boot_files
+            .iter()
+            .find(|(f, _)| f == file)
+            .map(|(_, d)| d.as_slice())
+            .ok_or_else(|| missing("the bootloader file read before the write"))
+    }
+
+    /// Whether the card carries config to inject (so the image needs a boot FAT).
+    fn card_has_config(&self) -> crate::Result<bool> {
+        let Some(card) = self.card_boot.as_ref() else {
+            return Ok(false);
+        };
+        let f = File::open(card)
+            .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))?;
+        card::has_config(f)
+            .map_err(|e| crate::Error::io(format!("read the FAT on {}", card.display()), e))
+    }
+
+    /// Refuse before the first write when the unit log cannot take two more
+    /// records (the attempt-started one and the result), so a flashed board
+    /// always gets its record.
+    fn check_log_room(&self) -> crate::Result<()> {
+        let Some(log) = self.log.as_ref() else {
+            return Ok(());
+        };
+        let ctx = |what: &str| format!("{what} unit log {}", log.display());
+        let mut f = File::open(log).map_err(|e| crate::Error::io(ctx("open"), e))?;
+        let capacity = f
+            .seek(SeekFrom::End(0))
+            .map_err(|e| crate::Error::io(ctx("size of"), e))?;
+        let scan = record::scan(&mut f, capacity)?;
+        // A record with a long failure message stays well under 4 KiB.
+        let needed = 2 * (record::FRAME_OVERHEAD + RECORD_ROOM);
+        if capacity.saturating_sub(scan.end) < needed {
+            return Err(record::Error::LogFull {
+                used: scan.end,
+                capacity,
+                needed,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Read `file` from the card's flash-boot FAT.
@@ -704,7 +758,6 @@ impl Steps for Real {
     }
 
     fn write(&mut self, o: &Options) -> crate::Result<WriteSummary> {
-        self.begin_attempt(o)?;
         let payload = self
             .payload
             .clone()
@@ -713,6 +766,21 @@ impl Steps for Real {
         let file = File::open(&payload).map_err(|e| {
             crate::Error::io(format!("open payload partition {}", payload.display()), e)
         })?;
+        // Everything that can be checked before the first write (rule 2): the
+        // board's bootloader files are on the card, the unit log has room; the
+        // engine checks the fix-ups and the boot FAT in the image's table.
+        let mut boot_files = Vec::new();
+        for p in &self.board()?.bootloader {
+            let file = match p {
+                Placement::Raw { file, .. } | Placement::EmmcBoot { file, .. } => file,
+            };
+            boot_files.push((file.clone(), self.card_file(file)?));
+        }
+        self.boot_files = boot_files;
+        self.check_log_room()?;
+        // Counted only once the card-side checks passed: a card missing a file
+        // is not this unit's fault.
+        self.begin_attempt(o)?;
         let opts = WriteOptions {
             verify: match o.verify {
                 Verify::Full => pipeline::Verify::Full,
@@ -720,6 +788,10 @@ impl Steps for Real {
             },
             expand_data: o.expand_data,
             root: self.root.clone(),
+            // Bootloader and config come after the image; the table goes live
+            // after them, in `commit_table`.
+            defer_commit: true,
+            require_boot_fat: self.card_has_config()?,
             ..WriteOptions::default()
         };
         let report = pipeline::write(BufReader::new(file), &target, &opts, &*self.sinks)?;
@@ -748,15 +820,17 @@ impl Steps for Real {
         for p in &placements {
             match p {
                 Placement::Raw { offset, file } => {
-                    let data = self.card_file(file)?;
-                    let (target, mut t) = self.open_target()?;
-                    let ctx = format!("write {file} at byte {offset} of {}", target.display());
-                    crate::emmc::write_at(&mut t, &data, *offset)
-                        .and_then(|()| t.sync_all())
-                        .map_err(|e| crate::Error::io(ctx.clone(), e))?;
+                    let data = self.boot_file(file)?.to_vec();
+                    let commit = self.pending_commit()?;
+                    let mut dev = self.open_device()?;
+                    post::place_raw(&mut dev, &commit, *offset, &data, file)?;
                     self.note(
                         Phase::Finishing,
-                        format!("bootloader: {ctx} ({} bytes)", data.len()),
+                        format!(
+                            "bootloader: wrote and read back {file} ({} bytes) at byte {offset} of {}",
+                            data.len(),
+                            dev.path().display()
+                        ),
                     );
                 }
                 Placement::EmmcBoot {
@@ -764,7 +838,7 @@ impl Steps for Real {
                     offset,
                     file,
                 } => {
-                    let data = self.card_file(file)?;
+                    let data = self.boot_file(file)?.to_vec();
                     let part = format!("{}{}", self.identity.device, partition.suffix());
                     crate::emmc::write_boot_partition(&self.root, &part, &data, *offset)?;
                     self.note(
@@ -798,8 +872,11 @@ impl Steps for Real {
             self.note(Phase::Finishing, "config: none on the card".into());
             return Ok(());
         }
-        let (target, mut t) = self.open_target()?;
-        let span = card::first_fat(&mut t)
+        let commit = self.pending_commit()?;
+        let mut dev = self.open_device()?;
+        let target = dev.path().to_path_buf();
+        // The table is not live yet: find the boot FAT in the table to be committed.
+        let span = post::target_fat(&mut dev, &commit)
             .map_err(|e| {
                 crate::Error::io(
                     format!("read the partition table of {}", target.display()),
@@ -809,9 +886,7 @@ impl Steps for Real {
             .ok_or_else(|| Error::NoTargetBoot {
                 target: target.clone(),
             })?;
-        let report = crate::config_inject::copy_config(open_card()?, card::slice(&mut t, span))?;
-        t.sync_all()
-            .map_err(|e| crate::Error::io(format!("sync {}", target.display()), e))?;
+        let report = post::inject_config(&mut dev, span, open_card()?)?;
         let files: Vec<&str> = report.files.iter().map(|(n, _)| n.as_str()).collect();
         self.note(
             Phase::Finishing,
@@ -819,6 +894,21 @@ impl Steps for Real {
                 "config: copied {} onto {}",
                 files.join(", "),
                 target.display()
+            ),
+        );
+        Ok(())
+    }
+
+    fn commit_table(&mut self, _o: &Options) -> crate::Result<()> {
+        let commit = self.pending_commit()?;
+        let mut dev = self.open_device()?;
+        commit.apply(&mut dev)?;
+        let what: Vec<&str> = commit.sectors.iter().map(|s| s.2).collect();
+        self.note(
+            Phase::Finishing,
+            format!(
+                "partition table live: wrote, flushed and read back {}",
+                what.join(", then ")
             ),
         );
         Ok(())
@@ -892,6 +982,9 @@ impl Power for NotPid1 {
         System.park()
     }
 }
+
+/// Room kept for one unit record in the log, checked before the first write.
+const RECORD_ROOM: u64 = 4096;
 
 /// How long a failed run waits for the card to show up so it can still record.
 const LATE_LOG_WAIT: Duration = Duration::from_secs(10);

@@ -31,6 +31,8 @@ pub enum Step {
     Fixups,
     Bootloader,
     Config,
+    /// The partition table goes live: GPT headers, then sector 0.
+    Commit,
     Record,
 }
 
@@ -49,6 +51,7 @@ impl Step {
             Step::Fixups => "partition fix-ups",
             Step::Bootloader => "bootloader",
             Step::Config => "config copy",
+            Step::Commit => "partition table commit",
             Step::Record => "unit record",
         }
     }
@@ -159,6 +162,9 @@ pub trait Steps {
     fn bootloader(&mut self, o: &Options) -> crate::Result<()>;
     /// Copy config from the card's flash-boot FAT onto the target's boot partition.
     fn copy_config(&mut self, o: &Options) -> crate::Result<()>;
+    /// Make the partition table live, as the last write to the target: GPT
+    /// headers, flush, read back, then sector 0, flush, read back.
+    fn commit_table(&mut self, o: &Options) -> crate::Result<()>;
     /// Append the unit record to the card's log partition.
     fn append_record(&mut self, r: &RunRecord) -> crate::Result<()>;
     /// Show an event on the console, the event stream and the LEDs.
@@ -234,6 +240,8 @@ fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, Box<Failure>>
     at(st, Step::Bootloader, s.bootloader(&o))?;
     st.step = Some(Step::Config);
     at(st, Step::Config, s.copy_config(&o))?;
+    st.step = Some(Step::Commit);
+    at(st, Step::Commit, s.commit_table(&o))?;
     st.step = Some(Step::Record);
     at(
         st,
@@ -396,6 +404,9 @@ mod tests {
         fn copy_config(&mut self, _: &Options) -> crate::Result<()> {
             self.step("config")
         }
+        fn commit_table(&mut self, _: &Options) -> crate::Result<()> {
+            self.step("commit")
+        }
         fn append_record(&mut self, r: &RunRecord) -> crate::Result<()> {
             self.calls.push("record".into());
             self.records.push(r.clone());
@@ -421,7 +432,7 @@ mod tests {
         }
     }
 
-    const ALL: [&str; 13] = [
+    const ALL: [&str; 14] = [
         "mount",
         "options",
         "modules",
@@ -434,6 +445,7 @@ mod tests {
         "fixups",
         "bootloader",
         "config",
+        "commit",
         "record",
     ];
 

@@ -4,12 +4,18 @@
 //! (a queue of per-chunk reply channels keeps the order and bounds memory to a
 //! few chunks) and writes them; one thread hashes the logical image.
 //!
-//! Fail closed: the first `head` bytes of the image (at least 1 MiB, more if the
-//! GPT entry array reaches further) and its last 1 MiB are held in memory and
-//! written only after everything else has been written, flushed and read back.
-//! Before streaming, the target's first and last 1 MiB are zeroed so an old
-//! partition table cannot survive a failed flash either.
+//! Fail closed (docs/fail-closed.md): before the first write the table is
+//! planned from the image's head (`commit::plan`: fix-up feasibility, the final
+//! table sectors); then the target's first and last 1 MiB are zeroed and
+//! flushed, so an old partition table cannot survive a failed flash. The first
+//! `head` bytes of the image (at least 1 MiB, more if the GPT entry array
+//! reaches further) and its last 1 MiB are held in memory and written only
+//! after everything else has been written, flushed and read back, with the
+//! table sectors (sector 0, GPT headers) still zero; then the fix-up writes,
+//! read back; then the table commit (GPT headers, sector 0), unless the caller
+//! defers it to after its own writes (bootloader, config).
 
+use super::commit::{self, Plan};
 use super::{Error, PhaseDurations, Target, Verify, WriteOptions, WriteReport};
 use crate::blockdev::AlignedBuf;
 use crate::progress::{Event, Observer};
@@ -79,12 +85,8 @@ pub fn write_opened<R: Read, T: Target>(
         direct_io: target.is_direct(),
         durations: PhaseDurations::default(),
         fixup: None,
+        commit: None,
     };
-    // First write: wipe the target's first and last MiB (old partition tables).
-    let size = target.size();
-    let wipe = HOLD.min(size);
-    zero(target, 0, wipe)?;
-    zero(target, size - wipe, wipe)?;
     report.durations.preflight = t0.elapsed();
 
     let t_write = Instant::now();
@@ -95,6 +97,10 @@ pub fn write_opened<R: Read, T: Target>(
     report.bytes_zeroed = m.bytes_of(ExtentKind::MustBeZero);
     report.direct_io = target.is_direct();
     let d = streamed.deferred;
+    let plan = streamed
+        .plan
+        .clone()
+        .ok_or_else(|| Error::Internal("no table plan after streaming".into()))?;
     report.held_back = d.held_back(m);
 
     let t_verify = Instant::now();
@@ -110,31 +116,29 @@ pub fn write_opened<R: Read, T: Target>(
         super::human(d.head),
         super::human(m.image_size - d.tail)
     )));
-    write_deferred(m, &streamed, &d, target)?;
+    let parts = deferred_parts(m, &streamed, &d, &plan.hold);
+    write_deferred(&parts, target)?;
     target.sync().map_err(Error::Sync)?;
     if opts.verify == Verify::Full {
-        report.bytes_verified += verify_deferred(m, &streamed, &d, target)?;
+        report.bytes_verified += verify_deferred(&parts, target)?;
     }
-    report.fixup = post_write_fixups(target, m, opts)?;
-    target.sync().map_err(Error::Sync)?;
-    report.durations.finish = t_finish.elapsed();
-    Ok(report)
-}
-
-/// The partition-table fix-ups (backup GPT at the real end, protective MBR
-/// size, optional data-partition growth). They run after the first blocks are
-/// written and verified, so a failed flash never reaches them.
-fn post_write_fixups<T: Target>(
-    target: &mut T,
-    m: &Manifest,
-    opts: &WriteOptions,
-) -> crate::Result<Option<crate::fixup::FixupReport>> {
-    let (size, ss) = (target.size(), target.sector_size());
-    let r = crate::fixup::after_write(target, m.image_size, size, ss, opts.expand_data)?;
-    for n in &r.notes {
+    // The fix-up writes other than the table sectors (backup entry array at the
+    // real end, a grown entry array), each read back.
+    for (off, data) in &plan.fixup_writes {
+        commit::write_verified(target, *off, data, "partition-table fix-up")?;
+        report.bytes_verified += data.len() as u64;
+    }
+    for n in &plan.fixup.notes {
         tracing::info!("partition-table fix-up: {n}");
     }
-    Ok(Some(r))
+    report.fixup = Some(plan.fixup.clone());
+    if opts.defer_commit {
+        report.commit = Some(plan.commit);
+    } else {
+        plan.commit.apply(target)?;
+    }
+    report.durations.finish = t_finish.elapsed();
+    Ok(report)
 }
 
 /// (offset, length) pairs.
@@ -210,6 +214,51 @@ struct Streamed {
     /// Must-be-zero ranges inside the held-back regions.
     deferred_zeros: Vec<(u64, u64)>,
     deferred: Deferred,
+    /// Made before the first write to the target.
+    plan: Option<Plan>,
+}
+
+/// Before the first write: plan the table from the image's head (the kept
+/// chunks and `cur`, the chunk about to be written; zeros elsewhere), which
+/// refuses an image whose fix-ups cannot be done, then wipe the target's first
+/// and last MiB (old tables) and flush, so nothing written later can be paired
+/// with an old table by a volatile write cache.
+fn ensure_planned<T: Target>(
+    out: &mut Streamed,
+    d: Deferred,
+    cur: Option<(u64, &[u8])>,
+    m: &Manifest,
+    target: &mut T,
+    (expand_data, require_boot_fat): (bool, bool),
+) -> crate::Result<()> {
+    if out.plan.is_some() {
+        return Ok(());
+    }
+    let mut head = vec![0u8; d.head as usize];
+    let kept = out.kept.iter().map(|(i, b)| (m.chunks[*i].offset, &b[..]));
+    for (off, b) in kept.chain(cur) {
+        let end = (off + b.len() as u64).min(d.head);
+        if off < end {
+            head[off as usize..end as usize].copy_from_slice(&b[..(end - off) as usize]);
+        }
+    }
+    let plan = commit::plan(
+        &head,
+        m.image_size,
+        target.size(),
+        target.sector_size(),
+        expand_data,
+    )?;
+    if require_boot_fat {
+        commit::require_fat(&head)?;
+    }
+    let size = target.size();
+    let wipe = HOLD.min(size);
+    zero(target, 0, wipe)?;
+    zero(target, size - wipe, wipe)?;
+    target.sync().map_err(Error::Sync)?;
+    out.plan = Some(plan);
+    Ok(())
 }
 
 struct Progress<'a> {
@@ -322,7 +371,8 @@ fn stream<R: Read, T: Target>(
             }
             hex::encode(h.finalize())
         });
-        let writer = s.spawn(move || write_loop(m, ord_rx, hash_tx, target, obs));
+        let flags = (opts.expand_data, opts.require_boot_fat);
+        let writer = s.spawn(move || write_loop(m, ord_rx, hash_tx, target, obs, flags));
 
         // This thread reads the payload. It stops when the writer hangs up.
         for raw in ChunkReader::new(payload, m) {
@@ -365,6 +415,7 @@ fn write_loop<T: Target>(
     hash_tx: Sender<HashMsg>,
     target: &mut T,
     obs: &dyn Observer,
+    flags: (bool, bool),
 ) -> crate::Result<Streamed> {
     let hash = |msg| {
         hash_tx
@@ -389,6 +440,7 @@ fn write_loop<T: Target>(
         kept: Vec::new(),
         deferred_zeros: Vec::new(),
         deferred: Deferred { head: 0, tail },
+        plan: None,
     };
     let total: u64 = m.bytes_of(ExtentKind::Data) + m.bytes_of(ExtentKind::MustBeZero);
     let mut progress = Progress::new(obs, Phase::Writing, total);
@@ -409,6 +461,9 @@ fn write_loop<T: Target>(
                 });
                 hash(HashMsg::Zeros(e.length))?;
                 let (outside, inside) = dd.split(e.offset, e.length);
+                if !outside.is_empty() {
+                    ensure_planned(&mut out, dd, None, m, target, flags)?;
+                }
                 for (off, len) in outside {
                     let mut o = off;
                     while o < off + len {
@@ -437,6 +492,10 @@ fn write_loop<T: Target>(
                         tail,
                     });
                     let (outside, inside) = dd.split(c.offset, c.length);
+                    if !outside.is_empty() {
+                        let cur = Some((c.offset, &buf[..]));
+                        ensure_planned(&mut out, dd, cur, m, target, flags)?;
+                    }
                     for (off, len) in &outside {
                         let a = (off - c.offset) as usize;
                         write(target, *off, &buf[a..a + *len as usize])?;
@@ -457,6 +516,9 @@ fn write_loop<T: Target>(
         head: head_len(None, m.image_size),
         tail,
     });
+    // An image that lies wholly in the held-back regions wrote nothing yet.
+    let dd = out.deferred;
+    ensure_planned(&mut out, dd, None, m, target, flags)?;
     Ok(out)
 }
 
@@ -476,7 +538,7 @@ fn read<T: Target>(t: &mut T, off: u64, buf: &mut [u8]) -> Result<(), Error> {
 
 /// Compare `off..off+len` with `want` (None: zeros). On a mismatch, `redo`
 /// rewrites the range (if we still have its bytes), then it is read once more.
-fn check_range<T: Target>(
+pub(super) fn check_range<T: Target>(
     t: &mut T,
     off: u64,
     want: Option<&[u8]>,
@@ -645,60 +707,47 @@ fn verify_streamed<T: Target>(
     Ok(total)
 }
 
-/// The held-back parts in write order: the tail first, the head (partition
-/// table, boot sector) very last.
-fn deferred_parts<'a>(
-    m: &Manifest,
-    s: &'a Streamed,
-    d: &Deferred,
-) -> Vec<(u64, u64, Option<&'a [u8]>, usize)> {
+/// A held-back part: (offset, bytes to write, what). The table sectors in
+/// `hold` are zero in it (they are written by the table commit, last).
+type Part = (u64, Vec<u8>, String);
+
+/// The held-back parts in write order: the tail first, the head last.
+fn deferred_parts(m: &Manifest, s: &Streamed, d: &Deferred, hold: &[(u64, u64)]) -> Vec<Part> {
     let mut parts = Vec::new();
     for (i, data) in &s.kept {
         let ch = &m.chunks[*i];
         for (off, len) in d.split(ch.offset, ch.length).1 {
             let a = (off - ch.offset) as usize;
-            parts.push((off, len, Some(&data[a..a + len as usize]), *i));
+            let mut b = data[a..a + len as usize].to_vec();
+            commit::mask(hold, off, &mut b);
+            parts.push((off, b, format!("chunk {i}, held-back part")));
         }
     }
     for &(off, len) in &s.deferred_zeros {
-        parts.push((off, len, None, usize::MAX));
+        parts.push((
+            off,
+            vec![0u8; len as usize],
+            "must-be-zero range, held-back part".into(),
+        ));
     }
     parts.sort_by_key(|p| std::cmp::Reverse(p.0));
     parts
 }
 
-fn write_deferred<T: Target>(
-    m: &Manifest,
-    s: &Streamed,
-    d: &Deferred,
-    t: &mut T,
-) -> crate::Result<()> {
-    for (off, len, data, _) in deferred_parts(m, s, d) {
-        match data {
-            Some(b) => write(t, off, b)?,
-            None => zero(t, off, len)?,
-        }
+fn write_deferred<T: Target>(parts: &[Part], t: &mut T) -> crate::Result<()> {
+    for (off, data, _) in parts {
+        write(t, *off, data)?;
     }
     Ok(())
 }
 
-fn verify_deferred<T: Target>(
-    m: &Manifest,
-    s: &Streamed,
-    d: &Deferred,
-    t: &mut T,
-) -> crate::Result<u64> {
+fn verify_deferred<T: Target>(parts: &[Part], t: &mut T) -> crate::Result<u64> {
     t.drop_cache();
     let mut buf = AlignedBuf::zeroed(MIB as usize);
     let mut n = 0;
-    for (off, len, data, i) in deferred_parts(m, s, d) {
-        let what = if data.is_some() {
-            format!("chunk {i}, held-back part")
-        } else {
-            "must-be-zero range, held-back part".into()
-        };
-        check_range(t, off, data, len, &mut buf, &what)?;
-        n += len;
+    for (off, data, what) in parts {
+        check_range(t, *off, Some(data), data.len() as u64, &mut buf, what)?;
+        n += data.len() as u64;
     }
     Ok(n)
 }

@@ -4,7 +4,11 @@
 //! [`Target`], so it runs on a `Cursor` in tests and on a [`blockdev::Device`] on
 //! the board; pre-write refusals (size, read-only, mounted) are in `preflight`.
 
+pub mod commit;
 mod engine;
+#[cfg(test)]
+mod fault_tests;
+pub mod post;
 pub mod preflight;
 
 pub use engine::{write_opened, write_to};
@@ -71,6 +75,10 @@ pub enum Error {
         length: u64,
         what: String,
     },
+    #[error("the image's partition table has no FAT partition ({seen}), but the card carries config to copy onto one; rebuild the image with a FAT boot partition, or remove the config from the card")]
+    NoBootFat { seen: String },
+    #[error("refused before the first write (the target is untouched): {0}")]
+    Refused(#[source] crate::fixup::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -85,6 +93,20 @@ impl Error {
                 ErrorClass::WriteIo
             }
             Error::Read { .. } | Error::VerifyMismatch { .. } => ErrorClass::VerifyMismatch,
+            Error::NoBootFat { .. } => ErrorClass::PayloadInvalid,
+            // Nothing was written: the image's table or the target's size is
+            // the problem, not a post-write step.
+            Error::Refused(e) => {
+                use crate::fixup::Error as F;
+                match e {
+                    F::DeviceSmaller { .. }
+                    | F::DeviceTooSmallForGpt { .. }
+                    | F::PartitionBeyondEnd { .. }
+                    | F::BadSectorSize { .. }
+                    | F::SectorSizeMismatch { .. } => ErrorClass::TargetRefused,
+                    _ => ErrorClass::PayloadInvalid,
+                }
+            }
             Error::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -132,6 +154,13 @@ pub struct WriteOptions {
     /// the device is read back. It guards only against a bug in our own extent
     /// bookkeeping, which the property tests cover.
     pub image_digest: bool,
+    /// Leave the table commit (GPT headers, sector 0) to the caller: the report
+    /// carries it in `commit`, and the caller applies it after its own writes
+    /// (bootloader, config). Off: the engine commits as its last step.
+    pub defer_commit: bool,
+    /// Refuse, before the first write, an image whose table has no FAT
+    /// partition (config injection needs one).
+    pub require_boot_fat: bool,
 }
 
 impl Default for WriteOptions {
@@ -146,6 +175,8 @@ impl Default for WriteOptions {
                 .unwrap_or(2)
                 .clamp(1, 4),
             image_digest: false,
+            defer_commit: false,
+            require_boot_fat: false,
         }
     }
 }
@@ -181,6 +212,9 @@ pub struct WriteReport {
     pub durations: PhaseDurations,
     /// What the partition-table fix-ups did, if they ran.
     pub fixup: Option<crate::fixup::FixupReport>,
+    /// The table commit not yet applied (`defer_commit`); the caller's last write.
+    #[serde(skip)]
+    pub commit: Option<commit::TableCommit>,
 }
 
 /// A write destination for the engine: positioned I/O plus zeroing, syncing

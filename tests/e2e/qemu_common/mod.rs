@@ -246,6 +246,63 @@ pub fn failure_class(out: &QemuOutcome) -> Option<ErrorClass> {
         .find_map(Event::error_class)
 }
 
+/// A write fault at byte `offset` of the target (`from_end`: counted back from
+/// the image's end) fails the run closed: no success, the failure is the last
+/// phase (every event from the first failure on stays in it), sector 0 of the
+/// target is zero, and neither `sfdisk --dump` nor `blkid -p` finds a table.
+pub fn assert_fault_fails_closed(board: VirtualBoard, name: &str, offset: u64, from_end: bool) {
+    let f = fixture();
+    let image_len = std::fs::metadata(&f.os).unwrap().len();
+    let offset = if from_end { image_len - offset } else { offset };
+    let target = blank_target(f, name, 64 << 20);
+    let mut o = options(board, &f.card(board), Some(target.clone()));
+    o.faults = vec![mkflasher::qemu::Fault::IoError { offset }];
+    let out = run(&o);
+    assert!(
+        !out.succeeded(),
+        "fault at byte {offset}: the run succeeded"
+    );
+    assert!(!out.has_phase(Phase::Success));
+    let first = out
+        .events
+        .iter()
+        .position(Event::is_failure)
+        .expect("a failure event");
+    let after: Vec<Phase> = out.events[first..].iter().map(|e| e.phase).collect();
+    assert!(
+        after.iter().all(|p| *p == Phase::Failure),
+        "phases after the failure: {after:?}"
+    );
+    let class = failure_class(&out);
+    assert!(
+        class == Some(ErrorClass::WriteIo) || class == Some(ErrorClass::VerifyMismatch),
+        "class {class:?}: {:?}",
+        out.failure_message()
+    );
+    let bytes = std::fs::read(&target).unwrap();
+    assert!(bytes[..512].iter().all(|&b| b == 0), "sector 0 is not zero");
+    let dump = Command::new("sfdisk")
+        .arg("--dump")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        !dump.status.success() || !String::from_utf8_lossy(&dump.stdout).contains("start="),
+        "sfdisk found a table: {}",
+        String::from_utf8_lossy(&dump.stdout)
+    );
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&blkid.stdout).contains("PTTYPE="),
+        "blkid found a table: {}",
+        String::from_utf8_lossy(&blkid.stdout)
+    );
+}
+
 /// True when no byte of the file is non-zero (nothing was written).
 pub fn all_zero(path: &Path) -> bool {
     std::fs::read(path).unwrap().iter().all(|&b| b == 0)
