@@ -204,7 +204,7 @@ pub fn builtin() -> Result<Vec<Board>> {
         .iter()
         .map(|(file, text)| parse_json(file, text))
         .collect::<Result<Vec<_>>>()?;
-    boards.sort_by(|a, b| a.name.cmp(&b.name));
+    boards.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     Ok(boards)
 }
 
@@ -260,7 +260,7 @@ pub fn load_file(path: &Path) -> Result<Board> {
 pub fn with_override(mut boards: Vec<Board>, extra: Board) -> Vec<Board> {
     boards.retain(|b| b.name != extra.name);
     boards.push(extra);
-    boards.sort_by(|a, b| a.name.cmp(&b.name));
+    boards.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     boards
 }
 

@@ -290,7 +290,12 @@ impl BootPartition {
 
 /// One bootloader piece and where it goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    deny_unknown_fields,
+    try_from = "RawPlacement"
+)]
 pub enum Placement {
     /// Into an eMMC hardware boot partition (`force_ro` is cleared around the write).
     EmmcBoot {
@@ -302,6 +307,47 @@ pub enum Placement {
     },
     /// Raw into the target's user area at a byte offset, after the image.
     Raw { offset: u64, file: String },
+}
+
+/// A `[[bootloader]]` entry as read: one flat struct checked per kind in
+/// `TryFrom`; the same format as the tagged enum, without serde's buffering of
+/// internally tagged enums (several KiB of the board binary per such type).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    kind: String,
+    partition: Option<BootPartition>,
+    offset: Option<u64>,
+    file: Option<String>,
+}
+
+impl TryFrom<RawPlacement> for Placement {
+    type Error = String;
+    fn try_from(r: RawPlacement) -> Result<Self, String> {
+        let missing = |field: &str| format!("missing field `{field}` for kind \"{}\"", r.kind);
+        match r.kind.as_str() {
+            "emmc-boot" => Ok(Placement::EmmcBoot {
+                partition: r.partition.ok_or_else(|| missing("partition"))?,
+                offset: r.offset.unwrap_or(0),
+                file: r.file.clone().ok_or_else(|| missing("file"))?,
+            }),
+            "raw" => {
+                if r.partition.is_some() {
+                    return Err(
+                        "unknown field `partition` for kind \"raw\", expected `offset` or `file`"
+                            .into(),
+                    );
+                }
+                Ok(Placement::Raw {
+                    offset: r.offset.ok_or_else(|| missing("offset"))?,
+                    file: r.file.clone().ok_or_else(|| missing("file"))?,
+                })
+            }
+            other => Err(format!(
+                "unknown variant `{other}`, expected `emmc-boot` or `raw`"
+            )),
+        }
+    }
 }
 
 /// What to do once the flash has succeeded.

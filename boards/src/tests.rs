@@ -450,3 +450,50 @@ fn board_files_load_as_toml_or_json() {
     std::fs::write(&json, "{ not json").unwrap();
     assert!(matches!(load_file(&json), Err(Error::ParseJson { .. })));
 }
+
+#[test]
+fn bootloader_entries_take_only_their_kind_s_fields_and_round_trip() {
+    for bad in [
+        r#"{ kind = "raw", file = "MLO" }"#,
+        r#"{ kind = "raw", offset = 1, file = "MLO", partition = "boot0" }"#,
+        r#"{ kind = "emmc-boot", file = "MLO" }"#,
+        r#"{ kind = "emmc-boot", partition = "boot0" }"#,
+        r#"{ kind = "spi", offset = 1, file = "MLO" }"#,
+        r#"{ kind = "raw", offset = 1, file = "MLO", size = 3 }"#,
+    ] {
+        let text = format!("{MINIMAL}bootloader = [{bad}]\n")
+            .replace("[target]\ntransports = [\"mmc\"]\n", "")
+            + "[target]\ntransports = [\"mmc\"]\n";
+        assert!(
+            matches!(parse("x.toml", &text), Err(Error::Parse { .. })),
+            "{bad}"
+        );
+    }
+    // The same construction with a good entry parses (so the refusals above
+    // are about the entries).
+    let good =
+        format!("{MINIMAL}bootloader = [{{ kind = \"raw\", offset = 1, file = \"MLO\" }}]\n")
+            .replace("[target]\ntransports = [\"mmc\"]\n", "")
+            + "[target]\ntransports = [\"mmc\"]\n";
+    assert_eq!(
+        parse("x.toml", &good).unwrap().bootloader,
+        [Placement::Raw {
+            offset: 1,
+            file: "MLO".into()
+        }]
+    );
+    for p in [
+        Placement::Raw {
+            offset: 131072,
+            file: "MLO".into(),
+        },
+        Placement::EmmcBoot {
+            partition: BootPartition::Boot0,
+            offset: 0,
+            file: "u-boot.img".into(),
+        },
+    ] {
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Placement>(&json).unwrap(), p);
+    }
+}

@@ -275,7 +275,21 @@ pub fn set_last_lba(entries: &mut [u8], entry_size: u32, number: u32, last_lba: 
 
 /// Format a mixed-endian GUID as the usual upper-case text.
 pub fn guid_string(g: &[u8; 16]) -> String {
-    uuid::Uuid::from_bytes_le(*g).to_string().to_uppercase()
+    // Mixed endian: the first three fields are little-endian, the last eight
+    // bytes in order. Written out here rather than through `uuid`, whose text
+    // formatting would otherwise be linked into the board binary for this one
+    // use (console lines and errors naming a partition type).
+    let d1 = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+    let d2 = u16::from_le_bytes([g[4], g[5]]);
+    let d3 = u16::from_le_bytes([g[6], g[7]]);
+    let mut s = format!("{d1:08X}-{d2:04X}-{d3:04X}-");
+    for (i, b) in g[8..].iter().enumerate() {
+        if i == 2 {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
 }
 
 /// Parse a GUID text into its on-disk (mixed-endian) bytes.

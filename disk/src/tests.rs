@@ -430,3 +430,18 @@ fn chs_saturates_like_fdisk() {
     let c = mbr::chs(255 * 63 + 64);
     assert_eq!((c.cylinder, c.head, c.sector), (1, 1, 2));
 }
+
+#[test]
+fn guid_text_is_mixed_endian_and_round_trips() {
+    let esp = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    let bytes = gpt::guid_bytes(esp).unwrap();
+    // On disk the first field is little-endian.
+    assert_eq!(&bytes[..4], &[0x28, 0x73, 0x2A, 0xC1]);
+    assert_eq!(gpt::guid_string(&bytes), esp);
+    let any: [u8; 16] = core::array::from_fn(|i| (i as u8) * 17);
+    assert_eq!(
+        gpt::guid_bytes(&gpt::guid_string(&any)).unwrap(),
+        any,
+        "text of arbitrary bytes parses back"
+    );
+}

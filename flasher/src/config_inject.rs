@@ -17,6 +17,7 @@
 //! FAT access (opening, the read-only wrapper, the fatfs dot-entry repair) and
 //! [`PartitionSlice`] live in `flasher_disk`; they are re-exported here for callers.
 
+use serde_json::value::RawValue;
 use std::io::{self, Read, Seek, Write};
 
 use flasher_disk::fat::{self, ReadOnly};
@@ -109,14 +110,22 @@ pub fn copy_config<S: Read + Write + Seek, T: Read + Write + Seek>(
     let mut report = ConfigReport::default();
 
     if let Some(raw) = read_small(&src, "config.json", MAX_CONFIG_JSON)? {
-        let mut json: serde_json::Value =
-            serde_json::from_slice(&raw).map_err(|source| Error::ConfigJson { source })?;
-        let found = json_kind(&json);
-        let obj = json
-            .as_object_mut()
-            .ok_or(Error::ConfigNotObject { found })?;
+        // Members are kept as the card wrote them (raw JSON text), so nothing in
+        // them is reformatted; only the installer key goes.
+        let mut obj: std::collections::BTreeMap<String, Box<RawValue>> =
+            match serde_json::from_slice(&raw) {
+                Ok(obj) => obj,
+                Err(source) => {
+                    return Err(match serde_json::from_slice::<Box<RawValue>>(&raw) {
+                        Ok(v) => Error::ConfigNotObject {
+                            found: json_kind(v.get()),
+                        },
+                        Err(_) => Error::ConfigJson { source },
+                    })
+                }
+            };
         report.installer_removed = obj.remove(INSTALLER_KEY).is_some();
-        let out = serde_json::to_vec(&json).map_err(|source| Error::ConfigJson { source })?;
+        let out = serde_json::to_vec(&obj).map_err(|source| Error::ConfigJson { source })?;
         write_file(&dst, "config.json", &mut out.as_slice(), &mut report)?;
     }
 
@@ -233,14 +242,15 @@ fn io_ctx(context: String) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "boolean",
-        serde_json::Value::Number(_) => "number",
-        serde_json::Value::String(_) => "string",
-        serde_json::Value::Array(_) => "array",
-        serde_json::Value::Object(_) => "object",
+/// What a valid JSON text is, from its first character.
+fn json_kind(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "boolean",
+        Some(b'"') => "string",
+        Some(b'[') => "array",
+        Some(b'{') => "object",
+        _ => "number",
     }
 }
 
@@ -304,7 +314,7 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .filter(|n| n != "." && n != "..")
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     }
 
@@ -347,7 +357,7 @@ mod tests {
         assert_eq!(card.get_ref(), &card_before, "card FAT must not change");
         assert!(r.installer_removed);
         let mut names: Vec<&str> = r.files.iter().map(|(p, _)| p.as_str()).collect();
-        names.sort();
+        names.sort_unstable();
         assert_eq!(
             names,
             [

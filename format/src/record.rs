@@ -239,7 +239,7 @@ pub struct PhaseTiming {
 
 /// The result of the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "lowercase")]
+#[serde(tag = "status", rename_all = "lowercase", try_from = "RawOutcome")]
 pub enum Outcome {
     Ok,
     Error {
@@ -248,6 +248,30 @@ pub enum Outcome {
         /// The error as shown on the console.
         message: String,
     },
+}
+
+/// [`Outcome`] as read: one flat struct checked in `TryFrom`, the same JSON
+/// without serde's buffering of internally tagged enums (board binary size).
+/// Unknown fields are ignored, as everywhere in a record.
+#[derive(Deserialize)]
+struct RawOutcome {
+    status: String,
+    class: Option<led::ErrorClass>,
+    message: Option<String>,
+}
+
+impl TryFrom<RawOutcome> for Outcome {
+    type Error = String;
+    fn try_from(r: RawOutcome) -> Result<Self, String> {
+        match (r.status.as_str(), r.class, r.message) {
+            ("ok", _, _) => Ok(Outcome::Ok),
+            ("error", Some(class), Some(message)) => Ok(Outcome::Error { class, message }),
+            ("error", _, _) => Err("an error outcome needs `class` and `message`".into()),
+            (other, _, _) => Err(format!(
+                "unknown status `{other}`, expected `ok` or `error`"
+            )),
+        }
+    }
 }
 
 /// Where reading stopped before the end of the partition, and why.
@@ -454,6 +478,33 @@ fn scan_frames<R: Read + Seek>(dev: &mut R, capacity: u64) -> Result<Frames> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn outcome_json_is_checked_per_status() {
+        let ok: Outcome = serde_json::from_str(r#"{"status":"ok","later":1}"#).unwrap();
+        assert_eq!(ok, Outcome::Ok);
+        let e: Outcome =
+            serde_json::from_str(r#"{"status":"error","class":5,"message":"m"}"#).unwrap();
+        assert_eq!(
+            e,
+            Outcome::Error {
+                class: led::ErrorClass::VerifyMismatch,
+                message: "m".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"status":"error","class":5,"message":"m"}"#
+        );
+        for bad in [
+            r#"{"status":"error"}"#,
+            r#"{"status":"maybe"}"#,
+            r#"{"status":"error","class":9,"message":"m"}"#,
+        ] {
+            assert!(serde_json::from_str::<Outcome>(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::io::Cursor;

@@ -19,7 +19,12 @@ pub struct LedConfig {
 
 /// One LED and how to reach it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    deny_unknown_fields,
+    try_from = "RawLedSpec"
+)]
 pub enum LedSpec {
     /// The sysfs LED class; the first name that exists under `/sys/class/leds` wins
     /// (e.g. mainline `beaglebone:green:heartbeat` vs vendor `beaglebone:green:usr0`).
@@ -43,6 +48,74 @@ pub enum LedSpec {
 
 fn default_chip() -> String {
     "/dev/gpiochip0".to_string()
+}
+
+/// What an `[[leds]]` entry may hold, read as one flat struct and checked per
+/// kind in `TryFrom`. The same format as the tagged enum, without serde's
+/// buffering of internally tagged enums, which costs the board binary several
+/// KiB per such type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedSpec {
+    kind: String,
+    names: Option<Vec<String>>,
+    chip: Option<String>,
+    line: Option<u32>,
+    active_low: Option<bool>,
+    number: Option<u64>,
+}
+
+impl TryFrom<RawLedSpec> for LedSpec {
+    type Error = String;
+    fn try_from(r: RawLedSpec) -> std::result::Result<Self, String> {
+        let present = [
+            ("names", r.names.is_some()),
+            ("chip", r.chip.is_some()),
+            ("line", r.line.is_some()),
+            ("active_low", r.active_low.is_some()),
+            ("number", r.number.is_some()),
+        ];
+        let only = |allowed: &[&str]| -> std::result::Result<(), String> {
+            match present
+                .iter()
+                .find(|(name, set)| *set && !allowed.contains(name))
+            {
+                Some((name, _)) => Err(format!(
+                    "unknown field `{name}` for kind \"{}\", expected one of `{}`",
+                    r.kind,
+                    allowed.join("`, `")
+                )),
+                None => Ok(()),
+            }
+        };
+        let missing = |field: &str| format!("missing field `{field}` for kind \"{}\"", r.kind);
+        match r.kind.as_str() {
+            "class" => {
+                only(&["names"])?;
+                Ok(LedSpec::Class {
+                    names: r.names.ok_or_else(|| missing("names"))?,
+                })
+            }
+            "gpio" => {
+                only(&["chip", "line", "active_low"])?;
+                Ok(LedSpec::Gpio {
+                    chip: r.chip.unwrap_or_else(default_chip),
+                    line: r.line.ok_or_else(|| missing("line"))?,
+                    active_low: r.active_low.unwrap_or(false),
+                })
+            }
+            "sysfs-gpio" => {
+                only(&["number", "active_low"])?;
+                Ok(LedSpec::SysfsGpio {
+                    number: r.number.ok_or_else(|| missing("number"))?,
+                    active_low: r.active_low.unwrap_or(false),
+                })
+            }
+            other => Err(format!(
+                "unknown variant `{other}`, expected one of `class`, `gpio`, `sysfs-gpio`"
+            )),
+        }
+    }
 }
 
 impl LedConfig {
@@ -132,6 +205,44 @@ phases = { success = "solid", writing = "progress" }
             c.pattern_for(Phase::Failure).unwrap(),
             PatternSpec::BlinkCode
         );
+    }
+
+    #[test]
+    fn led_entries_take_only_their_kind_s_fields_and_round_trip() {
+        for bad in [
+            r#"{ kind = "class", names = ["a"], line = 3 }"#,
+            r#"{ kind = "gpio", line = 3, number = 4 }"#,
+            r#"{ kind = "sysfs-gpio", number = 4, chip = "/dev/gpiochip1" }"#,
+            r#"{ kind = "gpio" }"#,
+            r#"{ kind = "class" }"#,
+            r#"{ kind = "laser", names = ["a"] }"#,
+            r#"{ kind = "class", names = ["a"], colour = "red" }"#,
+        ] {
+            let text = format!("[leds]\nleds = [{bad}]\n");
+            assert!(
+                matches!(LedConfig::from_board_toml(&text), Err(Error::Config { .. })),
+                "{bad}"
+            );
+        }
+        let c = LedConfig {
+            leds: vec![
+                LedSpec::Class {
+                    names: vec!["a".into()],
+                },
+                LedSpec::Gpio {
+                    chip: "/dev/gpiochip1".into(),
+                    line: 3,
+                    active_low: true,
+                },
+                LedSpec::SysfsGpio {
+                    number: 7,
+                    active_low: false,
+                },
+            ],
+            phases: Default::default(),
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<LedConfig>(&json).unwrap(), c);
     }
 
     #[test]

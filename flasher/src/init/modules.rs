@@ -138,7 +138,7 @@ pub fn block_devices(root: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    names.sort();
+    names.sort_unstable();
     names
 }
 

@@ -616,10 +616,12 @@ fn verify_streamed<T: Target>(
     // and compares, so the device never waits for SHA-256. Mismatches are
     // collected and retried one by one afterwards.
     let bad = std::thread::scope(|s| -> crate::Result<Vec<usize>> {
+        // Both directions carry `(check index, buffer)` (the index is unused on
+        // the way back): one channel type is one copy of its code in `/init`.
         let (full_tx, full_rx) = bounded::<(usize, AlignedBuf)>(2);
-        let (free_tx, free_rx) = bounded::<AlignedBuf>(4);
+        let (free_tx, free_rx) = bounded::<(usize, AlignedBuf)>(4);
         for _ in 0..4 {
-            let _ = free_tx.send(AlignedBuf::zeroed(piece));
+            let _ = free_tx.send((0, AlignedBuf::zeroed(piece)));
         }
         let tt = &mut *t;
         let reader = s.spawn(move || -> Result<(), Error> {
@@ -630,7 +632,7 @@ fn verify_streamed<T: Target>(
                 };
                 let mut o = 0;
                 while o < len {
-                    let Ok(mut buf) = free_rx.recv() else {
+                    let Ok((_, mut buf)) = free_rx.recv() else {
                         return Ok(());
                     };
                     let n = (len - o).min(piece as u64);
@@ -654,7 +656,7 @@ fn verify_streamed<T: Target>(
                 bad.push(ci);
             }
             progress.add(buf.len() as u64);
-            let _ = free_tx.send(buf);
+            let _ = free_tx.send((0, buf));
         }
         reader
             .join()
@@ -730,7 +732,7 @@ fn deferred_parts(m: &Manifest, s: &Streamed, d: &Deferred, hold: &[(u64, u64)])
             "must-be-zero range, held-back part".into(),
         ));
     }
-    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
+    parts.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
     parts
 }
 

@@ -67,7 +67,7 @@ pub fn check_devnum(target: &Path, dev: (u32, u32), root: &Path) -> Result<(), E
         }
     }
     if !holders.is_empty() {
-        holders.sort();
+        holders.sort_unstable();
         return Err(Error::Held {
             path: target.to_owned(),
             holders,

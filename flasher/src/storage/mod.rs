@@ -502,7 +502,7 @@ fn list_dir(path: &Path) -> Result<Vec<String>> {
         let entry = entry.map_err(io_err(format!("list {}", path.display())))?;
         names.push(entry.file_name().to_string_lossy().into_owned());
     }
-    names.sort();
+    names.sort_unstable();
     Ok(names)
 }
 
@@ -625,7 +625,7 @@ pub fn scan(root: &Path) -> Result<Vec<Disk>> {
                 named_by_content: false,
             });
         }
-        partitions.sort_by_key(|p| p.number);
+        partitions.sort_unstable_by_key(|p| p.number);
         name_mbr_card_partitions(&mut partitions);
 
         disks.push(Disk {
