@@ -23,7 +23,8 @@ pub use table::{Kind, PartType, Partition, Table};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// Read exactly `len` bytes at `offset`; `what` names the read in the error.
-pub(crate) fn read_at<D: Read + Seek + ?Sized>(
+/// Read `len` bytes at `offset`; the error names `what` and the range.
+pub fn read_at<D: Read + Seek + ?Sized>(
     dev: &mut D,
     offset: u64,
     len: usize,
@@ -39,7 +40,8 @@ pub(crate) fn read_at<D: Read + Seek + ?Sized>(
     Ok(buf)
 }
 
-pub(crate) fn write_at<D: Write + Seek + ?Sized>(
+/// Write `data` at `offset`; the error names `what` and the range.
+pub fn write_at<D: Write + Seek + ?Sized>(
     dev: &mut D,
     offset: u64,
     data: &[u8],

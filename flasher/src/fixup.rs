@@ -26,7 +26,7 @@
 
 use crate::progress::iec_size as human;
 use flasher_disk::{gpt, mbr};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, Write};
 
 /// Errors from `fixup`.
 #[derive(Debug, thiserror::Error)]
@@ -178,8 +178,8 @@ pub fn after_write<D: Read + Write + Seek>(
         return Ok(none_report("target is smaller than two sectors"));
     }
 
-    let lba0 = read_at(dev, 0, sector_size as usize, "read sector 0")?;
-    let lba1 = read_at(dev, sector_size, sector_size as usize, "read GPT header")?;
+    let lba0 = flasher_disk::read_at(dev, 0, sector_size as usize, "read sector 0")?;
+    let lba1 = flasher_disk::read_at(dev, sector_size, sector_size as usize, "read GPT header")?;
     if &lba1[..8] == gpt::SIGNATURE {
         return fix_gpt(dev, lba0, lba1, total_lbas, sector_size, expand_data);
     }
@@ -187,7 +187,7 @@ pub fn after_write<D: Read + Write + Seek>(
     // say so instead.
     let other = if sector_size == 512 { 4096 } else { 512 };
     if device_size >= other * 2 {
-        let probe = read_at(dev, other, 8, "probe GPT header")?;
+        let probe = flasher_disk::read_at(dev, other, 8, "probe GPT header")?;
         if probe == gpt::SIGNATURE {
             return Err(Error::SectorSizeMismatch {
                 found: other,
@@ -275,9 +275,10 @@ fn fix_gpt<D: Read + Write + Seek>(
     let old = hdr.alternate_lba;
     let primary_entries_end = hdr.entries_lba + hdr.entry_sectors(ss);
     if old != last_lba && old > hdr.last_usable && old < total_lbas && old >= primary_entries_end {
-        let stale = read_at(dev, old * ss, ss as usize, "read old backup GPT header")?;
+        let stale =
+            flasher_disk::read_at(dev, old * ss, ss as usize, "read old backup GPT header")?;
         if &stale[..8] == gpt::SIGNATURE {
-            write_at(
+            flasher_disk::write_at(
                 dev,
                 old * ss,
                 &vec![0u8; ss as usize],
@@ -297,7 +298,7 @@ fn fix_gpt<D: Read + Write + Seek>(
     match used.as_slice() {
         [e] if e.sys == mbr::PROTECTIVE => {
             if mbr::fit_protective(&mut lba0, e.number, total_lbas) {
-                write_at(dev, 0, &lba0[..512], "write protective MBR")?;
+                flasher_disk::write_at(dev, 0, &lba0[..512], "write protective MBR")?;
                 report.pmbr_updated = true;
             }
         }
@@ -383,26 +384,6 @@ fn fix_mbr<D: Read + Write + Seek>(
         new_end_lba: max_end - 1,
     });
     Ok(report)
-}
-
-fn read_at<D: Read + Seek>(dev: &mut D, offset: u64, len: usize, what: &str) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    dev.seek(SeekFrom::Start(offset))
-        .and_then(|_| dev.read_exact(&mut buf))
-        .map_err(|source| Error::Io {
-            context: format!("{what} ({len} bytes at byte {offset})"),
-            source,
-        })?;
-    Ok(buf)
-}
-
-fn write_at<D: Write + Seek>(dev: &mut D, offset: u64, data: &[u8], what: &str) -> Result<()> {
-    dev.seek(SeekFrom::Start(offset))
-        .and_then(|_| dev.write_all(data))
-        .map_err(|source| Error::Io {
-            context: format!("{what} ({} bytes at byte {offset})", data.len()),
-            source,
-        })
 }
 
 fn flush<D: Write>(dev: &mut D) -> Result<()> {
