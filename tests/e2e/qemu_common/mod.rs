@@ -59,10 +59,16 @@ impl Fixture {
         self.dir.path().join(name)
     }
 
-    /// The flasher card for `board`, built once.
+    /// The flasher card for `board`, built once. Scenarios run on parallel
+    /// test threads: the lock keeps a second one from using a card that is
+    /// still being written (it would find no partition table), and the card
+    /// appears under its name only when complete.
     pub fn card(&self, board: VirtualBoard) -> PathBuf {
+        static BUILD: Mutex<()> = Mutex::new(());
+        let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
         let card = self.path(&format!("card-{}.img", board.name()));
         if !card.exists() {
+            let part = self.path(&format!("card-{}.img.part", board.name()));
             mkflasher(&[
                 "build",
                 "--board",
@@ -70,8 +76,9 @@ impl Fixture {
                 "--payload",
                 self.bundle.to_str().unwrap(),
                 "-o",
-                card.to_str().unwrap(),
+                part.to_str().unwrap(),
             ]);
+            std::fs::rename(&part, &card).unwrap();
         }
         card
     }
