@@ -449,9 +449,8 @@ fn relative_to_root(root_real: &Path, real: &Path, shown: &Path) -> Result<Strin
     Ok(format!("/{}", rel.display()))
 }
 
-/// Mount points and swap users by device number, from `/proc/self/mountinfo`
-/// and `/proc/swaps`.
-/// Mount points by device number, and the kernel names used as swap.
+/// Mount points by device number, and the kernel names used as swap, from
+/// `/proc/self/mountinfo` and `/proc/swaps`.
 struct Uses {
     mounts: HashMap<DevNum, Vec<String>>,
     swaps: Vec<String>,
@@ -463,7 +462,11 @@ fn read_uses(root: &Path) -> Result<Uses> {
         Ok(t) => t,
         // A captured or generated tree without /proc has nothing mounted from it.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && root != Path::new("/") => {
-            tracing::warn!("{} missing; assuming nothing is mounted", path.display());
+            // Once per process: the storage wait polls this many times a second.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("{} missing; assuming nothing is mounted", path.display())
+            });
             String::new()
         }
         // Fail closed on the live system: without mountinfo we cannot tell
