@@ -24,7 +24,7 @@
 //! interruption leaves at worst a valid primary pointing at a missing backup, which
 //! every GPT reader repairs from the primary.
 
-use crate::progress::iec_size as human;
+use crate::units::iec as human;
 use flasher_disk::{gpt, mbr};
 use std::io::{self, Read, Seek, Write};
 

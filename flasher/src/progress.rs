@@ -85,11 +85,6 @@ impl led::Leds for AnnouncingLeds {
     }
 }
 
-/// "512 B", "1.5 KiB", "3.9 GiB": a byte count for console lines and messages.
-pub fn iec_size(bytes: u64) -> String {
-    crate::units::iec(bytes)
-}
-
 /// Ignores every event.
 pub struct Null;
 impl Observer for Null {

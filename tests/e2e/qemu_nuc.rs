@@ -20,16 +20,11 @@ fn happy_path_flashes_verifies_and_the_nvme_boots() {
     out.check(o.timeout, None).unwrap();
     assert_phase_order(&out);
     // The events file holds the same typed lines the outcome was parsed from.
-    // OVMF's own output comes first on the same port (it writes to every serial
-    // port); from the flasher's first event on, every line is an event.
-    let saved: Vec<Event> = std::fs::read_to_string(f.path("nuc-happy.events"))
-        .unwrap()
-        .lines()
-        .map(|l| l.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
-        .filter(|l| !l.is_empty())
-        .skip_while(|l| Event::parse(l).is_err())
-        .map(|l| Event::parse(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    // Parsed by the harness's rules: OVMF's own output comes first on the same
+    // port; from the flasher's first event on, every line is an event.
+    let (saved, bad) =
+        mkflasher::qemu::parse_events(&std::fs::read(f.path("nuc-happy.events")).unwrap());
+    assert!(bad.is_empty(), "not event lines: {bad:?}");
     assert_eq!(saved, out.events);
     assert!(saved
         .iter()

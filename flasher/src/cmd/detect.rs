@@ -144,7 +144,7 @@ impl Report {
                     out,
                     "      {} {} {}",
                     p.name,
-                    storage::human_size(p.size_bytes),
+                    crate::units::si(p.size_bytes),
                     p.partname.as_deref().unwrap_or("")
                 );
             }

@@ -119,7 +119,7 @@ impl<W: Write + Send> Observer for Console<W> {
 }
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `3.9 GiB`.
-pub use crate::progress::iec_size as size;
+use crate::units::iec as size;
 
 /// JSON event lines (docs/events.md): each event serialized on its own line,
 /// flushed at once so a harness reading the serial port sees it immediately.

@@ -275,17 +275,12 @@ impl Real {
 
     /// Refuse before the first write when the unit log cannot take two more
     /// records (the attempt-started one and the result), so a flashed board
-    /// always gets its record.
-    fn check_log_room(&self) -> crate::Result<()> {
+    /// always gets its record. Returns the records read, for the attempt count.
+    fn check_log_room(&self) -> crate::Result<Vec<UnitRecord>> {
         let Some(log) = self.log.as_ref() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
-        let ctx = |what: &str| format!("{what} unit log {}", log.display());
-        let mut f = File::open(log).map_err(|e| crate::Error::io(ctx("open"), e))?;
-        let capacity = f
-            .seek(SeekFrom::End(0))
-            .map_err(|e| crate::Error::io(ctx("size of"), e))?;
-        let scan = record::scan(&mut f, capacity)?;
+        let (scan, capacity) = scan_log(log)?;
         // A record with a long failure message stays well under 4 KiB.
         let needed = 2 * (record::FRAME_OVERHEAD + RECORD_ROOM);
         if capacity.saturating_sub(scan.end) < needed {
@@ -296,7 +291,7 @@ impl Real {
             }
             .into());
         }
-        Ok(())
+        Ok(scan.records.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Read `file` from the card's flash-boot FAT.
@@ -318,8 +313,9 @@ impl Real {
     /// Before the first write: refuse a unit with [`record::MAX_ATTEMPTS`] failed
     /// or unfinished attempts in the unit log (unless `flasher.retry-unit`), else
     /// log an attempt-started record for it, so a reset mid-run leaves evidence
-    /// and a unit that hangs the run cannot reset-loop forever.
-    fn begin_attempt(&mut self, o: &Options) -> crate::Result<()> {
+    /// and a unit that hangs the run cannot reset-loop forever. `records` is the
+    /// log as [`Real::check_log_room`] just read it.
+    fn begin_attempt(&mut self, o: &Options, records: &[UnitRecord]) -> crate::Result<()> {
         let Some(log) = self.log.clone() else {
             self.note(
                 Phase::Searching,
@@ -337,14 +333,13 @@ impl Real {
             );
             return Ok(());
         }
-        let records = read_log(&log)?;
-        let attempts = record::failed_attempts(&records, &self.identity);
+        let attempts = record::failed_attempts(records, &self.identity);
         if attempts >= record::MAX_ATTEMPTS && !o.retry_unit {
             return Err(Error::UnitAttempts {
                 identity: self.identity.to_string(),
                 attempts,
                 log,
-                last: record::last_failure(&records, &self.identity).map(str::to_string),
+                last: record::last_failure(records, &self.identity).map(str::to_string),
             }
             .into());
         }
@@ -375,12 +370,22 @@ impl Real {
 
 /// Every intact record in the unit log at `path`.
 pub fn read_log(path: &Path) -> crate::Result<Vec<UnitRecord>> {
+    Ok(scan_log(path)?
+        .0
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// Scan the unit log at `path`: its records and where they end, and its size.
+fn scan_log(path: &Path) -> crate::Result<(record::Scan, u64)> {
     let ctx = |what: &str| format!("{what} unit log {}", path.display());
     let mut f = File::open(path).map_err(|e| crate::Error::io(ctx("open"), e))?;
     let capacity = f
         .seek(SeekFrom::End(0))
         .map_err(|e| crate::Error::io(ctx("size of"), e))?;
-    Ok(record::read_all(&mut f, capacity)?)
+    Ok((record::scan(&mut f, capacity)?, capacity))
 }
 
 /// An earlier step did not leave what this one needs (only reachable if the
@@ -696,7 +701,7 @@ impl Steps for Real {
                 "boot medium {}: payload {} ({}), log {}",
                 boot.disk,
                 payload.name,
-                storage::human_size(payload.size_bytes),
+                crate::units::si(payload.size_bytes),
                 boot.log
                     .as_ref()
                     .map(|l| l.name.as_str())
@@ -777,10 +782,10 @@ impl Steps for Real {
             boot_files.push((file.clone(), self.card_file(file)?));
         }
         self.boot_files = boot_files;
-        self.check_log_room()?;
+        let records = self.check_log_room()?;
         // Counted only once the card-side checks passed: a card missing a file
         // is not this unit's fault.
-        self.begin_attempt(o)?;
+        self.begin_attempt(o, &records)?;
         let opts = WriteOptions {
             verify: match o.verify {
                 Verify::Full => pipeline::Verify::Full,

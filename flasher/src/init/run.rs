@@ -224,7 +224,7 @@ fn run_steps(s: &mut dyn Steps, st: &mut State) -> Result<Outcome, Box<Failure>>
             "target {} ({}, {})",
             target.device.display(),
             target.identity,
-            super::console::size(target.size_bytes)
+            crate::units::iec(target.size_bytes)
         ),
     ));
     if o.dry_run {
@@ -280,7 +280,7 @@ pub fn drive(s: &mut dyn Steps) -> Result<Outcome, Box<Failure>> {
             let msg = match &outcome {
                 Outcome::Flashed { target, write, .. } => format!(
                     "wrote and verified {} on {}; {} next",
-                    super::console::size(write.bytes_written),
+                    crate::units::iec(write.bytes_written),
                     target.device.display(),
                     options.after
                 ),

@@ -227,7 +227,7 @@ impl Disk {
             "{}: {} {}",
             self.name,
             self.kind(),
-            human_size(self.size_bytes)
+            crate::units::si(self.size_bytes)
         );
         if let Some(c) = &self.controller {
             s.push_str(" on ");
@@ -257,11 +257,6 @@ impl Disk {
         }
         s
     }
-}
-
-/// Decimal size with one decimal, as disk vendors label them: `15.9 GB`.
-pub fn human_size(bytes: u64) -> String {
-    crate::units::si(bytes)
 }
 
 /// A partition on the boot medium the init program needs.
@@ -817,8 +812,8 @@ fn rank(board: &Board, disk: &Disk) -> Result<usize, String> {
         if disk.size_bytes < min {
             return Err(format!(
                 "too small: {} < {}",
-                human_size(disk.size_bytes),
-                human_size(min)
+                crate::units::si(disk.size_bytes),
+                crate::units::si(min)
             ));
         }
     }

@@ -452,9 +452,9 @@ fn malformed_sysfs_is_an_error() {
 
 #[test]
 fn sizes_read_like_labels() {
-    assert_eq!(human_size(15_931_539_456), "15.9 GB");
-    assert_eq!(human_size(512), "512 B");
-    assert_eq!(human_size(256 << 20), "268.4 MB");
+    assert_eq!(crate::units::si(15_931_539_456), "15.9 GB");
+    assert_eq!(crate::units::si(512), "512 B");
+    assert_eq!(crate::units::si(256 << 20), "268.4 MB");
 }
 
 #[test]

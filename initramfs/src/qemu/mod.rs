@@ -588,6 +588,16 @@ fn sd_append(card_cmdline: &str, extra: &[String]) -> String {
     parts.join(" ")
 }
 
+/// A whole saved event stream (`mkflasher qemu --events FILE`), parsed by the
+/// same rules as a live run: the events, and the lines that are not events.
+pub fn parse_events(bytes: &[u8]) -> (Vec<Event>, Vec<BadLine>) {
+    let mut buf = bytes.to_vec();
+    buf.push(b'\n');
+    let (mut events, mut bad) = (Vec::new(), Vec::new());
+    drain_events(&mut buf, &mut events, &mut bad, None);
+    (events, bad)
+}
+
 /// Parse complete event lines out of `buf`, leaving a trailing partial line.
 /// From the first event on, every non-blank line must be an [`Event`]; one that
 /// is not goes to `bad` as received, so the run can fail quoting it.
