@@ -6,7 +6,7 @@ fn opts() -> WriterOptions {
         chunk_size: 64 << 10,
         level: 1,
         workers: 2,
-        source: SourceInfo::default(),
+        ..WriterOptions::default()
     }
 }
 
