@@ -65,6 +65,15 @@ pub fn write_opened<R: Read, T: Target>(
 ) -> crate::Result<WriteReport> {
     let t0 = Instant::now();
     let m = &opened.manifest;
+    // The signature first: an untrusted bundle is refused before anything
+    // about the target is even looked at.
+    let signer = opts.trust.check(opened)?;
+    if signer == bundle::Signer::Unsigned {
+        obs.event(&Event::message(
+            Phase::Writing,
+            "warning: the bundle is unsigned and no signing key is trusted; writing it as it is (recorded as \"unsigned\")",
+        ));
+    }
     if target.size() < m.image_size {
         return Err(Error::TargetTooSmall {
             path: path.to_owned(),
@@ -75,6 +84,7 @@ pub fn write_opened<R: Read, T: Target>(
     }
     let mut report = WriteReport {
         image_sha256: m.image_sha256.clone(),
+        signer: signer.to_string(),
         image_size: m.image_size,
         target_size: target.size(),
         bytes_written: 0,

@@ -161,6 +161,9 @@ pub struct WriteOptions {
     /// Refuse, before the first write, an image whose table has no FAT
     /// partition (config injection needs one).
     pub require_boot_fat: bool,
+    /// Trusted signing keys: with any, only bundles signed by one of them are
+    /// written (docs/SECURITY.md). Checked before the first write.
+    pub trust: flasher_format::bundle::Trust,
 }
 
 impl Default for WriteOptions {
@@ -177,6 +180,7 @@ impl Default for WriteOptions {
             image_digest: false,
             defer_commit: false,
             require_boot_fat: false,
+            trust: Default::default(),
         }
     }
 }
@@ -195,6 +199,8 @@ pub struct PhaseDurations {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WriteReport {
     pub image_sha256: String,
+    /// Who signed the bundle ("unsigned" or the key's fingerprint).
+    pub signer: String,
     pub image_size: u64,
     pub target_size: u64,
     /// Data bytes written (image data, including the held-back blocks).

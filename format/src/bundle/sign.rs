@@ -128,6 +128,19 @@ fn parse_key_line(text: &str, tag: &str, what: &str) -> Result<[u8; 32]> {
     Ok(b)
 }
 
+/// Read a `.pub` file; errors name the file.
+pub fn read_public_key(path: &std::path::Path) -> Result<PublicKey> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("read public key {}", path.display()), e))?;
+    PublicKey::parse(&text).map_err(|e| match e {
+        Error::KeyFile { reason, .. } => Error::KeyFile {
+            what: format!("public key {}", path.display()),
+            reason,
+        },
+        e => e,
+    })
+}
+
 /// The signature block stored after the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureBlock {
@@ -203,6 +216,33 @@ impl Trust {
     pub fn new(keys: Vec<PublicKey>) -> Self {
         Trust { keys }
     }
+    /// Read `.pub` files (`flasher write --trust`, `mkflasher build --trust`).
+    pub fn from_files(paths: &[std::path::PathBuf]) -> Result<Self> {
+        paths.iter().map(|p| read_public_key(p)).collect::<Result<_>>().map(Trust::new)
+    }
+
+    /// Every `*.pub` file in `dir` (the initramfs's `etc/flasher/trusted`),
+    /// in name order. No directory: no keys. A key file that cannot be read or
+    /// parsed is an error, never skipped: dropping a key must not silently
+    /// turn the check off.
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Trust::default()),
+            Err(e) => return Err(Error::io(format!("read trusted keys in {}", dir.display()), e)),
+        };
+        let mut paths = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| Error::io(format!("read trusted keys in {}", dir.display()), e))?;
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pub") {
+                paths.push(p);
+            }
+        }
+        paths.sort_unstable();
+        Trust::from_files(&paths)
+    }
+
     pub fn is_enforcing(&self) -> bool {
         !self.keys.is_empty()
     }
