@@ -349,9 +349,22 @@ pub fn write(
     opts: &WriteOptions,
     obs: &dyn Observer,
 ) -> crate::Result<WriteReport> {
-    let t0 = std::time::Instant::now();
     let mut payload = payload;
     let opened = bundle::read_manifest(&mut payload)?;
+    write_bundle(&opened, payload, target, opts, obs)
+}
+
+/// [`write`] for a bundle whose manifest the caller has read (and checked
+/// more against, as the init does with the card's files); `payload` is at
+/// its first chunk.
+pub fn write_bundle(
+    opened: &bundle::Opened,
+    payload: impl Read,
+    target: &Path,
+    opts: &WriteOptions,
+    obs: &dyn Observer,
+) -> crate::Result<WriteReport> {
+    let t0 = std::time::Instant::now();
     // Refuse a mounted or held disk before even opening it for writing.
     preflight::check_not_in_use(target, &opts.root)?;
     let mut dev = Device::open(
@@ -363,7 +376,7 @@ pub fn write(
         },
     )?;
     let before = t0.elapsed();
-    let mut report = write_opened(&opened, payload, &mut dev, opts, obs, target)?;
+    let mut report = write_opened(opened, payload, &mut dev, opts, obs, target)?;
     report.durations.preflight += before;
     Ok(report)
 }
