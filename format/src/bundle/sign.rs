@@ -141,6 +141,19 @@ pub fn read_public_key(path: &std::path::Path) -> Result<PublicKey> {
     })
 }
 
+/// Read a `.key` file; errors name the file.
+pub fn read_secret_key(path: &std::path::Path) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("read signing key {}", path.display()), e))?;
+    SecretKey::parse(&text).map_err(|e| match e {
+        Error::KeyFile { reason, .. } => Error::KeyFile {
+            what: format!("signing key {}", path.display()),
+            reason,
+        },
+        e => e,
+    })
+}
+
 /// The signature block stored after the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureBlock {
