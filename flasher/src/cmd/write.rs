@@ -89,11 +89,31 @@ pub fn run(args: Args) -> crate::Result<()> {
         if report.direct_io { "" } else { " (buffered I/O)" }
     );
     if args.json {
-        let s = serde_json::to_string(&report)
+        #[derive(serde::Serialize)]
+        struct Output<'a> {
+            #[serde(flatten)]
+            report: &'a pipeline::WriteReport,
+            /// This process's peak resident memory (VmHWM), for benchmarks
+            /// and the memory-bound test.
+            peak_rss_kib: Option<u64>,
+        }
+        let out = Output {
+            report: &report,
+            peak_rss_kib: peak_rss_kib(),
+        };
+        let s = serde_json::to_string(&out)
             .map_err(|e| crate::Error::Usage(format!("report to JSON: {e}")))?;
         println!("{s}");
     }
     Ok(())
+}
+
+/// `VmHWM` from /proc/self/status: the peak RSS of this process image (it
+/// starts afresh at exec, unlike a parent's view through wait4).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Progress as an indicatif bar per byte-counting phase.

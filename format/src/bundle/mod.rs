@@ -33,13 +33,15 @@ pub const HEADER_LEN: usize = 80;
 /// good zstd ratios, small enough to keep a few in flight per worker.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 /// Chunk sizes a reader accepts. The upper bound is part of the writer's
-/// memory bound (docs/SECURITY.md): a few decompressed chunks are in flight.
+/// memory bound (docs/SECURITY.md): a few chunks are in flight, and the
+/// chunks holding the image's first and last blocks are kept until the end.
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
-pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
+pub const MAX_CHUNK_SIZE: u64 = 4 << 20;
 /// A manifest larger than this is refused rather than allocated: the bytes
-/// and the parsed form both stay in memory during the write. 8 MiB holds the
-/// chunk list of a dense 256 GiB image at the default chunk size.
-pub const MAX_MANIFEST_LEN: u64 = 8 << 20;
+/// and the parsed form both stay in memory during the write. 4 MiB holds the
+/// chunk list of a dense 100 GiB image at the default chunk size (a sparse
+/// image needs far fewer chunks).
+pub const MAX_MANIFEST_LEN: u64 = 4 << 20;
 /// Largest signature block accepted (the version-1 block is [`SIG_LEN`] bytes).
 pub const MAX_SIGNATURE_LEN: u64 = 4096;
 /// Largest image a manifest may describe (256 TiB): keeps every offset

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 /// Tunables for [`BundleWriter`].
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
-    /// Uncompressed chunk size (multiple of 4096, 64 KiB..=16 MiB).
+    /// Uncompressed chunk size (multiple of 4096, 64 KiB..=4 MiB).
     pub chunk_size: u64,
     /// zstd level (1..=19; 3 is zstd's default).
     pub level: i32,

@@ -21,7 +21,7 @@ pub struct Args {
     /// Import a bmap whose checksums cannot be checked (sha1, md5) without checking them.
     #[arg(long)]
     pub skip_bmap_checksums: bool,
-    /// Uncompressed chunk size in KiB (multiple of 4, 64..=65536).
+    /// Uncompressed chunk size in KiB (multiple of 4, 64..=4096).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE / 1024)]
     pub chunk_kib: u64,
     /// zstd compression level (1..=19).
