@@ -297,6 +297,7 @@ mod tests {
             init,
             kernel_modules: Some(t.path().to_path_buf()),
             compress: Compression::Zstd,
+            trust: vec![],
         };
         let (bytes, s) = build(&spec).unwrap();
         assert_eq!(
@@ -338,6 +339,7 @@ mod tests {
             init: t.path().join("missing"),
             kernel_modules: None,
             compress: Compression::Gzip,
+            trust: vec![],
         };
         let inner = |e: crate::Error| match e {
             crate::Error::Initramfs(e) => Box::new(e),

@@ -286,6 +286,7 @@ mod tests {
                 ..Default::default()
             },
             image_digest: "ab".repeat(32),
+            signer: "unsigned".into(),
             bytes_written: 123,
             phases: vec![],
             result: record::Outcome::Ok,
