@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use flasher::Error as FlasherError;
 use flasher_format::bundle::testing::{alter_manifest, alter_signature, strip_signature};
 use flasher_format::bundle::{self, Error as BundleError};
-use mkflasher::cmd::{build, bundle as bundle_cmd, inspect, keygen};
+use mkflasher::cmd::{build, bundle as bundle_cmd, configure, inspect, keygen};
 
 fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let prefix = dir.join(name);
@@ -188,6 +188,20 @@ fn build_with_trust_refuses_an_unsigned_payload_and_carries_the_keys() {
     assert!(!dir.join("u.img").exists(), "no card made");
     let signed = make_bundle(dir, "signed.bundle", Some(&secret), vec![]);
     build::run(args(signed, "s.img")).unwrap();
-    let text = inspect::describe(&dir.join("s.img")).unwrap();
+    let card = dir.join("s.img");
+    let text = inspect::describe(&card).unwrap();
     assert!(text.contains("signed by ed25519:"), "{text}");
+    // Config written after signing is not pinned: configure warns per file.
+    assert!(configure::unpinned_on_signed_card(&card).unwrap().is_empty());
+    configure::run(configure::Args {
+        card: card.clone(),
+        hostname: Some("unit-9".into()),
+        wifi_ssid: None,
+        wifi_psk: None,
+        persistent_logging: None,
+    })
+    .unwrap();
+    let warnings = configure::unpinned_on_signed_card(&card).unwrap();
+    assert_eq!(warnings.len(), 2, "config.json and hostname: {warnings:?}");
+    assert!(warnings[0].contains("config.json is not pinned"), "{warnings:?}");
 }

@@ -310,25 +310,31 @@ impl Trust {
     /// must match; an unpinned one is refused when keys are trusted (the card
     /// could carry anything), accepted otherwise.
     pub fn check_file(&self, m: &Manifest, name: &str, data: &[u8]) -> Result<()> {
-        let key = pin_name(name);
-        match m.files.iter().find(|f| pin_name(&f.name) == key) {
-            Some(pin) => {
-                let actual: [u8; 32] = Sha256::digest(data).into();
-                if pin.size != data.len() as u64 || hex_digest(&pin.sha256) != Some(actual) {
-                    return Err(Error::FileMismatch {
-                        name: name.into(),
-                        size: data.len() as u64,
-                        pinned_size: pin.size,
-                        actual: hex::encode(actual),
-                        pinned: pin.sha256.clone(),
-                    });
-                }
-                Ok(())
-            }
-            None if self.is_enforcing() => Err(Error::UnpinnedFile { name: name.into() }),
-            None => Ok(()),
+        if !check_pin(m, name, data)? && self.is_enforcing() {
+            return Err(Error::UnpinnedFile { name: name.into() });
         }
+        Ok(())
     }
+}
+
+/// Whether the manifest pins `name` (`Ok(false)`: it does not); a pinned file
+/// whose bytes differ is `FileMismatch`.
+pub fn check_pin(m: &Manifest, name: &str, data: &[u8]) -> Result<bool> {
+    let key = pin_name(name);
+    let Some(pin) = m.files.iter().find(|f| pin_name(&f.name) == key) else {
+        return Ok(false);
+    };
+    let actual: [u8; 32] = Sha256::digest(data).into();
+    if pin.size != data.len() as u64 || hex_digest(&pin.sha256) != Some(actual) {
+        return Err(Error::FileMismatch {
+            name: name.into(),
+            size: data.len() as u64,
+            pinned_size: pin.size,
+            actual: hex::encode(actual),
+            pinned: pin.sha256.clone(),
+        });
+    }
+    Ok(true)
 }
 
 /// Card file names compare without a leading `/` and, as on FAT, ignoring
