@@ -172,7 +172,14 @@ fn peak_rss_stays_under_64_mib_for_the_largest_accepted_chunks() {
         .set_len(m.image_size)
         .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_flasher"))
-        .args(["write", "--json", "--workers", "16", "--image-digest", "--no-direct"])
+        .args([
+            "write",
+            "--json",
+            "--workers",
+            "16",
+            "--image-digest",
+            "--no-direct",
+        ])
         .arg("--payload")
         .arg(&payload)
         .arg("--target")
@@ -185,7 +192,9 @@ fn peak_rss_stays_under_64_mib_for_the_largest_accepted_chunks() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rss_kib = report["peak_rss_kib"].as_i64().expect("peak_rss_kib reported");
+    let rss_kib = report["peak_rss_kib"]
+        .as_i64()
+        .expect("peak_rss_kib reported");
     assert!(rss_kib > 1024, "a plausible reading: {rss_kib} KiB");
     eprintln!("peak RSS of flasher write: {rss_kib} KiB (limit {LIMIT_KIB} KiB)");
     assert!(

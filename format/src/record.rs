@@ -762,7 +762,11 @@ mod tests {
                         serial: cid.map(|c| c.chars().rev().collect()),
                         model: None,
                     },
-                    signer: if bytes % 2 == 0 { "unsigned".into() } else { String::new() },
+                    signer: if bytes % 2 == 0 {
+                        "unsigned".into()
+                    } else {
+                        String::new()
+                    },
                     image_digest: digest,
                     bytes_written: bytes,
                     attempt_started: false,

@@ -111,7 +111,8 @@ fn signed_bundle_is_inspected_written_and_each_forgery_refused_untouched() {
 
     let bytes = std::fs::read(&signed).unwrap();
     let other = make_bundle(dir, "other.bundle", Some(&lab_secret), vec![]);
-    let cases: Vec<(&str, Vec<u8>, fn(&BundleError) -> bool)> = vec![
+    type Case = (&'static str, Vec<u8>, fn(&BundleError) -> bool);
+    let cases: Vec<Case> = vec![
         ("unsigned", strip_signature(&bytes), |e| {
             matches!(e, BundleError::Unsigned { .. })
         }),
@@ -192,7 +193,9 @@ fn build_with_trust_refuses_an_unsigned_payload_and_carries_the_keys() {
     let text = inspect::describe(&card).unwrap();
     assert!(text.contains("signed by ed25519:"), "{text}");
     // Config written after signing is not pinned: configure warns per file.
-    assert!(configure::unpinned_on_signed_card(&card).unwrap().is_empty());
+    assert!(configure::unpinned_on_signed_card(&card)
+        .unwrap()
+        .is_empty());
     configure::run(configure::Args {
         card: card.clone(),
         hostname: Some("unit-9".into()),
@@ -203,5 +206,8 @@ fn build_with_trust_refuses_an_unsigned_payload_and_carries_the_keys() {
     .unwrap();
     let warnings = configure::unpinned_on_signed_card(&card).unwrap();
     assert_eq!(warnings.len(), 2, "config.json and hostname: {warnings:?}");
-    assert!(warnings[0].contains("config.json is not pinned"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("config.json is not pinned"),
+        "{warnings:?}"
+    );
 }

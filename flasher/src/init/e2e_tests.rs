@@ -521,7 +521,9 @@ mod trust {
         assert!(!calls.iter().any(|c| c.contains("poweroff")));
         let ev = events(root);
         assert_eq!(ev.last().unwrap().phase, Phase::Failure);
-        assert!(records(root).iter().any(|r| r.result != record::Outcome::Ok));
+        assert!(records(root)
+            .iter()
+            .any(|r| r.result != record::Outcome::Ok));
     }
 
     #[test]

@@ -301,7 +301,10 @@ impl Real {
 
     /// The config files the card would copy onto the target.
     fn card_config_files(&self) -> crate::Result<Vec<(String, Vec<u8>)>> {
-        let card = self.card_boot.as_ref().ok_or_else(|| missing("the card's boot partition"))?;
+        let card = self
+            .card_boot
+            .as_ref()
+            .ok_or_else(|| missing("the card's boot partition"))?;
         let f = OpenOptions::new()
             .read(true)
             .open(card)

@@ -123,8 +123,12 @@ fn parse_key_line(text: &str, tag: &str, what: &str) -> Result<[u8; 32]> {
     }
     let hex_key = words.next().unwrap_or("");
     let mut b = [0u8; 32];
-    hex::decode_to_slice(hex_key, &mut b)
-        .map_err(|_| bad(format!("the key is not 64 hex digits ({} found)", hex_key.len())))?;
+    hex::decode_to_slice(hex_key, &mut b).map_err(|_| {
+        bad(format!(
+            "the key is not 64 hex digits ({} found)",
+            hex_key.len()
+        ))
+    })?;
     Ok(b)
 }
 
@@ -231,7 +235,11 @@ impl Trust {
     }
     /// Read `.pub` files (`flasher write --trust`, `mkflasher build --trust`).
     pub fn from_files(paths: &[std::path::PathBuf]) -> Result<Self> {
-        paths.iter().map(|p| read_public_key(p)).collect::<Result<_>>().map(Trust::new)
+        paths
+            .iter()
+            .map(|p| read_public_key(p))
+            .collect::<Result<_>>()
+            .map(Trust::new)
     }
 
     /// Every `*.pub` file in `dir` (the initramfs's `etc/flasher/trusted`),
@@ -242,11 +250,17 @@ impl Trust {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Trust::default()),
-            Err(e) => return Err(Error::io(format!("read trusted keys in {}", dir.display()), e)),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("read trusted keys in {}", dir.display()),
+                    e,
+                ))
+            }
         };
         let mut paths = Vec::new();
         for e in entries {
-            let e = e.map_err(|e| Error::io(format!("read trusted keys in {}", dir.display()), e))?;
+            let e =
+                e.map_err(|e| Error::io(format!("read trusted keys in {}", dir.display()), e))?;
             let p = e.path();
             if p.extension().is_some_and(|x| x == "pub") {
                 paths.push(p);

@@ -293,7 +293,10 @@ fn hostile_headers_are_refused_before_any_allocation() {
     }
     assert!(matches!(
         alloc_zeroed(u64::MAX, "a test buffer"),
-        Err(Error::OutOfMemory { bytes: u64::MAX, .. })
+        Err(Error::OutOfMemory {
+            bytes: u64::MAX,
+            ..
+        })
     ));
 }
 

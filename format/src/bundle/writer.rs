@@ -8,8 +8,8 @@
 //! be a one-pass stream (a `.xz` image).
 
 use super::{
-    Chunk, Error, Extent, ExtentKind, Header, Manifest, PinnedFile, Result, SecretKey,
-    SourceInfo, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, VERSION,
+    Chunk, Error, Extent, ExtentKind, Header, Manifest, PinnedFile, Result, SecretKey, SourceInfo,
+    DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, VERSION,
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 use sha2::{Digest, Sha256};

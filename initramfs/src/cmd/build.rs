@@ -98,8 +98,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
                 ..Default::default()
             };
             if let Some(k) = &args.sign {
-                opts.writer.sign =
-                    Some(bundle::read_secret_key(k).map_err(flasher::Error::from)?);
+                opts.writer.sign = Some(bundle::read_secret_key(k).map_err(flasher::Error::from)?);
                 opts.writer.files = boot_files(&board, args.bootloader_files.as_deref())?
                     .into_iter()
                     .map(|(name, data)| bundle::PinnedFile::new(name, &data))
@@ -117,7 +116,12 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         )));
     }
     if !ir_spec.trust.is_empty() {
-        check_trusted(&payload, &ir_spec.trust, &board, args.bootloader_files.as_deref())?;
+        check_trusted(
+            &payload,
+            &ir_spec.trust,
+            &board,
+            args.bootloader_files.as_deref(),
+        )?;
     }
     let kernel = match &args.kernel {
         Some(k) => k.clone(),

@@ -45,7 +45,11 @@ pub fn run(args: Args) -> crate::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     write_new(&secret_path, 0o600, key.to_text().as_bytes())?;
-    write_new(&public_path, 0o644, key.public().to_text(&comment).as_bytes())?;
+    write_new(
+        &public_path,
+        0o644,
+        key.public().to_text(&comment).as_bytes(),
+    )?;
     println!(
         "key {}: secret {} (keep it offline), public {} (give it to --trust)",
         key.public().fingerprint(),

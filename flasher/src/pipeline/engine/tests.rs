@@ -544,7 +544,8 @@ mod trust {
         let trust = Trust::new(vec![k.public()]);
         let signed = signed_bundle(&k);
         let other = signed_bundle(&SecretKey::from_seed(&[2; 32]));
-        let cases: [(&str, Vec<u8>, fn(&BundleError) -> bool); 4] = [
+        type Case = (&'static str, Vec<u8>, fn(&BundleError) -> bool);
+        let cases: [Case; 4] = [
             ("unsigned", strip_signature(&signed), |e| {
                 matches!(e, BundleError::Unsigned { .. })
             }),
@@ -579,9 +580,9 @@ mod trust {
         let r = write_to(Cursor::new(&unsigned), &mut t, &opts(), &rec).unwrap();
         assert_eq!(r.signer, "unsigned");
         assert!(
-            rec.events()
-                .iter()
-                .any(|e| e.text().is_some_and(|m| m.starts_with("warning: the bundle is unsigned"))),
+            rec.events().iter().any(|e| e
+                .text()
+                .is_some_and(|m| m.starts_with("warning: the bundle is unsigned"))),
             "an unsigned bundle is written with a warning line"
         );
     }

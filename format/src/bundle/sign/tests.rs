@@ -49,7 +49,10 @@ fn each_refusal_has_its_own_variant() {
     let signed = bundle(Some(k.clone()), vec![]);
     let unsigned = bundle(None, vec![]);
     let other = bundle(Some(key(3)), vec![]);
-    assert!(matches!(t.check(&open(&unsigned)), Err(Error::Unsigned { .. })));
+    assert!(matches!(
+        t.check(&open(&unsigned)),
+        Err(Error::Unsigned { .. })
+    ));
     assert!(matches!(
         t.check(&open(&strip_signature(&signed))),
         Err(Error::Unsigned { .. })
