@@ -67,18 +67,25 @@ unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// A zero-filled buffer of `len` bytes.
+    /// A small fixed-size buffer; aborts if even that cannot be allocated.
+    /// Buffers sized from input use [`AlignedBuf::try_zeroed`].
     pub fn zeroed(len: usize) -> Self {
-        let cap = len.div_ceil(ALIGN).max(1) * ALIGN;
-        // Layout::from_size_align fails only for align not a power of two or a
-        // size overflowing isize; ALIGN is a power of two and `cap` comes from a
-        // real length, so this cannot fail short of an impossible allocation.
-        let layout = Layout::from_size_align(cap, ALIGN).expect("valid layout");
+        Self::try_zeroed(len).unwrap_or_else(|| {
+            let cap = len.div_ceil(ALIGN).max(1) * ALIGN;
+            std::alloc::handle_alloc_error(
+                Layout::from_size_align(cap, ALIGN).unwrap_or(Layout::new::<u8>()),
+            )
+        })
+    }
+
+    /// `None` when the allocation fails (or the size is absurd), so a large
+    /// buffer is an error for the caller to report, never an abort of PID 1.
+    pub fn try_zeroed(len: usize) -> Option<Self> {
+        let cap = len.checked_next_multiple_of(ALIGN)?.max(ALIGN);
+        let layout = Layout::from_size_align(cap, ALIGN).ok()?;
         // SAFETY: layout has non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(ptr) else {
-            std::alloc::handle_alloc_error(layout)
-        };
-        AlignedBuf { ptr, len, cap }
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        Some(AlignedBuf { ptr, len, cap })
     }
     pub fn len(&self) -> usize {
         self.len

@@ -191,6 +191,37 @@ pub fn copy_config<S: Read + Write + Seek, T: Read + Write + Seek>(
     Ok(report)
 }
 
+/// The files [`copy_config`] would copy from `card_boot`, as (path from the
+/// partition's root, bytes), so they can be checked against the manifest's
+/// pins before the first write (docs/SECURITY.md). Same size bound as the copy.
+pub fn card_files<S: Read + Write + Seek>(card_boot: S) -> Result<Vec<(String, Vec<u8>)>> {
+    let card = open_fat(ReadOnly(card_boot), Side::Card)?;
+    let src = card.root_dir();
+    let mut out = Vec::new();
+    for name in ["config.json", "hostname"] {
+        if let Some(b) = read_small(&src, name, MAX_CONFIG_JSON)? {
+            out.push((name.to_string(), b));
+        }
+    }
+    match src.open_dir(CONNECTIONS_DIR) {
+        Ok(conns) => {
+            for entry in conns.iter() {
+                let entry =
+                    entry.map_err(io_ctx(format!("list {CONNECTIONS_DIR}/ on {}", Side::Card)))?;
+                let name = entry.file_name();
+                if entry.is_file() {
+                    if let Some(b) = read_small(&conns, &name, MAX_CONFIG_JSON)? {
+                        out.push((format!("{CONNECTIONS_DIR}/{name}"), b));
+                    }
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_ctx(format!("open {CONNECTIONS_DIR}/ on {}", Side::Card))(e)),
+    }
+    Ok(out)
+}
+
 fn open_fat<D: Read + Write + Seek>(disk: D, side: Side) -> Result<fatfs::FileSystem<D>> {
     fat::open(disk, fatfs::FsOptions::new()).map_err(|source| Error::NotFat { side, source })
 }

@@ -31,6 +31,9 @@ pub mod initramfs {
     /// The board the init runs with, as JSON (`boards::to_json`), so `/init`
     /// needs no TOML parser.
     pub const BOARD_FILE: &str = "etc/flasher/board.json";
+    /// Trusted signing keys (`*.pub`, from `mkflasher build --trust`). With
+    /// any, the init writes only bundles signed by one of them.
+    pub const TRUSTED_DIR: &str = "etc/flasher/trusted";
     /// Kernel modules to load: one absolute path per line, dependencies first.
     pub const LOAD_ORDER: &str = "lib/modules/load-order";
     /// Directories the init expects to exist (mount points and its own data).

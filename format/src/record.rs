@@ -112,6 +112,10 @@ pub struct UnitRecord {
     pub target: TargetIdentity,
     /// SHA-256 of the logical image, lowercase hex (the bundle's whole-image digest).
     pub image_digest: String,
+    /// Who signed the bundle: "unsigned" or the key's fingerprint
+    /// (`ed25519:…`); empty when the run stopped before the check.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signer: String,
     /// Bytes written or zeroed on the target.
     pub bytes_written: u64,
     /// Each phase in the order run, with its wall-clock duration.
@@ -527,6 +531,7 @@ mod tests {
                 model: Some("MMC04G".into()),
             },
             image_digest: "ab".repeat(32),
+            signer: "ed25519:00112233445566778899aabbccddeeff".into(),
             bytes_written: 1_234_567 * i,
             attempt_started: false,
             phases: vec![
@@ -756,6 +761,11 @@ mod tests {
                         cid: cid.clone(),
                         serial: cid.map(|c| c.chars().rev().collect()),
                         model: None,
+                    },
+                    signer: if bytes % 2 == 0 {
+                        "unsigned".into()
+                    } else {
+                        String::new()
                     },
                     image_digest: digest,
                     bytes_written: bytes,

@@ -27,6 +27,8 @@ enum Command {
     Build(cmd::build::Args),
     /// Write config.json and network settings into a card's flash-boot partition.
     Configure(cmd::configure::Args),
+    /// Make an Ed25519 signing key pair: NAME.key (secret) and NAME.pub.
+    Keygen(cmd::keygen::Args),
     /// Describe a bundle, a card image or a unit log.
     Inspect(cmd::inspect::Args),
     /// Boot a card in QEMU against a virtual target disk.
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Initramfs(a) => cmd::initramfs::run(a),
         Command::Build(a) => cmd::build::run(a),
         Command::Configure(a) => cmd::configure::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Qemu(a) => cmd::qemu::run(a),
         Command::Demo(a) => cmd::demo::run(a),

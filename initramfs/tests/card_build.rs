@@ -95,6 +95,8 @@ fn args(f: &Fixture, board: &str, out: &str) -> build::Args {
         log_size: 1 << 20,
         image_size: 0,
         power_of_two: false,
+        trust: vec![],
+        sign: None,
     }
 }
 

@@ -59,6 +59,7 @@ fn build(dir: &Path, modules: &Path, c: Compression, out: &str) -> std::path::Pa
         init: Some(init_for_tests(dir)),
         board_file: None,
         compress: c,
+        trust: vec![],
     })
     .unwrap();
     output
@@ -152,6 +153,40 @@ fn real_debian_kernel_modules_when_cached() {
         init: Some(init_for_tests(t.path())),
         board_file: None,
         compress: Compression::Zstd,
+        trust: vec![],
     };
     initrd::run(nuc).unwrap();
+}
+
+/// `--trust KEY.pub` puts the key into /etc/flasher/trusted, named by its
+/// fingerprint, where /init looks for it; a bad key file is refused.
+#[test]
+fn trusted_keys_land_in_etc_flasher_trusted() {
+    use flasher_format::bundle::{PublicKey, SecretKey};
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("lib/modules/6.1.0-test");
+    modules::fake_tree(&tree).unwrap();
+    let key = SecretKey::from_seed(&[4; 32]).public();
+    let pubfile = t.path().join("factory.pub");
+    std::fs::write(&pubfile, key.to_text("factory")).unwrap();
+    let args = |trust: Vec<std::path::PathBuf>| Args {
+        board: "qemu-x86_64-sd".into(),
+        output: t.path().join("trusted.img"),
+        kernel_modules: Some(tree.clone()),
+        init: Some(init_for_tests(t.path())),
+        board_file: None,
+        compress: Compression::Zstd,
+        trust,
+    };
+    initrd::run(args(vec![pubfile.clone()])).unwrap();
+    let fp = key.fingerprint().replace(':', "-");
+    let want = format!("etc/flasher/trusted/{fp}.pub");
+    let names = cpio_list(&t.path().join("trusted.img"), "zstd");
+    assert!(names.contains(&want), "{want} missing from {names:?}");
+    let spec = initrd::spec_from_args(&args(vec![pubfile])).unwrap();
+    assert_eq!(spec.trust, vec![key.clone()]);
+    assert_eq!(PublicKey::parse(&key.to_text("")).unwrap(), key);
+    let bad = t.path().join("bad.pub");
+    std::fs::write(&bad, "ssh-ed25519 AAAA").unwrap();
+    assert!(initrd::run(args(vec![bad])).is_err());
 }

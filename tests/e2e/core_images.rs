@@ -411,6 +411,7 @@ fn bundle_in_a_larger_partition_with_trailing_garbage_flashes() {
         image_digest: true,
         workers: Some(2),
         root: "/".into(),
+        trust: vec![],
         json: false,
     })
     .unwrap();

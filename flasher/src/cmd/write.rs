@@ -37,6 +37,11 @@ pub struct Args {
     /// Root of /proc and /sys for the mounted-target check (for tests).
     #[arg(long, default_value = "/", hide = true)]
     pub root: PathBuf,
+    /// Write only bundles signed by this key (a `.pub` file from `mkflasher
+    /// keygen`); repeat for several. Without it an unsigned bundle is written
+    /// with a warning.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
     /// Print the write report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -53,7 +58,9 @@ pub fn run(args: Args) -> crate::Result<()> {
         image_digest: args.image_digest,
         defer_commit: false,
         require_boot_fat: false,
+        trust: flasher_format::bundle::Trust::from_files(&args.trust)?,
     };
+
     let f = std::fs::File::open(&args.payload)
         .map_err(|e| crate::Error::io(format!("open payload {}", args.payload.display()), e))?;
     // Chunk reads larger than the buffer bypass it (no extra copy).
@@ -66,10 +73,11 @@ pub fn run(args: Args) -> crate::Result<()> {
     let report = pipeline::write(payload, &args.target, &opts, obs.as_ref())?;
     drop(obs);
     tracing::info!(
-        "wrote {} ({} bytes, sha256 {}) to {}: {} data, {} zeroed, {} verified, {} written last; write {:.1}s, verify {:.1}s, finish {:.1}s{}",
+        "wrote {} ({} bytes, sha256 {}, {}) to {}: {} data, {} zeroed, {} verified, {} written last; write {:.1}s, verify {:.1}s, finish {:.1}s{}",
         human(report.image_size),
         report.image_size,
         report.image_sha256,
+        report.signer,
         args.target.display(),
         human(report.bytes_written),
         human(report.bytes_zeroed),
@@ -81,11 +89,31 @@ pub fn run(args: Args) -> crate::Result<()> {
         if report.direct_io { "" } else { " (buffered I/O)" }
     );
     if args.json {
-        let s = serde_json::to_string(&report)
+        #[derive(serde::Serialize)]
+        struct Output<'a> {
+            #[serde(flatten)]
+            report: &'a pipeline::WriteReport,
+            /// This process's peak resident memory (VmHWM), for benchmarks
+            /// and the memory-bound test.
+            peak_rss_kib: Option<u64>,
+        }
+        let out = Output {
+            report: &report,
+            peak_rss_kib: peak_rss_kib(),
+        };
+        let s = serde_json::to_string(&out)
             .map_err(|e| crate::Error::Usage(format!("report to JSON: {e}")))?;
         println!("{s}");
     }
     Ok(())
+}
+
+/// `VmHWM` from /proc/self/status: the peak RSS of this process image (it
+/// starts afresh at exec, unlike a parent's view through wait4).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Progress as an indicatif bar per byte-counting phase.

@@ -28,11 +28,15 @@ fn os_image() -> Vec<u8> {
 }
 
 fn bundle(image: &[u8]) -> Vec<u8> {
+    bundle_with(image, WriterOptions::default())
+}
+
+fn bundle_with(image: &[u8], opts: WriterOptions) -> Vec<u8> {
     let opts = WriterOptions {
         chunk_size: 1 << 20,
         level: 1,
         workers: 2,
-        ..Default::default()
+        ..opts
     };
     let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
     w.push_data(image).unwrap();
@@ -44,6 +48,14 @@ fn bundle(image: &[u8]) -> Vec<u8> {
 /// A QEMU-SD board with the flasher card (config on flash-boot) and a target of
 /// `target_size` bytes.
 fn board(root: &Path, target_size: u64, image: &[u8]) {
+    board_with(root, target_size, bundle(image))
+}
+
+/// The card's config files on flash-boot.
+const CONFIG_JSON: &[u8] = br#"{"hostname":"unit","installer":{"secureboot":true}}"#;
+const HOSTNAME: &[u8] = b"unit-7\n";
+
+fn board_with(root: &Path, target_size: u64, mut payload: Vec<u8>) {
     let mut r = FakeRoot::new(root).unwrap();
     let card = r.mmc(CARD, 0, 0, "SD", 64 << 20, false).unwrap();
     r.partition(&card, 1, Some("flash-boot"), 8 << 20).unwrap();
@@ -53,16 +65,9 @@ fn board(root: &Path, target_size: u64, image: &[u8]) {
     r.mmc(TARGET, 1, 1, "SD", target_size, false).unwrap();
     let flash_boot = fat_with(
         8 << 20,
-        &[
-            (
-                "config.json",
-                br#"{"hostname":"unit","installer":{"secureboot":true}}"#,
-            ),
-            ("hostname", b"unit-7\n"),
-        ],
+        &[("config.json", CONFIG_JSON), ("hostname", HOSTNAME)],
     );
     std::fs::write(root.join("dev/mmcblk0p1"), flash_boot).unwrap();
-    let mut payload = bundle(image);
     payload.resize(16 << 20, 0);
     std::fs::write(root.join("dev/mmcblk0p2"), payload).unwrap();
     std::fs::create_dir_all(root.join("run")).unwrap();
@@ -332,6 +337,7 @@ fn a_unit_that_keeps_resetting_is_refused_after_three_attempts() {
         board: "qemu-x86_64-sd".into(),
         target,
         image_digest: String::new(),
+        signer: String::new(),
         bytes_written: 0,
         phases: vec![],
         result: record::Outcome::Ok,
@@ -450,4 +456,117 @@ fn image_without_a_boot_fat_is_refused_before_the_first_write() {
         crate::Error::Pipeline(crate::pipeline::Error::NoBootFat { .. })
     ));
     assert!(std::fs::read(root.join("dev/mmcblk1")).unwrap() == old);
+}
+
+/// Signed payloads (docs/SECURITY.md): keys in the initramfs's
+/// `etc/flasher/trusted`; the card's config files pinned by the manifest.
+mod trust {
+    use super::*;
+    use flasher_format::bundle::testing::{alter_manifest, strip_signature};
+    use flasher_format::bundle::{PinnedFile, SecretKey};
+    use flasher_format::card::initramfs::TRUSTED_DIR;
+    use led::ErrorClass;
+
+    fn key() -> SecretKey {
+        SecretKey::from_seed(&[5; 32])
+    }
+
+    fn signed(image: &[u8], pins: bool) -> Vec<u8> {
+        let files = if pins {
+            vec![
+                PinnedFile::new("config.json", CONFIG_JSON),
+                PinnedFile::new("hostname", HOSTNAME),
+            ]
+        } else {
+            vec![]
+        };
+        bundle_with(
+            image,
+            WriterOptions {
+                sign: Some(key()),
+                files,
+                ..WriterOptions::default()
+            },
+        )
+    }
+
+    fn trust_key(root: &Path) {
+        let dir = root.join(TRUSTED_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("factory.pub"), key().public().to_text("factory")).unwrap();
+    }
+
+    fn target(root: &Path) -> Vec<u8> {
+        std::fs::read(root.join("dev/mmcblk1")).unwrap()
+    }
+
+    /// Runs with keys trusted and `payload` on the card; the run must fail in
+    /// the write step as payload-invalid, leaving the target as it was.
+    fn refused(payload: Vec<u8>, want: fn(&flasher_format::bundle::Error) -> bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        board_with(root, 32 << 20, payload);
+        trust_key(root);
+        std::fs::write(root.join("dev/mmcblk1"), vec![0x5a; 32 << 20]).unwrap();
+        let before = target(root);
+        let (r, calls) = run(root);
+        let f = r.unwrap_err();
+        assert_eq!(f.step, Step::Write, "{f}");
+        assert_eq!(f.class, ErrorClass::PayloadInvalid, "{f}");
+        match &f.error {
+            crate::Error::Bundle(e) => assert!(want(e), "{e}"),
+            e => panic!("expected a bundle error, got {e}"),
+        }
+        assert!(target(root) == before, "the target was modified");
+        assert!(!calls.iter().any(|c| c.contains("poweroff")));
+        let ev = events(root);
+        assert_eq!(ev.last().unwrap().phase, Phase::Failure);
+        assert!(records(root)
+            .iter()
+            .any(|r| r.result != record::Outcome::Ok));
+    }
+
+    #[test]
+    fn unsigned_altered_and_unpinned_payloads_are_refused_untouched() {
+        let image = os_image();
+        let good = signed(&image, true);
+        refused(strip_signature(&good), |e| {
+            matches!(e, flasher_format::bundle::Error::Unsigned { .. })
+        });
+        refused(alter_manifest(&good), |e| {
+            matches!(e, flasher_format::bundle::Error::ManifestAltered { .. })
+        });
+        // Signed, but the card's config.json and hostname are not pinned.
+        refused(signed(&image, false), |e| {
+            matches!(e, flasher_format::bundle::Error::UnpinnedFile { .. })
+        });
+    }
+
+    #[test]
+    fn signed_payload_flashes_and_the_record_names_the_signer() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let image = os_image();
+        board_with(root, 32 << 20, signed(&image, true));
+        trust_key(root);
+        let (r, _) = run(root);
+        r.unwrap_or_else(|f| panic!("run failed: {f}"));
+        let recs = records(root);
+        let last = recs.last().unwrap();
+        assert_eq!(last.result, record::Outcome::Ok);
+        assert_eq!(last.signer, key().public().fingerprint());
+    }
+
+    #[test]
+    fn without_keys_unsigned_flashes_with_a_warning_and_is_recorded_unsigned() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        board(root, 32 << 20, &os_image());
+        let (r, _) = run(root);
+        r.unwrap_or_else(|f| panic!("run failed: {f}"));
+        assert_eq!(records(root).last().unwrap().signer, "unsigned");
+        assert!(events(root).iter().any(|e| e
+            .text()
+            .is_some_and(|m| m.starts_with("warning: the bundle is unsigned"))));
+    }
 }

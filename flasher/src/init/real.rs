@@ -23,6 +23,8 @@ use crate::pipeline::{self, post, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer, RecordResult};
 use crate::storage::{self, BootMedium, Disk};
 use boards::Placement;
+use flasher_format::bundle::{self, Trust};
+use flasher_format::card as card_layout;
 use flasher_format::cmdline::{Options, Verify};
 use flasher_format::record::{self, PhaseTiming, TargetIdentity, UnitRecord};
 
@@ -79,6 +81,8 @@ pub struct Real {
     report: Option<WriteReport>,
     /// The board's bootloader files, read from the card before the first write.
     boot_files: Vec<(String, Vec<u8>)>,
+    /// Who signed the payload ("unsigned", a key fingerprint), for the record.
+    signer: String,
     succeeded: bool,
     /// `reboot(2)` and friends; a fake in tests.
     power: Box<dyn Power + Send>,
@@ -110,6 +114,7 @@ impl Real {
             identity: TargetIdentity::default(),
             report: None,
             boot_files: Vec::new(),
+            signer: String::new(),
             succeeded: false,
             power: if pid1 {
                 Box::new(System)
@@ -294,6 +299,19 @@ impl Real {
         Ok(scan.records.into_iter().map(|(_, r)| r).collect())
     }
 
+    /// The config files the card would copy onto the target.
+    fn card_config_files(&self) -> crate::Result<Vec<(String, Vec<u8>)>> {
+        let card = self
+            .card_boot
+            .as_ref()
+            .ok_or_else(|| missing("the card's boot partition"))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .open(card)
+            .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))?;
+        Ok(crate::config_inject::card_files(f)?)
+    }
+
     /// Read `file` from the card's flash-boot FAT.
     fn card_file(&self, file: &str) -> crate::Result<Vec<u8>> {
         let not_there = || Error::BootloaderFile {
@@ -467,6 +485,7 @@ pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) ->
         board: r.board.clone().unwrap_or_default(),
         target: identity.clone(),
         image_digest,
+        signer: String::new(),
         bytes_written,
         phases,
         result: match &r.failure {
@@ -771,17 +790,32 @@ impl Steps for Real {
         let file = File::open(&payload).map_err(|e| {
             crate::Error::io(format!("open payload partition {}", payload.display()), e)
         })?;
+        let mut reader = BufReader::new(file);
         // Everything that can be checked before the first write (rule 2): the
-        // board's bootloader files are on the card, the unit log has room; the
-        // engine checks the fix-ups and the boot FAT in the image's table.
+        // bundle's manifest and signature against the initramfs's trusted keys,
+        // the board's bootloader files are on the card and pinned by the
+        // manifest, so is the config to copy, the unit log has room; the engine
+        // checks the fix-ups and the boot FAT in the image's table.
+        let opened = bundle::read_manifest(&mut reader)?;
+        let trust = Trust::from_dir(&self.root.join(card_layout::initramfs::TRUSTED_DIR))?;
+        let signer = trust.check(&opened)?;
         let mut boot_files = Vec::new();
         for p in &self.board()?.bootloader {
             let file = match p {
                 Placement::Raw { file, .. } | Placement::EmmcBoot { file, .. } => file,
             };
-            boot_files.push((file.clone(), self.card_file(file)?));
+            let data = self.card_file(file)?;
+            trust.check_file(&opened.manifest, file, &data)?;
+            boot_files.push((file.clone(), data));
         }
         self.boot_files = boot_files;
+        let has_config = self.card_has_config()?;
+        if has_config {
+            for (name, data) in self.card_config_files()? {
+                trust.check_file(&opened.manifest, &name, &data)?;
+            }
+        }
+        self.signer = signer.to_string();
         let records = self.check_log_room()?;
         // Counted only once the card-side checks passed: a card missing a file
         // is not this unit's fault.
@@ -796,10 +830,11 @@ impl Steps for Real {
             // Bootloader and config come after the image; the table goes live
             // after them, in `commit_table`.
             defer_commit: true,
-            require_boot_fat: self.card_has_config()?,
+            require_boot_fat: has_config,
+            trust,
             ..WriteOptions::default()
         };
-        let report = pipeline::write(BufReader::new(file), &target, &opts, &*self.sinks)?;
+        let report = pipeline::write_bundle(&opened, reader, &target, &opts, &*self.sinks)?;
         let s = summary(&report);
         self.report = Some(report);
         Ok(s)
@@ -925,7 +960,8 @@ impl Steps for Real {
         let Some(log) = self.log.clone().or_else(|| self.late_log()) else {
             return Err(Error::NoLog.into());
         };
-        let rec = unit_record(r, &self.identity, SystemTime::now());
+        let mut rec = unit_record(r, &self.identity, SystemTime::now());
+        rec.signer = self.signer.clone();
         let (offset, seq) = append_to(&log, &rec)?;
         let (phase, result) = match &r.failure {
             // After a failure the run stays in the failure phase.

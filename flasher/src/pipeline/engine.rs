@@ -34,8 +34,14 @@ const MIB: u64 = 1 << 20;
 /// Minimum held-back head and the held-back tail.
 const HOLD: u64 = MIB;
 /// A GPT claiming its entries reach further than this is not trusted to size
-/// the held-back head (memory bound); the head is then this long.
-const MAX_HEAD: u64 = 32 * MIB;
+/// the held-back head (memory bound); the head is then this long. A standard
+/// GPT's entries end at 17 KiB.
+const MAX_HEAD: u64 = 4 * MIB;
+/// Chunk bytes (decoded plus compressed) between the payload reader and the
+/// writer at most: with the other bounded buffers (docs/SECURITY.md) the
+/// writer stays within 64 MiB of memory for any bundle it accepts, whatever
+/// the worker count.
+const IN_FLIGHT: u64 = 24 * MIB;
 /// Zeroing and zero-verification piece size (progress granularity).
 const ZERO_PIECE: u64 = 64 * MIB;
 
@@ -65,6 +71,15 @@ pub fn write_opened<R: Read, T: Target>(
 ) -> crate::Result<WriteReport> {
     let t0 = Instant::now();
     let m = &opened.manifest;
+    // The signature first: an untrusted bundle is refused before anything
+    // about the target is even looked at.
+    let signer = opts.trust.check(opened)?;
+    if signer == bundle::Signer::Unsigned {
+        obs.event(&Event::message(
+            Phase::Writing,
+            "warning: the bundle is unsigned and no signing key is trusted; writing it as it is (recorded as \"unsigned\")",
+        ));
+    }
     if target.size() < m.image_size {
         return Err(Error::TargetTooSmall {
             path: path.to_owned(),
@@ -75,6 +90,7 @@ pub fn write_opened<R: Read, T: Target>(
     }
     let mut report = WriteReport {
         image_sha256: m.image_sha256.clone(),
+        signer: signer.to_string(),
         image_size: m.image_size,
         target_size: target.size(),
         bytes_written: 0,
@@ -321,6 +337,27 @@ enum HashMsg {
     Zeros(u64),
 }
 
+/// Chunks that may wait for the writer, and decompression workers, so that
+/// `(queued + 2)` chunks of decoded plus compressed bytes fit [`IN_FLIGHT`]
+/// (at least one queued, so decoding overlaps writing).
+fn in_flight(chunk_size: u64, workers: usize) -> (usize, usize) {
+    // A compressed chunk is at most about its decoded size (zstd's bound).
+    let per_chunk = 2 * chunk_size.max(1);
+    let queued = ((IN_FLIGHT / per_chunk).saturating_sub(2) as usize).max(1);
+    (queued, workers.clamp(1, queued + 1))
+}
+
+/// A chunk-sized buffer, or an error instead of an abort.
+fn alloc(len: u64, what: &str) -> Result<AlignedBuf, bundle::Error> {
+    usize::try_from(len)
+        .ok()
+        .and_then(AlignedBuf::try_zeroed)
+        .ok_or_else(|| bundle::Error::OutOfMemory {
+            what: what.into(),
+            bytes: len,
+        })
+}
+
 fn stream<R: Read, T: Target>(
     m: &Manifest,
     payload: R,
@@ -328,19 +365,22 @@ fn stream<R: Read, T: Target>(
     opts: &WriteOptions,
     obs: &dyn Observer,
 ) -> crate::Result<Streamed> {
-    let workers = opts.workers.max(1);
+    let (queued, workers) = in_flight(m.chunk_size, opts.workers);
     std::thread::scope(|s| {
         let (job_tx, job_rx) =
             bounded::<(RawChunk, Sender<Result<Decoded, bundle::Error>>)>(workers);
-        // Bounded memory: at most about workers + 4 decompressed chunks exist
-        // at once (queued for the writer, being written, being hashed).
-        let (ord_tx, ord_rx) = bounded::<Reply>(workers + 1);
+        // Bounded memory: a chunk lives from the read of its compressed bytes
+        // to the end of its write; at most `queued` wait for the writer, one
+        // is being written and one read.
+        let (ord_tx, ord_rx) = bounded::<Reply>(queued);
         for _ in 0..workers {
             let job_rx = job_rx.clone();
             s.spawn(move || {
                 for (raw, reply) in job_rx.iter() {
-                    let mut buf = AlignedBuf::zeroed(raw.chunk.length as usize);
-                    let r = decode_chunk(&raw, &mut buf).map(|()| (raw.index, Arc::new(buf)));
+                    let r = alloc(raw.chunk.length, "a decompressed chunk").and_then(|mut buf| {
+                        decode_chunk(&raw, &mut buf).map(|()| (raw.index, Arc::new(buf)))
+                    });
+                    drop(raw);
                     // The writer may have stopped on an error; nothing to do then.
                     let _ = reply.send(r);
                 }
@@ -621,7 +661,7 @@ fn verify_streamed<T: Target>(
         let (full_tx, full_rx) = bounded::<(usize, AlignedBuf)>(2);
         let (free_tx, free_rx) = bounded::<(usize, AlignedBuf)>(4);
         for _ in 0..4 {
-            let _ = free_tx.send((0, AlignedBuf::zeroed(piece)));
+            let _ = free_tx.send((0, alloc(piece as u64, "a read-back buffer")?));
         }
         let tt = &mut *t;
         let reader = s.spawn(move || -> Result<(), Error> {
@@ -663,7 +703,7 @@ fn verify_streamed<T: Target>(
             .map_err(|_| Error::Internal("verify reader panicked".into()))??;
         Ok(bad)
     })?;
-    let mut buf = AlignedBuf::zeroed(piece);
+    let mut buf = alloc(piece as u64, "a read-back buffer")?;
     for ci in bad {
         match checks[ci] {
             Check::Chunk(i) => {

@@ -161,6 +161,9 @@ pub struct WriteOptions {
     /// Refuse, before the first write, an image whose table has no FAT
     /// partition (config injection needs one).
     pub require_boot_fat: bool,
+    /// Trusted signing keys: with any, only bundles signed by one of them are
+    /// written (docs/SECURITY.md). Checked before the first write.
+    pub trust: flasher_format::bundle::Trust,
 }
 
 impl Default for WriteOptions {
@@ -177,6 +180,7 @@ impl Default for WriteOptions {
             image_digest: false,
             defer_commit: false,
             require_boot_fat: false,
+            trust: Default::default(),
         }
     }
 }
@@ -195,6 +199,8 @@ pub struct PhaseDurations {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WriteReport {
     pub image_sha256: String,
+    /// Who signed the bundle ("unsigned" or the key's fingerprint).
+    pub signer: String,
     pub image_size: u64,
     pub target_size: u64,
     /// Data bytes written (image data, including the held-back blocks).
@@ -343,9 +349,22 @@ pub fn write(
     opts: &WriteOptions,
     obs: &dyn Observer,
 ) -> crate::Result<WriteReport> {
-    let t0 = std::time::Instant::now();
     let mut payload = payload;
     let opened = bundle::read_manifest(&mut payload)?;
+    write_bundle(&opened, payload, target, opts, obs)
+}
+
+/// [`write`] for a bundle whose manifest the caller has read (and checked
+/// more against, as the init does with the card's files); `payload` is at
+/// its first chunk.
+pub fn write_bundle(
+    opened: &bundle::Opened,
+    payload: impl Read,
+    target: &Path,
+    opts: &WriteOptions,
+    obs: &dyn Observer,
+) -> crate::Result<WriteReport> {
+    let t0 = std::time::Instant::now();
     // Refuse a mounted or held disk before even opening it for writing.
     preflight::check_not_in_use(target, &opts.root)?;
     let mut dev = Device::open(
@@ -357,7 +376,7 @@ pub fn write(
         },
     )?;
     let before = t0.elapsed();
-    let mut report = write_opened(&opened, payload, &mut dev, opts, obs, target)?;
+    let mut report = write_opened(opened, payload, &mut dev, opts, obs, target)?;
     report.durations.preflight += before;
     Ok(report)
 }

@@ -8,9 +8,16 @@
 //! (`ChunkReader`) and the host-side [`BundleWriter`].
 
 mod reader;
+mod sign;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod writer;
 
 pub use reader::{decode_chunk, ChunkReader, RawChunk};
+pub use sign::{
+    check_pin, read_public_key, read_secret_key, PinnedFile, PublicKey, SecretKey, SignatureBlock,
+    Signer, Trust, SIG_LEN, SIG_MAGIC,
+};
 pub use writer::{BundleWriter, WriterOptions};
 
 use serde::{Deserialize, Serialize};
@@ -26,14 +33,26 @@ pub const HEADER_LEN: usize = 80;
 /// Default uncompressed chunk size: large enough for big O_DIRECT writes and
 /// good zstd ratios, small enough to keep a few in flight per worker.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
-/// Chunk sizes a reader accepts; bounds the memory one chunk may take.
+/// Chunk sizes a reader accepts. The upper bound is part of the writer's
+/// memory bound (docs/SECURITY.md): a few chunks are in flight, and the
+/// chunks holding the image's first and last blocks are kept until the end.
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
-pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
-/// A manifest larger than this is refused rather than allocated (a corrupt
-/// length must not make the board run out of memory).
-pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
-/// Largest signature block accepted.
-pub const MAX_SIGNATURE_LEN: u64 = 1 << 20;
+pub const MAX_CHUNK_SIZE: u64 = 4 << 20;
+/// A manifest larger than this is refused rather than allocated: the bytes
+/// and the parsed form both stay in memory during the write. 4 MiB holds the
+/// chunk list of a dense 100 GiB image at the default chunk size (a sparse
+/// image needs far fewer chunks).
+pub const MAX_MANIFEST_LEN: u64 = 4 << 20;
+/// Largest signature block accepted (the version-1 block is [`SIG_LEN`] bytes).
+pub const MAX_SIGNATURE_LEN: u64 = 4096;
+/// Largest image a manifest may describe (256 TiB): keeps every offset
+/// computation far from `u64` overflow.
+pub const MAX_IMAGE_SIZE: u64 = 1 << 48;
+/// Most chunks, extents and pinned files a manifest may list (each also
+/// bounded by the manifest size; explicit so the limits are documented).
+pub const MAX_CHUNKS: usize = 1 << 20;
+pub const MAX_EXTENTS: usize = 1 << 20;
+pub const MAX_FILES: usize = 256;
 
 /// Errors from reading, validating or writing bundles. All are "payload invalid"
 /// (blink class 2) except plain I/O on the output while bundling.
@@ -73,8 +92,43 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    #[error("chunk {index} (image bytes {offset}..{}) decompresses to more than its {length} bytes (its frame declares {declared}): a zstd bomb or a corrupt manifest; refusing it", offset + length)]
+    ChunkOverflow {
+        index: usize,
+        offset: u64,
+        length: u64,
+        declared: u64,
+    },
     #[error("image SHA-256 is {actual}, manifest says {expected}")]
     ImageDigest { expected: String, actual: String },
+    #[error("cannot allocate {bytes} bytes for {what}: out of memory")]
+    OutOfMemory { what: String, bytes: u64 },
+    #[error("the bundle is unsigned, and this flasher trusts only bundles signed by {trusted}; sign it with `mkflasher bundle --sign KEY`")]
+    Unsigned { trusted: String },
+    #[error("the bundle's signature block is malformed: {reason}; rebuild the bundle with `mkflasher bundle --sign KEY`")]
+    MalformedSignature { reason: String },
+    #[error("the manifest was altered after it was signed by {signer}: signed SHA-256 {signed}, stored manifest {actual}; do not use this card")]
+    ManifestAltered {
+        signer: String,
+        signed: String,
+        actual: String,
+    },
+    #[error("the bundle is signed by {signer}, which is not a trusted key (trusted: {trusted}); sign it with a trusted key or add the signer with --trust")]
+    UntrustedSigner { signer: String, trusted: String },
+    #[error("the bundle's signature does not verify for key {signer}: the signature or the manifest was tampered with; do not use this card")]
+    BadSignature { signer: String },
+    #[error("{what} file is invalid: {reason}")]
+    KeyFile { what: String, reason: String },
+    #[error("card file {name} ({size} bytes, SHA-256 {actual}) does not match the manifest's pin ({pinned_size} bytes, SHA-256 {pinned}); the card was altered or built from other files")]
+    FileMismatch {
+        name: String,
+        size: u64,
+        pinned_size: u64,
+        actual: String,
+        pinned: String,
+    },
+    #[error("card file {name} is not pinned by the signed manifest, so it is not written; pin it with `mkflasher bundle --pin FILE` when signing")]
+    UnpinnedFile { name: String },
     #[error("bundle writer misuse: {0}")]
     Writer(String),
     #[error("{context}: {source}")]
@@ -176,6 +230,10 @@ pub struct Manifest {
     pub created_by: String,
     #[serde(default)]
     pub source: SourceInfo,
+    /// Files the board copies from the card (bootloader, config), pinned by
+    /// digest so the signature covers them. Absent in older bundles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PinnedFile>,
 }
 
 impl Manifest {
@@ -203,6 +261,9 @@ impl Manifest {
         for c in &mut self.chunks {
             c.sha256.make_ascii_lowercase();
         }
+        for f in &mut self.files {
+            f.sha256.make_ascii_lowercase();
+        }
     }
 
     /// Check every invariant the writer relies on, so a malformed manifest is
@@ -221,8 +282,34 @@ impl Manifest {
                 self.compression
             ));
         }
-        if self.image_size == 0 {
-            return bad("image size is 0 bytes".into());
+        if self.image_size == 0 || self.image_size > MAX_IMAGE_SIZE {
+            return bad(format!(
+                "image size {} bytes is outside 1..={MAX_IMAGE_SIZE}",
+                self.image_size
+            ));
+        }
+        for (what, n, max) in [
+            ("chunks", self.chunks.len(), MAX_CHUNKS),
+            ("extents", self.extents.len(), MAX_EXTENTS),
+            ("pinned files", self.files.len(), MAX_FILES),
+        ] {
+            if n > max {
+                return bad(format!("{n} {what} listed, at most {max} are accepted"));
+            }
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            if f.name.trim_start_matches('/').is_empty() || hex_digest(&f.sha256).is_none() {
+                return bad(format!(
+                    "pinned file {i} ({:?}) has an empty name or a digest that is not 64 hex digits",
+                    f.name
+                ));
+            }
+            if self.files[..i]
+                .iter()
+                .any(|g| g.name.eq_ignore_ascii_case(&f.name))
+            {
+                return bad(format!("file {:?} is pinned twice", f.name));
+            }
         }
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
             || self.chunk_size % 4096 != 0
@@ -263,11 +350,10 @@ impl Manifest {
                 let Some(c) = self.chunks.get(ci) else {
                     return bad(format!("data at image offset {off} has no chunk"));
                 };
-                if c.offset != off || c.end() != expect_end {
+                if c.offset != off || c.length != expect_end - off {
                     return bad(format!(
-                        "chunk {ci} covers {}..{}, expected {off}..{expect_end}",
-                        c.offset,
-                        c.end()
+                        "chunk {ci} covers {} bytes at {}, expected {off}..{expect_end}",
+                        c.length, c.offset
                     ));
                 }
                 if hex_digest(&c.sha256).is_none() {
@@ -389,6 +475,12 @@ impl Header {
                 h.manifest_len
             )));
         }
+        if h.data_len > 2 * MAX_IMAGE_SIZE {
+            return Err(Error::InvalidManifest(format!(
+                "chunk stream length {} bytes is out of range",
+                h.data_len
+            )));
+        }
         if h.signature_len > MAX_SIGNATURE_LEN {
             return Err(Error::InvalidManifest(format!(
                 "signature length {} bytes is out of range",
@@ -414,6 +506,20 @@ pub struct Opened {
     /// The signature block over `manifest_bytes`, if any. Its format belongs
     /// to the signing work; version 1 bundles are written unsigned.
     pub signature: Option<Vec<u8>>,
+}
+
+/// A zeroed buffer of `len` bytes, or `OutOfMemory` instead of an abort: a
+/// failed allocation must not take PID 1 down.
+pub fn alloc_zeroed(len: u64, what: &str) -> Result<Vec<u8>> {
+    let oom = || Error::OutOfMemory {
+        what: what.into(),
+        bytes: len,
+    };
+    let n = usize::try_from(len).map_err(|_| oom())?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| oom())?;
+    v.resize(n, 0);
+    Ok(v)
 }
 
 /// Read exactly `buf.len()` bytes or report how many were there.
@@ -448,7 +554,7 @@ pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
     let mut hb = [0u8; HEADER_LEN];
     read_full(r, &mut hb, || "header".into())?;
     let header = Header::parse(&hb)?;
-    let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
+    let mut manifest_bytes = alloc_zeroed(header.manifest_len, "the bundle manifest")?;
     read_full(r, &mut manifest_bytes, || "manifest".into())?;
     let actual: [u8; 32] = Sha256::digest(&manifest_bytes).into();
     if actual != header.manifest_sha256 {
@@ -482,7 +588,7 @@ pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
         )));
     }
     let signature = if header.signature_len > 0 {
-        let mut s = vec![0u8; header.signature_len as usize];
+        let mut s = alloc_zeroed(header.signature_len, "the bundle signature")?;
         read_full(r, &mut s, || "signature".into())?;
         Some(s)
     } else {

@@ -38,7 +38,16 @@ impl<R: Read> Iterator for ChunkReader<'_, R> {
         let chunk = self.manifest.chunks.get(self.next)?.clone();
         let index = self.next;
         self.next += 1;
-        let mut compressed = vec![0u8; chunk.compressed_size as usize];
+        let mut compressed = match super::alloc_zeroed(
+            chunk.compressed_size,
+            &format!("compressed chunk {index}"),
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                self.next = self.manifest.chunks.len();
+                return Some(Err(e));
+            }
+        };
         if let Err(e) = read_full(&mut self.inner, &mut compressed, || {
             format!(
                 "chunk {index} (image bytes {}..{})",
@@ -71,8 +80,20 @@ pub fn decode_chunk(raw: &RawChunk, out: &mut [u8]) -> Result<()> {
     if out.len() as u64 != c.length {
         return Err(corrupt(format!("output buffer is {} bytes", out.len())));
     }
-    // A frame that would decode to more than `length` bytes fails here with
-    // "destination buffer too small" rather than allocating.
+    // A frame that declares more than `length` bytes is refused by name; one
+    // that does not declare its size but decodes to more fails in zstd with
+    // "destination buffer too small". Either way nothing beyond `out` is
+    // allocated.
+    if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(&raw.compressed) {
+        if declared > c.length {
+            return Err(Error::ChunkOverflow {
+                index: raw.index,
+                offset: c.offset,
+                length: c.length,
+                declared,
+            });
+        }
+    }
     let n = zstd::bulk::Decompressor::new()
         .and_then(|mut d| d.decompress_to_buffer(&raw.compressed, out))
         .map_err(|e| corrupt(format!("zstd: {e}")))?;

@@ -6,7 +6,7 @@ fn opts() -> WriterOptions {
         chunk_size: 64 << 10,
         level: 1,
         workers: 2,
-        source: SourceInfo::default(),
+        ..WriterOptions::default()
     }
 }
 
@@ -213,4 +213,143 @@ fn uppercase_digests_are_normalised_at_parse_time() {
         .chunks
         .iter()
         .all(|c| c.sha256.bytes().all(|d| !d.is_ascii_uppercase())));
+}
+
+/// Hostile manifests (docs/SECURITY.md): every bound is an `InvalidManifest`
+/// (or its own variant) with the numbers, never a panic or an allocation.
+#[test]
+fn hostile_manifests_are_refused_with_their_numbers() {
+    let (bundle, _) = sample();
+    let m = read_manifest(&mut Cursor::new(&bundle)).unwrap().manifest;
+    let invalid = |m: &Manifest, needle: &str| match m.validate() {
+        Err(Error::InvalidManifest(msg)) => {
+            assert!(msg.contains(needle), "{needle:?} not in {msg:?}")
+        }
+        other => panic!("expected InvalidManifest with {needle:?}, got {other:?}"),
+    };
+    let mut big_chunks = m.clone();
+    big_chunks.chunk_size = MAX_CHUNK_SIZE + 4096;
+    invalid(&big_chunks, &(MAX_CHUNK_SIZE + 4096).to_string());
+    let mut huge = m.clone();
+    huge.image_size = MAX_IMAGE_SIZE + 1;
+    invalid(&huge, &(MAX_IMAGE_SIZE + 1).to_string());
+    // Extent order, overlap and range.
+    let mut swapped = m.clone();
+    swapped.extents.swap(0, 1);
+    invalid(&swapped, "extent 0");
+    let mut overlap = m.clone();
+    overlap.extents[1].offset -= 1;
+    invalid(&overlap, "extent 1");
+    let mut overflow = m.clone();
+    overflow.extents[1].length = u64::MAX;
+    invalid(&overflow, "extent 1");
+    // A chunk whose length would overflow its end.
+    let mut chunk_overflow = m.clone();
+    chunk_overflow.chunks[0].length = u64::MAX;
+    invalid(&chunk_overflow, "chunk 0");
+    let mut bomb_size = m.clone();
+    bomb_size.chunks[0].compressed_size = u64::MAX;
+    invalid(&bomb_size, "compressed size");
+    let mut many = m.clone();
+    many.files = vec![PinnedFile::new("x", b""); MAX_FILES + 1];
+    invalid(&many, "pinned files");
+    let mut twice = m;
+    twice.files = vec![PinnedFile::new("MLO", b"a"), PinnedFile::new("mlo", b"b")];
+    invalid(&twice, "pinned twice");
+}
+
+#[test]
+fn hostile_headers_are_refused_before_any_allocation() {
+    let (bundle, _) = sample();
+    let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
+    for (what, hh) in [
+        (
+            "manifest length",
+            Header {
+                manifest_len: MAX_MANIFEST_LEN + 1,
+                ..h.clone()
+            },
+        ),
+        (
+            "signature length",
+            Header {
+                signature_len: MAX_SIGNATURE_LEN + 1,
+                ..h.clone()
+            },
+        ),
+        (
+            "chunk stream length",
+            Header {
+                data_len: u64::MAX,
+                ..h.clone()
+            },
+        ),
+    ] {
+        let e = Header::parse(&hh.to_bytes()).unwrap_err();
+        match e {
+            Error::InvalidManifest(msg) => assert!(msg.contains(what), "{msg}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        alloc_zeroed(u64::MAX, "a test buffer"),
+        Err(Error::OutOfMemory {
+            bytes: u64::MAX,
+            ..
+        })
+    ));
+}
+
+/// A zstd frame that declares more bytes than the manifest's chunk length is
+/// refused by name before it is decompressed; one that hides its size fails
+/// on the fixed-size output buffer. Neither allocates beyond it.
+#[test]
+fn zstd_bombs_are_refused() {
+    let chunk = Chunk {
+        offset: 0,
+        length: 4096,
+        compressed_size: 0,
+        sha256: sha256_hex(&[0u8; 4096]),
+    };
+    let declared = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).unwrap();
+    let raw = RawChunk {
+        index: 3,
+        chunk: Chunk {
+            compressed_size: declared.len() as u64,
+            ..chunk.clone()
+        },
+        compressed: declared,
+    };
+    let mut out = vec![0u8; 4096];
+    let e = decode_chunk(&raw, &mut out).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ChunkOverflow {
+                index: 3,
+                length: 4096,
+                declared: 67_108_864,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The same bomb streamed without a content size in its header.
+    let mut hidden = Vec::new();
+    {
+        let mut enc = zstd::stream::Encoder::new(&mut hidden, 1).unwrap();
+        enc.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut enc, &vec![0u8; 1 << 20]).unwrap();
+        enc.finish().unwrap();
+    }
+    let raw = RawChunk {
+        index: 4,
+        chunk: Chunk {
+            compressed_size: hidden.len() as u64,
+            ..chunk
+        },
+        compressed: hidden,
+    };
+    let e = decode_chunk(&raw, &mut out).unwrap_err();
+    assert!(matches!(e, Error::ChunkCorrupt { index: 4, .. }), "{e:?}");
 }

@@ -8,8 +8,8 @@
 //! be a one-pass stream (a `.xz` image).
 
 use super::{
-    Chunk, Error, Extent, ExtentKind, Header, Manifest, Result, SourceInfo, DEFAULT_CHUNK_SIZE,
-    VERSION,
+    Chunk, Error, Extent, ExtentKind, Header, Manifest, PinnedFile, Result, SecretKey, SourceInfo,
+    DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, VERSION,
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 use sha2::{Digest, Sha256};
@@ -20,13 +20,17 @@ use std::thread::JoinHandle;
 /// Tunables for [`BundleWriter`].
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
-    /// Uncompressed chunk size (multiple of 4096, 64 KiB..=64 MiB).
+    /// Uncompressed chunk size (multiple of 4096, 64 KiB..=4 MiB).
     pub chunk_size: u64,
     /// zstd level (1..=19; 3 is zstd's default).
     pub level: i32,
     /// Compression threads.
     pub workers: usize,
     pub source: SourceInfo,
+    /// Sign the manifest with this key (docs/SECURITY.md).
+    pub sign: Option<SecretKey>,
+    /// Files the board will copy from the card, pinned in the manifest.
+    pub files: Vec<PinnedFile>,
 }
 
 impl Default for WriterOptions {
@@ -39,6 +43,8 @@ impl Default for WriterOptions {
                 .unwrap_or(2)
                 .clamp(1, 8),
             source: SourceInfo::default(),
+            sign: None,
+            files: Vec::new(),
         }
     }
 }
@@ -68,11 +74,11 @@ static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 
 impl<S: Read + Write + Seek> BundleWriter<S> {
     pub fn new(opts: WriterOptions, mut spool: S) -> Result<Self> {
-        if !(super::MIN_CHUNK_SIZE..=super::MAX_CHUNK_SIZE).contains(&opts.chunk_size)
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&opts.chunk_size)
             || opts.chunk_size % 4096 != 0
         {
             return Err(Error::Writer(format!(
-                "chunk size {} is not a multiple of 4096 in 64 KiB..=64 MiB",
+                "chunk size {} bytes is not a multiple of 4096 in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
                 opts.chunk_size
             )));
         }
@@ -234,15 +240,29 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
             chunks: std::mem::take(&mut self.chunks),
             created_by: format!("flasher {}", env!("CARGO_PKG_VERSION")),
             source: self.opts.source.clone(),
+            files: self.opts.files.clone(),
         };
         manifest
             .validate()
             .map_err(|e| Error::Writer(format!("produced an invalid manifest: {e}")))?;
         let json = serde_json::to_vec_pretty(&manifest).map_err(Error::ManifestParse)?;
+        if json.len() as u64 > super::MAX_MANIFEST_LEN {
+            return Err(Error::Writer(format!(
+                "the manifest is {} bytes, over the {}-byte limit readers accept; use a larger --chunk-size",
+                json.len(),
+                super::MAX_MANIFEST_LEN
+            )));
+        }
+        let signature = self
+            .opts
+            .sign
+            .as_ref()
+            .map(|k| k.sign(&json).to_bytes())
+            .unwrap_or_default();
         let header = Header {
             version: VERSION,
             manifest_len: json.len() as u64,
-            signature_len: 0,
+            signature_len: signature.len() as u64,
             data_len: manifest.data_len(),
             manifest_sha256: Sha256::digest(&json).into(),
         };
@@ -250,6 +270,8 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
             .map_err(|e| Error::io("write bundle header", e))?;
         out.write_all(&json)
             .map_err(|e| Error::io("write bundle manifest", e))?;
+        out.write_all(&signature)
+            .map_err(|e| Error::io("write bundle signature", e))?;
         self.spool
             .seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("rewind spool", e))?;

@@ -1,6 +1,8 @@
 //! `mkflasher build`: the flasher card image for a board (see `card`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use flasher_format::bundle;
 
 use crate::card::{self, CardSpec};
 use crate::cmd::initramfs as initrd;
@@ -56,6 +58,15 @@ pub struct Args {
     /// Round the image size up to a power of two (for QEMU's sd-card).
     #[arg(long)]
     pub power_of_two: bool,
+    /// Trust this signing key on the board (NAME.pub); repeatable. The card's
+    /// /init then writes only bundles signed by one of them; the payload and
+    /// the bootloader files are checked here first.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
+    /// With an image as --payload: sign the bundle made from it with this key,
+    /// pinning the board's bootloader files from --bootloader-files.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 /// Resolve defaults into a [`CardSpec`], building the initramfs if needed.
@@ -67,6 +78,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         init: args.init.clone(),
         board_file: args.board_file.clone(),
         compress: Compression::Zstd,
+        trust: args.trust.clone(),
     };
     let ir_spec = initrd::spec_from_args(&ir_args)?;
     let board = ir_spec.board.clone();
@@ -81,15 +93,36 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
                 args.payload.display(),
                 out.display()
             );
-            let opts = crate::source::BundleOptions {
+            let mut opts = crate::source::BundleOptions {
                 bmap: args.bmap.clone(),
                 ..Default::default()
             };
+            if let Some(k) = &args.sign {
+                opts.writer.sign = Some(bundle::read_secret_key(k).map_err(flasher::Error::from)?);
+                opts.writer.files = boot_files(&board, args.bootloader_files.as_deref())?
+                    .into_iter()
+                    .map(|(name, data)| bundle::PinnedFile::new(name, &data))
+                    .collect();
+            }
             crate::source::bundle_image(&args.payload, &out, &opts)?;
             out
         }
         Err(e) => return Err(e.into()),
     };
+    if args.sign.is_some() && payload == args.payload {
+        return Err(crate::Error::Usage(format!(
+            "--sign signs an image bundled by build; {} is already a bundle (sign it with `mkflasher bundle --sign`)",
+            args.payload.display()
+        )));
+    }
+    if !ir_spec.trust.is_empty() {
+        check_trusted(
+            &payload,
+            &ir_spec.trust,
+            &board,
+            args.bootloader_files.as_deref(),
+        )?;
+    }
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => match card::is_qemu_board(&board)
@@ -144,6 +177,48 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         boot_size: 0,
         image_size: args.image_size,
     })
+}
+
+/// The board's bootloader files (its placements) as the card will carry them.
+fn boot_files(board: &boards::Board, dir: Option<&Path>) -> crate::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for p in &board.bootloader {
+        let file = match p {
+            boards::Placement::Raw { file, .. } | boards::Placement::EmmcBoot { file, .. } => file,
+        };
+        let Some(dir) = dir else {
+            return Err(crate::Error::Usage(format!(
+                "board {} places bootloader file {file}; pass --bootloader-files DIR",
+                board.name
+            )));
+        };
+        let path = dir.join(file.trim_start_matches('/'));
+        let data = std::fs::read(&path)
+            .map_err(|e| crate::Error::io(format!("read bootloader file {}", path.display()), e))?;
+        out.push((file.clone(), data));
+    }
+    Ok(out)
+}
+
+/// What the board's /init will check, checked on the host first: the payload
+/// is signed by a trusted key, and the bootloader files are pinned by its
+/// manifest.
+fn check_trusted(
+    payload: &Path,
+    keys: &[bundle::PublicKey],
+    board: &boards::Board,
+    bootloader_files: Option<&Path>,
+) -> crate::Result<()> {
+    let trust = bundle::Trust::new(keys.to_vec());
+    let opened = bundle::read_manifest_file(payload).map_err(flasher::Error::from)?;
+    let signer = trust.check(&opened).map_err(flasher::Error::from)?;
+    for (name, data) in boot_files(board, bootloader_files)? {
+        trust
+            .check_file(&opened.manifest, &name, &data)
+            .map_err(flasher::Error::from)?;
+    }
+    tracing::info!("payload signed by trusted key {signer}");
+    Ok(())
 }
 
 /// Where an image given as `--payload` is bundled: next to the card, removed

@@ -4,8 +4,8 @@
 
 use crate::source::{self, BundleOptions};
 use flasher::pipeline::human;
-use flasher_format::bundle::{ExtentKind, WriterOptions, DEFAULT_CHUNK_SIZE};
-use std::path::PathBuf;
+use flasher_format::bundle::{self, ExtentKind, PinnedFile, WriterOptions, DEFAULT_CHUNK_SIZE};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,7 +21,7 @@ pub struct Args {
     /// Import a bmap whose checksums cannot be checked (sha1, md5) without checking them.
     #[arg(long)]
     pub skip_bmap_checksums: bool,
-    /// Uncompressed chunk size in KiB (multiple of 4, 64..=65536).
+    /// Uncompressed chunk size in KiB (multiple of 4, 64..=4096).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE / 1024)]
     pub chunk_kib: u64,
     /// zstd compression level (1..=19).
@@ -33,12 +33,28 @@ pub struct Args {
     /// Zero runs at least this long (KiB) become must-be-zero extents.
     #[arg(long, default_value_t = 64)]
     pub min_zero_kib: u64,
+    /// Sign the manifest with this key (`mkflasher keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    /// Pin a file the board will copy from the card (bootloader, config.json)
+    /// by its digest in the manifest: a file pins under its name, a directory
+    /// pins every file in it by its path inside. Repeatable. With trusted keys
+    /// on the board, unpinned card files are not written.
+    #[arg(long, value_name = "PATH")]
+    pub pin: Vec<PathBuf>,
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
     let mut writer = WriterOptions {
         chunk_size: args.chunk_kib * 1024,
         level: args.level,
+        sign: args
+            .sign
+            .as_deref()
+            .map(bundle::read_secret_key)
+            .transpose()
+            .map_err(flasher::Error::from)?,
+        files: pins(&args.pin)?,
         ..Default::default()
     };
     if let Some(w) = args.workers {
@@ -54,6 +70,13 @@ pub fn run(args: Args) -> crate::Result<()> {
     let len = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);
+    if let Some(k) = &opts.writer.sign {
+        tracing::info!(
+            "signed by {}; {} card file(s) pinned",
+            k.public().fingerprint(),
+            m.files.len()
+        );
+    }
     tracing::info!(
         "bundled {} ({} bytes, sha256 {}): {} data, {} must-be-zero, {} don't-care, {} chunks; bundle {} is {}",
         human(m.image_size),
@@ -67,6 +90,41 @@ pub fn run(args: Args) -> crate::Result<()> {
         human(len)
     );
     Ok(())
+}
+
+/// The pins for `--pin` paths: a file under its own name, each file of a
+/// directory (recursively) under its path inside it, `/`-separated.
+pub fn pins(paths: &[PathBuf]) -> crate::Result<Vec<PinnedFile>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<PinnedFile>) -> crate::Result<()> {
+        let ctx = |p: &Path| format!("read {} to pin it", p.display());
+        let mut entries = std::fs::read_dir(dir)
+            .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+            .map_err(|e| crate::Error::io(ctx(dir), e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, &format!("{name}/"), out)?;
+            } else {
+                let data = std::fs::read(&p).map_err(|e| crate::Error::io(ctx(&p), e))?;
+                out.push(PinnedFile::new(name, &data));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, "", &mut out)?;
+        } else {
+            let data = std::fs::read(p)
+                .map_err(|e| crate::Error::io(format!("read {} to pin it", p.display()), e))?;
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            out.push(PinnedFile::new(name, &data));
+        }
+    }
+    Ok(out)
 }
 
 /// Bundle-format errors surface as the flasher crate's bundle errors (the same

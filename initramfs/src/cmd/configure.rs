@@ -189,6 +189,9 @@ pub fn run(args: Args) -> crate::Result<()> {
     validate(&s)?;
     let vol = card::open_boot(&args.card)?;
     apply(vol, &s)?;
+    for w in unpinned_on_signed_card(&args.card)? {
+        tracing::warn!("{w}");
+    }
     println!(
         "configured {} (flash-boot: {CONFIG_JSON}{})",
         args.card.display(),
@@ -199,6 +202,39 @@ pub fn run(args: Args) -> crate::Result<()> {
         }
     );
     Ok(())
+}
+
+/// A board that trusts signing keys writes only card files the signed
+/// manifest pins (docs/SECURITY.md), so config written after signing would be
+/// refused there: say so, per file, when the card's bundle is signed.
+pub fn unpinned_on_signed_card(card_path: &std::path::Path) -> crate::Result<Vec<String>> {
+    use flasher_format::{bundle, card as layout};
+    let f = std::fs::File::open(card_path)
+        .map_err(|e| crate::Error::io(format!("opening {}", card_path.display()), e))?;
+    let (mut payload, _) =
+        crate::disk::open_partition(f, layout::PAYLOAD_NAME, Some(layout::PAYLOAD_NUMBER))?;
+    let Ok(opened) = bundle::read_manifest(&mut payload) else {
+        return Ok(Vec::new());
+    };
+    if opened.signature.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut vol = card::open_boot(card_path)?;
+    let mut out = Vec::new();
+    for name in [CONFIG_JSON, HOSTNAME, WIFI_CONNECTION] {
+        if let Ok(data) = fat::read_file(&mut vol, name) {
+            let problem = match bundle::check_pin(&opened.manifest, name, &data) {
+                Ok(true) => continue,
+                Ok(false) => bundle::Error::UnpinnedFile { name: name.into() },
+                Err(e) => e,
+            };
+            out.push(format!(
+                "{}: the card's bundle is signed and {problem}; a board whose initramfs trusts keys will refuse this card",
+                card_path.display()
+            ));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::card;
 use crate::cpio::{self, Archive, Compression, CpioSink};
 use crate::modules::{self, ModuleTree};
+use flasher_format::bundle::PublicKey;
 use flasher_format::card::initramfs as layout;
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +39,10 @@ pub struct Args {
     pub board_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Compression::Zstd)]
     pub compress: Compression,
+    /// Trust this signing key (`mkflasher keygen`'s NAME.pub); repeatable.
+    /// With any, /init writes only bundles signed by one of them.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
 }
 
 /// Everything the archive is made of.
@@ -49,6 +54,8 @@ pub struct Spec {
     pub init: PathBuf,
     pub kernel_modules: Option<PathBuf>,
     pub compress: Compression,
+    /// Trusted keys for /etc/flasher/trusted.
+    pub trust: Vec<PublicKey>,
 }
 
 /// What went into an archive.
@@ -141,6 +148,15 @@ pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
     a.dev_node("dev/null", 0o666, false, 1, 3)?;
     a.file("init", 0o755, &init)?;
     a.file(layout::BOARD_FILE, 0o644, spec.board_json.as_bytes())?;
+    if !spec.trust.is_empty() {
+        a.dir(layout::TRUSTED_DIR, 0o755)?;
+        for k in &spec.trust {
+            // Named by fingerprint: unique, and the same key twice is one file.
+            let fp = k.fingerprint().replace(':', "-");
+            let path = format!("{}/{fp}.pub", layout::TRUSTED_DIR);
+            a.file(&path, 0o644, k.to_text("").as_bytes())?;
+        }
+    }
     let mut loaded = Vec::new();
     if !spec.board.modules.is_empty() {
         let Some(dir) = &spec.kernel_modules else {
@@ -215,6 +231,9 @@ pub fn spec_from_args(args: &Args) -> crate::Result<Spec> {
         init,
         kernel_modules,
         compress: args.compress,
+        trust: flasher_format::bundle::Trust::from_files(&args.trust)
+            .map_err(flasher::Error::from)?
+            .keys,
     })
 }
 
@@ -278,6 +297,7 @@ mod tests {
             init,
             kernel_modules: Some(t.path().to_path_buf()),
             compress: Compression::Zstd,
+            trust: vec![],
         };
         let (bytes, s) = build(&spec).unwrap();
         assert_eq!(
@@ -319,6 +339,7 @@ mod tests {
             init: t.path().join("missing"),
             kernel_modules: None,
             compress: Compression::Gzip,
+            trust: vec![],
         };
         let inner = |e: crate::Error| match e {
             crate::Error::Initramfs(e) => Box::new(e),

@@ -61,15 +61,21 @@ pub fn describe_bundle(o: &bundle::Opened, out: &mut String) {
     if !m.created_by.is_empty() {
         let _ = writeln!(out, "  created by     {}", m.created_by);
     }
-    let _ = writeln!(
-        out,
-        "  signature      {}",
-        if o.signature.is_some() {
-            "present"
-        } else {
-            "none"
-        }
-    );
+    // The signature checked on its own (no trusted keys): who signed, and
+    // whether it still verifies.
+    let signature = match bundle::Trust::default().check(o) {
+        Ok(bundle::Signer::Unsigned) => "none (unsigned)".to_string(),
+        Ok(bundle::Signer::Key(fp)) => format!("ed25519, valid, signed by {fp}"),
+        Err(e) => format!("INVALID: {e}"),
+    };
+    let _ = writeln!(out, "  signature      {signature}");
+    for f in &m.files {
+        let _ = writeln!(
+            out,
+            "  pinned file    {} ({} bytes, sha256 {})",
+            f.name, f.size, f.sha256
+        );
+    }
 }
 
 /// Describe the unit records in a log region of `capacity` bytes.
@@ -94,7 +100,7 @@ pub fn describe_log<R: Read + Seek>(
         };
         let _ = writeln!(
             out,
-            "  #{} @{off}: board {} target {} ({}{}) image {} wrote {} -> {result}",
+            "  #{} @{off}: board {} target {} ({}{}) image {}{} wrote {} -> {result}",
             r.seq,
             r.board,
             r.target.device,
@@ -105,6 +111,11 @@ pub fn describe_log<R: Read + Seek>(
                 .map(|s| format!(", serial {s}"))
                 .unwrap_or_default(),
             r.image_digest.get(..16).unwrap_or(&r.image_digest),
+            if r.signer.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.signer)
+            },
             human(r.bytes_written)
         );
     }
@@ -275,6 +286,7 @@ mod tests {
                 ..Default::default()
             },
             image_digest: "ab".repeat(32),
+            signer: "unsigned".into(),
             bytes_written: 123,
             phases: vec![],
             result: record::Outcome::Ok,

@@ -7,4 +7,5 @@ pub mod configure;
 pub mod demo;
 pub mod initramfs;
 pub mod inspect;
+pub mod keygen;
 pub mod qemu;

@@ -501,3 +501,89 @@ fn uppercase_hex_manifest_writes_and_verifies() {
     assert_eq!(r.image_sha256, flasher_format::bundle::sha256_hex(&logical));
     assert_eq!(&t.into_inner().into_inner()[..4 << 20], &logical[..]);
 }
+
+/// Trust (docs/SECURITY.md): every refusal happens before the first write, so
+/// the target is byte-for-byte what it was.
+mod trust {
+    use super::*;
+    use flasher_format::bundle::testing::{alter_manifest, alter_signature, strip_signature};
+    use flasher_format::bundle::{Error as BundleError, SecretKey, Trust};
+
+    fn signed_bundle(key: &SecretKey) -> Vec<u8> {
+        let opts = WriterOptions {
+            chunk_size: 64 << 10,
+            level: 1,
+            workers: 1,
+            sign: Some(key.clone()),
+            ..Default::default()
+        };
+        let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
+        w.push_data(&garbage(300_000)).unwrap();
+        w.push_zero(2 << 20).unwrap();
+        w.push_data(&garbage(70_000)).unwrap();
+        let mut out = Vec::new();
+        w.finish(&mut out).unwrap();
+        out
+    }
+
+    fn write_with(bundle: &[u8], trust: &Trust) -> (crate::Result<WriteReport>, bool) {
+        let before = garbage(4 << 20);
+        let mut t = Plain::new(Cursor::new(before.clone())).unwrap();
+        let o = WriteOptions {
+            trust: trust.clone(),
+            ..opts()
+        };
+        let r = write_to(Cursor::new(bundle), &mut t, &o, &Recorder::default());
+        let unchanged = t.into_inner().into_inner() == before;
+        (r, unchanged)
+    }
+
+    #[test]
+    fn refusals_leave_the_target_untouched() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let trust = Trust::new(vec![k.public()]);
+        let signed = signed_bundle(&k);
+        let other = signed_bundle(&SecretKey::from_seed(&[2; 32]));
+        type Case = (&'static str, Vec<u8>, fn(&BundleError) -> bool);
+        let cases: [Case; 4] = [
+            ("unsigned", strip_signature(&signed), |e| {
+                matches!(e, BundleError::Unsigned { .. })
+            }),
+            ("other key", other, |e| {
+                matches!(e, BundleError::UntrustedSigner { .. })
+            }),
+            ("altered manifest", alter_manifest(&signed), |e| {
+                matches!(e, BundleError::ManifestAltered { .. })
+            }),
+            ("altered signature", alter_signature(&signed), |e| {
+                matches!(e, BundleError::BadSignature { .. })
+            }),
+        ];
+        for (name, bundle, want) in cases {
+            let (r, unchanged) = write_with(&bundle, &trust);
+            match r {
+                Err(CrateError::Bundle(e)) => assert!(want(&e), "{name}: {e}"),
+                other => panic!("{name}: expected a refusal, got {other:?}"),
+            }
+            assert!(unchanged, "{name}: the target was modified");
+        }
+    }
+
+    #[test]
+    fn a_trusted_signature_is_written_and_reported() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let (r, _) = write_with(&signed_bundle(&k), &Trust::new(vec![k.public()]));
+        assert_eq!(r.unwrap().signer, k.public().fingerprint());
+        let rec = Recorder::default();
+        let mut t = Plain::new(Cursor::new(vec![0u8; 4 << 20])).unwrap();
+        let unsigned = strip_signature(&signed_bundle(&k));
+        let r = write_to(Cursor::new(&unsigned), &mut t, &opts(), &rec).unwrap();
+        assert_eq!(r.signer, "unsigned");
+        assert!(
+            rec.events().iter().any(|e| e
+                .text()
+                .is_some_and(|m| m.starts_with("warning: the bundle is unsigned"))),
+            "an unsigned bundle is written with a warning line"
+        );
+    }
+}
