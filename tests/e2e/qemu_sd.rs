@@ -1,7 +1,8 @@
 //! QEMU scenarios on `qemu-x86_64-sd` (card on sdhci-pci 05.0, "eMMC" target on
 //! 06.0, kernel and initramfs from the card's flash-boot FAT): the happy path, an
 //! I/O error on the target, a target too small, no internal disk at all, and a
-//! bad `flasher.board=`.
+//! bad `flasher.board=`; a signed payload accepted and an unsigned one refused
+//! by a card whose initramfs trusts a key.
 
 mod qemu_common;
 
@@ -124,4 +125,79 @@ fn lost_write_in_the_last_mib_fails_closed() {
 #[test]
 fn lost_write_in_the_first_mib_fails_closed() {
     assert_fault_fails_closed(SD, "sd-first-mib.img", 2 * 512, false);
+}
+
+/// Signed payloads on a real kernel (docs/SECURITY.md): a card whose
+/// initramfs trusts a key flashes a bundle signed by it; the same trusted
+/// initramfs with an unsigned payload (a card whose payload partition was
+/// swapped) refuses before touching the target, class 2.
+#[test]
+fn signed_payload_flashes_and_unsigned_is_refused_untouched() {
+    let f = fixture();
+    let key = f.path("line");
+    let (secret, public) = (f.path("line.key"), f.path("line.pub"));
+    mkflasher(&["keygen", key.to_str().unwrap()]);
+    let signed = f.path("signed.bundle");
+    mkflasher(&[
+        "bundle",
+        f.os.to_str().unwrap(),
+        "-o",
+        signed.to_str().unwrap(),
+        "--sign",
+        secret.to_str().unwrap(),
+    ]);
+    let card = f.path("card-signed.img");
+    mkflasher(&[
+        "build",
+        "--board",
+        SD.name(),
+        "--payload",
+        signed.to_str().unwrap(),
+        "--trust",
+        public.to_str().unwrap(),
+        "-o",
+        card.to_str().unwrap(),
+    ]);
+    let target = blank_target(f, "sd-signed.img", 64 << 20);
+    let o = options(SD, &card, Some(target.clone()));
+    let out = run(&o);
+    out.check(o.timeout, None).unwrap();
+    assert_target_equals_image(&target, &f.os);
+    let unsigned_warning = |out: &mkflasher::qemu::QemuOutcome| {
+        out.events.iter().any(|e| {
+            matches!(&e.body, Body::Message { message } if message.contains("bundle is unsigned"))
+        })
+    };
+    assert!(!unsigned_warning(&out), "a signed bundle gives no warning");
+
+    // The trusted initramfs, with the unsigned demo bundle as payload.
+    let initramfs = f.path("initramfs-trusted.img");
+    mkflasher(&[
+        "initramfs",
+        "--board",
+        SD.name(),
+        "--trust",
+        public.to_str().unwrap(),
+        "-o",
+        initramfs.to_str().unwrap(),
+    ]);
+    let swapped = f.path("card-swapped.img");
+    mkflasher(&[
+        "build",
+        "--board",
+        SD.name(),
+        "--payload",
+        f.bundle.to_str().unwrap(),
+        "--initramfs",
+        initramfs.to_str().unwrap(),
+        "-o",
+        swapped.to_str().unwrap(),
+    ]);
+    let target = blank_target(f, "sd-swapped.img", 64 << 20);
+    let out = run(&options(SD, &swapped, Some(target.clone())));
+    assert!(!out.succeeded());
+    assert_eq!(failure_class(&out), Some(ErrorClass::PayloadInvalid));
+    let msg = out.failure_message().unwrap_or_default();
+    assert!(msg.contains("unsigned"), "{msg}");
+    assert!(all_zero(&target), "the refused target was written");
 }

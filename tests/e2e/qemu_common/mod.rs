@@ -27,7 +27,7 @@ pub fn mkflasher_bin() -> PathBuf {
     let bin = exe.parent().unwrap().parent().unwrap().join("mkflasher");
     assert!(
         bin.is_file(),
-        "{} missing: run `cargo build -p initramfs --bin mkflasher` (the README's test command does)",
+        "{} missing: run `cargo build -p mkflasher --bin mkflasher` (the README's test command does)",
         bin.display()
     );
     bin
