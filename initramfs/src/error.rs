@@ -26,6 +26,10 @@ pub enum Error {
     Modules(#[from] crate::modules::Error),
     #[error(transparent)]
     Source(#[from] crate::source::Error),
+    #[error(transparent)]
+    Drives(#[from] crate::drives::Error),
+    #[error(transparent)]
+    Write(#[from] crate::hostwrite::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,

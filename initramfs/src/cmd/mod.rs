@@ -5,6 +5,8 @@ pub mod build;
 pub mod bundle;
 pub mod configure;
 pub mod demo;
+pub mod drives;
 pub mod initramfs;
 pub mod inspect;
 pub mod qemu;
+pub mod write;
