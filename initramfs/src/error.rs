@@ -28,8 +28,9 @@ pub enum Error {
     Source(#[from] crate::source::Error),
     #[error(transparent)]
     Drives(#[from] crate::drives::Error),
+    /// Boxed: it carries a target path next to a whole `flasher::Error`.
     #[error(transparent)]
-    Write(#[from] crate::hostwrite::Error),
+    Write(Box<crate::hostwrite::Error>),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -48,5 +49,11 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+impl From<crate::hostwrite::Error> for Error {
+    fn from(e: crate::hostwrite::Error) -> Self {
+        Error::Write(Box::new(e))
     }
 }

@@ -61,33 +61,7 @@ pub fn table(list: &[Drive]) -> String {
             notes.join("; "),
         ]);
     }
-    let mut w = [0usize; 5];
-    for r in &rows {
-        for (i, c) in r.iter().take(5).enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    rows.iter()
-        .map(|r| {
-            format!(
-                "{:<a$}  {:<b$}  {:>c$}  {:<d$}  {:<e$}  {}",
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                a = w[0],
-                b = w[1],
-                c = w[2],
-                d = w[3],
-                e = w[4]
-            )
-            .trim_end()
-            .to_string()
-                + "\n"
-        })
-        .collect()
+    crate::hostwrite::columns(&rows, &[false, false, true, false, false, false])
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
@@ -99,7 +73,9 @@ pub fn run(args: Args) -> crate::Result<()> {
         return Ok(());
     }
     if list.is_empty() {
-        println!("no card, USB or removable drive found; insert one, or pass --all to see every disk");
+        println!(
+            "no card, USB or removable drive found; insert one, or pass --all to see every disk"
+        );
         return Ok(());
     }
     print!("{}", table(&list));

@@ -85,11 +85,12 @@ pub enum Error {
         #[source]
         source: nix::errno::Errno,
     },
-    #[error("{path}: {source}")]
+    /// A target refused by the pipeline's own checks before any write (too
+    /// small, mounted, busy, read-only); its message names the target.
+    #[error("{error}")]
     Target {
         path: PathBuf,
-        #[source]
-        source: flasher::Error,
+        error: Box<flasher::Error>,
     },
     #[error("{failed} of {total} targets failed: {names}; see the table above")]
     Failed {
@@ -217,55 +218,63 @@ impl Outcome {
 
 /// The per-target result table.
 pub fn table(outcomes: &[Outcome]) -> String {
-    let mut rows = vec![[
-        "target".to_string(),
-        "result".into(),
-        "written".into(),
-        "verified".into(),
-        "time".into(),
-    ]];
+    // The result goes last so a long error does not push the other columns.
+    let mut rows = vec![["target", "written", "verified", "time", "result"].map(String::from)];
     for o in outcomes {
-        let (result, written, verified) = match &o.result {
+        let (written, verified, result) = match &o.result {
             Ok(r) => (
-                "ok".to_string(),
                 units::iec(r.bytes_written + r.bytes_zeroed),
                 units::iec(r.bytes_verified),
+                "ok".to_string(),
             ),
             Err(e) => (
+                "-".into(),
+                "-".into(),
                 format!("FAILED: {}", flasher::error::report(e)),
-                "-".into(),
-                "-".into(),
             ),
         };
         rows.push([
             o.target.path.display().to_string(),
-            result,
             written,
             verified,
             format!("{:.1} s", o.elapsed.as_secs_f64()),
+            result,
         ]);
     }
-    let mut w = [0usize; 5];
-    for r in &rows {
+    columns(&rows, &[false, true, true, true, false])
+}
+
+/// Rows as aligned columns (two spaces apart; `right[i]`: right-aligned);
+/// the last column is not padded.
+pub fn columns<const N: usize>(rows: &[[String; N]], right: &[bool; N]) -> String {
+    let mut w = [0usize; N];
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
-        // The result column goes last so a long error does not push the others.
-        out.push_str(&format!(
-            "{:<a$}  {:>b$}  {:>c$}  {:>d$}  {}\n",
-            r[0],
-            r[2],
-            r[3],
-            r[4],
-            r[1],
-            a = w[0],
-            b = w[2],
-            c = w[3],
-            d = w[4].max(6)
-        ));
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            let pad = " ".repeat(if i + 1 == N {
+                0
+            } else {
+                w[i] - c.chars().count()
+            });
+            if right[i] {
+                line.push_str(&pad);
+                line.push_str(c);
+            } else {
+                line.push_str(c);
+                line.push_str(&pad);
+            }
+            if i + 1 < N {
+                line.push_str("  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }
@@ -287,7 +296,8 @@ impl Drop for Input {
 fn is_bundle(image: &Path) -> Result<bool> {
     let mut f = std::fs::File::open(image).map_err(io(format!("open {}", image.display())))?;
     let mut magic = [0u8; 8];
-    let n = source::read_up_to(&mut f, &mut magic).map_err(io(format!("read {}", image.display())))?;
+    let n =
+        source::read_up_to(&mut f, &mut magic).map_err(io(format!("read {}", image.display())))?;
     Ok(n == magic.len() && magic == bundle::MAGIC)
 }
 
@@ -378,7 +388,7 @@ pub fn check_targets(
                 root: root.display().to_string(),
             });
         };
-        refuse(path, drive, allow_non_removable)?;
+        judge(path, drive, allow_non_removable)?;
         if drive.large {
             tracing::warn!(
                 "{} is {}, larger than most cards; make sure it is the one you mean",
@@ -412,7 +422,9 @@ fn partition_of(root: &Path, dev: flasher::storage::DevNum) -> Option<String> {
     None
 }
 
-fn refuse(path: &Path, d: &Drive, allow: bool) -> Result<()> {
+/// Refuse `d` as a target at `path` unless it is a candidate, or `allow`
+/// (`--allow-non-removable`) lifts its verdict (virtual or internal disks).
+pub fn judge(path: &Path, d: &Drive, allow: bool) -> Result<()> {
     let Some(why) = &d.unsafe_ else {
         return Ok(());
     };
@@ -479,7 +491,10 @@ fn confirm(image: &Path, size: u64, targets: &[Checked]) -> Result<()> {
             }
         }
     }
-    let _ = write!(err, "Everything on these drives will be lost. Type yes to go on: ");
+    let _ = write!(
+        err,
+        "Everything on these drives will be lost. Type yes to go on: "
+    );
     let _ = err.flush();
     let mut line = String::new();
     std::io::stdin()
@@ -584,7 +599,10 @@ pub fn fan_out<R: Read, T: pipeline::Target, O: flasher::progress::Observer>(
             let stop = msg.is_err();
             for slot in txs.iter_mut() {
                 // A target that stopped (failed) hung up; the others go on.
-                if slot.as_ref().is_some_and(|tx| tx.send(msg.clone()).is_err()) {
+                if slot
+                    .as_ref()
+                    .is_some_and(|tx| tx.send(msg.clone()).is_err())
+                {
                     *slot = None;
                 }
             }
@@ -620,23 +638,14 @@ pub fn write(
     let all = drives::survey(&opts.root, &ctx)?;
     let checked = check_targets(targets, &all, &opts.root, opts.allow_non_removable)?;
     let input = prepare(image, &opts.tmp_dir)?;
-    let f = std::fs::File::open(&input.path).map_err(io(format!("open {}", input.path.display())))?;
+    let f =
+        std::fs::File::open(&input.path).map_err(io(format!("open {}", input.path.display())))?;
     let mut payload = std::io::BufReader::with_capacity(PIECE, f);
     let opened = bundle::read_manifest(&mut payload).map_err(flasher::Error::from)?;
     let size = opened.manifest.image_size;
     for t in &checked {
         if let Some(d) = &t.drive {
-            if d.size_bytes < size {
-                return Err(Error::Target {
-                    path: t.path.clone(),
-                    source: pipeline::Error::TargetTooSmall {
-                        path: t.path.clone(),
-                        target: d.size_bytes,
-                        image: size,
-                    }
-                    .into(),
-                });
-            }
+            check_size(&t.path, d.size_bytes, size)?;
         }
     }
     if !opts.yes && checked.iter().any(|t| t.drive.is_some()) {
@@ -656,9 +665,9 @@ pub fn write(
         if t.drive.is_none() {
             grow_file(&t.path, size)?;
         }
-        let dev: Device = pipeline::open_target(&t.path, &wopts).map_err(|source| Error::Target {
+        let dev: Device = pipeline::open_target(&t.path, &wopts).map_err(|e| Error::Target {
             path: t.path.clone(),
-            source,
+            error: Box::new(e),
         })?;
         let tamper = opts
             .tamper
@@ -668,22 +677,9 @@ pub fn write(
     }
     // Size from the open device (the sysfs size was checked before asking).
     for (path, t) in &opened_targets {
-        if pipeline::Target::size(t) < size {
-            return Err(Error::Target {
-                path: path.clone(),
-                source: pipeline::Error::TargetTooSmall {
-                    path: path.clone(),
-                    target: pipeline::Target::size(t),
-                    image: size,
-                }
-                .into(),
-            });
-        }
+        check_size(path, pipeline::Target::size(t), size)?;
     }
-    let observers: Vec<_> = checked
-        .iter()
-        .map(|t| display.view(&t.label()))
-        .collect();
+    let observers: Vec<_> = checked.iter().map(|t| display.view(&t.label())).collect();
     let results = fan_out(&opened, payload, opened_targets, &wopts, &observers);
     for (v, (r, _)) in observers.iter().zip(&results) {
         v.finish(r.as_ref().err());
@@ -698,6 +694,24 @@ pub fn write(
             elapsed,
         })
         .collect())
+}
+
+/// Refuse a target smaller than the image (the pipeline's own variant).
+fn check_size(path: &Path, target: u64, image: u64) -> Result<()> {
+    if target >= image {
+        return Ok(());
+    }
+    Err(Error::Target {
+        path: path.to_owned(),
+        error: Box::new(
+            pipeline::Error::TargetTooSmall {
+                path: path.to_owned(),
+                target,
+                image,
+            }
+            .into(),
+        ),
+    })
 }
 
 /// A regular-file target is created, or grown, to the image size.
@@ -735,6 +749,3 @@ pub fn failures(outcomes: &[Outcome]) -> Result<()> {
         names: failed.join(", "),
     })
 }
-
-#[cfg(test)]
-mod tests;
