@@ -20,19 +20,8 @@ use std::path::{Path, PathBuf};
 /// internal and backup disks are (128 GB, as labelled).
 pub const LARGE: u64 = 128_000_000_000;
 
-/// Errors while surveying drives.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Storage(#[from] storage::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
+/// Errors while surveying drives are storage errors (reading sysfs, /proc).
+pub type Error = storage::Error;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why a drive is not offered as a target.

@@ -26,8 +26,6 @@ pub enum Error {
     Modules(#[from] crate::modules::Error),
     #[error(transparent)]
     Source(#[from] crate::source::Error),
-    #[error(transparent)]
-    Drives(#[from] crate::drives::Error),
     /// Boxed: it carries a target path next to a whole `flasher::Error`.
     #[error(transparent)]
     Write(Box<crate::hostwrite::Error>),

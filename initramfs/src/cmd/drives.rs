@@ -21,7 +21,8 @@ pub struct Args {
 
 /// The drives `args` asks for.
 pub fn list(args: &Args) -> crate::Result<Vec<Drive>> {
-    let all = drives::survey(&args.root, &drives::Context::default())?;
+    let all =
+        drives::survey(&args.root, &drives::Context::default()).map_err(flasher::Error::from)?;
     Ok(all
         .into_iter()
         .filter(|d| args.all || d.is_candidate())

@@ -99,7 +99,7 @@ pub enum Error {
         names: String,
     },
     #[error(transparent)]
-    Drives(#[from] drives::Error),
+    Drives(#[from] flasher::storage::Error),
     #[error(transparent)]
     Source(#[from] source::Error),
     #[error(transparent)]
