@@ -48,25 +48,16 @@ fn image(dir: &Path) -> (Vec<u8>, PathBuf) {
     garbage_file(&raw, 12 * MIB);
     let mut v = std::fs::read(&raw).unwrap();
     v[(4 * MIB) as usize..(8 * MIB) as usize].fill(0);
+    std::fs::write(&raw, &v).unwrap();
     let p = dir.join("os.img.zst");
-    std::fs::write(&p, zstd_compress(&v)).unwrap();
+    e2e::run(
+        Command::new("zstd")
+            .args(["-1", "-q", "-f"])
+            .arg(&raw)
+            .arg("-o")
+            .arg(&p),
+    );
     (v, p)
-}
-
-fn zstd_compress(v: &[u8]) -> Vec<u8> {
-    let out = Command::new("zstd")
-        .args(["-1", "-c", "-q"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(v)?;
-            c.wait_with_output()
-        })
-        .expect("zstd (scripts/setup-host installs it)");
-    assert!(out.status.success());
-    out.stdout
 }
 
 fn live_opts(tmp: &Path) -> Options {
@@ -174,4 +165,129 @@ fn several_loop_devices_and_a_file_at_once() {
         let got = std::fs::read(p).unwrap();
         assert!(got[..raw.len()] == raw[..], "{} differs", p.display());
     }
+}
+
+#[test]
+fn a_mounted_loop_device_is_unmounted_then_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, img) = image(dir.path());
+    let backing = dir.path().join("disk");
+    garbage_file(&backing, 16 * MIB);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = {
+        let Some(lo) = try_loop(&backing) else { return };
+        e2e::run(Command::new("mkfs.ext4").arg("-q").arg(&lo.0));
+        let mounted = Command::new("mount")
+            .arg(&lo.0)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipping: cannot mount ext4 here");
+            return;
+        }
+        let mut o = live_opts(dir.path());
+        o.allow_non_removable = true;
+        let r = hostwrite::write(&img, std::slice::from_ref(&lo.0), &o, &Display::Quiet);
+        // Whatever happened, leave nothing mounted.
+        let still = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&*mnt.to_string_lossy());
+        if still {
+            let _ = Command::new("umount").arg(&mnt).status();
+        }
+        assert!(!still, "the target's filesystem is still mounted");
+        r.unwrap()
+    };
+    out[0].result.as_ref().unwrap();
+    let got = std::fs::read(&backing).unwrap();
+    assert!(got[..raw.len()] == raw[..]);
+}
+
+#[test]
+fn a_partition_is_refused_naming_the_whole_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, img) = image(dir.path());
+    let disk = e2e::build_gpt_image(dir.path(), 48 * MIB);
+    let before = sha(&disk.path);
+    let Some(lo) = try_loop(&disk.path) else {
+        return;
+    };
+    // Let the kernel see the partitions (losetup -P on an attached device).
+    e2e::run(Command::new("partx").arg("-a").arg(&lo.0));
+    let part = PathBuf::from(format!("{}p1", lo.0.display()));
+    for _ in 0..50 {
+        if part.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut o = live_opts(dir.path());
+    o.allow_non_removable = true;
+    let e = hostwrite::write(&img, std::slice::from_ref(&part), &o, &Display::Quiet).unwrap_err();
+    assert!(
+        matches!(&e, hostwrite::Error::Partition { disk, .. } if disk == &lo.0),
+        "{e:?}"
+    );
+    let _ = Command::new("partx").arg("-d").arg(&lo.0).status();
+    drop(lo);
+    assert_eq!(sha(&disk.path), before);
+}
+
+/// Run `mkflasher write` on a pseudo-terminal, answering `answer`.
+fn interactive(img: &Path, target: &Path, answer: &str) -> (bool, String) {
+    let cmd = format!(
+        "{} write {} {} --allow-non-removable",
+        bin("mkflasher").display(),
+        img.display(),
+        target.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils) runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn confirmation_shows_the_drive_and_only_yes_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, img) = image(dir.path());
+    let backing = dir.path().join("disk");
+    garbage_file(&backing, 16 * MIB);
+    let before = sha(&backing);
+    let Some(lo) = try_loop(&backing) else { return };
+    let (ok, screen) = interactive(&img, &lo.0, "no");
+    assert!(!ok, "{screen}");
+    assert!(screen.contains("Type yes to go on"), "{screen}");
+    assert!(
+        screen.contains(&format!(
+            "{}: loop, {}, 16.8 MB",
+            lo.0.display(),
+            backing.display()
+        )),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("not confirmed; nothing was written"),
+        "{screen}"
+    );
+    assert_eq!(sha(&backing), before, "written after a no");
+    let (ok, screen) = interactive(&img, &lo.0, "yes");
+    assert!(ok, "{screen}");
+    drop(lo);
+    let got = std::fs::read(&backing).unwrap();
+    assert!(got[..raw.len()] == raw[..]);
 }
