@@ -187,19 +187,23 @@ fn the_binary_exits_non_zero_and_prints_one_json_object_per_target() {
     assert!(!stderr.contains('\x1b'), "{stderr}");
 }
 
+/// A bundle of [`image`] in memory, opened: (opened, chunk stream).
+fn bundle_in_memory(img: &[u8]) -> (flasher_format::bundle::Opened, Cursor<Vec<u8>>) {
+    let mut bundle = Vec::new();
+    let mut w =
+        flasher_format::bundle::BundleWriter::new(Default::default(), Cursor::new(Vec::new()))
+            .unwrap();
+    w.push_data(img).unwrap();
+    w.finish(&mut bundle).unwrap();
+    let mut r = Cursor::new(bundle);
+    let opened = flasher_format::bundle::read_manifest(&mut r).unwrap();
+    (opened, r)
+}
+
 #[test]
 fn a_failing_target_does_not_stop_the_others() {
     let img = image();
-    let mut bundle = Vec::new();
-    {
-        let mut w =
-            flasher_format::bundle::BundleWriter::new(Default::default(), Cursor::new(Vec::new()))
-                .unwrap();
-        w.push_data(&img).unwrap();
-        w.finish(&mut bundle).unwrap();
-    }
-    let mut r = Cursor::new(bundle);
-    let opened = flasher_format::bundle::read_manifest(&mut r).unwrap();
+    let (opened, r) = bundle_in_memory(&img);
     let targets = vec![
         (
             PathBuf::from("good1"),
@@ -225,6 +229,96 @@ fn a_failing_target_does_not_stop_the_others() {
             pipeline::Error::TargetTooSmall { .. }
         ))
     ));
+}
+
+/// A memory target whose first write waits until `gate` closes: a card
+/// that stalls.
+struct Stalled {
+    inner: Cursor<Vec<u8>>,
+    gate: Option<crossbeam_channel::Receiver<()>>,
+}
+
+impl std::io::Read for Stalled {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+impl std::io::Write for Stalled {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(g) = self.gate.take() {
+            let _ = g.recv();
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl std::io::Seek for Stalled {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+/// Signals when its target reaches the finishing phase (written and verified).
+struct Finished(crossbeam_channel::Sender<()>);
+impl flasher::progress::Observer for Finished {
+    fn event(&self, e: &flasher::progress::Event) {
+        if e.phase == led::Phase::Finishing {
+            let _ = self.0.send(());
+        }
+    }
+}
+
+#[test]
+fn a_stalled_target_does_not_hold_the_others_back_within_its_buffer() {
+    // 40 MiB of incompressible data: more than the stalled target's pipeline
+    // holds by itself, less than that plus its 32 MiB fan-out buffer.
+    const LEN: usize = 40 * MIB;
+    let mut img = vec![0u8; LEN];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for c in img.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    let (opened, r) = bundle_in_memory(&img);
+    let (gate_tx, gate_rx) = crossbeam_channel::bounded::<()>(0);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let target = |gate| {
+        Plain::new(Stalled {
+            inner: Cursor::new(vec![0u8; LEN]),
+            gate,
+        })
+        .unwrap()
+    };
+    let targets = vec![
+        (PathBuf::from("fast1"), target(None)),
+        (PathBuf::from("stalled"), target(Some(gate_rx))),
+        (PathBuf::from("fast2"), target(None)),
+    ];
+    let observers = [
+        Finished(done_tx.clone()),
+        Finished(crossbeam_channel::unbounded().0),
+        Finished(done_tx),
+    ];
+    let opts = WriteOptions::default();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| hostwrite::fan_out(&opened, r, targets, &opts, &observers));
+        let wait = std::time::Duration::from_secs(60);
+        let fast_done = (0..2).all(|_| done_rx.recv_timeout(wait).is_ok());
+        // Let the stalled card go on either way, so the run ends.
+        drop(gate_tx);
+        let out = run.join().unwrap();
+        assert!(
+            fast_done,
+            "the fast targets did not finish while the other stalled"
+        );
+        for (r, _) in &out {
+            r.as_ref().unwrap();
+        }
+    });
 }
 
 #[test]
