@@ -28,7 +28,8 @@ pub struct Args {
     /// Print one JSON result object per target on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Where a raw or compressed image is prepared (default: $TMPDIR or /tmp).
+    /// Where a raw or compressed image is prepared as a bundle (default: $TMPDIR,
+    /// else /var/tmp); needs up to twice the compressed size while preparing.
     #[arg(long)]
     pub tmp_dir: Option<PathBuf>,
     /// Use buffered I/O instead of O_DIRECT (the read-back then drops the page cache).

@@ -150,7 +150,11 @@ impl Default for Options {
             yes: false,
             verify: Verify::Full,
             allow_non_removable: false,
-            tmp_dir: std::env::temp_dir(),
+            // /var/tmp, not /tmp: /tmp is often a RAM-backed tmpfs, and the
+            // bundle of a large image needs disk.
+            tmp_dir: std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp")),
             direct: true,
             tamper: None,
         }
@@ -484,7 +488,20 @@ fn confirm(image: &Path, size: u64, targets: &[Checked]) -> Result<()> {
                 } else {
                     format!(" (mounted on {}; will be unmounted)", d.mounted.join(", "))
                 };
-                let _ = writeln!(err, "  {}: {}{mounted}", t.path.display(), d.describe());
+                let large = if d.large {
+                    format!(
+                        "; WARNING: over {}, is this really a card?",
+                        units::si(drives::LARGE)
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    err,
+                    "  {}: {}{mounted}{large}",
+                    t.path.display(),
+                    d.describe()
+                );
             }
             None => {
                 let _ = writeln!(err, "  {} (file)", t.path.display());
@@ -640,6 +657,8 @@ pub fn write(
     let input = prepare(image, &opts.tmp_dir)?;
     let f =
         std::fs::File::open(&input.path).map_err(io(format!("open {}", input.path.display())))?;
+    // Open, the spool needs no name: gone even if the run is interrupted.
+    drop(input);
     let mut payload = std::io::BufReader::with_capacity(PIECE, f);
     let opened = bundle::read_manifest(&mut payload).map_err(flasher::Error::from)?;
     let size = opened.manifest.image_size;
