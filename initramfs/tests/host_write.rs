@@ -370,3 +370,21 @@ fn progress_bars_render_in_a_pseudo_terminal() {
     }
     assert!(!screen.contains(": writing 100%"), "plain lines on a tty");
 }
+
+#[test]
+fn the_image_itself_and_a_repeated_target_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image();
+    let input = compressed(dir.path(), "raw", &img);
+    let a = dir.path().join("a");
+    std::fs::write(&a, b"old").unwrap();
+    let o = opts(&dir.path().join("root"), dir.path());
+    let e = hostwrite::write(&input, &[a.clone(), input.clone()], &o, &Display::Quiet).unwrap_err();
+    assert!(matches!(e, hostwrite::Error::HoldsInput { .. }), "{e:?}");
+    // The same file by another name.
+    let again = dir.path().join(".").join("a");
+    let e = hostwrite::write(&input, &[a.clone(), again], &o, &Display::Quiet).unwrap_err();
+    assert!(matches!(e, hostwrite::Error::Duplicate { .. }), "{e:?}");
+    assert_eq!(std::fs::read(&a).unwrap(), b"old");
+    assert!(std::fs::read(&input).unwrap() == img);
+}

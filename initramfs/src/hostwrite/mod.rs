@@ -64,11 +64,11 @@ pub enum Error {
     ReadOnly { path: PathBuf, desc: String },
     #[error("{path} is a partition of {disk}; write the whole disk ({disk})")]
     Partition { path: PathBuf, disk: PathBuf },
-    #[error("{path} is block device {dev}, which {root}/sys does not list; is it still there? (`mkflasher drives --all`)")]
+    #[error("{path} is block device {dev}, which {sys} does not list; is it still there? (`mkflasher drives --all`)")]
     UnknownDevice {
         path: PathBuf,
         dev: String,
-        root: String,
+        sys: PathBuf,
     },
     #[error("{path} is given more than once (as {first})")]
     Duplicate { path: PathBuf, first: PathBuf },
@@ -332,8 +332,10 @@ fn prepare(image: &Path, tmp_dir: &Path) -> Result<Input> {
     Ok(input)
 }
 
-/// Judge each target path; refuse with the first problem found.
+/// Judge each target path; refuse with the first problem found. `image` is
+/// refused as a target of itself.
 pub fn check_targets(
+    image: &Path,
     targets: &[PathBuf],
     drives: &[Drive],
     root: &Path,
@@ -345,6 +347,7 @@ pub fn check_targets(
     }
     let mut out: Vec<Checked> = Vec::new();
     let mut seen: Vec<(u64, u64, PathBuf)> = Vec::new();
+    let img = std::fs::metadata(image).map_err(io(format!("stat {}", image.display())))?;
     for path in targets {
         let meta = match std::fs::metadata(path) {
             Ok(m) => Some(m),
@@ -357,6 +360,12 @@ pub fn check_targets(
             } else {
                 (m.dev(), m.ino())
             };
+            if id == (img.dev(), img.ino()) || (id.0 == 0 && id.1 == img.rdev()) {
+                return Err(Error::HoldsInput {
+                    path: path.clone(),
+                    image: image.to_owned(),
+                });
+            }
             if let Some((.., first)) = seen.iter().find(|(a, b, _)| (*a, *b) == id) {
                 return Err(Error::Duplicate {
                     path: path.clone(),
@@ -389,7 +398,7 @@ pub fn check_targets(
             return Err(Error::UnknownDevice {
                 path: path.clone(),
                 dev: dev.to_string(),
-                root: root.display().to_string(),
+                sys: root.join("sys/block"),
             });
         };
         judge(path, drive, allow_non_removable)?;
@@ -413,9 +422,8 @@ fn partition_of(root: &Path, dev: flasher::storage::DevNum) -> Option<String> {
     let dir = root.join("sys/class/block");
     for e in std::fs::read_dir(dir).ok()?.flatten() {
         let p = e.path();
-        if std::fs::read_to_string(p.join("dev")).ok()?.trim() == dev.to_string()
-            && p.join("partition").exists()
-        {
+        let d = std::fs::read_to_string(p.join("dev")).unwrap_or_default();
+        if d.trim() == dev.to_string() && p.join("partition").exists() {
             let real = std::fs::canonicalize(&p).ok()?;
             return real
                 .parent()?
@@ -653,7 +661,7 @@ pub fn write(
     // Judge the targets before the (possibly long) bundling of the input.
     let ctx = drives::Context::for_image(image)?;
     let all = drives::survey(&opts.root, &ctx)?;
-    let checked = check_targets(targets, &all, &opts.root, opts.allow_non_removable)?;
+    let checked = check_targets(image, targets, &all, &opts.root, opts.allow_non_removable)?;
     let input = prepare(image, &opts.tmp_dir)?;
     let f =
         std::fs::File::open(&input.path).map_err(io(format!("open {}", input.path.display())))?;
