@@ -26,6 +26,9 @@ pub enum Error {
     Modules(#[from] crate::modules::Error),
     #[error(transparent)]
     Source(#[from] crate::source::Error),
+    /// Boxed: it carries a target path next to a whole `flasher::Error`.
+    #[error(transparent)]
+    Write(Box<crate::hostwrite::Error>),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -44,5 +47,11 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+impl From<crate::hostwrite::Error> for Error {
+    fn from(e: crate::hostwrite::Error) -> Self {
+        Error::Write(Box::new(e))
     }
 }

@@ -7,7 +7,7 @@ use mkflasher::cmd;
 #[command(
     name = "mkflasher",
     version,
-    about = "Build flasher bundles, initramfs and card images; run them in QEMU"
+    about = "Build flasher bundles, initramfs and card images; write them to cards; run them in QEMU"
 )]
 struct Cli {
     /// More log output (-v debug, -vv trace).
@@ -31,6 +31,10 @@ enum Command {
     Keygen(cmd::keygen::Args),
     /// Describe a bundle, a card image or a unit log.
     Inspect(cmd::inspect::Args),
+    /// List the drives a card can be written to (USB, SD, removable).
+    Drives(cmd::drives::Args),
+    /// Write an image or card to one or more drives or files, validated.
+    Write(cmd::write::Args),
     /// Boot a card in QEMU against a virtual target disk.
     Qemu(cmd::qemu::Args),
     /// The built-in demo: build a demo OS, flash it onto a virtual NVMe, boot it.
@@ -59,6 +63,8 @@ fn main() -> std::process::ExitCode {
         Command::Configure(a) => cmd::configure::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Drives(a) => cmd::drives::run(a),
+        Command::Write(a) => cmd::write::run(a),
         Command::Qemu(a) => cmd::qemu::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };

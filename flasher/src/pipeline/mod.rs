@@ -365,18 +365,24 @@ pub fn write_bundle(
     obs: &dyn Observer,
 ) -> crate::Result<WriteReport> {
     let t0 = std::time::Instant::now();
-    // Refuse a mounted or held disk before even opening it for writing.
+    let mut dev = open_target(target, opts)?;
+    let before = t0.elapsed();
+    let mut report = write_opened(opened, payload, &mut dev, opts, obs, target)?;
+    report.durations.preflight += before;
+    Ok(report)
+}
+
+/// Open `target` for [`write_opened`]: refuse a mounted or held disk before
+/// even opening it for writing, then open it exclusively (O_EXCL on block
+/// devices), with O_DIRECT unless `opts.direct` is off.
+pub fn open_target(target: &Path, opts: &WriteOptions) -> crate::Result<Device> {
     preflight::check_not_in_use(target, &opts.root)?;
-    let mut dev = Device::open(
+    Ok(Device::open(
         target,
         blockdev::OpenOptions {
             write: true,
             direct: opts.direct,
             exclusive: true,
         },
-    )?;
-    let before = t0.elapsed();
-    let mut report = write_opened(opened, payload, &mut dev, opts, obs, target)?;
-    report.durations.preflight += before;
-    Ok(report)
+    )?)
 }
