@@ -1131,9 +1131,9 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
     } else {
         card_used
     };
-    // sabrelite has no power-off driver: the kernel halts instead, which is
-    // how the twin (and the real Nitrogen6x, whose SNVS power-off is disabled
-    // in its device tree) ends a run.
+    // On the twin no power-off handler registers, so the kernel turns the
+    // flasher's power-off into a halt ("reboot: System halted"): that is the
+    // twin's end of a run.
     let halted = opts.board == VirtualBoard::Imx6 && end.console.contains("reboot: System halted");
     Ok(QemuOutcome {
         powered_off: exited && (end.console.contains("reboot: Power down") || halted),
