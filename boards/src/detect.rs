@@ -131,8 +131,9 @@ pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Dete
 /// identifies the board, it must be `built_for` ([`Error::WrongBoard`]
 /// otherwise); among boards that match equally well, `built_for` is chosen.
 /// When nothing identifies the board, `built_for` is used only if it has no
-/// identity of its own. A name given by the caller or on the kernel command
-/// line is the operator's choice and is not checked.
+/// identity of its own ([`Error::NotDetected`] otherwise). A name given by the
+/// caller or on the kernel command line is the operator's choice and is not
+/// checked.
 pub fn detect_for(
     root: &Path,
     named: Option<&str>,
@@ -153,58 +154,41 @@ pub fn detect_for(
             how: How::Cmdline,
         });
     }
-    let found = identify(root, boards)?;
-    let Some(want) = built_for else {
-        return match found {
-            None => Err(not_detected(root, boards)?),
-            Some((list, how)) if list.len() == 1 => Ok(Detected {
-                board: list[0].clone(),
+    let names = |list: &[&Board]| list.iter().map(|b| b.name.clone()).collect();
+    match (identify(root, boards)?, built_for) {
+        (Some((list, how)), Some(want)) => match list.iter().find(|b| b.name == want) {
+            Some(b) => Ok(Detected {
+                board: (*b).clone(),
                 how,
             }),
-            Some((list, how)) => Err(Error::Ambiguous {
-                candidates: list.iter().map(|b| b.name.clone()).collect(),
+            None => Err(Error::WrongBoard {
+                built_for: want.to_string(),
+                found: names(&list),
                 evidence: how.to_string(),
             }),
-        };
-    };
-    let card_board = find_in(boards, want)?;
-    let (found, evidence) = match found {
-        Some((list, how)) => match list.iter().find(|b| b.name == want) {
-            Some(b) => {
+        },
+        (Some((list, how)), None) if list.len() == 1 => Ok(Detected {
+            board: list[0].clone(),
+            how,
+        }),
+        (Some((list, how)), None) => Err(Error::Ambiguous {
+            candidates: names(&list),
+            evidence: how.to_string(),
+        }),
+        // Nothing identifies the board: only a card for a board without an
+        // identity of its own may go on (a board with one is not this board).
+        (None, Some(want)) => {
+            let b = find_in(boards, want)?;
+            if b.identity.compatible.is_empty() && b.identity.dmi.is_empty() {
                 return Ok(Detected {
-                    board: (*b).clone(),
-                    how,
-                })
+                    board: b.clone(),
+                    how: How::BuiltFor,
+                });
             }
-            None => (
-                list.iter().map(|b| b.name.clone()).collect(),
-                how.to_string(),
-            ),
-        },
-        None if card_board.identity.compatible.is_empty() && card_board.identity.dmi.is_empty() => {
-            return Ok(Detected {
-                board: card_board.clone(),
-                how: How::BuiltFor,
-            })
+            Err(not_detected(root, boards)?)
         }
-        None => match not_detected(root, boards)? {
-            Error::NotDetected {
-                compatible, dmi, ..
-            } => (
-                Vec::new(),
-                format!(
-                    "device-tree compatible [{}], DMI [{dmi}]",
-                    compatible.join(", ")
-                ),
-            ),
-            other => return Err(other),
-        },
-    };
-    Err(Error::WrongBoard {
-        built_for: want.to_string(),
-        found,
-        evidence,
-    })
+        (None, None) => Err(not_detected(root, boards)?),
+    }
 }
 
 /// [`Error::NotDetected`] with what the device tree and DMI say.

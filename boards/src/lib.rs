@@ -58,11 +58,10 @@ pub enum Error {
         candidates: Vec<String>,
         evidence: String,
     },
-    #[error("this card was built for board {built_for}, but {evidence} {}; refusing to write: \
-             build a card for this board (mkflasher build --board NAME), or put \
-             flasher.board=NAME on the kernel command line to override",
-            if found.is_empty() { "matches no board file".to_string() }
-            else { format!("identifies {}", found.join(" or ")) })]
+    #[error("this card was built for board {built_for}, but {evidence} identifies {}; \
+             refusing to write: build a card for this board (mkflasher build --board NAME), \
+             or put flasher.board=NAME on the kernel command line to override",
+            found.join(" or "))]
     WrongBoard {
         built_for: String,
         found: Vec<String>,
