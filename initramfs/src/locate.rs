@@ -173,5 +173,37 @@ mod tests {
             qemu_modules_dir(t.path()),
             Some(t.path().join("kernel/lib/modules/6.1.0-9-amd64"))
         );
+        // The armmp kernel and its device trees sit apart from the amd64 one.
+        let arm = boards::Arch::Armv7;
+        assert_eq!(qemu_kernel_for(t.path(), arm), None);
+        std::fs::create_dir_all(t.path().join("armmp/boot")).unwrap();
+        std::fs::create_dir_all(t.path().join("armmp/usr/lib/linux-image-6.1.0-9-armmp")).unwrap();
+        std::fs::write(t.path().join("armmp/boot/vmlinuz-6.1.0-9-armmp"), "").unwrap();
+        assert_eq!(
+            qemu_kernel_for(t.path(), arm),
+            Some(t.path().join("armmp/boot/vmlinuz-6.1.0-9-armmp"))
+        );
+        assert_eq!(qemu_dtb(t.path(), "imx6q-nitrogen6x.dtb"), None);
+        let dtb = t
+            .path()
+            .join("armmp/usr/lib/linux-image-6.1.0-9-armmp/imx6q-nitrogen6x.dtb");
+        std::fs::write(&dtb, "").unwrap();
+        assert_eq!(qemu_dtb(t.path(), "imx6q-nitrogen6x.dtb"), Some(dtb));
+        assert_eq!(qemu_kernel_for(t.path(), boards::Arch::Aarch64), None);
+    }
+
+    #[test]
+    fn board_binaries_are_looked_up_per_architecture() {
+        let c =
+            static_binary_candidates_for("flasher-init", "FLASHER_TEST_UNSET", boards::Arch::Armv7);
+        assert!(
+            c.iter()
+                .any(|p| p.ends_with("armv7-unknown-linux-gnueabihf/release/flasher-init")),
+            "{c:?}"
+        );
+        assert!(c.last().unwrap().ends_with("flasher-init-armv7"), "{c:?}");
+        let c = static_binary_candidates("flasher-init", "FLASHER_TEST_UNSET");
+        assert!(c.last().unwrap().ends_with("flasher-init"), "{c:?}");
+        assert_eq!(rust_target(boards::Arch::X86), None);
     }
 }
