@@ -223,3 +223,30 @@ fn card_for_another_board_is_refused_by_the_device_tree() {
     assert!(!out.has_phase(Phase::Writing));
     assert!(all_zero(&target), "the target was written");
 }
+
+/// Power cut at half the writing, then a second run on the same target: the
+/// first leaves no partition table (written last), the second succeeds bit
+/// for bit. On a copy of the card: its unit log counts this unit's unfinished
+/// attempts, and QEMU gives every sd-card the same CID.
+#[test]
+fn power_cut_at_half_then_a_second_run_succeeds_bit_exact() {
+    let f = fixture();
+    let card = f.path("card-imx6-cut.img");
+    std::fs::copy(&f.card, &card).unwrap();
+    let target = f.blank_target("imx6-cut.img", TARGET_SIZE);
+    let mut o = options(IMX6, &card, Some(target.clone()));
+    o.faults = vec![Fault::PowerCutAt { percent: 50.0 }];
+    let cut = run(&o);
+    assert!(cut.power_cut, "the VM was not cut: {}", cut.phase_names());
+    assert!(!cut.has_phase(Phase::Success));
+    let bytes = std::fs::read(&target).unwrap();
+    assert!(
+        bytes[..512].iter().all(|&b| b == 0),
+        "sector 0 written before the image was complete"
+    );
+
+    let again = run(&options(IMX6, &card, Some(target.clone())));
+    again.check(TIMEOUT, None).unwrap();
+    assert_target_equals_image(&target, &f.os);
+    assert_gpt_verifies(&target);
+}
