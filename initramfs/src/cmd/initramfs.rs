@@ -143,16 +143,15 @@ fn elf_machine(elf: &[u8]) -> u16 {
         .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
 }
 
-/// Whether an ELF `e_machine` runs on `arch` (EM_386 3, EM_ARM 40, EM_X86_64 62,
-/// EM_AARCH64 183).
-fn arch_matches(arch: boards::Arch, machine: u16) -> bool {
-    let want = match arch {
+/// The ELF `e_machine` of binaries for `arch` (EM_386 3, EM_ARM 40,
+/// EM_X86_64 62, EM_AARCH64 183).
+fn machine_of(arch: boards::Arch) -> u16 {
+    match arch {
         boards::Arch::X86 => 3,
         boards::Arch::Armv7 => 40,
         boards::Arch::X86_64 => 62,
         boards::Arch::Aarch64 => 183,
-    };
-    machine == want
+    }
 }
 
 /// Build the archive. Returns the compressed bytes and a summary.
@@ -165,7 +164,7 @@ pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
         why,
     })?;
     let machine = elf_machine(&init);
-    if !arch_matches(spec.board.arch, machine) {
+    if machine != machine_of(spec.board.arch) {
         return Err(Error::WrongArch {
             path: spec.init.clone(),
             machine,
@@ -298,10 +297,7 @@ pub fn fake_static_init_for(arch: boards::Arch) -> Vec<u8> {
     e[0x10] = 2; // ET_EXEC
     e[0x36] = 56; // phentsize
     e[64..].copy_from_slice(&[0x90; 64]);
-    let machine = (0..=u16::MAX)
-        .find(|m| arch_matches(arch, *m))
-        .unwrap_or_default();
-    e[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
+    e[0x12..0x14].copy_from_slice(&machine_of(arch).to_le_bytes());
     e
 }
 
