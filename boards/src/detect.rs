@@ -123,8 +123,29 @@ pub fn read_dmi(root: &Path) -> Result<Vec<(&'static str, String)>> {
 /// Detect the board under `root` among `boards`. `named` (a caller's explicit
 /// choice) wins, then `flasher.board=` from `<root>/proc/cmdline`, then the device
 /// tree, then DMI. An unknown name is [`Error::UnknownBoard`], never a fallback.
+///
+/// A QEMU twin (`qemu-*`) claims its real board's identity; on its own, with
+/// no card built for the twin, a tie between the two is the real board.
 pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Detected> {
-    detect_for(root, named, None, boards)
+    match detect_for(root, named, None, boards) {
+        Err(Error::Ambiguous {
+            candidates,
+            evidence,
+        }) => {
+            let real: Vec<&String> = candidates
+                .iter()
+                .filter(|c| !c.starts_with("qemu-"))
+                .collect();
+            if let [one] = real.as_slice() {
+                return detect_for(root, None, Some(one), boards);
+            }
+            Err(Error::Ambiguous {
+                candidates,
+                evidence,
+            })
+        }
+        other => other,
+    }
 }
 
 /// [`detect`] on a card built for `built_for`: when the device tree or DMI
