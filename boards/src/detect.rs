@@ -7,6 +7,12 @@
 //! 4. DMI (`<root>/sys/class/dmi/id/*`).
 //!
 //! Two boards matching equally well is an error, never a guess.
+//!
+//! On the board, `/init` also knows the board the card was built for (the
+//! initramfs's board file) and calls [`detect_for`]: a device tree or DMI that
+//! identifies another board is refused before anything is written, and a tie
+//! between boards sharing an identity (a board and its QEMU twin, which boots
+//! the real board's device tree) goes to the built-for board.
 
 use crate::{find_in, glob_match, under, Board, Error, Result};
 use std::path::Path;
@@ -29,6 +35,9 @@ pub enum How {
     Compatible(String),
     /// These DMI fields matched, as `field=value` pairs.
     Dmi(String),
+    /// Nothing identified the board, and the card was built for a board that
+    /// has no identity of its own (the QEMU x86 boards).
+    BuiltFor,
 }
 
 impl std::fmt::Display for How {
@@ -38,6 +47,7 @@ impl std::fmt::Display for How {
             How::Cmdline => write!(f, "flasher.board= on the kernel command line"),
             How::Compatible(c) => write!(f, "device-tree compatible {c:?}"),
             How::Dmi(d) => write!(f, "DMI {d}"),
+            How::BuiltFor => write!(f, "the card's board file (the board has no identity)"),
         }
     }
 }
@@ -113,7 +123,44 @@ pub fn read_dmi(root: &Path) -> Result<Vec<(&'static str, String)>> {
 /// Detect the board under `root` among `boards`. `named` (a caller's explicit
 /// choice) wins, then `flasher.board=` from `<root>/proc/cmdline`, then the device
 /// tree, then DMI. An unknown name is [`Error::UnknownBoard`], never a fallback.
+///
+/// A QEMU twin (`qemu-*`) claims its real board's identity; on its own, with
+/// no card built for the twin, a tie between the two is the real board.
 pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Detected> {
+    match detect_for(root, named, None, boards) {
+        Err(Error::Ambiguous {
+            candidates,
+            evidence,
+        }) => {
+            let real: Vec<&String> = candidates
+                .iter()
+                .filter(|c| !c.starts_with("qemu-"))
+                .collect();
+            if let [one] = real.as_slice() {
+                return detect_for(root, None, Some(one), boards);
+            }
+            Err(Error::Ambiguous {
+                candidates,
+                evidence,
+            })
+        }
+        other => other,
+    }
+}
+
+/// [`detect`] on a card built for `built_for`: when the device tree or DMI
+/// identifies the board, it must be `built_for` ([`Error::WrongBoard`]
+/// otherwise); among boards that match equally well, `built_for` is chosen.
+/// When nothing identifies the board, `built_for` is used only if it has no
+/// identity of its own ([`Error::NotDetected`] otherwise). A name given by the
+/// caller or on the kernel command line is the operator's choice and is not
+/// checked.
+pub fn detect_for(
+    root: &Path,
+    named: Option<&str>,
+    built_for: Option<&str>,
+    boards: &[Board],
+) -> Result<Detected> {
     if let Some(name) = named {
         let board = find_in(boards, name)?.clone();
         return Ok(Detected {
@@ -128,10 +175,62 @@ pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Dete
             how: How::Cmdline,
         });
     }
+    let names = |list: &[&Board]| list.iter().map(|b| b.name.clone()).collect();
+    match (identify(root, boards)?, built_for) {
+        (Some((list, how)), Some(want)) => match list.iter().find(|b| b.name == want) {
+            Some(b) => Ok(Detected {
+                board: (*b).clone(),
+                how,
+            }),
+            None => Err(Error::WrongBoard {
+                built_for: want.to_string(),
+                found: names(&list),
+                evidence: how.to_string(),
+            }),
+        },
+        (Some((list, how)), None) if list.len() == 1 => Ok(Detected {
+            board: list[0].clone(),
+            how,
+        }),
+        (Some((list, how)), None) => Err(Error::Ambiguous {
+            candidates: names(&list),
+            evidence: how.to_string(),
+        }),
+        // Nothing identifies the board: only a card for a board without an
+        // identity of its own may go on (a board with one is not this board).
+        (None, Some(want)) => {
+            let b = find_in(boards, want)?;
+            if b.identity.compatible.is_empty() && b.identity.dmi.is_empty() {
+                return Ok(Detected {
+                    board: b.clone(),
+                    how: How::BuiltFor,
+                });
+            }
+            Err(not_detected(root, boards)?)
+        }
+        (None, None) => Err(not_detected(root, boards)?),
+    }
+}
 
+/// [`Error::NotDetected`] with what the device tree and DMI say.
+fn not_detected(root: &Path, boards: &[Board]) -> Result<Error> {
+    Ok(Error::NotDetected {
+        compatible: read_compatible(root)?,
+        dmi: read_dmi(root)?
+            .iter()
+            .map(|(f, v)| format!("{f}={v:?}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        known: boards.iter().map(|b| b.name.clone()).collect(),
+    })
+}
+
+/// The boards the device tree (else DMI) points at, all equally well, and how;
+/// None when nothing matches.
+fn identify<'a>(root: &Path, boards: &'a [Board]) -> Result<Option<(Vec<&'a Board>, How)>> {
     let compatible = read_compatible(root)?;
     // Rank each board by the position of its best match in the DT list.
-    let mut best: Option<(usize, Vec<&Board>, String)> = None;
+    let mut best: Option<(usize, Vec<&Board>)> = None;
     for board in boards {
         let pos = compatible.iter().position(|c| {
             board
@@ -142,22 +241,13 @@ pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Dete
         });
         let Some(pos) = pos else { continue };
         match &mut best {
-            Some((p, list, _)) if *p == pos => list.push(board),
-            Some((p, _, _)) if *p < pos => {}
-            _ => best = Some((pos, vec![board], compatible[pos].clone())),
+            Some((p, list)) if *p == pos => list.push(board),
+            Some((p, _)) if *p < pos => {}
+            _ => best = Some((pos, vec![board])),
         }
     }
-    if let Some((_, list, string)) = best {
-        if list.len() > 1 {
-            return Err(Error::Ambiguous {
-                candidates: list.iter().map(|b| b.name.clone()).collect(),
-                evidence: format!("compatible {string:?}"),
-            });
-        }
-        return Ok(Detected {
-            board: list[0].clone(),
-            how: How::Compatible(string),
-        });
+    if let Some((pos, list)) = best {
+        return Ok(Some((list, How::Compatible(compatible[pos].clone()))));
     }
 
     let dmi = read_dmi(root)?;
@@ -166,7 +256,8 @@ pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Dete
             .find(|(f, _)| *f == field)
             .map(|(_, v)| v.as_str())
     };
-    let mut hits: Vec<(&Board, String)> = Vec::new();
+    let mut hits: Vec<&Board> = Vec::new();
+    let mut evidence = String::new();
     for board in boards {
         let hit = board.identity.dmi.iter().find(|m| {
             let fields = m.fields();
@@ -178,35 +269,16 @@ pub fn detect(root: &Path, named: Option<&str>, boards: &[Board]) -> Result<Dete
                 })
         });
         if let Some(m) = hit {
-            let evidence = m
-                .fields()
-                .iter()
-                .map(|(f, _)| format!("{f}={:?}", value(f).unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(" ");
-            hits.push((board, evidence));
+            if hits.is_empty() {
+                evidence = m
+                    .fields()
+                    .iter()
+                    .map(|(f, _)| format!("{f}={:?}", value(f).unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+            }
+            hits.push(board);
         }
     }
-    match hits.len() {
-        0 => Err(Error::NotDetected {
-            compatible,
-            dmi: dmi
-                .iter()
-                .map(|(f, v)| format!("{f}={v:?}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            known: boards.iter().map(|b| b.name.clone()).collect(),
-        }),
-        1 => {
-            let (board, evidence) = hits.remove(0);
-            Ok(Detected {
-                board: board.clone(),
-                how: How::Dmi(evidence),
-            })
-        }
-        _ => Err(Error::Ambiguous {
-            candidates: hits.iter().map(|(b, _)| b.name.clone()).collect(),
-            evidence: hits[0].1.clone(),
-        }),
-    }
+    Ok((!hits.is_empty()).then_some((hits, How::Dmi(evidence))))
 }

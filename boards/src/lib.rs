@@ -11,7 +11,7 @@
 mod detect;
 mod schema;
 
-pub use detect::{cmdline_board, detect, read_compatible, read_dmi, Detected, How};
+pub use detect::{cmdline_board, detect, detect_for, read_compatible, read_dmi, Detected, How};
 pub use schema::*;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +56,15 @@ pub enum Error {
             candidates.join(" and "))]
     Ambiguous {
         candidates: Vec<String>,
+        evidence: String,
+    },
+    #[error("this card was built for board {built_for}, but {evidence} identifies {}; \
+             refusing to write: build a card for this board (mkflasher build --board NAME), \
+             or put flasher.board=NAME on the kernel command line to override",
+            found.join(" or "))]
+    WrongBoard {
+        built_for: String,
+        found: Vec<String>,
         evidence: String,
     },
 }

@@ -34,6 +34,7 @@ fn every_shipped_board_file_parses_and_validates() {
         "nitrogen6x",
         "odroid-c1",
         "odroid-xu4",
+        "qemu-imx6-nitrogen6x",
         "qemu-x86_64-nuc",
         "qemu-x86_64-sd",
         "ts4900",
@@ -496,4 +497,89 @@ fn bootloader_entries_take_only_their_kind_s_fields_and_round_trip() {
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Placement>(&json).unwrap(), p);
     }
+}
+
+/// The Nitrogen6x's device tree as the board (and its QEMU twin) shows it.
+fn nitrogen6x_dt(root: &Path) {
+    dt(root, &["boundary,imx6q-nitrogen6x", "fsl,imx6q"]);
+}
+
+#[test]
+fn a_card_picks_its_own_board_among_boards_sharing_a_device_tree() {
+    let boards = builtin().unwrap();
+    let r = tempfile::tempdir().unwrap();
+    nitrogen6x_dt(r.path());
+    // Without a card (`flasher detect` on the board), the real board and its
+    // QEMU twin tie, and the twin is never meant: the real board.
+    let d = detect(r.path(), None, &boards).unwrap();
+    assert_eq!(d.board.name, "nitrogen6x");
+    assert_eq!(d.how, How::Compatible("boundary,imx6q-nitrogen6x".into()));
+    // A card built for either is found by the device tree, not a name.
+    for name in ["qemu-imx6-nitrogen6x", "nitrogen6x"] {
+        let d = detect_for(r.path(), None, Some(name), &boards).unwrap();
+        assert_eq!(d.board.name, name);
+        assert_eq!(d.how, How::Compatible("boundary,imx6q-nitrogen6x".into()));
+    }
+}
+
+#[test]
+fn a_card_on_another_board_is_refused() {
+    let boards = builtin().unwrap();
+    let r = tempfile::tempdir().unwrap();
+    dt(
+        r.path(),
+        &["ti,am335x-bone-black", "ti,am335x-bone", "ti,am33xx"],
+    );
+    let e = detect_for(r.path(), None, Some("qemu-imx6-nitrogen6x"), &boards).unwrap_err();
+    match &e {
+        Error::WrongBoard {
+            built_for, found, ..
+        } => {
+            assert_eq!(built_for, "qemu-imx6-nitrogen6x");
+            assert_eq!(found, &["beaglebone-black"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.class(), led::ErrorClass::BoardConfig);
+
+    // A device tree no board file knows is no licence to write either.
+    let r = tempfile::tempdir().unwrap();
+    dt(r.path(), &["acme,unknown-board", "fsl,imx6q"]);
+    match detect_for(r.path(), None, Some("nitrogen6x"), &boards) {
+        Err(Error::NotDetected { compatible, .. }) => {
+            assert_eq!(compatible, ["acme,unknown-board", "fsl,imx6q"])
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The most specific string decides: a BeagleBone Black card on a Green
+    // (whose list also says bone-black) is refused.
+    let r = tempfile::tempdir().unwrap();
+    dt(
+        r.path(),
+        &["ti,am335x-bone-green", "ti,am335x-bone-black", "ti,am33xx"],
+    );
+    assert!(matches!(
+        detect_for(r.path(), None, Some("beaglebone-black"), &boards),
+        Err(Error::WrongBoard { .. })
+    ));
+}
+
+#[test]
+fn boards_without_identity_and_operator_names_are_not_second_guessed() {
+    let boards = builtin().unwrap();
+    // QEMU's x86 DMI matches nothing; the card's board has no identity.
+    let r = tempfile::tempdir().unwrap();
+    write(r.path(), "sys/class/dmi/id/sys_vendor", b"QEMU\n");
+    let d = detect_for(r.path(), None, Some("qemu-x86_64-sd"), &boards).unwrap();
+    assert_eq!(
+        (d.board.name.as_str(), d.how),
+        ("qemu-x86_64-sd", How::BuiltFor)
+    );
+    // flasher.board= on the command line is the operator's choice.
+    let r = tempfile::tempdir().unwrap();
+    nitrogen6x_dt(r.path());
+    write(r.path(), "proc/cmdline", b"flasher.board=ts4900\n");
+    let d = detect_for(r.path(), None, Some("qemu-imx6-nitrogen6x"), &boards).unwrap();
+    assert_eq!((d.board.name.as_str(), d.how), ("ts4900", How::Cmdline));
 }

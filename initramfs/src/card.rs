@@ -86,18 +86,22 @@ pub struct CardSpec {
 
 /// The kernel command line the card boots with.
 pub fn cmdline(spec: &CardSpec) -> String {
-    let mut c = String::new();
+    let mut c: Vec<String> = Vec::new();
     if is_x86(&spec.board) {
         // The last console= becomes /dev/console: the serial port, which
         // QEMU and headless factory stations read.
-        c.push_str("console=tty0 console=ttyS0,115200 ");
+        c.extend(["console=tty0".into(), "console=ttyS0,115200".into()]);
     }
-    c.push_str(&cmdline::arg(cmdline::key::BOARD, &spec.board.name));
+    // A board /init can recognise (device tree, DMI) is detected and checked
+    // against the card's board file; pinning it here would skip that check.
+    let id = &spec.board.identity;
+    if id.compatible.is_empty() && id.dmi.is_empty() {
+        c.push(cmdline::arg(cmdline::key::BOARD, &spec.board.name));
+    }
     if !spec.cmdline_extra.trim().is_empty() {
-        c.push(' ');
-        c.push_str(spec.cmdline_extra.trim());
+        c.push(spec.cmdline_extra.trim().to_string());
     }
-    c
+    c.join(" ")
 }
 
 /// Check the bundle magic at the start of `path`.
@@ -313,13 +317,17 @@ mod tests {
             boot_size: 0,
             image_size: 0,
         };
-        assert_eq!(
-            cmdline(&spec),
-            "flasher.board=beaglebone-black console=ttyS0,115200n8"
-        );
+        // The BeagleBone is found by its device tree: no flasher.board=.
+        assert_eq!(cmdline(&spec), "console=ttyS0,115200n8");
         let mut x86 = spec.clone();
         x86.board = boards::find("qemu-x86_64-nuc").unwrap();
         assert!(cmdline(&x86)
             .starts_with("console=tty0 console=ttyS0,115200 flasher.board=qemu-x86_64-nuc"));
+        // The NUC is found by DMI.
+        x86.board = boards::find("intel-nuc").unwrap();
+        assert_eq!(
+            cmdline(&x86),
+            "console=tty0 console=ttyS0,115200 console=ttyS0,115200n8"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Where `mkflasher` finds what it was not given on the command line: the static
 //! board binaries (`flasher-init`, `demo-os-init`) and the QEMU fixture cache
-//! (Debian's kernel, its modules, systemd-boot) that `qemu-fixtures/setup` fills.
+//! (Debian's amd64 and armmp kernels, their modules, the armmp device trees,
+//! systemd-boot) that `qemu-fixtures/setup` fills. Board binaries and kernels
+//! are per architecture: the board file's `arch` picks them.
 //!
 //! Lookups happen at run time only (environment, the running executable's
 //! folder, the source checkout around the current directory); no build-machine
@@ -45,14 +47,40 @@ fn first_entry(dir: &Path, prefix: &str) -> Option<PathBuf> {
     v.into_iter().next()
 }
 
-/// The cached Debian kernel's module tree (`lib/modules/VERSION`).
-pub fn qemu_modules_dir(cache: &Path) -> Option<PathBuf> {
-    first_entry(&cache.join("kernel/lib/modules"), "")
+/// Where the fixture cache holds Debian's kernel for `arch`: the amd64 kernel
+/// under `kernel/`, the armhf armmp kernel under `armmp/`.
+fn kernel_root(cache: &Path, arch: boards::Arch) -> Option<PathBuf> {
+    match arch {
+        boards::Arch::X86_64 => Some(cache.join("kernel")),
+        boards::Arch::Armv7 => Some(cache.join("armmp")),
+        boards::Arch::X86 | boards::Arch::Aarch64 => None,
+    }
 }
 
-/// The cached Debian kernel (`boot/vmlinuz-*`).
+/// The cached Debian amd64 kernel's module tree (`lib/modules/VERSION`).
+pub fn qemu_modules_dir(cache: &Path) -> Option<PathBuf> {
+    qemu_modules_dir_for(cache, boards::Arch::X86_64)
+}
+
+/// The cached Debian amd64 kernel (`boot/vmlinuz-*`).
 pub fn qemu_kernel(cache: &Path) -> Option<PathBuf> {
-    first_entry(&cache.join("kernel/boot"), "vmlinuz-")
+    qemu_kernel_for(cache, boards::Arch::X86_64)
+}
+
+/// The cached Debian kernel's module tree for `arch`.
+pub fn qemu_modules_dir_for(cache: &Path, arch: boards::Arch) -> Option<PathBuf> {
+    first_entry(&kernel_root(cache, arch)?.join("lib/modules"), "")
+}
+
+/// The cached Debian kernel for `arch`.
+pub fn qemu_kernel_for(cache: &Path, arch: boards::Arch) -> Option<PathBuf> {
+    first_entry(&kernel_root(cache, arch)?.join("boot"), "vmlinuz-")
+}
+
+/// A device tree (`imx6q-nitrogen6x.dtb`) of the cached armmp kernel.
+pub fn qemu_dtb(cache: &Path, name: &str) -> Option<PathBuf> {
+    let dir = first_entry(&cache.join("armmp/usr/lib"), "linux-image-")?;
+    Some(dir.join(name)).filter(|p| p.is_file())
 }
 
 /// The cached systemd-boot EFI binary (it may not exist).
@@ -60,10 +88,26 @@ pub fn qemu_systemd_boot(cache: &Path) -> PathBuf {
     cache.join("systemd-boot/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 }
 
+/// The Rust target a board binary for `arch` is built for (scripts/build-init,
+/// scripts/build-init-armv7); None where the project builds none yet.
+pub fn rust_target(arch: boards::Arch) -> Option<&'static str> {
+    match arch {
+        boards::Arch::X86_64 => Some("x86_64-unknown-linux-gnu"),
+        boards::Arch::Armv7 => Some("armv7-unknown-linux-gnueabihf"),
+        boards::Arch::X86 | boards::Arch::Aarch64 => None,
+    }
+}
+
 /// Where a static board binary `name` may be, in order: `$env_var`, the
 /// checkout's static build (`scripts/build-init`, honouring `$CARGO_TARGET_DIR`),
 /// then next to the running executable (an installed tool).
 pub fn static_binary_candidates(name: &str, env_var: &str) -> Vec<PathBuf> {
+    static_binary_candidates_for(name, env_var, boards::Arch::X86_64)
+}
+
+/// [`static_binary_candidates`] for `arch`. Next to the executable, a binary
+/// for another architecture than x86_64 is `NAME-ARCH` (`flasher-init-armv7`).
+pub fn static_binary_candidates_for(name: &str, env_var: &str, arch: boards::Arch) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(p) = std::env::var_os(env_var) {
         out.push(PathBuf::from(p));
@@ -73,21 +117,34 @@ pub fn static_binary_candidates(name: &str, env_var: &str) -> Vec<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .or_else(|| checkout().map(|c| c.join("target")));
-    if let Some(t) = target {
-        out.push(t.join("x86_64-unknown-linux-gnu/release").join(name));
+    if let (Some(t), Some(triple)) = (target, rust_target(arch)) {
+        out.push(t.join(triple).join("release").join(name));
     }
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            out.push(dir.join(name));
+            out.push(match arch {
+                boards::Arch::X86_64 => dir.join(name),
+                other => dir.join(format!("{name}-{other}")),
+            });
         }
     }
     out
 }
 
-/// The static `/init` for cards: the first candidate that exists, else the
-/// first one (so the error names where `scripts/build-init` puts it).
+/// The static x86_64 `/init` for cards (see [`init_for`]).
 pub fn init() -> PathBuf {
-    let c = static_binary_candidates("flasher-init", "FLASHER_INIT");
+    init_for(boards::Arch::X86_64)
+}
+
+/// The static `/init` for a board of `arch`: the first candidate that exists,
+/// else the first one (so the error names where the build script puts it).
+/// `$FLASHER_INIT` overrides x86_64, `$FLASHER_INIT_ARMV7` armv7.
+pub fn init_for(arch: boards::Arch) -> PathBuf {
+    let var = match arch {
+        boards::Arch::X86_64 => "FLASHER_INIT".to_string(),
+        other => format!("FLASHER_INIT_{}", other.to_string().to_uppercase()),
+    };
+    let c = static_binary_candidates_for("flasher-init", &var, arch);
     c.iter()
         .find(|p| p.is_file())
         .or(c.first())
@@ -116,5 +173,37 @@ mod tests {
             qemu_modules_dir(t.path()),
             Some(t.path().join("kernel/lib/modules/6.1.0-9-amd64"))
         );
+        // The armmp kernel and its device trees sit apart from the amd64 one.
+        let arm = boards::Arch::Armv7;
+        assert_eq!(qemu_kernel_for(t.path(), arm), None);
+        std::fs::create_dir_all(t.path().join("armmp/boot")).unwrap();
+        std::fs::create_dir_all(t.path().join("armmp/usr/lib/linux-image-6.1.0-9-armmp")).unwrap();
+        std::fs::write(t.path().join("armmp/boot/vmlinuz-6.1.0-9-armmp"), "").unwrap();
+        assert_eq!(
+            qemu_kernel_for(t.path(), arm),
+            Some(t.path().join("armmp/boot/vmlinuz-6.1.0-9-armmp"))
+        );
+        assert_eq!(qemu_dtb(t.path(), "imx6q-nitrogen6x.dtb"), None);
+        let dtb = t
+            .path()
+            .join("armmp/usr/lib/linux-image-6.1.0-9-armmp/imx6q-nitrogen6x.dtb");
+        std::fs::write(&dtb, "").unwrap();
+        assert_eq!(qemu_dtb(t.path(), "imx6q-nitrogen6x.dtb"), Some(dtb));
+        assert_eq!(qemu_kernel_for(t.path(), boards::Arch::Aarch64), None);
+    }
+
+    #[test]
+    fn board_binaries_are_looked_up_per_architecture() {
+        let c =
+            static_binary_candidates_for("flasher-init", "FLASHER_TEST_UNSET", boards::Arch::Armv7);
+        assert!(
+            c.iter()
+                .any(|p| p.ends_with("armv7-unknown-linux-gnueabihf/release/flasher-init")),
+            "{c:?}"
+        );
+        assert!(c.last().unwrap().ends_with("flasher-init-armv7"), "{c:?}");
+        let c = static_binary_candidates("flasher-init", "FLASHER_TEST_UNSET");
+        assert!(c.last().unwrap().ends_with("flasher-init"), "{c:?}");
+        assert_eq!(rust_target(boards::Arch::X86), None);
     }
 }

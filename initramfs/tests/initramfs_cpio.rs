@@ -190,3 +190,60 @@ fn trusted_keys_land_in_etc_flasher_trusted() {
     std::fs::write(&bad, "ssh-ed25519 AAAA").unwrap();
     assert!(initrd::run(args(vec![bad])).is_err());
 }
+
+/// `mkflasher initramfs --board qemu-imx6-nitrogen6x` picks the board's
+/// architecture: the armmp module tree from the fixture cache by default (the
+/// twin's 23 modules, dependencies first, every one an ARM ELF), and refuses an
+/// x86_64 `/init`.
+#[test]
+fn twin_initramfs_takes_the_armmp_modules_and_an_arm_init() {
+    let cache = mkflasher::locate::fixture_cache();
+    if mkflasher::locate::qemu_modules_dir_for(&cache, boards::Arch::Armv7).is_none() {
+        eprintln!("qemu-fixtures/cache has no armmp kernel (run qemu-fixtures/setup); skipped");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let arm_init = t.path().join("init-armv7");
+    std::fs::write(&arm_init, initrd::fake_static_init_for(boards::Arch::Armv7)).unwrap();
+    let args = |init: &Path| Args {
+        board: "qemu-imx6-nitrogen6x".into(),
+        output: t.path().join("initramfs.img"),
+        kernel_modules: None,
+        init: Some(init.to_path_buf()),
+        board_file: None,
+        compress: Compression::Zstd,
+        trust: vec![],
+    };
+    let spec = initrd::spec_from_args(&args(&arm_init)).unwrap();
+    assert_eq!(
+        spec.kernel_modules,
+        mkflasher::locate::qemu_modules_dir_for(&cache, boards::Arch::Armv7)
+    );
+    let (bytes, summary) = initrd::build(&spec).unwrap();
+    assert_eq!(summary.modules.len(), 23, "{:?}", summary.modules);
+    assert_eq!(summary.modules[0], "gpio-mxc.ko");
+    let pos = |m: &str| summary.modules.iter().position(|x| x == m).unwrap();
+    assert!(pos("sdhci.ko") < pos("sdhci-esdhc-imx.ko"));
+    assert!(pos("usbcore.ko") < pos("ci_hdrc_imx.ko"));
+    assert!(pos("scsi_mod.ko") < pos("usb-storage.ko"));
+    let recs = mkflasher::cpio::parse(&mkflasher::cpio::decompress(&bytes).unwrap()).unwrap();
+    for r in recs.iter().filter(|r| r.name.ends_with(".ko")) {
+        // e_machine 40: EM_ARM.
+        assert_eq!(
+            &r.data[0x12..0x14],
+            &[40, 0],
+            "{} is not an ARM module",
+            r.name
+        );
+    }
+    // The x86_64 /init on the ARM board's initramfs is refused.
+    let x86_init = t.path().join("init-x86_64");
+    std::fs::write(&x86_init, initrd::fake_static_init()).unwrap();
+    let spec = initrd::spec_from_args(&args(&x86_init)).unwrap();
+    match initrd::build(&spec) {
+        Err(mkflasher::Error::Initramfs(e)) => {
+            assert!(matches!(e, initrd::Error::WrongArch { machine: 62, .. }))
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}

@@ -570,3 +570,49 @@ mod trust {
             .is_some_and(|m| m.starts_with("warning: the bundle is unsigned"))));
     }
 }
+
+/// Issue 12: a card built for the Nitrogen6x twin (its board file in the
+/// initramfs, no `flasher.board=`) booted on a board whose device tree says
+/// BeagleBone Black is refused from the device tree at the board step, class 6
+/// with a failure event, and the target is never written.
+#[test]
+fn a_card_for_another_board_is_refused_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    board(root, 32 << 20, &os_image());
+    std::fs::write(
+        root.join("proc/cmdline"),
+        b"console=ttyS0 flasher.events=/run/events.jsonl\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("proc/device-tree")).unwrap();
+    std::fs::write(
+        root.join("proc/device-tree/compatible"),
+        b"ti,am335x-bone-black\0ti,am335x-bone\0ti,am33xx\0",
+    )
+    .unwrap();
+    let card_board = boards::find("qemu-imx6-nitrogen6x").unwrap();
+    let file = root.join(flasher_format::card::initramfs::BOARD_FILE);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(file, boards::to_json(&card_board).unwrap()).unwrap();
+    let (r, _calls) = run(root);
+    let f = r.unwrap_err();
+    assert_eq!(
+        (f.step, f.class),
+        (Step::Board, led::ErrorClass::BoardConfig),
+        "{f}"
+    );
+    assert!(
+        matches!(
+            &f.error,
+            crate::Error::Board(boards::Error::WrongBoard { found, .. }) if found == &["beaglebone-black"]
+        ),
+        "{f}"
+    );
+    let target = std::fs::read(root.join("dev/mmcblk1")).unwrap();
+    assert!(target.iter().all(|b| *b == 0), "the target was written");
+    let ev = events(root);
+    let failure = ev.iter().find(|e| e.is_failure()).expect("a failure event");
+    assert_eq!(failure.error_class(), Some(led::ErrorClass::BoardConfig));
+    assert!(!ev.iter().any(|e| e.phase == Phase::Writing));
+}

@@ -641,10 +641,15 @@ impl Steps for Real {
     fn detect_board(&mut self, o: &Options) -> crate::Result<String> {
         let mut all = boards::builtin()?;
         let extra = self.root.join(BOARD_OVERRIDE);
+        // The initramfs's board file names the board the card was built for:
+        // a device tree or DMI saying otherwise is refused here, before any write.
+        let mut built_for = None;
         if extra.is_file() {
-            all = boards::with_override(all, boards::load_file(&extra)?);
+            let b = boards::load_file(&extra)?;
+            built_for = Some(b.name.clone());
+            all = boards::with_override(all, b);
         }
-        let d = boards::detect(&self.root, o.board.as_deref(), &all)?;
+        let d = boards::detect_for(&self.root, o.board.as_deref(), built_for.as_deref(), &all)?;
         let how = match &o.board {
             Some(_) => "flasher.board= on the kernel command line".to_string(),
             None => d.how.to_string(),

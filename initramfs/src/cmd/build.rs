@@ -126,7 +126,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => match card::is_qemu_board(&board)
-            .then(|| crate::locate::qemu_kernel(&cache))
+            .then(|| crate::locate::qemu_kernel_for(&cache, board.arch))
             .flatten()
         {
             Some(k) => k,

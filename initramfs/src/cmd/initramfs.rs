@@ -30,8 +30,9 @@ pub struct Args {
     /// QEMU boards default to qemu-fixtures/cache/kernel/lib/modules/*.
     #[arg(long)]
     pub kernel_modules: Option<PathBuf>,
-    /// The static init binary. Default: target/x86_64-unknown-linux-gnu/release/flasher-init
-    /// (built by scripts/build-init).
+    /// The static init binary. Default: the board's architecture's build,
+    /// target/x86_64-unknown-linux-gnu/release/flasher-init (scripts/build-init) or
+    /// target/armv7-unknown-linux-gnueabihf/release/flasher-init (scripts/build-init-armv7).
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// A board file to use instead of the built-in one of the same name.
@@ -71,9 +72,20 @@ pub struct Summary {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "init binary {path} not found; build it with scripts/build-init (or pass --init FILE)"
+        "init binary {path} not found; build it with scripts/build-init (x86_64) or \
+         scripts/build-init-armv7 (armv7), or pass --init FILE"
     )]
     NoInit { path: PathBuf },
+    #[error(
+        "{path} is an ELF for machine {machine} but board {board} is {arch}; pass the \
+         {arch} build (scripts/build-init-armv7 for armv7) with --init FILE"
+    )]
+    WrongArch {
+        path: PathBuf,
+        machine: u16,
+        board: String,
+        arch: boards::Arch,
+    },
     #[error(
         "{path} is not a static executable ({why}); /init must be statically linked: \
          build it with scripts/build-init"
@@ -131,6 +143,24 @@ pub fn check_static(elf: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The ELF header's `e_machine` (0 for anything too short to have one).
+/// Little-endian: every board this project builds for is.
+fn elf_machine(elf: &[u8]) -> u16 {
+    elf.get(0x12..0x14)
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// The ELF `e_machine` of binaries for `arch` (EM_386 3, EM_ARM 40,
+/// EM_X86_64 62, EM_AARCH64 183).
+fn machine_of(arch: boards::Arch) -> u16 {
+    match arch {
+        boards::Arch::X86 => 3,
+        boards::Arch::Armv7 => 40,
+        boards::Arch::X86_64 => 62,
+        boards::Arch::Aarch64 => 183,
+    }
+}
+
 /// Build the archive. Returns the compressed bytes and a summary.
 pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
     let init = std::fs::read(&spec.init).map_err(|_| Error::NoInit {
@@ -140,6 +170,16 @@ pub fn build(spec: &Spec) -> crate::Result<(Vec<u8>, Summary)> {
         path: spec.init.clone(),
         why,
     })?;
+    let machine = elf_machine(&init);
+    if machine != machine_of(spec.board.arch) {
+        return Err(Error::WrongArch {
+            path: spec.init.clone(),
+            machine,
+            board: spec.board.name.clone(),
+            arch: spec.board.arch,
+        }
+        .into());
+    }
     let mut a = Archive::new();
     for d in layout::DIRS {
         a.dir(d, 0o755)?;
@@ -217,11 +257,14 @@ pub fn board_and_json(name: &str, file: Option<&Path>) -> crate::Result<(boards:
 /// Resolve defaults (init path, QEMU module tree) into a [`Spec`].
 pub fn spec_from_args(args: &Args) -> crate::Result<Spec> {
     let (board, board_json) = board_and_json(&args.board, args.board_file.as_deref())?;
-    let init = args.init.clone().unwrap_or_else(crate::locate::init);
+    let init = args
+        .init
+        .clone()
+        .unwrap_or_else(|| crate::locate::init_for(board.arch));
     let kernel_modules = match &args.kernel_modules {
         Some(d) => Some(d.clone()),
         None if card::is_qemu_board(&board) => {
-            crate::locate::qemu_modules_dir(&crate::locate::fixture_cache())
+            crate::locate::qemu_modules_dir_for(&crate::locate::fixture_cache(), board.arch)
         }
         None => None,
     };
@@ -257,9 +300,14 @@ pub fn run(args: Args) -> crate::Result<()> {
     Ok(())
 }
 
-/// A minimal static ELF64 executable header (no program headers), for tests
-/// that need an `/init` without building the real one.
+/// A minimal static ELF64 x86_64 executable header (no program headers), for
+/// tests that need an `/init` without building the real one.
 pub fn fake_static_init() -> Vec<u8> {
+    fake_static_init_for(boards::Arch::X86_64)
+}
+
+/// [`fake_static_init`] for a board of `arch` (its ELF machine number).
+pub fn fake_static_init_for(arch: boards::Arch) -> Vec<u8> {
     let mut e = vec![0u8; 128];
     e[..4].copy_from_slice(b"\x7fELF");
     e[4] = 2;
@@ -268,6 +316,7 @@ pub fn fake_static_init() -> Vec<u8> {
     e[0x10] = 2; // ET_EXEC
     e[0x36] = 56; // phentsize
     e[64..].copy_from_slice(&[0x90; 64]);
+    e[0x12..0x14].copy_from_slice(&machine_of(arch).to_le_bytes());
     e
 }
 
@@ -353,6 +402,16 @@ mod tests {
         assert!(matches!(
             *inner(build(&spec).unwrap_err()),
             Error::NotStatic { .. }
+        ));
+        // An ARM /init for an x86_64 board is refused, naming both.
+        std::fs::write(
+            t.path().join("missing"),
+            fake_static_init_for(boards::Arch::Armv7),
+        )
+        .unwrap();
+        assert!(matches!(
+            *inner(build(&spec).unwrap_err()),
+            Error::WrongArch { machine: 40, .. }
         ));
         std::fs::write(t.path().join("missing"), fake_static_init()).unwrap();
         assert!(matches!(

@@ -15,7 +15,7 @@ pub struct Args {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Virtual board: qemu-x86_64-sd or qemu-x86_64-nuc.
+    /// Virtual board: qemu-x86_64-sd, qemu-x86_64-nuc or qemu-imx6-nitrogen6x.
     #[arg(long)]
     pub board: String,
     /// The flasher card image (from `mkflasher build`).

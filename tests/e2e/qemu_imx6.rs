@@ -1,0 +1,252 @@
+//! QEMU scenarios on `qemu-imx6-nitrogen6x`, the i.MX6 twin: QEMU sabrelite
+//! booting Debian's armmp kernel with the real `imx6q-nitrogen6x.dtb`, the ARMv7
+//! `/init` (scripts/build-init-armv7), the card as a USB stick and the target an
+//! SD card on usdhc4. The board is found by its device tree, never by
+//! `flasher.board=`.
+//!
+//! The stick reads at about 1 MB/s, so the payload is a small real GPT image
+//! (16 MiB: FAT + ext4, with fresh random bytes so no run flashes an image seen
+//! before) rather than the x86 demo OS.
+
+mod qemu_common;
+
+use mkflasher::qemu::{Fault, QemuOutcome, VirtualBoard};
+use qemu_common::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const IMX6: VirtualBoard = VirtualBoard::Imx6;
+const IMAGE_SIZE: u64 = 16 << 20;
+/// QEMU's sd-card needs a power of two; room for the image and the moved backup GPT.
+const TARGET_SIZE: u64 = 32 << 20;
+
+struct Imx6Fixture {
+    dir: tempfile::TempDir,
+    os: PathBuf,
+    card: PathBuf,
+}
+
+impl Imx6Fixture {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn blank_target(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.path(name);
+        let _ = std::fs::remove_file(&p);
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        p
+    }
+}
+
+/// Bytes no earlier run has produced: a xorshift seeded from the clock and pid.
+fn fresh_bytes(n: usize) -> Vec<u8> {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let mut x = (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The image, its card for the twin (built by the real `mkflasher build`
+/// from the image itself), once per test binary.
+fn fixture() -> &'static Imx6Fixture {
+    static F: OnceLock<Imx6Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let st = std::process::Command::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-fixtures/setup"),
+        )
+        .status()
+        .unwrap();
+        assert!(st.success(), "qemu-fixtures/setup failed");
+        let dir = tempfile::tempdir().unwrap();
+        let img = e2e::build_gpt_image(dir.path(), IMAGE_SIZE);
+        // Fresh data in the FAT partition's unused tail (its files sit at the
+        // start): the filesystems stay valid, the image is new to every run.
+        let fresh = fresh_bytes(512 << 10);
+        let at = img.fat.offset + img.fat.size - fresh.len() as u64;
+        write_at(&img.path, at, &fresh);
+        let card = dir.path().join("card-imx6.img");
+        mkflasher(&[
+            "build",
+            "--board",
+            IMX6.name(),
+            "--payload",
+            img.path.to_str().unwrap(),
+            "-o",
+            card.to_str().unwrap(),
+        ]);
+        Imx6Fixture {
+            os: img.path,
+            card,
+            dir,
+        }
+    })
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// The message `/init` gives when it has chosen the board, and how.
+fn board_selection(out: &QemuOutcome) -> String {
+    out.events
+        .iter()
+        .filter_map(|e| e.text())
+        .find(|t| t.starts_with("board ") && t.contains("selected by"))
+        .unwrap_or_else(|| panic!("no board selection message; phases {}", out.phase_names()))
+        .to_string()
+}
+
+/// The kernel command line the guest booted with (from its console).
+fn kernel_cmdline(out: &QemuOutcome) -> String {
+    out.console_log
+        .lines()
+        .find_map(|l| {
+            l.split_once("Kernel command line: ")
+                .map(|(_, c)| c.to_string())
+        })
+        .expect("the kernel prints its command line")
+}
+
+/// The acceptance check: a card built from an unseen image for the twin boots
+/// the ARM `/init`, which finds the board by its device tree, flashes the SD
+/// target and verifies it; the target holds the image bit for bit.
+#[test]
+fn happy_path_flashes_bit_exact_finding_the_board_by_its_device_tree() {
+    let f = fixture();
+    let target = f.blank_target("imx6-happy.img", TARGET_SIZE);
+    let o = options(IMX6, &f.card, Some(target.clone()));
+    let out = run(&o);
+    out.check(o.timeout, None).unwrap();
+    assert_phase_order(&out);
+    assert_eq!(
+        board_selection(&out),
+        format!(
+            "board {} ({}), selected by device-tree compatible \"boundary,imx6q-nitrogen6x\"",
+            IMX6.name(),
+            boards::find(IMX6.name()).unwrap().description
+        )
+    );
+    assert!(
+        !kernel_cmdline(&out).contains("flasher.board="),
+        "the board must not be pinned on the command line: {}",
+        kernel_cmdline(&out)
+    );
+    assert!(
+        out.console_log
+            .contains("Machine model: Boundary Devices i.MX6 Quad Nitrogen6x Board"),
+        "the guest did not boot the Nitrogen6x device tree"
+    );
+    assert_target_equals_image(&target, &f.os);
+    assert_gpt_verifies(&target);
+    eprintln!("imx6 happy path: {:.1} s", out.elapsed.as_secs_f64());
+}
+
+#[test]
+fn target_too_small_is_refused_before_any_write() {
+    let f = fixture();
+    // 8 MiB against the 16 MiB image.
+    let target = f.blank_target("imx6-small.img", 8 << 20);
+    let out = run(&options(IMX6, &f.card, Some(target.clone())));
+    assert!(!out.succeeded());
+    assert_eq!(failure_class(&out), Some(ErrorClass::TargetRefused));
+    assert!(!out.has_phase(Phase::Writing), "{}", out.phase_names());
+    assert!(all_zero(&target), "the refused target was written");
+}
+
+/// A write error on the SD target: QEMU's sd-card drops it, the read-back
+/// catches it (class 5), or the kernel reports it (class 4); the run fails
+/// closed either way.
+#[test]
+fn write_error_fails_closed() {
+    let f = fixture();
+    let target = f.blank_target("imx6-ioerr.img", TARGET_SIZE);
+    // 10 MiB: inside the ext4 partition's data, not a zero range.
+    let mut o = options(IMX6, &f.card, Some(target.clone()));
+    o.faults = vec![Fault::IoError { offset: 10 << 20 }];
+    let out = run(&o);
+    assert!(!out.succeeded());
+    assert!(!out.has_phase(Phase::Success));
+    let class = failure_class(&out);
+    assert!(
+        class == Some(ErrorClass::WriteIo) || class == Some(ErrorClass::VerifyMismatch),
+        "class {class:?}: {:?}",
+        out.failure_message()
+    );
+    let bytes = std::fs::read(&target).unwrap();
+    assert!(bytes[..512].iter().all(|&b| b == 0), "sector 0 was written");
+}
+
+/// A card built for another board (a HummingBoard) refuses the twin, whose
+/// device tree says Nitrogen6x: class 6, before anything is written.
+#[test]
+fn card_for_another_board_is_refused_by_the_device_tree() {
+    let f = fixture();
+    let cache = mkflasher::locate::fixture_cache();
+    let arch = boards::Arch::Armv7;
+    let kernel = mkflasher::locate::qemu_kernel_for(&cache, arch).unwrap();
+    let modules = mkflasher::locate::qemu_modules_dir_for(&cache, arch).unwrap();
+    let card = f.path("card-hummingboard.img");
+    mkflasher(&[
+        "build",
+        "--board",
+        "hummingboard-i2",
+        "--payload",
+        f.os.to_str().unwrap(),
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--kernel-modules",
+        modules.to_str().unwrap(),
+        "-o",
+        card.to_str().unwrap(),
+    ]);
+    let target = f.blank_target("imx6-wrongboard.img", TARGET_SIZE);
+    let out = run(&options(IMX6, &card, Some(target.clone())));
+    assert!(!out.succeeded());
+    assert_eq!(failure_class(&out), Some(ErrorClass::BoardConfig));
+    let msg = out.failure_message().unwrap();
+    assert!(
+        msg.contains("hummingboard-i2") && msg.contains("boundary,imx6q-nitrogen6x"),
+        "the refusal names the card's board and the evidence: {msg}"
+    );
+    assert!(!out.has_phase(Phase::Writing));
+    assert!(all_zero(&target), "the target was written");
+}
+
+/// Power cut at half the writing, then a second run on the same target: the
+/// first leaves no partition table (written last), the second succeeds bit
+/// for bit. On a copy of the card: its unit log counts this unit's unfinished
+/// attempts, and QEMU gives every sd-card the same CID.
+#[test]
+fn power_cut_at_half_then_a_second_run_succeeds_bit_exact() {
+    let f = fixture();
+    let card = f.path("card-imx6-cut.img");
+    std::fs::copy(&f.card, &card).unwrap();
+    let target = f.blank_target("imx6-cut.img", TARGET_SIZE);
+    let mut o = options(IMX6, &card, Some(target.clone()));
+    o.faults = vec![Fault::PowerCutAt { percent: 50.0 }];
+    let cut = run(&o);
+    assert!(cut.power_cut, "the VM was not cut: {}", cut.phase_names());
+    assert!(!cut.has_phase(Phase::Success));
+    let bytes = std::fs::read(&target).unwrap();
+    assert!(
+        bytes[..512].iter().all(|&b| b == 0),
+        "sector 0 written before the image was complete"
+    );
+
+    let again = run(&options(IMX6, &card, Some(target.clone())));
+    again.check(TIMEOUT, None).unwrap();
+    assert_target_equals_image(&target, &f.os);
+    assert_gpt_verifies(&target);
+}
