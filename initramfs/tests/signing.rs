@@ -153,7 +153,12 @@ fn build_with_trust_refuses_an_unsigned_payload_and_carries_the_keys() {
     let dir = t.path();
     let (secret, public) = keygen(dir, "factory");
     let init = dir.join("init");
-    std::fs::write(&init, mkflasher::cmd::initramfs::fake_static_init()).unwrap();
+    // BeagleBone Black is ARMv7: its initramfs takes an ARM /init.
+    std::fs::write(
+        &init,
+        mkflasher::cmd::initramfs::fake_static_init_for(boards::Arch::Armv7),
+    )
+    .unwrap();
     let uboot = dir.join("uboot");
     std::fs::create_dir_all(&uboot).unwrap();
     let args = |payload: PathBuf, out: &str| build::Args {
