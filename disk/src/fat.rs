@@ -91,6 +91,9 @@ pub struct Geometry {
     pub fsinfo_offset: u64,
 }
 
+/// Most clusters a FAT32 volume can have (28-bit entries, the top values reserved).
+pub const MAX_CLUSTERS: u32 = 0x0FFF_FFF5;
+
 /// Largest FAT copy read into memory: FAT32 with 2^28 clusters of 4 bytes. A
 /// corrupt boot sector claiming more is refused.
 const MAX_FAT_BYTES: u64 = 1 << 30;
@@ -148,8 +151,15 @@ impl Geometry {
             root_offset: (reserved + nfats * fat_sectors) * bps,
             root_bytes: root_sectors * bps,
             data_offset: data_start * bps,
+            // Bounded so that cluster numbers (2..clusters + 2) fit in a u32.
             clusters: u32::try_from(clusters)
-                .map_err(|_| bad(format!("{clusters} clusters are more than FAT can address")))?,
+                .ok()
+                .filter(|&c| c <= MAX_CLUSTERS)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{clusters} clusters are more than FAT can address (at most {MAX_CLUSTERS})"
+                    ))
+                })?,
             fat_bits,
             root_cluster: if fat32 { le32(b, 44) } else { 0 },
             fsinfo_offset: if fat32 { u16at(48) * bps } else { 0 },
@@ -481,5 +491,32 @@ mod tests {
         let e = Geometry::parse(&b).unwrap_err();
         assert!(e.to_string().contains("bytes per sector"), "{e}");
         assert!(Geometry::parse(&[0u8; 512]).is_err());
+    }
+
+    /// Found while writing the fuzz target `disk` (a 10-minute run did not
+    /// reach it; the input is in fuzz/regressions/disk): no reserved sectors
+    /// and 2^32 - 1 total sectors gave 2^32 - 2 clusters, and the cluster
+    /// bound `clusters + 2` overflowed while walking the FAT32 root.
+    #[test]
+    fn cluster_count_beyond_fat32_is_refused() {
+        let mut b = [0u8; 512];
+        b[11..13].copy_from_slice(&512u16.to_le_bytes());
+        b[13] = 1; // sectors per cluster
+        b[16] = 1; // FATs
+        b[32..36].copy_from_slice(&u32::MAX.to_le_bytes()); // total sectors
+        b[36..40].copy_from_slice(&1u32.to_le_bytes()); // sectors per FAT
+        b[44..48].copy_from_slice(&2u32.to_le_bytes()); // root cluster
+        let e = Geometry::parse(&b).unwrap_err();
+        let inner = e.get_ref().and_then(|i| i.downcast_ref::<crate::Error>());
+        assert!(
+            matches!(inner, Some(crate::Error::BadFat { reason }) if reason.contains("4294967294 clusters")),
+            "{e}"
+        );
+        // The largest FAT32 volume still parses.
+        let data_start = 2u64;
+        let total = data_start + u64::from(MAX_CLUSTERS);
+        b[14..16].copy_from_slice(&1u16.to_le_bytes()); // reserved
+        b[32..36].copy_from_slice(&(total as u32).to_le_bytes());
+        assert_eq!(Geometry::parse(&b).unwrap().clusters, MAX_CLUSTERS);
     }
 }

@@ -140,7 +140,9 @@ impl Header {
                 h.entry_bytes()
             )));
         }
-        if h.entries_lba < 2 || h.first_usable > h.last_usable {
+        // LBA 0 is the MBR and LBA 1 the primary header: neither the entries
+        // nor a partition may start there.
+        if h.entries_lba < 2 || h.first_usable < 2 || h.first_usable > h.last_usable {
             return Err(bad(format!(
                 "entries at LBA {}, usable LBAs {}..={} are inconsistent",
                 h.entries_lba, h.first_usable, h.last_usable

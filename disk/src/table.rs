@@ -235,11 +235,24 @@ fn read_gpt<D: Read + Seek + ?Sized>(dev: &mut D, ss: u64, size: u64) -> Result<
             }
         }
     };
-    let partitions = h
-        .entries(&entries)
-        .into_iter()
-        .filter(|e| e.last_lba >= e.first_lba)
-        .map(|e| Partition {
+    let mut partitions = Vec::new();
+    for e in h.entries(&entries) {
+        if e.last_lba < e.first_lba {
+            continue;
+        }
+        // A partition outside the usable LBAs would overlap the table itself
+        // (or, from a hostile header, overflow: first 0, last u64::MAX).
+        if e.first_lba < h.first_usable || e.last_lba > h.last_usable {
+            return Err(Error::PartitionOutOfRange {
+                number: e.number,
+                first_lba: e.first_lba,
+                last_lba: e.last_lba,
+                first_usable: h.first_usable,
+                last_usable: h.last_usable,
+                disk_bytes: size,
+            });
+        }
+        partitions.push(Partition {
             number: e.number,
             name: e.name,
             part_type: PartType::Gpt(e.type_guid),
@@ -249,9 +262,10 @@ fn read_gpt<D: Read + Seek + ?Sized>(dev: &mut D, ss: u64, size: u64) -> Result<
             bootable: e.attributes & gpt::ATTR_LEGACY_BOOTABLE != 0,
             attributes: e.attributes,
             offset: e.first_lba.saturating_mul(ss),
+            // No overflow: first_lba >= first_usable >= 2 (Header::parse).
             size: (e.last_lba - e.first_lba + 1).saturating_mul(ss),
-        })
-        .collect();
+        });
+    }
     Ok(Table {
         kind: Kind::Gpt {
             disk_guid: h.disk_guid,

@@ -210,6 +210,50 @@ fn absurd_entry_geometry_is_refused_without_allocating() {
     assert!(gpt::Header::parse(&header_with(8193, 128), 1, 512).is_err());
 }
 
+/// Set partition 1's LBAs in the GPT whose header sits at byte `at`, with
+/// both CRCs recomputed (a hostile table, not a damaged one).
+fn set_first_entry(dev: &mut [u8], at: usize, first: u64, last: u64) {
+    let le64 = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    let e = le64(dev, at + 72) as usize * 512;
+    dev[e + 32..e + 40].copy_from_slice(&first.to_le_bytes());
+    dev[e + 40..e + 48].copy_from_slice(&last.to_le_bytes());
+    let crc = gpt::entries_crc(&dev[e..e + 128 * 128]);
+    dev[at + 88..at + 92].copy_from_slice(&crc.to_le_bytes());
+    let crc = gpt::header_crc(&dev[at..at + 512], 92);
+    dev[at + 16..at + 20].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Found by fuzzing (fuzz/regressions/disk): an entry spanning LBA
+/// 0..=u64::MAX overflowed the size computation. Entries outside the usable
+/// LBAs are refused with their numbers.
+#[test]
+fn partition_outside_the_usable_lbas_is_refused() {
+    for (first, last) in [(0, u64::MAX), (1, 4000), (2048, 40_000)] {
+        let mut dev = written(&gpt_table(512), 16 * MIB);
+        let backup = dev.get_ref().len() - 512;
+        set_first_entry(dev.get_mut(), 512, first, last);
+        set_first_entry(dev.get_mut(), backup, first, last);
+        let e = Table::read(&mut dev).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::PartitionOutOfRange { number: 1, first_lba, last_lba, first_usable: 34, last_usable, .. }
+                    if (first_lba, last_lba) == (first, last) && last_usable == 16 * MIB / 512 - 34
+            ),
+            "{first}..={last}: {e}"
+        );
+    }
+    // A header whose usable LBAs start at the MBR or the header is refused.
+    let mut h = header_with(128, 128);
+    h[40..48].copy_from_slice(&1u64.to_le_bytes());
+    let crc = gpt::header_crc(&h, 92);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(
+        gpt::Header::parse(&h, 1, 512).unwrap_err(),
+        Error::BadHeader { offset: 512, .. }
+    ));
+}
+
 #[test]
 fn header_fields_are_checked() {
     let good = header_with(128, 128);

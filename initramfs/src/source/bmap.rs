@@ -104,6 +104,13 @@ impl Bmap {
                 "{blocks} blocks of {block_size} bytes do not make an image of {image_size} bytes"
             )));
         }
+        // The read plan computes `(last + 1) * block_size` for a range ending in
+        // the last block: it must fit in a u64.
+        if blocks.checked_mul(block_size).is_none() {
+            return Err(bad(format!(
+                "{blocks} blocks of {block_size} bytes overflow a 64-bit byte offset"
+            )));
+        }
         // Which checksum the ranges carry (bmaptool: 1.0-1.2 none, 1.3 sha1, 1.4/2.0 ChecksumType).
         let cs_type = if major >= 2 || (major == 1 && minor == 4) {
             x.checksum_type
