@@ -94,9 +94,12 @@ pub struct Geometry {
 /// Most clusters a FAT32 volume can have (28-bit entries, the top values reserved).
 pub const MAX_CLUSTERS: u32 = 0x0FFF_FFF5;
 
-/// Largest FAT copy read into memory: FAT32 with 2^28 clusters of 4 bytes. A
-/// corrupt boot sector claiming more is refused.
-const MAX_FAT_BYTES: u64 = 1 << 30;
+/// Largest FAT copy read into memory: 16 MiB, a FAT32 of 4 Mi clusters (a
+/// 16 GiB volume at 4 KiB clusters, 128 GiB at 32 KiB). The FATs read here
+/// are boot partitions, far smaller; a boot sector claiming more (a hostile
+/// image) is refused, so it cannot make a 512 MB board allocate a gigabyte
+/// (docs/SECURITY.md).
+pub const MAX_FAT_BYTES: u64 = 16 << 20;
 
 impl Geometry {
     /// Parse the boot sector at position 0 of `dev`.
@@ -174,7 +177,15 @@ impl Geometry {
                 self.fat_bytes
             )));
         }
-        let mut fat = vec![0u8; self.fat_bytes as usize];
+        let mut fat = Vec::new();
+        fat.try_reserve_exact(self.fat_bytes as usize)
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("cannot allocate {} bytes for a FAT", self.fat_bytes),
+                )
+            })?;
+        fat.resize(self.fat_bytes as usize, 0);
         dev.seek(SeekFrom::Start(self.fat_offset))?;
         dev.read_exact(&mut fat)?;
         Ok(fat)

@@ -489,3 +489,30 @@ fn guid_text_is_mixed_endian_and_round_trips() {
         "text of arbitrary bytes parses back"
     );
 }
+
+/// A boot sector claiming a FAT larger than [`fat::MAX_FAT_BYTES`] is refused
+/// before anything is allocated (a hostile image on a 512 MB board).
+#[test]
+fn oversized_fat_is_refused_without_allocating_it() {
+    let geo = fat::Geometry {
+        bytes_per_sector: 512,
+        cluster_bytes: 4096,
+        fat_offset: 16384,
+        fat_bytes: fat::MAX_FAT_BYTES + 512,
+        root_offset: 0,
+        root_bytes: 0,
+        data_offset: 1 << 30,
+        clusters: 0x0FFF_FFF0,
+        fat_bits: 32,
+        root_cluster: 2,
+        fsinfo_offset: 0,
+    };
+    let e = geo
+        .read_fat(&mut std::io::Cursor::new(vec![0u8; 1 << 20]))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    assert!(
+        e.to_string().contains(&fat::MAX_FAT_BYTES.to_string()),
+        "{e}"
+    );
+}
