@@ -70,7 +70,12 @@ pub fn run(args: Args) -> crate::Result<()> {
     } else {
         Box::new(LogLines::default())
     };
-    let report = pipeline::write(payload, &args.target, &opts, obs.as_ref())?;
+    let mut payload = payload;
+    let opened = flasher_format::bundle::read_manifest(&mut payload)?;
+    if opts.trust.check(&opened)? == flasher_format::bundle::Signer::Unsigned {
+        tracing::warn!("{}", flasher_format::bundle::UNSIGNED_WARNING);
+    }
+    let report = pipeline::write_bundle(&opened, payload, &args.target, &opts, obs.as_ref())?;
     drop(obs);
     tracing::info!(
         "wrote {} ({} bytes, sha256 {}, {}) to {}: {} data, {} zeroed, {} verified, {} written last; write {:.1}s, verify {:.1}s, finish {:.1}s{}",

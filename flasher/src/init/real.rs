@@ -820,6 +820,9 @@ impl Steps for Real {
                 trust.check_file(&opened.manifest, &name, &data)?;
             }
         }
+        if signer == bundle::Signer::Unsigned {
+            self.note(Phase::Searching, bundle::UNSIGNED_WARNING.into());
+        }
         self.signer = signer.to_string();
         let records = self.check_log_room()?;
         // Counted only once the card-side checks passed: a card missing a file

@@ -74,14 +74,6 @@ pub fn write_opened<R: Read, T: Target>(
     // The signature first: an untrusted bundle is refused before anything
     // about the target is even looked at.
     let signer = opts.trust.check(opened)?;
-    if signer == bundle::Signer::Unsigned {
-        // Still a pre-write check: the run is not writing yet (a refusal
-        // that follows must not show a writing phase).
-        obs.event(&Event::message(
-            Phase::Searching,
-            "warning: the bundle is unsigned and no signing key is trusted; writing it as it is (recorded as \"unsigned\")",
-        ));
-    }
     if target.size() < m.image_size {
         return Err(Error::TargetTooSmall {
             path: path.to_owned(),

@@ -16,7 +16,7 @@ mod writer;
 pub use reader::{decode_chunk, ChunkReader, RawChunk};
 pub use sign::{
     check_pin, read_public_key, read_secret_key, PinnedFile, PublicKey, SecretKey, SignatureBlock,
-    Signer, Trust, SIG_LEN, SIG_MAGIC,
+    Signer, Trust, SIG_LEN, SIG_MAGIC, UNSIGNED_WARNING,
 };
 pub use writer::{BundleWriter, WriterOptions};
 

@@ -204,6 +204,10 @@ impl SignatureBlock {
     }
 }
 
+/// What a writer says before writing an unsigned bundle it accepted (no key
+/// trusted): an event line on the board, a log warning on the host.
+pub const UNSIGNED_WARNING: &str = "warning: the bundle is unsigned and no signing key is trusted; writing it as it is (recorded as \"unsigned\")";
+
 /// Who signed the bundle a writer accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signer {

@@ -578,12 +578,12 @@ mod trust {
         let mut t = Plain::new(Cursor::new(vec![0u8; 4 << 20])).unwrap();
         let unsigned = strip_signature(&signed_bundle(&k));
         let r = write_to(Cursor::new(&unsigned), &mut t, &opts(), &rec).unwrap();
-        assert_eq!(r.signer, "unsigned");
-        assert!(
-            rec.events().iter().any(|e| e
-                .text()
-                .is_some_and(|m| m.starts_with("warning: the bundle is unsigned"))),
-            "an unsigned bundle is written with a warning line"
+        assert_eq!(
+            r.signer, "unsigned",
+            "no key trusted: written, reported unsigned"
         );
+        // The engine reports the phases of the write only; the warning is
+        // the front end's (an event on the board, a log line on the host).
+        assert_eq!(rec.phases()[0], Phase::Writing);
     }
 }
