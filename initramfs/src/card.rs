@@ -120,7 +120,10 @@ pub fn check_bundle(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn add_tree(dir: &Path, prefix: &str, out: &mut Vec<FatFile>) -> Result<(), Error> {
+/// Every file under `dir`, by its `/`-separated path inside it (prefixed by
+/// `prefix`), in name order: what `--bootloader-files` puts on flash-boot, and
+/// what `mkflasher bundle --pin DIR` pins under the same names.
+pub(crate) fn add_tree(dir: &Path, prefix: &str, out: &mut Vec<FatFile>) -> Result<(), Error> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|source| Error::Read {
             path: dir.to_path_buf(),

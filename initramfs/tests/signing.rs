@@ -216,3 +216,21 @@ fn build_with_trust_refuses_an_unsigned_payload_and_carries_the_keys() {
         "{warnings:?}"
     );
 }
+
+/// `--pin DIR` pins every file under it by its path inside, as the card
+/// builder names the files it copies from `--bootloader-files DIR`.
+#[test]
+fn a_pinned_directory_pins_its_files_by_card_path() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("uboot");
+    std::fs::create_dir_all(dir.join("dtbs")).unwrap();
+    std::fs::write(dir.join("MLO"), b"mlo").unwrap();
+    std::fs::write(dir.join("dtbs/am335x-boneblack.dtb"), b"dtb").unwrap();
+    let pins = bundle_cmd::pins(&[dir]).unwrap();
+    let names: Vec<&str> = pins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["MLO", "dtbs/am335x-boneblack.dtb"]);
+    assert_eq!(
+        pins[1],
+        bundle::PinnedFile::new("dtbs/am335x-boneblack.dtb", b"dtb")
+    );
+}

@@ -134,24 +134,20 @@ fn parse_key_line(text: &str, tag: &str, what: &str) -> Result<[u8; 32]> {
 
 /// Read a `.pub` file; errors name the file.
 pub fn read_public_key(path: &std::path::Path) -> Result<PublicKey> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("read public key {}", path.display()), e))?;
-    PublicKey::parse(&text).map_err(|e| match e {
-        Error::KeyFile { reason, .. } => Error::KeyFile {
-            what: format!("public key {}", path.display()),
-            reason,
-        },
-        e => e,
-    })
+    read_key_file(path, "public key", PublicKey::parse)
 }
 
 /// Read a `.key` file; errors name the file.
 pub fn read_secret_key(path: &std::path::Path) -> Result<SecretKey> {
+    read_key_file(path, "signing key", SecretKey::parse)
+}
+
+fn read_key_file<T>(path: &std::path::Path, what: &str, parse: fn(&str) -> Result<T>) -> Result<T> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("read signing key {}", path.display()), e))?;
-    SecretKey::parse(&text).map_err(|e| match e {
+        .map_err(|e| Error::io(format!("read {what} {}", path.display()), e))?;
+    parse(&text).map_err(|e| match e {
         Error::KeyFile { reason, .. } => Error::KeyFile {
-            what: format!("signing key {}", path.display()),
+            what: format!("{what} {}", path.display()),
             reason,
         },
         e => e,

@@ -5,7 +5,7 @@
 use crate::source::{self, BundleOptions};
 use flasher::pipeline::human;
 use flasher_format::bundle::{self, ExtentKind, PinnedFile, WriterOptions, DEFAULT_CHUNK_SIZE};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -93,30 +93,15 @@ pub fn run(args: Args) -> crate::Result<()> {
 }
 
 /// The pins for `--pin` paths: a file under its own name, each file of a
-/// directory (recursively) under its path inside it, `/`-separated.
+/// directory (recursively) under its path inside it, `/`-separated, named as
+/// the card builder names the files it copies from a directory.
 pub fn pins(paths: &[PathBuf]) -> crate::Result<Vec<PinnedFile>> {
-    fn walk(dir: &Path, prefix: &str, out: &mut Vec<PinnedFile>) -> crate::Result<()> {
-        let ctx = |p: &Path| format!("read {} to pin it", p.display());
-        let mut entries = std::fs::read_dir(dir)
-            .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
-            .map_err(|e| crate::Error::io(ctx(dir), e))?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, &format!("{name}/"), out)?;
-            } else {
-                let data = std::fs::read(&p).map_err(|e| crate::Error::io(ctx(&p), e))?;
-                out.push(PinnedFile::new(name, &data));
-            }
-        }
-        Ok(())
-    }
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            walk(p, "", &mut out)?;
+            let mut files = Vec::new();
+            crate::card::add_tree(p, "", &mut files)?;
+            out.extend(files.iter().map(|f| PinnedFile::new(&f.path, &f.data)));
         } else {
             let data = std::fs::read(p)
                 .map_err(|e| crate::Error::io(format!("read {} to pin it", p.display()), e))?;
