@@ -126,6 +126,47 @@ pub struct UnitRecord {
     /// run's final records and in logs written before the field existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attempt_started: bool,
+    /// The per-unit data row this run claimed from the card's pool (issue 14);
+    /// absent when the card has no pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_row: Option<UnitRow>,
+    /// The target's health as read from sysfs before writing (eMMC only);
+    /// absent on other storage and in logs written before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<StorageHealth>,
+}
+
+/// One row of the card's per-unit data pool, as claimed by a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitRow {
+    /// 0-based index of the data row in the pool (the header row not counted).
+    pub index: u32,
+    /// SHA-256 of the pool file the row came from, lowercase hex, so records
+    /// from different pools on one card are never confused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool_digest: String,
+    /// Column name to value, as in the pool.
+    #[serde(default)]
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+/// eMMC health and identity registers as the kernel shows them in sysfs
+/// (`/sys/block/mmcblkN/device/*`), raw text trimmed; a field is absent when the
+/// kernel does not provide the attribute.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageHealth {
+    /// `life_time`: two estimates (type A, type B), e.g. `0x01 0x02`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub life_time: Option<String>,
+    /// `pre_eol_info`: `0x01` normal, `0x02` warning, `0x03` urgent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_eol_info: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manfid: Option<String>,
 }
 
 /// Failed or unfinished attempts on one unit after which the init refuses it.
@@ -534,6 +575,8 @@ mod tests {
             signer: "ed25519:00112233445566778899aabbccddeeff".into(),
             bytes_written: 1_234_567 * i,
             attempt_started: false,
+            unit_row: None,
+            health: None,
             phases: vec![
                 PhaseTiming {
                     phase: "write".into(),
@@ -770,6 +813,8 @@ mod tests {
                     image_digest: digest,
                     bytes_written: bytes,
                     attempt_started: false,
+                    unit_row: None,
+                    health: None,
                     phases: phases
                         .into_iter()
                         .map(|(phase, duration_ms)| PhaseTiming { phase, duration_ms })

@@ -342,6 +342,8 @@ fn a_unit_that_keeps_resetting_is_refused_after_three_attempts() {
         phases: vec![],
         result: record::Outcome::Ok,
         attempt_started: false,
+        unit_row: None,
+        health: None,
     };
     let log = root.join("dev/mmcblk0p3");
     for _ in 0..record::MAX_ATTEMPTS {

@@ -479,6 +479,8 @@ pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) ->
     };
     UnitRecord {
         attempt_started: false,
+        unit_row: None,
+        health: None,
         seq: 0,
         timestamp_unix_s,
         flasher_version: env!("CARGO_PKG_VERSION").to_string(),

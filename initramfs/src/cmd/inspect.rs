@@ -291,6 +291,8 @@ mod tests {
             phases: vec![],
             result: record::Outcome::Ok,
             attempt_started: false,
+            unit_row: None,
+            health: None,
         };
         record::append(&mut c, 64 << 10, &rec).unwrap();
         std::fs::write(&p, c.into_inner()).unwrap();
