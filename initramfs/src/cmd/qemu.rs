@@ -82,6 +82,12 @@ pub fn run(args: Args) -> crate::Result<()> {
         outcome.elapsed.as_secs_f64(),
         outcome.phase_names()
     );
+    if let Some(d) = outcome.init_to_first_write() {
+        eprintln!(
+            "mkflasher qemu: /init start to first write: {:.2} s",
+            d.as_secs_f64()
+        );
+    }
     outcome.check(opts.timeout, qemu::fault::power_cut(&opts.faults))?;
     Ok(())
 }

@@ -305,6 +305,16 @@ impl QemuOutcome {
         self.phases().contains(&phase)
     }
 
+    /// From `/init` starting (its first event, the `starting` phase) to the
+    /// first event of the `writing` phase, by the guest's own clock; `None` if
+    /// the run never started writing. The boot before `/init` (firmware, kernel)
+    /// is not counted: it is the board's, not the flasher's.
+    pub fn init_to_first_write(&self) -> Option<Duration> {
+        let start = self.events.iter().find(|e| e.phase == Phase::Starting)?;
+        let write = self.events.iter().find(|e| e.phase == Phase::Writing)?;
+        Some(Duration::from_millis(write.t_ms.checked_sub(start.t_ms)?))
+    }
+
     /// The first failure report: the cause. Later failure events are
     /// consequences (e.g. the unit record could not be appended).
     pub fn failure(&self) -> Option<&Event> {
@@ -1415,6 +1425,22 @@ mod tests {
             elapsed: Duration::ZERO,
             card_used: PathBuf::new(),
         }
+    }
+
+    #[test]
+    fn init_to_first_write_is_from_the_first_starting_event() {
+        let run = outcome(vec![
+            entered(3380, Phase::Starting),
+            entered(3700, Phase::Searching),
+            entered(4150, Phase::Writing),
+            entered(9000, Phase::Verifying),
+        ]);
+        assert_eq!(run.init_to_first_write(), Some(Duration::from_millis(770)));
+        let refused = outcome(vec![
+            entered(3380, Phase::Starting),
+            entered(3700, Phase::Failure),
+        ]);
+        assert_eq!(refused.init_to_first_write(), None);
     }
 
     #[test]

@@ -153,12 +153,13 @@ pub fn run(opts: &QemuOptions) -> QemuOutcome {
     let _g = vm_lock();
     let out = qemu::run(opts).unwrap();
     eprintln!(
-        "{}: phases {}, {} events, powered_off {}, {:.0} s, failure {:?}",
+        "{}: phases {}, {} events, powered_off {}, {:.0} s, /init to first write {:?}, failure {:?}",
         opts.board,
         out.phase_names(),
         out.events.len(),
         out.powered_off,
         out.elapsed.as_secs_f64(),
+        out.init_to_first_write(),
         out.failure_message()
     );
     assert_event_stream(&out);
