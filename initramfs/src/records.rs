@@ -33,8 +33,8 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
-        "{path} is not a flasher card: {source}; give a card built by mkflasher build \
-         (or the device it was written to)"
+        "{path} is not a flasher card: {source}; give a card image built by mkflasher \
+         build, or the whole card device it was written to (/dev/sdX, not /dev/sdX1)"
     )]
     NotACard {
         path: PathBuf,

@@ -242,3 +242,16 @@ fn insert(tx: &rusqlite::Transaction<'_>, e: &Entry, now_unix_s: u64) -> rusqlit
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    /// docs/factory.md quotes the schema; keep the two the same.
+    #[test]
+    fn the_documented_schema_is_the_schema() {
+        let doc = include_str!("../../../docs/factory.md");
+        assert!(
+            doc.contains(super::SCHEMA.trim()),
+            "docs/factory.md's schema differs from records::db::SCHEMA"
+        );
+    }
+}
