@@ -610,3 +610,35 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !c
 }
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+}
+
+/// One output at a time, and at least one card.
+#[test]
+fn command_line() {
+    use clap::Parser;
+    let parse = |argv: &[&str]| Cli::try_parse_from([&["records"], argv].concat());
+    let a = parse(&["a.img", "/dev/sdb", "--db", "s.sqlite"])
+        .unwrap()
+        .args;
+    assert_eq!(a.cards, [PathBuf::from("a.img"), PathBuf::from("/dev/sdb")]);
+    assert_eq!(a.db, Some(PathBuf::from("s.sqlite")));
+    for bad in [
+        &["a.img", "--json", "--csv"][..],
+        &["a.img", "--json", "--db", "s"],
+        &["a.img", "--csv", "--db", "s"],
+    ] {
+        let e = parse(bad).err().unwrap();
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{bad:?}"
+        );
+    }
+    let e = parse(&["--json"]).err().unwrap();
+    assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+}
