@@ -287,6 +287,12 @@ pub fn build_card(out: &Path, spec: &CardSpec) -> crate::Result<CardReport> {
     })
 }
 
+/// The card's unit log partition (`flasher-log`), found as the board finds it:
+/// by GPT name, or by number on an MBR card. `inspect` and `records` read it.
+pub fn find_log(table: Table, parts: &[disk::PartInfo]) -> Option<&disk::PartInfo> {
+    disk::find_partition(table, parts, LOG_NAME, Some(LOG_NUMBER))
+}
+
 /// Open the flash-boot FAT of a card image for reading and writing.
 pub fn open_boot(card: &Path) -> crate::Result<disk::PartitionSlice<std::fs::File>> {
     let f = std::fs::OpenOptions::new()

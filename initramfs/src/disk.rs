@@ -351,8 +351,48 @@ pub type PartInfo = flasher_disk::Partition;
 /// Read the partition table of an image: GPT if present (any sector size), else MBR.
 pub fn read_table<D: Read + Seek>(dev: &mut D) -> Result<(Table, Vec<PartInfo>)> {
     let t = flasher_disk::Table::read(dev)?;
-    let kind = if t.is_gpt() { Table::Gpt } else { Table::Mbr };
-    Ok((kind, t.partitions))
+    Ok((Table::of(&t), t.partitions))
+}
+
+impl Table {
+    /// Which kind `t` is.
+    pub fn of(t: &flasher_disk::Table) -> Table {
+        if t.is_gpt() {
+            Table::Gpt
+        } else {
+            Table::Mbr
+        }
+    }
+}
+
+/// Partition `name` of a card as the board finds it: by GPT name, or on an MBR
+/// card (no names) by its 1-based number `mbr_number`.
+pub fn find_partition<'a>(
+    table: Table,
+    parts: &'a [PartInfo],
+    name: &str,
+    mbr_number: Option<u32>,
+) -> Option<&'a PartInfo> {
+    parts.iter().find(|p| match table {
+        Table::Gpt => p.name == name,
+        Table::Mbr => Some(p.number) == mbr_number,
+    })
+}
+
+/// The partitions of a table as a list for error messages: names, or `#N`
+/// where a partition has none.
+pub fn list_partitions(parts: &[PartInfo]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            if p.name.is_empty() {
+                format!("#{}", p.number)
+            } else {
+                p.name.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A window onto one partition of a device: what fatfs sees as a volume. One
@@ -367,25 +407,10 @@ pub fn open_partition<D: Read + Write + Seek>(
     mbr_fallback: Option<u32>,
 ) -> Result<(PartitionSlice<D>, PartInfo)> {
     let (table, parts) = read_table(&mut dev)?;
-    let found = parts.iter().find(|p| match table {
-        Table::Gpt => p.name == name,
-        Table::Mbr => Some(p.number) == mbr_fallback,
-    });
-    let Some(p) = found.cloned() else {
-        let seen = parts
-            .iter()
-            .map(|p| {
-                if p.name.is_empty() {
-                    format!("#{}", p.number)
-                } else {
-                    p.name.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+    let Some(p) = find_partition(table, &parts, name, mbr_fallback).cloned() else {
         return Err(Error::NoSuchPartition {
             name: name.to_string(),
-            seen,
+            seen: list_partitions(&parts),
         });
     };
     let slice = PartitionSlice::new(dev, p.offset, p.size);

@@ -31,6 +31,8 @@ enum Command {
     Keygen(cmd::keygen::Args),
     /// Describe a bundle, a card image or a unit log.
     Inspect(cmd::inspect::Args),
+    /// The runs recorded on cards: a table, --json, --csv, or --db station.sqlite.
+    Records(cmd::records::Args),
     /// List the drives a card can be written to (USB, SD, removable).
     Drives(cmd::drives::Args),
     /// Write an image or card to one or more drives or files, validated.
@@ -63,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Configure(a) => cmd::configure::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Records(a) => cmd::records::run(a),
         Command::Drives(a) => cmd::drives::run(a),
         Command::Write(a) => cmd::write::run(a),
         Command::Qemu(a) => cmd::qemu::run(a),

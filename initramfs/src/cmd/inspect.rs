@@ -11,7 +11,7 @@ use flasher_format::record;
 
 use crate::card;
 use crate::cpio;
-use crate::disk::{self, Table};
+use crate::disk;
 use crate::fat;
 
 #[derive(Debug, clap::Args)]
@@ -152,12 +152,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
             if p.bootable { " bootable" } else { "" }
         );
     }
-    let by = |name: &str, num: u32| {
-        parts.iter().find(|p| match table {
-            Table::Gpt => p.name == name,
-            Table::Mbr => p.number == num,
-        })
-    };
+    let by = |name: &str, num: u32| disk::find_partition(table, &parts, name, Some(num));
     if let Some(p) = by(card::BOOT_NAME, card::BOOT_NUMBER) {
         let mut vol = disk::PartitionSlice::new(open()?, p.offset, p.size);
         match fat::describe(&mut vol) {
@@ -191,7 +186,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
             }
         }
     }
-    if let Some(p) = by(card::LOG_NAME, card::LOG_NUMBER) {
+    if let Some(p) = card::find_log(table, &parts) {
         let mut s = disk::PartitionSlice::new(open()?, p.offset, p.size);
         let _ = write!(out, "flasher-log: ");
         describe_log(&mut s, p.size, out)?;

@@ -10,4 +10,5 @@ pub mod initramfs;
 pub mod inspect;
 pub mod keygen;
 pub mod qemu;
+pub mod records;
 pub mod write;
