@@ -62,6 +62,26 @@ pub fn read_file<D: Read + Seek>(vol: D, path: &str) -> io::Result<Option<Vec<u8
     Ok(Some(data))
 }
 
+/// [`read_file`], refusing a file over `max` bytes (`InvalidData`, naming both)
+/// without reading more than that.
+pub fn read_file_max<D: Read + Seek>(vol: D, path: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let fs = fat::open_read_only(vol, fatfs::FsOptions::new())?;
+    let f = match fs.root_dir().open_file(path.trim_start_matches('/')) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut data = Vec::new();
+    f.take(max + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path} is over the {max}-byte limit"),
+        ));
+    }
+    Ok(Some(data))
+}
+
 /// Whether the card's flash-boot FAT holds any configuration to copy.
 pub fn has_config<D: Read + Seek>(vol: D) -> io::Result<bool> {
     let fs = fat::open_read_only(vol, fatfs::FsOptions::new())?;
