@@ -26,6 +26,8 @@ pub enum Error {
     Modules(#[from] crate::modules::Error),
     #[error(transparent)]
     Source(#[from] crate::source::Error),
+    #[error(transparent)]
+    Pool(#[from] crate::pool::Error),
     /// Boxed: it carries a target path next to a whole `flasher::Error`.
     #[error(transparent)]
     Write(Box<crate::hostwrite::Error>),
