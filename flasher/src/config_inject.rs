@@ -155,7 +155,10 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
         };
         report.installer_removed = obj.remove(INSTALLER_KEY).is_some();
         for (k, v) in unit.iter().flat_map(|u| &u.row.values) {
-            let v = serde_json::value::to_raw_value(v)
+            // Through the compact string writer /init already has, not
+            // `to_raw_value`'s own serializer (board binary size).
+            let v = serde_json::to_string(v)
+                .and_then(RawValue::from_string)
                 .map_err(|source| Error::ConfigJson { source })?;
             obj.insert(k.clone(), v);
         }
@@ -218,8 +221,7 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
     }
 
     if let Some(u) = unit {
-        let mut row =
-            serde_json::to_vec_pretty(&u.row).map_err(|source| Error::ConfigJson { source })?;
+        let mut row = serde_json::to_vec(&u.row).map_err(|source| Error::ConfigJson { source })?;
         row.push(b'\n');
         write_file(&dst, UNIT_FILE, &mut row.as_slice(), &mut report)?;
         if !u.files.is_empty() {

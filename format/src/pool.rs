@@ -19,11 +19,10 @@
 //! result never came). Rows are claimed in order, so "the highest index" is
 //! also "how many rows are used up".
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::bundle::PinnedFile;
 use crate::record::{UnitRecord, UnitRow};
 
 /// The pool on the card's flash-boot FAT, in its root.
@@ -75,40 +74,19 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Size and SHA-256 (lowercase hex) of a file in `units/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileDigest {
-    pub size: u64,
-    pub sha256: String,
-}
-
-impl FileDigest {
-    pub fn of(data: &[u8]) -> Self {
-        FileDigest {
-            size: data.len() as u64,
-            sha256: hex::encode(Sha256::digest(data)),
-        }
-    }
-}
-
-/// One row as stored: the values in column order and the `units/` files it
-/// names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Row {
-    pub values: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<String>,
-}
-
-/// The pool file's contents.
+/// The pool file's contents. A value of a row that is the name of a file in
+/// `files` names that file (the host put exactly the files values name
+/// there), so the format needs no per-row file list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
     pub version: u32,
     pub columns: Vec<String>,
-    pub rows: Vec<Row>,
-    /// Every file in `units/`, by name.
+    /// The values of each row, in column order.
+    pub rows: Vec<Vec<String>>,
+    /// Every file in `units/`: name, size and SHA-256 (the manifest's pin
+    /// type, whose decoder `/init` already carries).
     #[serde(default)]
-    pub files: BTreeMap<String, FileDigest>,
+    pub files: Vec<PinnedFile>,
 }
 
 /// Whether `name` may be a file in `units/`: one plain path component.
@@ -166,21 +144,21 @@ impl Pool {
         if self.rows.len() > u32::MAX as usize {
             return invalid(format!("{} rows", self.rows.len()));
         }
-        for name in self.files.keys() {
-            if !is_file_name(name) {
-                return invalid(format!("file name {name:?} is not a plain file name"));
+        for (i, f) in self.files.iter().enumerate() {
+            if !is_file_name(&f.name) {
+                return invalid(format!("file name {:?} is not a plain file name", f.name));
+            }
+            if self.files[..i].iter().any(|o| o.name == f.name) {
+                return invalid(format!("file {:?} is listed twice", f.name));
             }
         }
         for (i, r) in self.rows.iter().enumerate() {
-            if r.values.len() != self.columns.len() {
+            if r.len() != self.columns.len() {
                 return invalid(format!(
                     "row {i} has {} values for {} columns",
-                    r.values.len(),
+                    r.len(),
                     self.columns.len()
                 ));
-            }
-            if let Some(f) = r.files.iter().find(|f| !self.files.contains_key(*f)) {
-                return invalid(format!("row {i} names file {f:?}, which has no digest"));
             }
         }
         Ok(())
@@ -205,9 +183,21 @@ impl Pool {
                 .columns
                 .iter()
                 .cloned()
-                .zip(r.values.iter().cloned())
+                .zip(r.iter().cloned())
                 .collect(),
         })
+    }
+
+    /// The files row `index` names: its values that are names in `files`,
+    /// each once, in column order.
+    pub fn row_files(&self, index: u32) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for v in self.rows.get(index as usize).into_iter().flatten() {
+            if self.files.iter().any(|f| &f.name == v) && !out.contains(v) {
+                out.push(v.clone());
+            }
+        }
+        out
     }
 
     /// The next row to claim for a card whose log holds `records`, or
@@ -221,10 +211,14 @@ impl Pool {
 
     /// Check `data`, read from `units/name` on the card, against the pool.
     pub fn check_file(&self, name: &str, data: &[u8]) -> Result<()> {
-        let want = self.files.get(name).ok_or_else(|| Error::Invalid {
-            reason: format!("file {name:?} has no digest"),
-        })?;
-        let got = FileDigest::of(data);
+        let want = self
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| Error::Invalid {
+                reason: format!("file {name:?} has no digest"),
+            })?;
+        let got = PinnedFile::new(name, data);
         if &got != want {
             return Err(Error::FileMismatch {
                 name: name.into(),
@@ -338,6 +332,7 @@ mod tests {
         assert_eq!(row.values["hostname"], "unit-1");
         assert_eq!(row.values["key"], "k1.pem");
         assert_eq!(row.pool_digest, d);
+        assert_eq!(back.row_files(1), ["k1.pem"]);
         back.check_file("k1.pem", b"key 1").unwrap();
         assert!(matches!(
             back.check_file("k1.pem", b"key 2"),

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use flasher_format::pool::{self, FileDigest, Pool, Row};
+use flasher_format::pool::{self, PinnedFile, Pool};
 
 use crate::fat::FatFile;
 
@@ -167,29 +167,22 @@ pub fn read(csv_path: &Path, files_dir: Option<&Path>) -> Result<PoolFiles, Erro
             });
         }
         let values: Vec<String> = rec.iter().map(str::to_string).collect();
-        let mut named = Vec::new();
         if let Some(dir) = files_dir {
             for v in &values {
                 let f = dir.join(v);
-                if pool::is_file_name(v) && f.is_file() && !named.contains(v) {
-                    if !files.contains_key(v) {
-                        files.insert(v.clone(), read_unit_file(&f)?);
-                    }
-                    named.push(v.clone());
+                if pool::is_file_name(v) && !files.contains_key(v) && f.is_file() {
+                    files.insert(v.clone(), read_unit_file(&f)?);
                 }
             }
         }
-        rows.push(Row {
-            values,
-            files: named,
-        });
         let row = Pool {
             version: pool::VERSION,
             columns: columns.clone(),
-            rows: vec![rows[rows.len() - 1].clone()],
-            files: Default::default(),
+            rows: vec![values.clone()],
+            files: Vec::new(),
         }
         .row(0, &"0".repeat(64));
+        rows.push(values);
         let size = serde_json::to_vec(&row)
             .map(|v| v.len() as u64)
             .unwrap_or(0);
@@ -212,7 +205,7 @@ pub fn read(csv_path: &Path, files_dir: Option<&Path>) -> Result<PoolFiles, Erro
         rows,
         files: files
             .iter()
-            .map(|(n, d)| (n.clone(), FileDigest::of(d)))
+            .map(|(n, d)| PinnedFile::new(n.clone(), d))
             .collect(),
     };
     let bytes = p.to_bytes();
@@ -276,9 +269,8 @@ mod tests {
         );
         let got = read(&p, None).unwrap();
         assert_eq!(got.pool.columns, ["hostname", "serial", "note"]);
-        let vals: Vec<Vec<String>> = got.pool.rows.iter().map(|r| r.values.clone()).collect();
         assert_eq!(
-            vals,
+            got.pool.rows,
             [
                 ["bay-1", "S,001", "said \"hi\""],
                 ["straße-2", "S002", "two\nlines"]
@@ -349,9 +341,9 @@ mod tests {
         let got = read(&p, Some(&files)).unwrap();
         let names: Vec<&str> = got.files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["shared.crt", "u1.pem", "u2.pem"]);
-        assert_eq!(got.pool.rows[0].files, ["u1.pem", "shared.crt"]);
+        assert_eq!(got.pool.row_files(0), ["u1.pem", "shared.crt"]);
         // A missing file and a path out of the folder are plain values.
-        assert!(got.pool.rows[2].files.is_empty());
+        assert!(got.pool.row_files(2).is_empty());
         got.pool.check_file("u2.pem", b"two").unwrap();
         let card: Vec<String> = got.card_files().into_iter().map(|f| f.path).collect();
         assert_eq!(

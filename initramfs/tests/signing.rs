@@ -42,6 +42,8 @@ fn make_bundle(dir: &Path, out: &str, sign: Option<&Path>, pin: Vec<PathBuf>) ->
         min_zero_kib: 64,
         sign: sign.map(Path::to_path_buf),
         pin,
+        unit_data: None,
+        unit_files: None,
     })
     .unwrap();
     output

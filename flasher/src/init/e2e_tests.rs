@@ -627,7 +627,7 @@ mod unit_pool {
     use crate::init::card::{first_fat, read_file, slice};
     use flasher_format::bundle::{PinnedFile, SecretKey};
     use flasher_format::card::initramfs::TRUSTED_DIR;
-    use flasher_format::pool::{self, FileDigest, Pool, Row};
+    use flasher_format::pool::{self, Pool};
     use led::ErrorClass;
 
     /// Two rows with commas, quotes and UTF-8 in the values (shapes a
@@ -647,22 +647,16 @@ mod unit_pool {
             version: pool::VERSION,
             columns: vec!["hostname".into(), "note".into(), "key".into()],
             rows: vec![
-                Row {
-                    values: vec![
-                        "line1-ä".into(),
-                        "Zürich, \"bay 3\"".into(),
-                        files[0].0.clone(),
-                    ],
-                    files: vec![files[0].0.clone()],
-                },
-                Row {
-                    values: vec!["line1-b".into(), "a,b,c".into(), files[1].0.clone()],
-                    files: vec![files[1].0.clone()],
-                },
+                vec![
+                    "line1-ä".into(),
+                    "Zürich, \"bay 3\"".into(),
+                    files[0].0.clone(),
+                ],
+                vec!["line1-b".into(), "a,b,c".into(), files[1].0.clone()],
             ],
             files: files
                 .iter()
-                .map(|(n, d)| (n.clone(), FileDigest::of(d)))
+                .map(|(n, d)| PinnedFile::new(n.clone(), d))
                 .collect(),
         };
         (p, files)

@@ -353,11 +353,7 @@ impl Real {
         }
         let row = pool.claim(records, digest)?;
         let mut files = Vec::new();
-        let names = pool
-            .rows
-            .get(row.index as usize)
-            .map(|r| r.files.clone())
-            .unwrap_or_default();
+        let names = pool.row_files(row.index);
         let card = self
             .card_boot
             .as_ref()
