@@ -176,15 +176,16 @@ impl Pool {
     /// Row `index` as a claim: its values by column name.
     pub fn row(&self, index: u32, pool_digest: &str) -> Option<UnitRow> {
         let r = self.rows.get(index as usize)?;
+        // Inserted one by one: `collect` into a BTreeMap would bring its bulk
+        // builder into /init, which already has `insert` (board binary size).
+        let mut values = std::collections::BTreeMap::new();
+        for (c, v) in self.columns.iter().zip(r) {
+            values.insert(c.clone(), v.clone());
+        }
         Some(UnitRow {
             index,
             pool_digest: pool_digest.to_string(),
-            values: self
-                .columns
-                .iter()
-                .cloned()
-                .zip(r.iter().cloned())
-                .collect(),
+            values,
         })
     }
 

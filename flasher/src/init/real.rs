@@ -319,19 +319,7 @@ impl Real {
         trust: &Trust,
         manifest: &bundle::Manifest,
     ) -> crate::Result<Option<(Pool, String)>> {
-        let Some(card) = self.card_boot.as_ref() else {
-            return Ok(None);
-        };
-        let f = File::open(card)
-            .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))?;
-        let Some(data) =
-            card::read_file_max(f, pool::POOL_FILE, pool::MAX_POOL_BYTES).map_err(|e| {
-                crate::Error::io(
-                    format!("read {} from {}", pool::POOL_FILE, card.display()),
-                    e,
-                )
-            })?
-        else {
+        let Some(data) = self.card_read(pool::POOL_FILE, pool::MAX_POOL_BYTES)? else {
             return Ok(None);
         };
         trust.check_file(manifest, pool::POOL_FILE, &data)?;
@@ -353,22 +341,14 @@ impl Real {
         }
         let row = pool.claim(records, digest)?;
         let mut files = Vec::new();
-        let names = pool.row_files(row.index);
-        let card = self
-            .card_boot
-            .as_ref()
-            .ok_or_else(|| missing("the card's boot partition"))?;
-        for name in names {
+        for name in pool.row_files(row.index) {
             let path = format!("{}/{name}", pool::UNITS_DIR);
-            let f = File::open(card).map_err(|e| {
-                crate::Error::io(format!("open card partition {}", card.display()), e)
-            })?;
-            let data = card::read_file_max(f, &path, pool::MAX_UNIT_FILE)
-                .map_err(|e| crate::Error::io(format!("read {path} from {}", card.display()), e))?
-                .ok_or(pool::Error::FileMissing {
-                    name: name.clone(),
-                    row: row.index,
-                })?;
+            let data =
+                self.card_read(&path, pool::MAX_UNIT_FILE)?
+                    .ok_or(pool::Error::FileMissing {
+                        name: name.clone(),
+                        row: row.index,
+                    })?;
             pool.check_file(&name, &data)?;
             files.push((name, data));
         }
@@ -394,12 +374,23 @@ impl Real {
             file: file.to_string(),
             card: self.card_boot.clone(),
         };
-        let card = self.card_boot.as_ref().ok_or_else(not_there)?;
+        if self.card_boot.is_none() {
+            return Err(not_there().into());
+        }
+        self.card_read(file, u64::MAX)?
+            .ok_or_else(|| not_there().into())
+    }
+
+    /// Read `path` (at most `max` bytes) from the card's flash-boot FAT;
+    /// `None` when the card has no such file or no flash-boot partition.
+    fn card_read(&self, path: &str, max: u64) -> crate::Result<Option<Vec<u8>>> {
+        let Some(card) = self.card_boot.as_ref() else {
+            return Ok(None);
+        };
         let f = File::open(card)
             .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))?;
-        card::read_file(f, file)
-            .map_err(|e| crate::Error::io(format!("read {file} from {}", card.display()), e))?
-            .ok_or_else(|| not_there().into())
+        card::read_file_max(f, path, max)
+            .map_err(|e| crate::Error::io(format!("read {path} from {}", card.display()), e))
     }
 }
 

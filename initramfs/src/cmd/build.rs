@@ -307,3 +307,31 @@ fn build_with(args: &Args, spec: &mut CardSpec) -> crate::Result<()> {
     println!("  cmdline: {}", r.cmdline);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Item 2 of issue 14: the log is sized for the pool; a `--log-size`
+    /// too small for it is refused, a larger one kept.
+    #[test]
+    fn log_size_follows_the_pool() {
+        assert_eq!(log_size(None, None).unwrap(), card::DEFAULT_LOG_SIZE);
+        assert_eq!(log_size(Some(1 << 20), None).unwrap(), 1 << 20);
+        let t = tempfile::tempdir().unwrap();
+        let csv = t.path().join("u.csv");
+        let rows: String = (0..20_000)
+            .map(|i| format!("unit-{i},{}\n", "k".repeat(64)))
+            .collect();
+        std::fs::write(&csv, format!("hostname,key\n{rows}")).unwrap();
+        let p = crate::pool::read(&csv, None).unwrap();
+        let need = p.log_size();
+        assert!(need > card::DEFAULT_LOG_SIZE, "{need}");
+        assert_eq!(log_size(None, Some(&p)).unwrap(), need);
+        assert_eq!(log_size(Some(need + 1), Some(&p)).unwrap(), need + 1);
+        assert!(matches!(
+            log_size(Some(need - 1), Some(&p)),
+            Err(crate::Error::Usage(_))
+        ));
+    }
+}
