@@ -257,17 +257,19 @@ pub const RECORD_ESTIMATE: u64 = 1536;
 /// Records a log holds at least without a pool (issue 14, item 2).
 pub const MIN_LOG_RECORDS: u64 = 10_000;
 
-/// The `flasher-log` size a card needs: room for [`MIN_LOG_RECORDS`], and
-/// with a pool of `rows` rows whose largest row is `max_row_json` bytes, for a
-/// claim and a result per row twice over (refused runs also leave a record;
-/// the margin keeps a card whose units failed and were retried from filling
-/// up). Whole MiB.
+/// The `flasher-log` size a card needs, in whole MiB: without a pool
+/// (`rows` 0), room for [`MIN_LOG_RECORDS`]; with a pool of `rows` rows whose
+/// largest row is `max_row_json` bytes, for a claim and a result per row twice
+/// over (refused runs also leave a record; the margin keeps a card whose units
+/// failed and were retried from filling up). `mkflasher build` uses the larger
+/// of this and the default.
 pub fn log_size_for(rows: u64, max_row_json: u64) -> u64 {
-    let plain = MIN_LOG_RECORDS * RECORD_ESTIMATE;
-    let pool = rows
-        .saturating_mul(2 * 2)
-        .saturating_mul(RECORD_ESTIMATE + 2 * max_row_json);
-    let want = plain.max(pool);
+    let want = if rows == 0 {
+        MIN_LOG_RECORDS * RECORD_ESTIMATE
+    } else {
+        rows.saturating_mul(2 * 2)
+            .saturating_mul(RECORD_ESTIMATE + 2 * max_row_json)
+    };
     want.div_ceil(1 << 20).saturating_mul(1 << 20)
 }
 
@@ -281,18 +283,10 @@ mod tests {
             version: VERSION,
             columns: vec!["hostname".into(), "serial".into(), "key".into()],
             rows: (0..rows)
-                .map(|i| Row {
-                    values: vec![format!("unit-{i}"), format!("S{i:04}"), format!("k{i}.pem")],
-                    files: vec![format!("k{i}.pem")],
-                })
+                .map(|i| vec![format!("unit-{i}"), format!("S{i:04}"), format!("k{i}.pem")])
                 .collect(),
             files: (0..rows)
-                .map(|i| {
-                    (
-                        format!("k{i}.pem"),
-                        FileDigest::of(format!("key {i}").as_bytes()),
-                    )
-                })
+                .map(|i| PinnedFile::new(format!("k{i}.pem"), format!("key {i}").as_bytes()))
                 .collect(),
         }
     }
@@ -354,17 +348,14 @@ mod tests {
             ("twice", Box::new(|p| p.columns[1] = "hostname".into())),
             ("reserved", Box::new(|p| p.columns[2] = "installer".into())),
             ("no rows", Box::new(|p| p.rows.clear())),
+            ("values", Box::new(|p| drop(p.rows[1].pop()))),
             (
-                "values",
-                Box::new(|p| p.rows[1].values.pop().map(drop).unwrap_or(())),
+                "listed twice",
+                Box::new(|p| p.files.push(p.files[0].clone())),
             ),
-            ("digest", Box::new(|p| p.rows[0].files.push("other".into()))),
             (
                 "plain file name",
-                Box::new(|p| {
-                    let d = FileDigest::of(b"");
-                    p.files.insert("../etc/passwd".into(), d);
-                }),
+                Box::new(|p| p.files.push(PinnedFile::new("../etc/passwd", b""))),
             ),
         ];
         for (want, change) in cases {
