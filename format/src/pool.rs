@@ -341,7 +341,9 @@ mod tests {
 
     #[test]
     fn bad_pools_are_refused() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Pool)>)> = vec![
+        // (what the refusal names, the change that breaks the pool)
+        type Case = (&'static str, Box<dyn Fn(&mut Pool)>);
+        let cases: Vec<Case> = vec![
             ("version", Box::new(|p| p.version = 2)),
             ("no columns", Box::new(|p| p.columns.clear())),
             ("empty name", Box::new(|p| p.columns[1] = " ".into())),

@@ -865,11 +865,13 @@ mod unit_pool {
         all.push(PinnedFile::new(pool::POOL_FILE, &p.to_bytes()));
         let mut altered = files.clone();
         altered[0].1[20] ^= 1;
-        let cases: Vec<(
+        // (pins in the manifest, unit files on the card, the refusal expected)
+        type Case = (
             Vec<PinnedFile>,
             Vec<(String, Vec<u8>)>,
             fn(&crate::Error) -> bool,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 config_pins(),
                 files.clone(),
