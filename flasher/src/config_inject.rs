@@ -515,6 +515,52 @@ mod tests {
         assert_eq!(target.get_ref(), &before);
     }
 
+    /// A claimed row on a card without config.json: merged into the image's
+    /// own config.json (its other keys kept), written whole as
+    /// flasher-unit.json, its files into units/.
+    #[test]
+    fn unit_row_merges_into_the_images_config_and_brings_its_files() {
+        let mut card = fat(4 * MIB);
+        put(&mut card, &[("bzImage", b"kernel")]);
+        let mut target = fat(8 * MIB);
+        put(
+            &mut target,
+            &[(
+                "config.json",
+                br#"{"deviceType":"fincm3","hostname":"old","n":1}"#,
+            )],
+        );
+        let row = UnitRow {
+            index: 7,
+            pool_digest: "ab".repeat(32),
+            values: [("hostname", "bay-ü"), ("note", "a, \"b\"")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let unit = UnitData {
+            row: row.clone(),
+            files: vec![("dev.key".into(), b"key".to_vec())],
+        };
+        let r = copy_config_with(&mut card, &mut target, Some(&unit)).unwrap();
+        let names: Vec<&str> = r.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["config.json", UNIT_FILE, "units/dev.key"]);
+        target.set_position(0);
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&get(&mut target, "config.json").unwrap()).unwrap();
+        assert_eq!(
+            cfg,
+            serde_json::json!({"deviceType":"fincm3","hostname":"bay-ü","n":1,"note":"a, \"b\""})
+        );
+        target.set_position(0);
+        let back: UnitRow = serde_json::from_slice(&get(&mut target, UNIT_FILE).unwrap()).unwrap();
+        assert_eq!(back, row);
+        target.set_position(0);
+        assert_eq!(get(&mut target, "units/dev.key").unwrap(), b"key");
+        target.set_position(0);
+        assert!(get(&mut target, "hostname").is_none(), "the card has none");
+    }
+
     #[test]
     fn config_without_installer_is_copied_as_is() {
         let mut card = fat(4 * MIB);
