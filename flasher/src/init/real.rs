@@ -1278,6 +1278,20 @@ mod tests {
         );
     }
 
+    /// Item 2 of issue 14: a warning once less than a tenth of the log would
+    /// be free after this run's records; none before.
+    #[test]
+    fn nearly_full_log_warns() {
+        let cap = 15 << 20;
+        assert_eq!(log_warning(1 << 20, cap, 8192), None);
+        let w = log_warning(cap - (1 << 20), cap, 8192).expect("a warning");
+        assert!(w.starts_with("warning: unit log nearly full"), "{w}");
+        assert!(w.contains(&format!("of {cap} bytes used")), "{w}");
+        // Right at the edge: exactly a tenth left is no warning yet.
+        assert_eq!(log_warning(cap - cap / 10 - 8192, cap, 8192), None);
+        assert!(log_warning(cap - cap / 10 - 8191, cap, 8192).is_some());
+    }
+
     #[test]
     fn sinks_reach_observers_added_later() {
         let sinks = Arc::new(Sinks::default());
