@@ -11,6 +11,12 @@
 //!   target are replaced, others are kept;
 //! * `hostname`, if present.
 //!
+//! With a per-unit data row claimed from the card's pool (`flasher_format::pool`),
+//! also: the row's values merged into `config.json` as strings (on top of the
+//! card's `config.json`, or the image's own when the card has none), the row as
+//! `flasher-unit.json`, the row's files into `units/`, and the row's `hostname`
+//! (if it has that column) into `hostname` instead of the card's.
+//!
 //! The card side is opened through a wrapper that refuses every write, so the card stays
 //! pristine (ARCHITECTURE rule 10) even if the FAT library ever decided to touch it.
 //!
@@ -22,6 +28,8 @@ use std::io::{self, Read, Seek, Write};
 
 use flasher_disk::fat::{self, ReadOnly};
 pub use flasher_disk::PartitionSlice;
+use flasher_format::pool::{UNITS_DIR, UNIT_FILE};
+use flasher_format::record::UnitRow;
 
 /// The largest `config.json` we parse. Real ones are a few KiB; the bound keeps a
 /// corrupt directory entry from making PID 1 allocate gigabytes.
@@ -102,6 +110,24 @@ pub fn copy_config<S: Read + Write + Seek, T: Read + Write + Seek>(
     card_boot: S,
     target_boot: T,
 ) -> Result<ConfigReport> {
+    copy_config_with(card_boot, target_boot, None)
+}
+
+/// A claimed row of the card's per-unit data pool and its files (already
+/// checked against the pool), to write with the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitData {
+    pub row: UnitRow,
+    /// (name in `units/`, bytes).
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// [`copy_config`], and the unit's row when `unit` is given (module docs).
+pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
+    card_boot: S,
+    target_boot: T,
+    unit: Option<&UnitData>,
+) -> Result<ConfigReport> {
     let mut target_boot = target_boot;
     let card = open_fat(ReadOnly(card_boot), Side::Card)?;
     let target = open_fat(&mut target_boot, Side::Target)?;
@@ -109,22 +135,33 @@ pub fn copy_config<S: Read + Write + Seek, T: Read + Write + Seek>(
     let (src, dst) = (card.root_dir(), target.root_dir());
     let mut report = ConfigReport::default();
 
-    if let Some(raw) = read_small(&src, "config.json", MAX_CONFIG_JSON)? {
-        // Members are kept as the card wrote them (raw JSON text), so nothing in
-        // them is reformatted; only the installer key goes.
-        let mut obj: std::collections::BTreeMap<String, Box<RawValue>> =
-            match serde_json::from_slice(&raw) {
-                Ok(obj) => obj,
-                Err(source) => {
-                    return Err(match serde_json::from_slice::<Box<RawValue>>(&raw) {
-                        Ok(v) => Error::ConfigNotObject {
-                            found: json_kind(v.get()),
-                        },
-                        Err(_) => Error::ConfigJson { source },
-                    })
-                }
-            };
+    let card_cfg = read_small(&src, "config.json", MAX_CONFIG_JSON)?;
+    // Without config on the card, a row merges into the image's own.
+    let base = match (&card_cfg, unit) {
+        (Some(raw), _) => Some((raw.clone(), Side::Card)),
+        (None, Some(_)) => {
+            read_small(&dst, "config.json", MAX_CONFIG_JSON)?.map(|raw| (raw, Side::Target))
+        }
+        (None, None) => None,
+    };
+    if base.is_some() || unit.is_some() {
+        // Members are kept as written (raw JSON text), so nothing in them is
+        // reformatted; only the installer key goes, and the row's keys are set.
+        let mut obj: std::collections::BTreeMap<String, Box<RawValue>> = match base {
+            Some((raw, Side::Card)) => parse_object(&raw)?,
+            // The image's own config.json: replaced when it is not an object.
+            Some((raw, Side::Target)) => parse_object(&raw).unwrap_or_default(),
+            None => Default::default(),
+        };
         report.installer_removed = obj.remove(INSTALLER_KEY).is_some();
+        for (k, v) in unit.iter().flat_map(|u| &u.row.values) {
+            // Through the compact string writer /init already has, not
+            // `to_raw_value`'s own serializer (board binary size).
+            let v = serde_json::to_string(v)
+                .and_then(RawValue::from_string)
+                .map_err(|source| Error::ConfigJson { source })?;
+            obj.insert(k.clone(), v);
+        }
         let out = serde_json::to_vec(&obj).map_err(|source| Error::ConfigJson { source })?;
         write_file(&dst, "config.json", &mut out.as_slice(), &mut report)?;
     }
@@ -171,10 +208,39 @@ pub fn copy_config<S: Read + Write + Seek, T: Read + Write + Seek>(
         Err(e) => return Err(io_ctx(format!("open {CONNECTIONS_DIR}/ on {}", Side::Card))(e)),
     }
 
+    let row_host = unit.and_then(|u| u.row.values.get("hostname"));
     match src.open_file("hostname") {
+        // One identity: the row's host name wins over the card's.
+        Ok(_) if row_host.is_some() => {
+            let line = format!("{}\n", row_host.map(String::as_str).unwrap_or_default());
+            write_file(&dst, "hostname", &mut line.as_bytes(), &mut report)?
+        }
         Ok(mut f) => write_file(&dst, "hostname", &mut f, &mut report)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_ctx(format!("open hostname on {}", Side::Card))(e)),
+    }
+
+    if let Some(u) = unit {
+        let mut row = serde_json::to_vec(&u.row).map_err(|source| Error::ConfigJson { source })?;
+        row.push(b'\n');
+        write_file(&dst, UNIT_FILE, &mut row.as_slice(), &mut report)?;
+        if !u.files.is_empty() {
+            let dir = match dst.open_dir(UNITS_DIR) {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    created_dir = true;
+                    dst.create_dir(UNITS_DIR)
+                        .map_err(io_ctx(format!("create {UNITS_DIR}/ on {}", Side::Target)))?
+                }
+                Err(e) => return Err(io_ctx(format!("open {UNITS_DIR}/ on {}", Side::Target))(e)),
+            };
+            for (name, data) in &u.files {
+                write_file(&dir, name, &mut data.as_slice(), &mut report)?;
+                if let Some(last) = report.files.last_mut() {
+                    last.0 = format!("{UNITS_DIR}/{name}");
+                }
+            }
+        }
     }
 
     drop((src, dst));
@@ -220,6 +286,18 @@ pub fn card_files<S: Read + Write + Seek>(card_boot: S) -> Result<Vec<(String, V
         Err(e) => return Err(io_ctx(format!("open {CONNECTIONS_DIR}/ on {}", Side::Card))(e)),
     }
     Ok(out)
+}
+
+/// The card's `config.json` as an object of raw members.
+fn parse_object(raw: &[u8]) -> Result<std::collections::BTreeMap<String, Box<RawValue>>> {
+    serde_json::from_slice(raw).map_err(|source| {
+        match serde_json::from_slice::<Box<RawValue>>(raw) {
+            Ok(v) => Error::ConfigNotObject {
+                found: json_kind(v.get()),
+            },
+            Err(_) => Error::ConfigJson { source },
+        }
+    })
 }
 
 fn open_fat<D: Read + Write + Seek>(disk: D, side: Side) -> Result<fatfs::FileSystem<D>> {
@@ -435,6 +513,52 @@ mod tests {
         let r = copy_config(&mut card, &mut target).unwrap();
         assert_eq!(r, ConfigReport::default());
         assert_eq!(target.get_ref(), &before);
+    }
+
+    /// A claimed row on a card without config.json: merged into the image's
+    /// own config.json (its other keys kept), written whole as
+    /// flasher-unit.json, its files into units/.
+    #[test]
+    fn unit_row_merges_into_the_images_config_and_brings_its_files() {
+        let mut card = fat(4 * MIB);
+        put(&mut card, &[("bzImage", b"kernel")]);
+        let mut target = fat(8 * MIB);
+        put(
+            &mut target,
+            &[(
+                "config.json",
+                br#"{"deviceType":"fincm3","hostname":"old","n":1}"#,
+            )],
+        );
+        let row = UnitRow {
+            index: 7,
+            pool_digest: "ab".repeat(32),
+            values: [("hostname", "bay-ü"), ("note", "a, \"b\"")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let unit = UnitData {
+            row: row.clone(),
+            files: vec![("dev.key".into(), b"key".to_vec())],
+        };
+        let r = copy_config_with(&mut card, &mut target, Some(&unit)).unwrap();
+        let names: Vec<&str> = r.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["config.json", UNIT_FILE, "units/dev.key"]);
+        target.set_position(0);
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&get(&mut target, "config.json").unwrap()).unwrap();
+        assert_eq!(
+            cfg,
+            serde_json::json!({"deviceType":"fincm3","hostname":"bay-ü","n":1,"note":"a, \"b\""})
+        );
+        target.set_position(0);
+        let back: UnitRow = serde_json::from_slice(&get(&mut target, UNIT_FILE).unwrap()).unwrap();
+        assert_eq!(back, row);
+        target.set_position(0);
+        assert_eq!(get(&mut target, "units/dev.key").unwrap(), b"key");
+        target.set_position(0);
+        assert!(get(&mut target, "hostname").is_none(), "the card has none");
     }
 
     #[test]

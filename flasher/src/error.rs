@@ -19,6 +19,8 @@ pub enum Error {
     #[error(transparent)]
     Record(#[from] flasher_format::record::Error),
     #[error(transparent)]
+    Pool(#[from] flasher_format::pool::Error),
+    #[error(transparent)]
     ConfigInject(#[from] crate::config_inject::Error),
     #[error(transparent)]
     Init(#[from] crate::init::Error),
@@ -50,6 +52,7 @@ impl Error {
             Error::Storage(e) => e.class(),
             Error::Emmc(e) => e.class(),
             Error::Record(e) => e.class(),
+            Error::Pool(e) => e.class(),
             Error::Fixup(_) | Error::ConfigInject(_) => C::PostWrite,
             Error::Io { .. } | Error::Usage(_) => C::Internal,
         }

@@ -16,8 +16,9 @@ pub const LOG_NUMBER: u32 = 3;
 /// The FAT volume label of `flash-boot`.
 pub const BOOT_LABEL: &str = "FLASH-BOOT";
 
-/// Default size of the unit log: about 1000 records of about 1 KiB.
-pub const DEFAULT_LOG_SIZE: u64 = 1 << 20;
+/// Default size of the unit log: 10,000 records of up to 1.5 KiB
+/// (`pool::log_size_for(0, 0)`; a card with a per-unit data pool gets more).
+pub const DEFAULT_LOG_SIZE: u64 = 15 << 20;
 
 /// Files on `flash-boot` that `/init` reads.
 pub const KERNEL_FILE: &str = "vmlinuz";
@@ -25,6 +26,8 @@ pub const INITRAMFS_FILE: &str = "initramfs";
 pub const CMDLINE_FILE: &str = "cmdline.txt";
 /// Copied onto the target's first FAT partition (balenaOS convention).
 pub const CONFIG_JSON: &str = "config.json";
+/// The per-unit data pool and its files on flash-boot (see `pool`).
+pub use crate::pool::{POOL_FILE, UNITS_DIR};
 
 /// Paths inside the initramfs, relative to its root.
 pub mod initramfs {

@@ -5,6 +5,7 @@
 //! - [`bundle`]: the payload format (header, manifest, compressed chunks).
 //! - [`record`]: the unit log's records on the card's `flasher-log` partition.
 //! - [`card`]: partition names and numbers, and the initramfs paths `/init` reads.
+//! - [`pool`]: the per-unit data pool (`units.json`) and how runs claim rows.
 //! - [`cmdline`]: the `flasher.*` kernel command-line options.
 //! - [`event`]: the event stream's JSON lines (docs/events.md).
 
@@ -12,4 +13,5 @@ pub mod bundle;
 pub mod card;
 pub mod cmdline;
 pub mod event;
+pub mod pool;
 pub mod record;

@@ -76,6 +76,8 @@ pub struct CardSpec {
     pub bootloader_files: Option<PathBuf>,
     /// Appended to the kernel command line.
     pub cmdline_extra: String,
+    /// The per-unit data pool's files (`units.json`, `units/*`), if any.
+    pub unit_files: Vec<FatFile>,
     pub log_size: u64,
     /// flash-boot size; 0 sizes it from its contents.
     pub boot_size: u64,
@@ -196,6 +198,7 @@ pub fn boot_files(spec: &CardSpec) -> crate::Result<Vec<FatFile>> {
     files.push(FatFile::new("vmlinuz", read(&spec.kernel)?));
     files.push(FatFile::new("initramfs", spec.initramfs.clone()));
     files.push(FatFile::new("cmdline.txt", format!("{cmd}\n")));
+    files.extend(spec.unit_files.iter().cloned());
     Ok(files)
 }
 
@@ -322,6 +325,7 @@ mod tests {
             systemd_boot: None,
             bootloader_files: None,
             cmdline_extra: " console=ttyS0,115200n8 ".into(),
+            unit_files: vec![],
             log_size: DEFAULT_LOG_SIZE,
             boot_size: 0,
             image_size: 0,

@@ -28,6 +28,8 @@ pub enum Error {
     Source(#[from] crate::source::Error),
     #[error(transparent)]
     Records(#[from] crate::records::Error),
+    #[error(transparent)]
+    Pool(#[from] crate::pool::Error),
     /// Boxed: it carries a target path next to a whole `flasher::Error`.
     #[error(transparent)]
     Write(Box<crate::hostwrite::Error>),

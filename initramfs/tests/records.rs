@@ -42,6 +42,7 @@ fn build_card(dir: &Path, board: &str, name: &str) -> PathBuf {
         log_size: 256 << 10,
         boot_size: 0,
         image_size: 0,
+        unit_files: vec![],
     };
     let out = dir.join(format!("{name}.img"));
     card::build_card(&out, &spec).unwrap();

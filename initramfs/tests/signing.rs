@@ -42,6 +42,8 @@ fn make_bundle(dir: &Path, out: &str, sign: Option<&Path>, pin: Vec<PathBuf>) ->
         min_zero_kib: 64,
         sign: sign.map(Path::to_path_buf),
         pin,
+        unit_data: None,
+        unit_files: None,
     })
     .unwrap();
     output
@@ -174,7 +176,9 @@ fn build_with_trust_refuses_an_unsigned_payload_and_carries_the_keys() {
         bootloader_files: Some(uboot.clone()),
         systemd_boot: None,
         cmdline: String::new(),
-        log_size: 1 << 20,
+        log_size: Some(1 << 20),
+        unit_data: None,
+        unit_files: None,
         image_size: 0,
         power_of_two: false,
         trust: vec![public.clone()],
@@ -215,6 +219,54 @@ fn build_with_trust_refuses_an_unsigned_payload_and_carries_the_keys() {
         warnings[0].contains("config.json is not pinned"),
         "{warnings:?}"
     );
+
+    // A per-unit data pool on a trusted card must be pinned (docs/factory.md):
+    // refused on the host when it is not, accepted when `bundle --unit-data`
+    // pinned the same pool.
+    let csv = dir.join("units.csv");
+    std::fs::write(
+        &csv,
+        "hostname,note
+u-1,\"a, b\"\nu-2,ü\n",
+    )
+    .unwrap();
+    let with_pool = |payload: PathBuf, out: &str| build::Args {
+        unit_data: Some(csv.clone()),
+        ..args(payload, out)
+    };
+    let r = build::run(with_pool(
+        make_bundle(dir, "nopool.bundle", Some(&secret), vec![]),
+        "np.img",
+    ));
+    assert!(
+        matches!(
+            &r,
+            Err(mkflasher::Error::Flasher(FlasherError::Bundle(
+                BundleError::UnpinnedFile { name }
+            ))) if name == "units.json"
+        ),
+        "{r:?}"
+    );
+    assert!(!dir.join("np.img").exists(), "no card made");
+    let pinned = dir.join("pool.bundle");
+    bundle_cmd::run(bundle_cmd::Args {
+        image: image(dir),
+        output: pinned.clone(),
+        bmap: None,
+        skip_bmap_checksums: false,
+        chunk_kib: 256,
+        level: 1,
+        workers: Some(1),
+        min_zero_kib: 64,
+        sign: Some(secret.clone()),
+        pin: vec![],
+        unit_data: Some(csv.clone()),
+        unit_files: None,
+    })
+    .unwrap();
+    build::run(with_pool(pinned, "p.img")).unwrap();
+    let text = inspect::describe(&dir.join("p.img")).unwrap();
+    assert!(text.contains("units.json"), "{text}");
 }
 
 /// `--pin DIR` pins every file under it by its path inside, as the card

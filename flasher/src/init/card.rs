@@ -51,14 +51,26 @@ pub fn first_fat<R: Read + Seek>(dev: &mut R) -> io::Result<Option<Span>> {
 /// Read `path` from the FAT filesystem `fat` (e.g. the card's flash-boot
 /// partition); `Ok(None)` if it does not exist.
 pub fn read_file<D: Read + Seek>(vol: D, path: &str) -> io::Result<Option<Vec<u8>>> {
+    read_file_max(vol, path, u64::MAX)
+}
+
+/// [`read_file`], refusing a file over `max` bytes (`InvalidData`, naming both)
+/// without reading more than that.
+pub fn read_file_max<D: Read + Seek>(vol: D, path: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
     let fs = fat::open_read_only(vol, fatfs::FsOptions::new())?;
-    let mut f = match fs.root_dir().open_file(path.trim_start_matches('/')) {
+    let f = match fs.root_dir().open_file(path.trim_start_matches('/')) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut data = Vec::new();
-    f.read_to_end(&mut data)?;
+    f.take(max.saturating_add(1)).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path} is over the {max}-byte limit"),
+        ));
+    }
     Ok(Some(data))
 }
 

@@ -618,3 +618,303 @@ fn a_card_for_another_board_is_refused_before_any_write() {
     assert_eq!(failure.error_class(), Some(led::ErrorClass::BoardConfig));
     assert!(!ev.iter().any(|e| e.phase == Phase::Writing));
 }
+
+/// Issue 14: the card's per-unit data pool. Each run claims the next row in
+/// the unit log before its first write and writes it into the target's boot
+/// FAT; an exhausted pool is refused before any write.
+mod unit_pool {
+    use super::*;
+    use crate::init::card::{first_fat, read_file, slice};
+    use flasher_format::bundle::{PinnedFile, SecretKey};
+    use flasher_format::card::initramfs::TRUSTED_DIR;
+    use flasher_format::pool::{self, Pool};
+    use led::ErrorClass;
+
+    /// Two rows with commas, quotes and UTF-8 in the values (shapes a
+    /// hand-made CSV has), each naming a key file.
+    fn pool() -> (Pool, Vec<(String, Vec<u8>)>) {
+        let files = vec![
+            (
+                "unit-ä.pem".to_string(),
+                b"-----BEGIN KEY-----\nAAA\n".to_vec(),
+            ),
+            (
+                "unit-b.pem".to_string(),
+                b"-----BEGIN KEY-----\nBBB\n".to_vec(),
+            ),
+        ];
+        let p = Pool {
+            version: pool::VERSION,
+            columns: vec!["hostname".into(), "note".into(), "key".into()],
+            rows: vec![
+                vec![
+                    "line1-ä".into(),
+                    "Zürich, \"bay 3\"".into(),
+                    files[0].0.clone(),
+                ],
+                vec!["line1-b".into(), "a,b,c".into(), files[1].0.clone()],
+            ],
+            files: files
+                .iter()
+                .map(|(n, d)| PinnedFile::new(n.clone(), d))
+                .collect(),
+        };
+        (p, files)
+    }
+
+    /// The card's flash-boot with config, host name, the pool and its files.
+    fn card_fat(p: &Pool, files: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let bytes = p.to_bytes();
+        let mut list: Vec<(String, &[u8])> = vec![
+            ("config.json".into(), CONFIG_JSON),
+            ("hostname".into(), HOSTNAME),
+            (pool::POOL_FILE.into(), &bytes),
+        ];
+        for (n, d) in files {
+            list.push((format!("{}/{n}", pool::UNITS_DIR), d));
+        }
+        let refs: Vec<(&str, &[u8])> = list.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        fat_with(8 << 20, &refs)
+    }
+
+    fn board_with_pool(root: &Path, payload: Vec<u8>, p: &Pool, files: &[(String, Vec<u8>)]) {
+        board_with(root, 32 << 20, payload);
+        std::fs::write(root.join("dev/mmcblk0p1"), card_fat(p, files)).unwrap();
+    }
+
+    /// A file from the target's boot FAT, as the table to be live names it.
+    fn target_file(root: &Path, name: &str) -> Option<Vec<u8>> {
+        let mut t = Cursor::new(std::fs::read(root.join("dev/mmcblk1")).unwrap());
+        let span = first_fat(&mut t).unwrap().unwrap();
+        read_file(slice(&mut t, span), name).unwrap()
+    }
+
+    fn new_unit(root: &Path, fill: u8) {
+        std::fs::write(root.join("dev/mmcblk1"), vec![fill; 32 << 20]).unwrap();
+    }
+
+    #[test]
+    fn rows_go_to_successive_runs_then_the_exhausted_pool_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (p, files) = pool();
+        let digest = pool::digest(&p.to_bytes());
+        board_with_pool(root, bundle(&os_image()), &p, &files);
+        for i in 0..2u32 {
+            new_unit(root, 0);
+            let (r, _) = run(root);
+            r.unwrap_or_else(|f| panic!("run {i} failed: {f}"));
+            let want = p.row(i, &digest).unwrap();
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&target_file(root, "config.json").unwrap()).unwrap();
+            // The row's keys merged over the card's config (installer dropped).
+            assert_eq!(cfg["hostname"], want.values["hostname"].as_str());
+            assert_eq!(cfg["note"], want.values["note"].as_str());
+            assert!(cfg.get("installer").is_none());
+            let unit: record::UnitRow =
+                serde_json::from_slice(&target_file(root, pool::UNIT_FILE).unwrap()).unwrap();
+            assert_eq!(unit, want);
+            let (name, data) = &files[i as usize];
+            assert_eq!(
+                target_file(root, &format!("{}/{name}", pool::UNITS_DIR)).as_ref(),
+                Some(data)
+            );
+            assert_eq!(
+                target_file(root, "hostname").unwrap(),
+                format!("{}\n", want.values["hostname"]).into_bytes()
+            );
+            // The claim is the attempt-started record; the result repeats it.
+            let recs = records(root);
+            let (claim, result) = (&recs[recs.len() - 2], &recs[recs.len() - 1]);
+            assert!(claim.attempt_started);
+            assert_eq!(claim.unit_row.as_ref(), Some(&want));
+            assert_eq!(result.result, record::Outcome::Ok);
+            assert_eq!(result.unit_row.as_ref(), Some(&want));
+            assert!(events(root).iter().any(|e| e
+                .text()
+                .is_some_and(|m| m.starts_with(&format!("unit data: claimed row {i} of 2")))));
+        }
+        // The third unit: nothing left.
+        new_unit(root, 0x5a);
+        let (r, calls) = run(root);
+        let f = r.unwrap_err();
+        assert_eq!(
+            (f.step, f.class),
+            (Step::Write, ErrorClass::PayloadInvalid),
+            "{f}"
+        );
+        assert!(
+            matches!(
+                f.error,
+                crate::Error::Pool(pool::Error::Exhausted { rows: 2 })
+            ),
+            "{f}"
+        );
+        assert_eq!(calls, ["sync", "park"]);
+        assert!(
+            std::fs::read(root.join("dev/mmcblk1"))
+                .unwrap()
+                .iter()
+                .all(|b| *b == 0x5a),
+            "the refused target was written"
+        );
+        let recs = records(root);
+        assert_eq!(recs.len(), 5, "two runs of two records, then the refusal");
+        assert!(!recs[4].attempt_started && recs[4].unit_row.is_none());
+        assert!(matches!(
+            recs[4].result,
+            record::Outcome::Error {
+                class: ErrorClass::PayloadInvalid,
+                ..
+            }
+        ));
+        let last = events(root)
+            .into_iter()
+            .rev()
+            .find(|e| e.is_failure())
+            .unwrap();
+        assert_eq!(last.error_class(), Some(ErrorClass::PayloadInvalid));
+    }
+
+    /// A power cut right after a claim (the claim record on the card, no
+    /// result): the next run takes the next row, never the claimed one. And a
+    /// target with neither CID nor serial claims all the same.
+    #[test]
+    fn a_claim_cut_short_is_never_handed_out_again_and_anonymous_targets_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (p, files) = pool();
+        let digest = pool::digest(&p.to_bytes());
+        board_with_pool(root, bundle(&os_image()), &p, &files);
+        for attr in ["cid", "serial"] {
+            let _ = std::fs::remove_file(root.join("sys/block/mmcblk1/device").join(attr));
+        }
+        assert!(!super::super::real::target_identity(root, "mmcblk1").is_countable());
+        // What a run cut off after its claim leaves: the claim and nothing else.
+        let mut claim = record::attempt_started(&records_base());
+        claim.unit_row = p.row(0, &digest);
+        super::super::real::append_to(&root.join("dev/mmcblk0p3"), &claim).unwrap();
+        let (r, _) = run(root);
+        r.unwrap_or_else(|f| panic!("run failed: {f}"));
+        let unit: record::UnitRow =
+            serde_json::from_slice(&target_file(root, pool::UNIT_FILE).unwrap()).unwrap();
+        assert_eq!(unit.index, 1);
+        let recs = records(root);
+        assert_eq!(recs.len(), 3);
+        assert!(
+            recs[1].attempt_started,
+            "the anonymous target's claim is recorded"
+        );
+        assert_eq!(recs[1].unit_row.as_ref().map(|u| u.index), Some(1));
+    }
+
+    fn records_base() -> record::UnitRecord {
+        record::UnitRecord {
+            seq: 0,
+            timestamp_unix_s: None,
+            flasher_version: "0.1.0".into(),
+            board: "qemu-x86_64-sd".into(),
+            target: record::TargetIdentity::default(),
+            image_digest: String::new(),
+            signer: String::new(),
+            bytes_written: 0,
+            phases: vec![],
+            result: record::Outcome::Ok,
+            attempt_started: false,
+            unit_row: None,
+            health: None,
+        }
+    }
+
+    fn key() -> SecretKey {
+        SecretKey::from_seed(&[9; 32])
+    }
+
+    fn signed(pins: Vec<PinnedFile>) -> Vec<u8> {
+        bundle_with(
+            &os_image(),
+            flasher_format::bundle::WriterOptions {
+                sign: Some(key()),
+                files: pins,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn trusted_board(root: &Path, payload: Vec<u8>, p: &Pool, files: &[(String, Vec<u8>)]) {
+        board_with_pool(root, payload, p, files);
+        let dir = root.join(TRUSTED_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("line.pub"), key().public().to_text("line")).unwrap();
+        new_unit(root, 0x5a);
+    }
+
+    /// With trusted keys the pool must be pinned by the signed manifest, and
+    /// the `units/` files must match the pool: else refused before any write,
+    /// nothing claimed. Pinned and intact, it flashes.
+    #[test]
+    fn signed_card_refuses_an_unpinned_pool_or_altered_unit_file_untouched() {
+        let (p, files) = pool();
+        let config_pins = || {
+            vec![
+                PinnedFile::new("config.json", CONFIG_JSON),
+                PinnedFile::new("hostname", HOSTNAME),
+            ]
+        };
+        let mut all = config_pins();
+        all.push(PinnedFile::new(pool::POOL_FILE, &p.to_bytes()));
+        let mut altered = files.clone();
+        altered[0].1[20] ^= 1;
+        // (pins in the manifest, unit files on the card, the refusal expected)
+        type Case = (
+            Vec<PinnedFile>,
+            Vec<(String, Vec<u8>)>,
+            fn(&crate::Error) -> bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                config_pins(),
+                files.clone(),
+                |e| matches!(e, crate::Error::Bundle(flasher_format::bundle::Error::UnpinnedFile { name }) if name == pool::POOL_FILE),
+            ),
+            (all.clone(), altered, |e| {
+                matches!(e, crate::Error::Pool(pool::Error::FileMismatch { .. }))
+            }),
+        ];
+        for (pins, files, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            trusted_board(root, signed(pins), &p, &files);
+            let (r, _) = run(root);
+            let f = r.unwrap_err();
+            assert_eq!(
+                (f.step, f.class),
+                (Step::Write, ErrorClass::PayloadInvalid),
+                "{f}"
+            );
+            assert!(want(&f.error), "{f}");
+            assert!(std::fs::read(root.join("dev/mmcblk1"))
+                .unwrap()
+                .iter()
+                .all(|b| *b == 0x5a));
+            assert!(
+                records(root).iter().all(|r| r.unit_row.is_none()),
+                "nothing claimed"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        trusted_board(root, signed(all), &p, &files);
+        let (r, _) = run(root);
+        r.unwrap_or_else(|f| panic!("run failed: {f}"));
+        assert_eq!(
+            records(root)
+                .last()
+                .unwrap()
+                .unit_row
+                .as_ref()
+                .map(|u| u.index),
+            Some(0)
+        );
+    }
+}

@@ -107,6 +107,8 @@ pub enum Error {
     NoTargetBoot { target: PathBuf },
     #[error("no flasher-log partition on the boot medium; this run is not recorded (rebuild the card with `mkflasher build` to get one)")]
     NoLog,
+    #[error("the card has a per-unit data pool but no flasher-log partition to record the claim in, so a row could be handed out twice; nothing was written. Rebuild the card with `mkflasher build --unit-data`")]
+    PoolWithoutLog,
     #[error("{what} is not available: {detail}")]
     NotAvailable { what: &'static str, detail: String },
     #[error("internal error: {0}")]
@@ -122,7 +124,7 @@ impl Error {
         match self {
             Error::Cmdline(e) => e.class(),
             Error::NoBlockDevices { .. } => C::NoStorage,
-            Error::NoPayload { .. } => C::PayloadInvalid,
+            Error::NoPayload { .. } | Error::PoolWithoutLog => C::PayloadInvalid,
             Error::BootloaderFile { .. } | Error::NoTargetBoot { .. } | Error::NoLog => {
                 C::PostWrite
             }

@@ -18,6 +18,7 @@ use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
 use super::watchdog::{Disarm, Feeder, Liveness, Monotonic, Watchdog};
 use super::Error;
 use crate::blockdev::{self, Device};
+use crate::config_inject::UnitData;
 use crate::pipeline::commit::TableCommit;
 use crate::pipeline::{self, post, WriteOptions, WriteReport};
 use crate::progress::{Event, Observer, RecordResult};
@@ -26,7 +27,8 @@ use boards::Placement;
 use flasher_format::bundle::{self, Trust};
 use flasher_format::card as card_layout;
 use flasher_format::cmdline::{Options, Verify};
-use flasher_format::record::{self, PhaseTiming, TargetIdentity, UnitRecord};
+use flasher_format::pool::{self, Pool};
+use flasher_format::record::{self, PhaseTiming, TargetIdentity, UnitRecord, UnitRow};
 
 /// Observers that can be added to after they were handed out (the panic hook gets
 /// this before the events path and the LEDs are known).
@@ -134,6 +136,8 @@ pub struct Real {
     boot_files: Vec<(String, Vec<u8>)>,
     /// Who signed the payload ("unsigned", a key fingerprint), for the record.
     signer: String,
+    /// The row claimed from the card's per-unit data pool, with its files.
+    unit: Option<UnitData>,
     succeeded: bool,
     /// `reboot(2)` and friends; a fake in tests.
     power: Box<dyn Power + Send>,
@@ -166,6 +170,7 @@ impl Real {
             report: None,
             boot_files: Vec::new(),
             signer: String::new(),
+            unit: None,
             succeeded: false,
             power: if pid1 {
                 Box::new(System)
@@ -330,16 +335,19 @@ impl Real {
     }
 
     /// Refuse before the first write when the unit log cannot take two more
-    /// records (the attempt-started one and the result), so a flashed board
-    /// always gets its record. Returns the records read, for the attempt count.
-    fn check_log_room(&self) -> crate::Result<Vec<UnitRecord>> {
+    /// records (the attempt-started one, which carries a pool claim, and the
+    /// result), so a flashed board always gets its record; `row_bytes` is room
+    /// for the pool row each of them carries. Warns when the log is nearly full.
+    /// Returns the records read, for the attempt count and the claim.
+    fn check_log_room(&self, row_bytes: u64) -> crate::Result<Vec<UnitRecord>> {
         let Some(log) = self.log.as_ref() else {
             return Ok(Vec::new());
         };
         let (scan, capacity) = scan_log(log)?;
         // A record with a long failure message stays well under 4 KiB.
-        let needed = 2 * (record::FRAME_OVERHEAD + RECORD_ROOM);
-        if capacity.saturating_sub(scan.end) < needed {
+        let needed = 2 * (record::FRAME_OVERHEAD + RECORD_ROOM + row_bytes);
+        let free = capacity.saturating_sub(scan.end);
+        if free < needed {
             return Err(record::Error::LogFull {
                 used: scan.end,
                 capacity,
@@ -347,7 +355,55 @@ impl Real {
             }
             .into());
         }
+        if let Some(w) = log_warning(scan.end, capacity, needed) {
+            self.note(Phase::Searching, w);
+        }
         Ok(scan.records.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The card's per-unit data pool, if it has one: parsed, and pinned by
+    /// the manifest when keys are trusted (the pool is the same on every
+    /// unit, so it can be signed; it pins the `units/` files in turn).
+    /// Returns the pool and its digest.
+    fn card_pool(
+        &self,
+        trust: &Trust,
+        manifest: &bundle::Manifest,
+    ) -> crate::Result<Option<(Pool, String)>> {
+        let Some(data) = self.card_read(pool::POOL_FILE, pool::MAX_POOL_BYTES)? else {
+            return Ok(None);
+        };
+        trust.check_file(manifest, pool::POOL_FILE, &data)?;
+        let p = Pool::parse(&data)?;
+        Ok(Some((p, pool::digest(&data))))
+    }
+
+    /// The next row of `pool` for this run and its files from the card's
+    /// `units/`, each checked against the pool (so against the pin). Nothing
+    /// is written yet: [`Real::begin_attempt`] records the claim.
+    fn pick_row(
+        &self,
+        pool: &Pool,
+        digest: &str,
+        records: &[UnitRecord],
+    ) -> crate::Result<UnitData> {
+        if self.log.is_none() {
+            return Err(Error::PoolWithoutLog.into());
+        }
+        let row = pool.claim(records, digest)?;
+        let mut files = Vec::new();
+        for name in pool.row_files(row.index) {
+            let path = format!("{}/{name}", pool::UNITS_DIR);
+            let data =
+                self.card_read(&path, pool::MAX_UNIT_FILE)?
+                    .ok_or(pool::Error::FileMissing {
+                        name: name.clone(),
+                        row: row.index,
+                    })?;
+            pool.check_file(&name, &data)?;
+            files.push((name, data));
+        }
+        Ok(UnitData { row, files })
     }
 
     /// The config files the card would copy onto the target.
@@ -369,12 +425,23 @@ impl Real {
             file: file.to_string(),
             card: self.card_boot.clone(),
         };
-        let card = self.card_boot.as_ref().ok_or_else(not_there)?;
+        if self.card_boot.is_none() {
+            return Err(not_there().into());
+        }
+        self.card_read(file, u64::MAX)?
+            .ok_or_else(|| not_there().into())
+    }
+
+    /// Read `path` (at most `max` bytes) from the card's flash-boot FAT;
+    /// `None` when the card has no such file or no flash-boot partition.
+    fn card_read(&self, path: &str, max: u64) -> crate::Result<Option<Vec<u8>>> {
+        let Some(card) = self.card_boot.as_ref() else {
+            return Ok(None);
+        };
         let f = File::open(card)
             .map_err(|e| crate::Error::io(format!("open card partition {}", card.display()), e))?;
-        card::read_file(f, file)
-            .map_err(|e| crate::Error::io(format!("read {file} from {}", card.display()), e))?
-            .ok_or_else(|| not_there().into())
+        card::read_file_max(f, path, max)
+            .map_err(|e| crate::Error::io(format!("read {path} from {}", card.display()), e))
     }
 }
 
@@ -383,8 +450,15 @@ impl Real {
     /// or unfinished attempts in the unit log (unless `flasher.retry-unit`), else
     /// log an attempt-started record for it, so a reset mid-run leaves evidence
     /// and a unit that hangs the run cannot reset-loop forever. `records` is the
-    /// log as [`Real::check_log_room`] just read it.
-    fn begin_attempt(&mut self, o: &Options, records: &[UnitRecord]) -> crate::Result<()> {
+    /// log as [`Real::check_log_room`] just read it. The record carries `claim`,
+    /// the pool row this run takes: once it is on the card, the row is used,
+    /// whatever happens next. A target without CID or serial still claims.
+    fn begin_attempt(
+        &mut self,
+        o: &Options,
+        records: &[UnitRecord],
+        claim: Option<UnitRow>,
+    ) -> crate::Result<()> {
         let Some(log) = self.log.clone() else {
             self.note(
                 Phase::Searching,
@@ -392,7 +466,8 @@ impl Real {
             );
             return Ok(());
         };
-        if !self.identity.is_countable() {
+        let countable = self.identity.is_countable();
+        if !countable {
             self.note(
                 Phase::Searching,
                 format!(
@@ -400,9 +475,15 @@ impl Real {
                     self.identity.device
                 ),
             );
-            return Ok(());
+            if claim.is_none() {
+                return Ok(());
+            }
         }
-        let attempts = record::failed_attempts(records, &self.identity);
+        let attempts = if countable {
+            record::failed_attempts(records, &self.identity)
+        } else {
+            0
+        };
         if attempts >= record::MAX_ATTEMPTS && !o.retry_unit {
             return Err(Error::UnitAttempts {
                 identity: self.identity.to_string(),
@@ -432,7 +513,9 @@ impl Real {
             failure: None,
         };
         let base = unit_record(&run, &self.identity, SystemTime::now());
-        append_to(&log, &record::attempt_started(&base))?;
+        let mut started = record::attempt_started(&base);
+        started.unit_row = claim;
+        append_to(&log, &started)?;
         Ok(())
     }
 }
@@ -874,14 +957,31 @@ impl Steps for Real {
                 trust.check_file(&opened.manifest, &name, &data)?;
             }
         }
+        let pool = self.card_pool(&trust, &opened.manifest)?;
         if signer == bundle::Signer::Unsigned {
             self.note(Phase::Searching, bundle::UNSIGNED_WARNING.into());
         }
         self.signer = signer.to_string();
-        let records = self.check_log_room()?;
+        let row_bytes = match &pool {
+            Some(_) => pool::MAX_ROW_BYTES,
+            None => 0,
+        };
+        let records = self.check_log_room(row_bytes)?;
+        // Which row this run takes (an exhausted pool stops here, unwritten).
+        self.unit = match &pool {
+            Some((p, digest)) => Some(self.pick_row(p, digest, &records)?),
+            None => None,
+        };
         // Counted only once the card-side checks passed: a card missing a file
-        // is not this unit's fault.
-        self.begin_attempt(o, &records)?;
+        // is not this unit's fault. The claim is recorded here, before the
+        // first write.
+        let claim = self.unit.as_ref().map(|u| u.row.clone());
+        self.begin_attempt(o, &records, claim)?;
+        if let Some((p, _)) = &pool {
+            if let Some(u) = &self.unit {
+                self.note(Phase::Searching, claimed_message(u, p.rows.len()));
+            }
+        }
         let opts = WriteOptions {
             verify: match o.verify {
                 Verify::Full => pipeline::Verify::Full,
@@ -892,7 +992,7 @@ impl Steps for Real {
             // Bootloader and config come after the image; the table goes live
             // after them, in `commit_table`.
             defer_commit: true,
-            require_boot_fat: has_config,
+            require_boot_fat: has_config || self.unit.is_some(),
             trust,
             ..WriteOptions::default()
         };
@@ -970,7 +1070,7 @@ impl Steps for Real {
         };
         let has = card::has_config(open_card()?)
             .map_err(|e| crate::Error::io(format!("read the FAT on {}", card.display()), e))?;
-        if !has {
+        if !has && self.unit.is_none() {
             self.note(Phase::Finishing, "config: none on the card".into());
             return Ok(());
         }
@@ -988,7 +1088,7 @@ impl Steps for Real {
             .ok_or_else(|| Error::NoTargetBoot {
                 target: target.clone(),
             })?;
-        let report = post::inject_config(&mut dev, span, open_card()?)?;
+        let report = post::inject_config(&mut dev, span, open_card()?, self.unit.as_ref())?;
         let files: Vec<&str> = report.files.iter().map(|(n, _)| n.as_str()).collect();
         self.note(
             Phase::Finishing,
@@ -1024,6 +1124,7 @@ impl Steps for Real {
         };
         let mut rec = unit_record(r, &self.identity, SystemTime::now());
         rec.signer = self.signer.clone();
+        rec.unit_row = self.unit.as_ref().map(|u| u.row.clone());
         let (offset, seq) = append_to(&log, &rec)?;
         let (phase, result) = match &r.failure {
             // After a failure the run stays in the failure phase.
@@ -1088,6 +1189,34 @@ impl Power for NotPid1 {
 
 /// Room kept for one unit record in the log, checked before the first write.
 const RECORD_ROOM: u64 = 4096;
+
+/// The warning event when the unit log will be nearly full after this run
+/// (`needed` bytes): less than a tenth of it free.
+fn log_warning(used: u64, capacity: u64, needed: u64) -> Option<String> {
+    let left = capacity.saturating_sub(used).saturating_sub(needed);
+    (left < capacity / 10).then(|| {
+        format!(
+            "warning: unit log nearly full: {used} of {capacity} bytes used, room for about {} more runs after this one; copy the records off the card (mkflasher inspect) and use a card with a new log",
+            left / (2 * pool::RECORD_ESTIMATE)
+        )
+    })
+}
+
+/// The console line for a claimed row: its index, the pool's size, and the
+/// host name when the row has one.
+fn claimed_message(u: &UnitData, rows: usize) -> String {
+    let host = u
+        .row
+        .values
+        .get("hostname")
+        .map(|h| format!(", hostname {h}"))
+        .unwrap_or_default();
+    format!(
+        "unit data: claimed row {} of {rows}{host}, {} file(s); recorded in the unit log before writing",
+        u.row.index,
+        u.files.len()
+    )
+}
 
 /// How long a failed run waits for the card to show up so it can still record.
 const LATE_LOG_WAIT: Duration = Duration::from_secs(10);
@@ -1199,6 +1328,20 @@ mod tests {
                 message: "write and verify: verify failed".into()
             }
         );
+    }
+
+    /// Item 2 of issue 14: a warning once less than a tenth of the log would
+    /// be free after this run's records; none before.
+    #[test]
+    fn nearly_full_log_warns() {
+        let cap = 15 << 20;
+        assert_eq!(log_warning(1 << 20, cap, 8192), None);
+        let w = log_warning(cap - (1 << 20), cap, 8192).expect("a warning");
+        assert!(w.starts_with("warning: unit log nearly full"), "{w}");
+        assert!(w.contains(&format!("of {cap} bytes used")), "{w}");
+        // Right at the edge: exactly a tenth left is no warning yet.
+        assert_eq!(log_warning(cap - cap / 10 - 8192, cap, 8192), None);
+        assert!(log_warning(cap - cap / 10 - 8191, cap, 8192).is_some());
     }
 
     #[test]

@@ -301,7 +301,7 @@ fn full_run<T: Staged>(t: &mut T, bundle: &[u8], card: &[u8], expand: bool) -> c
         .map_err(|e| CrateError::io("read the table to be committed", e))?
         .ok_or_else(|| CrateError::Usage("no FAT in the table to be committed".into()))?;
     assert_eq!(span, P1);
-    post::inject_config(t, span, Cursor::new(card.to_vec()))?;
+    post::inject_config(t, span, Cursor::new(card.to_vec()), None)?;
     t.stage(Stage::Commit);
     c.apply(t)?;
     Ok(())

@@ -6,7 +6,7 @@
 
 use super::commit::{self, TableCommit};
 use super::{Error, Target};
-use crate::config_inject::{self, ConfigReport, PartitionSlice};
+use crate::config_inject::{self, ConfigReport, PartitionSlice, UnitData};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -46,19 +46,22 @@ pub fn target_fat<T: Read + Seek>(
     crate::init::card::first_fat(&mut commit.view(t))
 }
 
-/// Copy the config from `card` (the card's boot FAT) onto the FAT at `span` of
-/// the target, then read back every sector written.
+/// Copy the config from `card` (the card's boot FAT), and the unit's row from
+/// the card's pool if one was claimed, onto the FAT at `span` of the target,
+/// then read back every sector written.
 pub fn inject_config<T: Target, C: Read + Write + Seek>(
     t: &mut T,
     span: (u64, u64),
     card: C,
+    unit: Option<&UnitData>,
 ) -> crate::Result<ConfigReport> {
     let mut rec = Recorder {
         t: &mut *t,
         pos: 0,
         sectors: BTreeMap::new(),
     };
-    let report = config_inject::copy_config(card, PartitionSlice::new(&mut rec, span.0, span.1))?;
+    let report =
+        config_inject::copy_config_with(card, PartitionSlice::new(&mut rec, span.0, span.1), unit)?;
     let sectors = std::mem::take(&mut rec.sectors);
     t.sync().map_err(Error::Sync)?;
     t.drop_cache();

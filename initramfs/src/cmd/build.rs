@@ -48,9 +48,21 @@ pub struct Args {
     /// Extra kernel command-line options, e.g. "flasher.verify=full".
     #[arg(long, default_value = "")]
     pub cmdline: String,
-    /// flasher-log partition size in bytes.
-    #[arg(long, default_value_t = card::DEFAULT_LOG_SIZE)]
-    pub log_size: u64,
+    /// flasher-log partition size in bytes. Default: room for 10,000 records
+    /// (15 MiB), more with --unit-data (a claim and a result per row, twice
+    /// over); a size too small for the pool is refused.
+    #[arg(long)]
+    pub log_size: Option<u64>,
+    /// Per-unit data: a CSV with a header row (e.g. hostname,serial,wifi_psk)
+    /// and one row per unit. Each board run claims the next row and writes it
+    /// into the flashed OS (config.json, flasher-unit.json); docs/factory.md.
+    #[arg(long, value_name = "FILE.csv")]
+    pub unit_data: Option<PathBuf>,
+    /// With --unit-data: a folder of per-unit files (keys, certificates); a
+    /// CSV value naming a file in it puts that file on the card's units/ and
+    /// onto that unit's boot partition.
+    #[arg(long, value_name = "DIR", requires = "unit_data")]
+    pub unit_files: Option<PathBuf>,
     /// Make the image at least this many bytes (e.g. 67108864: QEMU's sd-card
     /// needs a power of two). The backup GPT goes at the real end.
     #[arg(long, default_value_t = 0)]
@@ -83,6 +95,12 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
     let ir_spec = initrd::spec_from_args(&ir_args)?;
     let board = ir_spec.board.clone();
     let cache = crate::locate::fixture_cache();
+    let unit_pool = args
+        .unit_data
+        .as_deref()
+        .map(|csv| crate::pool::read(csv, args.unit_files.as_deref()))
+        .transpose()?;
+    let log_size = log_size(args.log_size, unit_pool.as_ref())?;
     // Check the payload before the (slower) initramfs build.
     let payload = match card::check_bundle(&args.payload) {
         Ok(()) => args.payload.clone(),
@@ -101,6 +119,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
                 opts.writer.sign = Some(bundle::read_secret_key(k).map_err(flasher::Error::from)?);
                 opts.writer.files = boot_files(&board, args.bootloader_files.as_deref())?
                     .into_iter()
+                    .chain(unit_pool.as_ref().map(pool_pin))
                     .map(|(name, data)| bundle::PinnedFile::new(name, &data))
                     .collect();
             }
@@ -121,6 +140,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
             &ir_spec.trust,
             &board,
             args.bootloader_files.as_deref(),
+            unit_pool.as_ref(),
         )?;
     }
     let kernel = match &args.kernel {
@@ -173,7 +193,11 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         systemd_boot,
         bootloader_files: args.bootloader_files.clone(),
         cmdline_extra: args.cmdline.clone(),
-        log_size: args.log_size,
+        unit_files: unit_pool
+            .as_ref()
+            .map(|p| p.card_files())
+            .unwrap_or_default(),
+        log_size,
         boot_size: 0,
         image_size: args.image_size,
     })
@@ -200,19 +224,43 @@ fn boot_files(board: &boards::Board, dir: Option<&Path>) -> crate::Result<Vec<(S
     Ok(out)
 }
 
+/// The pool file as a card file to pin: (name, bytes). It pins the `units/`
+/// files in turn (it carries their digests).
+fn pool_pin(p: &crate::pool::PoolFiles) -> (String, Vec<u8>) {
+    (flasher_format::pool::POOL_FILE.to_string(), p.bytes.clone())
+}
+
+/// The flasher-log size: `--log-size` if given (refused when smaller than the
+/// pool needs), else what the pool needs, at least the default.
+fn log_size(given: Option<u64>, pool: Option<&crate::pool::PoolFiles>) -> crate::Result<u64> {
+    let need = pool.map(|p| p.log_size()).unwrap_or(0);
+    match given {
+        Some(n) if n < need => Err(crate::Error::Usage(format!(
+            "--log-size {n} bytes is too small for the {} rows of --unit-data: a claim and a result per row, with margin, need {need} bytes; leave --log-size out to size it",
+            pool.map(|p| p.pool.rows.len()).unwrap_or(0)
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(need.max(card::DEFAULT_LOG_SIZE)),
+    }
+}
+
 /// What the board's /init will check, checked on the host first: the payload
-/// is signed by a trusted key, and the bootloader files are pinned by its
-/// manifest.
+/// is signed by a trusted key, and the bootloader files and the unit pool are
+/// pinned by its manifest.
 fn check_trusted(
     payload: &Path,
     keys: &[bundle::PublicKey],
     board: &boards::Board,
     bootloader_files: Option<&Path>,
+    unit_pool: Option<&crate::pool::PoolFiles>,
 ) -> crate::Result<()> {
     let trust = bundle::Trust::new(keys.to_vec());
     let opened = bundle::read_manifest_file(payload).map_err(flasher::Error::from)?;
     let signer = trust.check(&opened).map_err(flasher::Error::from)?;
-    for (name, data) in boot_files(board, bootloader_files)? {
+    for (name, data) in boot_files(board, bootloader_files)?
+        .into_iter()
+        .chain(unit_pool.map(pool_pin))
+    {
         trust
             .check_file(&opened.manifest, &name, &data)
             .map_err(flasher::Error::from)?;
@@ -258,4 +306,32 @@ fn build_with(args: &Args, spec: &mut CardSpec) -> crate::Result<()> {
     println!("  boot files: {}", r.boot_files.join(", "));
     println!("  cmdline: {}", r.cmdline);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Item 2 of issue 14: the log is sized for the pool; a `--log-size`
+    /// too small for it is refused, a larger one kept.
+    #[test]
+    fn log_size_follows_the_pool() {
+        assert_eq!(log_size(None, None).unwrap(), card::DEFAULT_LOG_SIZE);
+        assert_eq!(log_size(Some(1 << 20), None).unwrap(), 1 << 20);
+        let t = tempfile::tempdir().unwrap();
+        let csv = t.path().join("u.csv");
+        let rows: String = (0..20_000)
+            .map(|i| format!("unit-{i},{}\n", "k".repeat(64)))
+            .collect();
+        std::fs::write(&csv, format!("hostname,key\n{rows}")).unwrap();
+        let p = crate::pool::read(&csv, None).unwrap();
+        let need = p.log_size();
+        assert!(need > card::DEFAULT_LOG_SIZE, "{need}");
+        assert_eq!(log_size(None, Some(&p)).unwrap(), need);
+        assert_eq!(log_size(Some(need + 1), Some(&p)).unwrap(), need + 1);
+        assert!(matches!(
+            log_size(Some(need - 1), Some(&p)),
+            Err(crate::Error::Usage(_))
+        ));
+    }
 }

@@ -42,6 +42,13 @@ pub struct Args {
     /// on the board, unpinned card files are not written.
     #[arg(long, value_name = "PATH")]
     pub pin: Vec<PathBuf>,
+    /// Pin the per-unit data pool that `mkflasher build --unit-data FILE.csv`
+    /// (with the same --unit-files) puts on the card; it pins the unit files.
+    #[arg(long, value_name = "FILE.csv")]
+    pub unit_data: Option<PathBuf>,
+    /// The --unit-files folder for --unit-data.
+    #[arg(long, value_name = "DIR", requires = "unit_data")]
+    pub unit_files: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
@@ -57,6 +64,12 @@ pub fn run(args: Args) -> crate::Result<()> {
         files: pins(&args.pin)?,
         ..Default::default()
     };
+    if let Some(csv) = &args.unit_data {
+        let p = crate::pool::read(csv, args.unit_files.as_deref())?;
+        writer
+            .files
+            .push(PinnedFile::new(flasher_format::pool::POOL_FILE, &p.bytes));
+    }
     if let Some(w) = args.workers {
         writer.workers = w.max(1);
     }

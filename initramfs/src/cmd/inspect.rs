@@ -100,7 +100,7 @@ pub fn describe_log<R: Read + Seek>(
         };
         let _ = writeln!(
             out,
-            "  #{} @{off}: board {} target {} ({}{}) image {}{} wrote {} -> {result}",
+            "  #{} @{off}: board {} target {} ({}{}) image {}{} wrote {}{} -> {result}",
             r.seq,
             r.board,
             r.target.device,
@@ -116,7 +116,11 @@ pub fn describe_log<R: Read + Seek>(
             } else {
                 format!(" ({})", r.signer)
             },
-            human(r.bytes_written)
+            human(r.bytes_written),
+            r.unit_row
+                .as_ref()
+                .map(|u| format!(", unit row {}", u.index))
+                .unwrap_or_default()
         );
     }
     Ok(())
