@@ -588,29 +588,23 @@ fn boards_without_identity_and_operator_names_are_not_second_guessed() {
 mod emmc {
     use super::*;
 
-    const EMMC: &str = r#"
-name = "x"
-description = "d"
-status = "experimental"
-arch = "armv7"
-[target]
-transports = ["mmc"]
-mmc_type = "MMC"
-require_boot_partitions = true
-[[bootloader]]
-kind = "emmc-boot"
-partition = "boot0"
-file = "tiboot3.bin"
-"#;
+    /// An eMMC board that writes its bootloader into boot0.
+    fn emmc_board() -> String {
+        MINIMAL.replace(
+            "transports = [\"mmc\"]",
+            "transports = [\"mmc\"]\nmmc_type = \"MMC\"\nrequire_boot_partitions = true",
+        ) + "[[bootloader]]\nkind = \"emmc-boot\"\npartition = \"boot0\"\nfile = \"tiboot3.bin\"\n"
+    }
 
     #[test]
     fn defaults_and_settings() {
-        let b = parse("x.toml", EMMC).unwrap();
+        let emmc = emmc_board();
+        let b = parse("x.toml", &emmc).unwrap();
         assert_eq!(b.emmc, None);
         assert_eq!(b.life_time_limit_percent(), DEFAULT_LIFE_TIME_LIMIT_PERCENT);
         assert_eq!(DEFAULT_LIFE_TIME_LIMIT_PERCENT, 90);
         let text = format!(
-            "{EMMC}[emmc]\nlife_time_limit_percent = 70\nboot_enable = \"boot0\"\nboot_ack = true\n"
+            "{emmc}[emmc]\nlife_time_limit_percent = 70\nboot_enable = \"boot0\"\nboot_ack = true\n"
         );
         let b = parse("x.toml", &text).unwrap();
         assert_eq!(b.life_time_limit_percent(), 70);
@@ -625,7 +619,7 @@ file = "tiboot3.bin"
         assert_eq!(parse("x.toml", &to_toml(&b).unwrap()).unwrap(), b);
         assert_eq!(parse_json("x", &to_json(&b).unwrap()).unwrap(), b);
         // The user area needs no placement.
-        let user = format!("{EMMC}[emmc]\nboot_enable = \"user\"\n");
+        let user = format!("{emmc}[emmc]\nboot_enable = \"user\"\n");
         assert!(parse("x.toml", &user).is_ok());
     }
 
@@ -641,14 +635,15 @@ file = "tiboot3.bin"
 
     #[test]
     fn validation() {
+        let emmc = emmc_board();
         let cases = [
-            format!("{EMMC}[emmc]\nlife_time_limit_percent = 95\n"),
-            format!("{EMMC}[emmc]\nlife_time_limit_percent = 0\n"),
-            format!("{EMMC}[emmc]\nlife_time_limit_percent = 110\n"),
+            format!("{emmc}[emmc]\nlife_time_limit_percent = 95\n"),
+            format!("{emmc}[emmc]\nlife_time_limit_percent = 0\n"),
+            format!("{emmc}[emmc]\nlife_time_limit_percent = 110\n"),
             // Booting from a partition nothing is written to.
-            format!("{EMMC}[emmc]\nboot_enable = \"boot1\"\n"),
+            format!("{emmc}[emmc]\nboot_enable = \"boot1\"\n"),
             // An ack with nothing to enable.
-            format!("{EMMC}[emmc]\nboot_ack = false\n"),
+            format!("{emmc}[emmc]\nboot_ack = false\n"),
             // Not an eMMC with boot partitions.
             MINIMAL.to_string() + "[emmc]\nboot_enable = \"user\"\n",
         ];
@@ -659,10 +654,10 @@ file = "tiboot3.bin"
             );
         }
         // A typo is an error, like everywhere else in a board file.
-        let typo = format!("{EMMC}[emmc]\nboot_enabled = \"boot0\"\n");
+        let typo = format!("{emmc}[emmc]\nboot_enabled = \"boot0\"\n");
         assert!(matches!(parse("x.toml", &typo), Err(Error::Parse { .. })));
         for ok in [10, 50, 100] {
-            let text = format!("{EMMC}[emmc]\nlife_time_limit_percent = {ok}\n");
+            let text = format!("{emmc}[emmc]\nlife_time_limit_percent = {ok}\n");
             assert_eq!(
                 parse("x.toml", &text).unwrap().life_time_limit_percent(),
                 ok

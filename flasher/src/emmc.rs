@@ -51,7 +51,7 @@ pub enum Error {
         identity: String,
         worn: health::Worn,
     },
-    #[error("{device}: could not read EXT_CSD (CMD8 through the MMC_IOC_CMD ioctl): {source}; is the target an eMMC, and the kernel's MMC block driver in use? The partition table was not made live")]
+    #[error("{device}: could not open it or read its EXT_CSD (CMD8 through the MMC_IOC_CMD ioctl): {source}; is the target an eMMC, and the kernel's MMC block driver in use? The partition table was not made live")]
     ExtCsdRead {
         device: String,
         #[source]

@@ -59,6 +59,25 @@ fn cmdline(root: &Path, extra: &str) {
     .unwrap();
 }
 
+/// [`emmc_board`] with `extra` on the command line, run to success; the
+/// directory holds the root for the checks.
+fn flashes(
+    attrs: &[(&str, &str)],
+    tweak: impl FnOnce(&mut boards::Board),
+    extra: &str,
+    regs: FakeExtCsd,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    emmc_board(dir.path(), attrs, tweak);
+    cmdline(dir.path(), extra);
+    run_with(dir.path(), regs).unwrap_or_else(|f| panic!("run failed: {f}"));
+    dir
+}
+
+fn obey() -> FakeExtCsd {
+    FakeExtCsd::new(0, Behaviour::Obey)
+}
+
 fn run_with(root: &Path, regs: FakeExtCsd) -> Result<Outcome, Box<super::super::run::Failure>> {
     let power = FakePower::default();
     let mut real = Real::new(root, false)
@@ -128,11 +147,8 @@ fn refused(root: &Path, want: crate::emmc::health::Worn) {
 
 #[test]
 fn a_healthy_emmc_flashes_and_every_record_carries_its_health() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = flashes(&[], |_| {}, "", obey());
     let root = dir.path();
-    emmc_board(root, &[], |_| {});
-    cmdline(root, "");
-    run_with(root, FakeExtCsd::new(0, Behaviour::Obey)).unwrap_or_else(|f| panic!("{f}"));
     let recs = records(root);
     assert_eq!(recs.len(), 2);
     let want = record::StorageHealth {
@@ -210,20 +226,18 @@ fn a_board_set_limit_refuses_what_the_default_passes() {
         },
     );
     // The same part on a board with the default limit flashes.
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    emmc_board(root, &[("life_time", "0x06 0x01")], |_| {});
-    cmdline(root, "");
-    run_with(root, FakeExtCsd::new(0, Behaviour::Obey)).unwrap_or_else(|f| panic!("{f}"));
+    flashes(&[("life_time", "0x06 0x01")], |_| {}, "", obey());
 }
 
 #[test]
 fn health_off_flashes_a_worn_emmc_and_records_what_it_read() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = flashes(
+        &[("pre_eol_info", "0x03")],
+        |_| {},
+        "flasher.health=off",
+        obey(),
+    );
     let root = dir.path();
-    emmc_board(root, &[("pre_eol_info", "0x03")], |_| {});
-    cmdline(root, "flasher.health=off");
-    run_with(root, FakeExtCsd::new(0, Behaviour::Obey)).unwrap_or_else(|f| panic!("{f}"));
     let last = records(root).pop().unwrap();
     assert_eq!(last.result, record::Outcome::Ok);
     assert_eq!(last.health.unwrap().pre_eol_info.as_deref(), Some("0x03"));
@@ -235,16 +249,10 @@ fn health_off_flashes_a_worn_emmc_and_records_what_it_read() {
 
 #[test]
 fn missing_attributes_pass_with_a_note_and_warnings_only_warn() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
     // A kernel before 4.10: no life_time, pre_eol_info or rev.
-    emmc_board(
-        root,
-        &[("life_time", ""), ("pre_eol_info", ""), ("rev", "")],
-        |_| {},
-    );
-    cmdline(root, "");
-    run_with(root, FakeExtCsd::new(0, Behaviour::Obey)).unwrap_or_else(|f| panic!("{f}"));
+    let old = [("life_time", ""), ("pre_eol_info", ""), ("rev", "")];
+    let dir = flashes(&old, |_| {}, "", obey());
+    let root = dir.path();
     let last = records(root).pop().unwrap();
     assert_eq!(last.result, record::Outcome::Ok);
     let h = last.health.unwrap();
@@ -257,12 +265,8 @@ fn missing_attributes_pass_with_a_note_and_warnings_only_warn() {
     assert_eq!(notes.len(), 2, "{notes:?}");
 
     // Pre-EOL warning: a warning event, and the flash goes on.
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    emmc_board(root, &[("pre_eol_info", "0x02")], |_| {});
-    cmdline(root, "");
-    run_with(root, FakeExtCsd::new(0, Behaviour::Obey)).unwrap_or_else(|f| panic!("{f}"));
-    assert!(messages(root)
+    let dir = flashes(&[("pre_eol_info", "0x02")], |_| {}, "", obey());
+    assert!(messages(dir.path())
         .iter()
         .any(|m| m.starts_with("warning: eMMC pre-EOL information is 0x02")));
 }
@@ -295,12 +299,9 @@ fn boot0_board(b: &mut boards::Board) {
 
 #[test]
 fn the_bootloader_goes_to_boot0_and_the_emmc_boots_from_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let regs = obey();
+    let dir = flashes(&[], boot0_board, "", regs.clone());
     let root = dir.path();
-    emmc_board(root, &[], boot0_board);
-    cmdline(root, "");
-    let regs = FakeExtCsd::new(0x00, Behaviour::Obey);
-    run_with(root, regs.clone()).unwrap_or_else(|f| panic!("{f}"));
     let boot0 = std::fs::read(root.join("dev/mmcblk1boot0")).unwrap();
     assert_eq!(&boot0[..BOOTLOADER.len()], BOOTLOADER);
     assert_eq!(
