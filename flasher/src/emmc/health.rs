@@ -7,7 +7,8 @@
 //! "mmc: core: Export device lifetime information through sysfs"):
 //! `life_time` = `"0x%02x 0x%02x"` (EXT_CSD[268] DEVICE_LIFE_TIME_EST_TYP_A,
 //! EXT_CSD[269] TYP_B), `pre_eol_info` = `"0x%02x"` (EXT_CSD[267]), `rev`
-//! (EXT_CSD_REV), `date` (`MM/YYYY` from the CID), `manfid`, `cid`.
+//! (EXT_CSD_REV), `date` (`MM/YYYY` from the CID), `manfid`; `cid` is read
+//! with the disk by the storage scan and kept in the record's target identity.
 //!
 //! JEDEC JESD84-B51 (eMMC 5.1) defines the values: a life-time estimate of
 //! 0x01..=0x0A means 0-10 % .. 90-100 % of the device's life used (10 % bands),
@@ -66,10 +67,9 @@ impl fmt::Display for Worn {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reading {
     /// The attributes as the kernel showed them, trimmed; absent ones `None`.
+    /// (The CID is read with the disk by the storage scan and recorded in the
+    /// record's target identity.)
     pub health: StorageHealth,
-    /// The CID (already in the record's target identity; read here so the
-    /// gate's console line names the part).
-    pub cid: Option<String>,
     /// Type A and B estimates, when `life_time` has the kernel's shape.
     pub life_time: Option<(u8, u8)>,
     /// `pre_eol_info`, when it has the kernel's shape.
@@ -123,7 +123,6 @@ pub fn read(root: &Path, name: &str) -> Reading {
     });
     let pre_eol = health.pre_eol_info.as_deref().and_then(hex_byte);
     Reading {
-        cid: get("cid"),
         health,
         life_time,
         pre_eol,
@@ -286,7 +285,6 @@ mod tests {
         assert_eq!(r.health.rev.as_deref(), Some("0x8"));
         assert_eq!(r.health.date.as_deref(), Some("06/2019"));
         assert_eq!(r.health.manfid.as_deref(), Some("0x000015"));
-        assert!(r.cid.is_some());
         assert_eq!((r.life_time, r.pre_eol), (Some((1, 2)), Some(1)));
         let a = assess(&r, 90);
         assert_eq!(a.refusal, None);
