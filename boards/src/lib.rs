@@ -183,6 +183,9 @@ pub fn validate(board: &Board) -> Result<(), String> {
             }
         }
     }
+    if let Some(e) = &board.emmc {
+        validate_emmc(board, e)?;
+    }
     if let Some(w) = &board.watchdog {
         if !w.starts_with("/dev/") {
             return Err(format!("watchdog {w:?} must be a /dev path"));
@@ -203,6 +206,45 @@ pub fn validate(board: &Board) -> Result<(), String> {
         .any(|m| m.is_empty() || m.contains('/') || m.ends_with(".ko"))
     {
         return Err("modules are bare module names like \"sdhci-pci\" (no paths, no .ko)".into());
+    }
+    Ok(())
+}
+
+/// The `[emmc]` table: a limit in whole 10 % bands; booting from a partition
+/// only on an eMMC with boot partitions, and from boot0/boot1 only when the
+/// board writes its bootloader there (enabling a partition the flasher did
+/// not write could leave the board unbootable).
+fn validate_emmc(board: &Board, e: &Emmc) -> Result<(), String> {
+    if let Some(p) = e.life_time_limit_percent {
+        if !(10..=100).contains(&p) || p % 10 != 0 {
+            return Err(format!(
+                "emmc.life_time_limit_percent {p} must be a multiple of 10 from 10 to 100 (the eMMC reports life used in 10 % bands)"
+            ));
+        }
+    }
+    let Some(enable) = e.boot_enable else {
+        if e.boot_ack.is_some() {
+            return Err("emmc.boot_ack needs emmc.boot_enable".into());
+        }
+        return Ok(());
+    };
+    if !board.target.require_boot_partitions {
+        return Err(
+            "emmc.boot_enable needs target.require_boot_partitions = true (an eMMC target)".into(),
+        );
+    }
+    if let Some(part) = enable.partition() {
+        let written = board
+            .bootloader
+            .iter()
+            .any(|p| matches!(p, Placement::EmmcBoot { partition, .. } if *partition == part));
+        if !written {
+            return Err(format!(
+                "emmc.boot_enable = \"{}\" needs an emmc-boot bootloader placement into {}",
+                part.suffix(),
+                part.suffix()
+            ));
+        }
     }
     Ok(())
 }

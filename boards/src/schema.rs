@@ -42,6 +42,10 @@ pub struct Board {
     /// hung I/O resets the board. Unset: [`DEFAULT_WATCHDOG_STALL_S`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog_stall_s: Option<u32>,
+    /// eMMC settings: the health gate's limit and the hardware partition to
+    /// boot from. Unset: the defaults of [`Emmc`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emmc: Option<Emmc>,
 }
 
 /// The stall interval when a board file does not set `watchdog_stall_s`: well
@@ -58,6 +62,83 @@ impl Board {
                 .unwrap_or(DEFAULT_WATCHDOG_STALL_S)
                 .into(),
         )
+    }
+}
+
+/// The health gate's limit when a board file does not set
+/// `emmc.life_time_limit_percent`: an estimate in the 90-100 % band (or past
+/// it) refuses the target.
+pub const DEFAULT_LIFE_TIME_LIMIT_PERCENT: u8 = 90;
+
+impl Board {
+    /// The health gate's life-time limit in percent (docs/factory.md).
+    pub fn life_time_limit_percent(&self) -> u8 {
+        self.emmc
+            .and_then(|e| e.life_time_limit_percent)
+            .unwrap_or(DEFAULT_LIFE_TIME_LIMIT_PERCENT)
+    }
+}
+
+/// `[emmc]`: what the flasher does with an eMMC target beyond writing it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Emmc {
+    /// Refuse the target when either JEDEC life-time estimate (type A or B, in
+    /// 10 % bands) says at least this much of the device's life is used: the
+    /// band starting at this value and every band above it refuse. A multiple
+    /// of 10 from 10 to 100 (100: only "exceeded" refuses). Unset:
+    /// [`DEFAULT_LIFE_TIME_LIMIT_PERCENT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub life_time_limit_percent: Option<u8>,
+    /// After the bootloader is written, make the eMMC boot from this hardware
+    /// partition (EXT_CSD PARTITION_CONFIG, BOOT_PARTITION_ENABLE). Unset: the
+    /// register is left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_enable: Option<BootEnable>,
+    /// With `boot_enable`: whether the eMMC sends the boot acknowledge
+    /// (PARTITION_CONFIG bit 6, BOOT_ACK), as the SoC's boot ROM expects.
+    /// Unset: the bit keeps its current value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ack: Option<bool>,
+}
+
+/// Which partition the eMMC boots from (EXT_CSD PARTITION_CONFIG bits 5:3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootEnable {
+    Boot0,
+    Boot1,
+    /// The user area (BOOT_PARTITION_ENABLE = 7).
+    User,
+}
+
+impl BootEnable {
+    /// The BOOT_PARTITION_ENABLE field value (JEDEC JESD84-B51, EXT_CSD[179]).
+    pub fn field(self) -> u8 {
+        match self {
+            BootEnable::Boot0 => 1,
+            BootEnable::Boot1 => 2,
+            BootEnable::User => 7,
+        }
+    }
+
+    /// The hardware boot partition this names, if it is one.
+    pub fn partition(self) -> Option<BootPartition> {
+        match self {
+            BootEnable::Boot0 => Some(BootPartition::Boot0),
+            BootEnable::Boot1 => Some(BootPartition::Boot1),
+            BootEnable::User => None,
+        }
+    }
+}
+
+impl fmt::Display for BootEnable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BootEnable::Boot0 => "boot0",
+            BootEnable::Boot1 => "boot1",
+            BootEnable::User => "the user area",
+        })
     }
 }
 

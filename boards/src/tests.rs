@@ -583,3 +583,85 @@ fn boards_without_identity_and_operator_names_are_not_second_guessed() {
     let d = detect_for(r.path(), None, Some("qemu-imx6-nitrogen6x"), &boards).unwrap();
     assert_eq!((d.board.name.as_str(), d.how), ("ts4900", How::Cmdline));
 }
+
+/// Issue 14: the `[emmc]` table (health-gate limit, boot partition enable).
+mod emmc {
+    use super::*;
+
+    /// An eMMC board that writes its bootloader into boot0.
+    fn emmc_board() -> String {
+        MINIMAL.replace(
+            "transports = [\"mmc\"]",
+            "transports = [\"mmc\"]\nmmc_type = \"MMC\"\nrequire_boot_partitions = true",
+        ) + "[[bootloader]]\nkind = \"emmc-boot\"\npartition = \"boot0\"\nfile = \"tiboot3.bin\"\n"
+    }
+
+    #[test]
+    fn defaults_and_settings() {
+        let emmc = emmc_board();
+        let b = parse("x.toml", &emmc).unwrap();
+        assert_eq!(b.emmc, None);
+        assert_eq!(b.life_time_limit_percent(), DEFAULT_LIFE_TIME_LIMIT_PERCENT);
+        assert_eq!(DEFAULT_LIFE_TIME_LIMIT_PERCENT, 90);
+        let text = format!(
+            "{emmc}[emmc]\nlife_time_limit_percent = 70\nboot_enable = \"boot0\"\nboot_ack = true\n"
+        );
+        let b = parse("x.toml", &text).unwrap();
+        assert_eq!(b.life_time_limit_percent(), 70);
+        let e = b.emmc.unwrap();
+        assert_eq!(e.boot_enable, Some(BootEnable::Boot0));
+        assert_eq!(e.boot_ack, Some(true));
+        assert_eq!(
+            [BootEnable::Boot0, BootEnable::Boot1, BootEnable::User].map(BootEnable::field),
+            [1, 2, 7]
+        );
+        // Through TOML and JSON (what the initramfs carries) unchanged.
+        assert_eq!(parse("x.toml", &to_toml(&b).unwrap()).unwrap(), b);
+        assert_eq!(parse_json("x", &to_json(&b).unwrap()).unwrap(), b);
+        // The user area needs no placement.
+        let user = format!("{emmc}[emmc]\nboot_enable = \"user\"\n");
+        assert!(parse("x.toml", &user).is_ok());
+    }
+
+    #[test]
+    fn no_shipped_board_changes_behaviour() {
+        // No shipped board enables a boot partition or moves the limit: the
+        // research (BOARDS.md) names no shipped board that boots from an eMMC
+        // boot partition the flasher writes.
+        for b in builtin().unwrap() {
+            assert_eq!(b.emmc, None, "{}", b.name);
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let emmc = emmc_board();
+        let cases = [
+            format!("{emmc}[emmc]\nlife_time_limit_percent = 95\n"),
+            format!("{emmc}[emmc]\nlife_time_limit_percent = 0\n"),
+            format!("{emmc}[emmc]\nlife_time_limit_percent = 110\n"),
+            // Booting from a partition nothing is written to.
+            format!("{emmc}[emmc]\nboot_enable = \"boot1\"\n"),
+            // An ack with nothing to enable.
+            format!("{emmc}[emmc]\nboot_ack = false\n"),
+            // Not an eMMC with boot partitions.
+            MINIMAL.to_string() + "[emmc]\nboot_enable = \"user\"\n",
+        ];
+        for text in cases {
+            assert!(
+                matches!(parse("x.toml", &text), Err(Error::Invalid { .. })),
+                "accepted: {text}"
+            );
+        }
+        // A typo is an error, like everywhere else in a board file.
+        let typo = format!("{emmc}[emmc]\nboot_enabled = \"boot0\"\n");
+        assert!(matches!(parse("x.toml", &typo), Err(Error::Parse { .. })));
+        for ok in [10, 50, 100] {
+            let text = format!("{emmc}[emmc]\nlife_time_limit_percent = {ok}\n");
+            assert_eq!(
+                parse("x.toml", &text).unwrap().life_time_limit_percent(),
+                ok
+            );
+        }
+    }
+}

@@ -6,6 +6,12 @@
 //! [`ForceRoGuard`] restores the old value on every path, errors and panics
 //! included, so a failed flash never leaves a boot partition writable.
 //! RPMB and the user area are refused here by name.
+//!
+//! - [`health`]: the health gate's sysfs reading and verdict (before writing).
+//! - [`ext_csd`]: EXT_CSD PARTITION_CONFIG, which partition the eMMC boots from.
+
+pub mod ext_csd;
+pub mod health;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -39,12 +45,43 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing {device} ({identity}): the eMMC is worn out: {worn}; replace this unit's eMMC, or (lab use only) put flasher.health=off on the kernel command line to flash it anyway")]
+    Worn {
+        device: String,
+        identity: String,
+        worn: health::Worn,
+    },
+    #[error("{device}: could not open it or read its EXT_CSD (CMD8 through the MMC_IOC_CMD ioctl): {source}; is the target an eMMC, and the kernel's MMC block driver in use? The partition table was not made live")]
+    ExtCsdRead {
+        device: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{device}: the eMMC refused to boot from {enable}: CMD6 SWITCH of PARTITION_CONFIG (EXT_CSD[179]) to 0x{value:02x} failed: {source}; check that this eMMC has boot partitions and is not write-protected, or remove emmc.boot_enable from the board file. The partition table was not made live")]
+    ExtCsdSwitch {
+        device: String,
+        enable: boards::BootEnable,
+        value: u8,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{device}: after switching PARTITION_CONFIG (EXT_CSD[179]) to 0x{wanted:02x} to boot from {enable}, it reads back 0x{read:02x}; the eMMC did not take it (a locked boot configuration?). The partition table was not made live")]
+    ExtCsdNotSet {
+        device: String,
+        enable: boards::BootEnable,
+        wanted: u8,
+        read: u8,
+    },
 }
 
 impl Error {
-    /// A post-write step (the bootloader) failed.
+    /// A worn target is refused (before any write); everything else here is
+    /// a post-write step (the bootloader) failing.
     pub fn class(&self) -> led::ErrorClass {
-        led::ErrorClass::PostWrite
+        match self {
+            Error::Worn { .. } => led::ErrorClass::TargetRefused,
+            _ => led::ErrorClass::PostWrite,
+        }
     }
 }
 

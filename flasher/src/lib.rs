@@ -3,9 +3,9 @@
 //!
 //! Layout: `bundle` (format), `pipeline` (read ▶ decompress ▶ check ▶ write ▶
 //! verify), `blockdev` (ioctls, O_DIRECT), `fixup` (partition tables after the
-//! write), `storage` (sysfs discovery and target choice), `emmc` (boot partitions),
-//! `record` (the unit log), `config_inject` (config onto the target), `init` (PID 1),
-//! `progress` (the event stream), `cmd` (the subcommands the binary dispatches to).
+//! write), `storage` (sysfs discovery and target choice), `emmc` (boot partitions,
+//! the health gate, EXT_CSD), `record` (the unit log), `config_inject` (config onto
+//! the target), `init` (PID 1), `progress` (the event stream), `cmd` (the subcommands the binary dispatches to).
 
 pub mod blockdev;
 

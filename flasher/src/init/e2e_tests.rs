@@ -55,14 +55,22 @@ fn board(root: &Path, target_size: u64, image: &[u8]) {
 const CONFIG_JSON: &[u8] = br#"{"hostname":"unit","installer":{"secureboot":true}}"#;
 const HOSTNAME: &[u8] = b"unit-7\n";
 
-fn board_with(root: &Path, target_size: u64, mut payload: Vec<u8>) {
+fn board_with(root: &Path, target_size: u64, payload: Vec<u8>) {
+    card_and_target(root, payload, |r| {
+        r.mmc(TARGET, 1, 1, "SD", target_size, false).unwrap();
+    })
+}
+
+/// The flasher card with `payload` on controller CARD, the target `target`
+/// adds (mmcblk1 on TARGET), and the QEMU-SD command line.
+fn card_and_target(root: &Path, mut payload: Vec<u8>, target: impl FnOnce(&mut FakeRoot)) {
     let mut r = FakeRoot::new(root).unwrap();
     let card = r.mmc(CARD, 0, 0, "SD", 64 << 20, false).unwrap();
     r.partition(&card, 1, Some("flash-boot"), 8 << 20).unwrap();
     r.partition(&card, 2, Some("flasher-payload"), 16 << 20)
         .unwrap();
     r.partition(&card, 3, Some("flasher-log"), 1 << 20).unwrap();
-    r.mmc(TARGET, 1, 1, "SD", target_size, false).unwrap();
+    target(&mut r);
     let flash_boot = fat_with(
         8 << 20,
         &[("config.json", CONFIG_JSON), ("hostname", HOSTNAME)],
@@ -918,3 +926,6 @@ mod unit_pool {
         );
     }
 }
+
+/// Issue 14: the eMMC health gate and boot-partition enable, end to end.
+mod emmc;

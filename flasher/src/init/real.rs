@@ -28,7 +28,13 @@ use flasher_format::bundle::{self, Trust};
 use flasher_format::card as card_layout;
 use flasher_format::cmdline::{Options, Verify};
 use flasher_format::pool::{self, Pool};
-use flasher_format::record::{self, PhaseTiming, TargetIdentity, UnitRecord, UnitRow};
+use flasher_format::record::{
+    self, PhaseTiming, StorageHealth, TargetIdentity, UnitRecord, UnitRow,
+};
+
+/// Opens the EXT_CSD access of a whole-disk eMMC node (the ioctl; a fake in tests).
+pub type ExtCsdOpener =
+    Box<dyn FnMut(&Path) -> std::io::Result<Box<dyn crate::emmc::ext_csd::ExtCsd>> + Send>;
 
 /// Observers that can be added to after they were handed out (the panic hook gets
 /// this before the events path and the LEDs are known).
@@ -131,6 +137,8 @@ pub struct Real {
     /// The chosen target's device node and identity.
     target: Option<PathBuf>,
     identity: TargetIdentity,
+    /// The target's eMMC health as read by the gate (none on other storage).
+    health: Option<StorageHealth>,
     report: Option<WriteReport>,
     /// The board's bootloader files, read from the card before the first write.
     boot_files: Vec<(String, Vec<u8>)>,
@@ -143,6 +151,8 @@ pub struct Real {
     power: Box<dyn Power + Send>,
     /// Overrides the success hold before power-off (tests use zero).
     hold: Option<Duration>,
+    /// EXT_CSD access for `emmc.boot_enable`.
+    ext_csd: ExtCsdOpener,
 }
 
 impl Real {
@@ -167,6 +177,7 @@ impl Real {
             card_boot: None,
             target: None,
             identity: TargetIdentity::default(),
+            health: None,
             report: None,
             boot_files: Vec::new(),
             signer: String::new(),
@@ -178,7 +189,17 @@ impl Real {
                 Box::new(NotPid1)
             },
             hold: None,
+            ext_csd: Box::new(|dev| {
+                Ok(Box::new(crate::emmc::ext_csd::MmcIoctl::open(dev)?)
+                    as Box<dyn crate::emmc::ext_csd::ExtCsd>)
+            }),
         }
+    }
+
+    /// Use another EXT_CSD access (tests: a fake register).
+    pub fn with_ext_csd(mut self, open: ExtCsdOpener) -> Self {
+        self.ext_csd = open;
+        self
     }
 
     /// Use another power backend and success hold (tests: a recorder and zero).
@@ -446,6 +467,89 @@ impl Real {
 }
 
 impl Real {
+    /// The eMMC health gate (docs/factory.md): on an eMMC target, read its
+    /// wear from sysfs for the record, and refuse it (before any write) when
+    /// pre-EOL is urgent or a life-time estimate is past the board's limit,
+    /// unless `flasher.health=off`. Other targets pass ungated.
+    fn health_gate(&mut self, o: &Options) -> crate::Result<()> {
+        use crate::emmc::health;
+        let name = self.identity.device.clone();
+        if !health::is_emmc(&self.root, &name) {
+            self.health = None;
+            return Ok(());
+        }
+        let reading = health::read(&self.root, &name);
+        let limit = self
+            .board
+            .as_ref()
+            .map(boards::Board::life_time_limit_percent)
+            .unwrap_or(boards::DEFAULT_LIFE_TIME_LIMIT_PERCENT);
+        let verdict = health::assess(&reading, limit);
+        self.health = Some(reading.health);
+        self.note(
+            Phase::Searching,
+            format!("eMMC health of {name}: {}", verdict.summary),
+        );
+        for n in &verdict.notes {
+            self.note(Phase::Searching, format!("eMMC health: {n}; passing"));
+        }
+        for w in &verdict.warnings {
+            self.note(Phase::Searching, format!("warning: {w}"));
+        }
+        let Some(worn) = verdict.refusal else {
+            return Ok(());
+        };
+        if !o.health {
+            self.note(
+                Phase::Searching,
+                format!("warning: {worn}; flasher.health=off, so flashing it anyway"),
+            );
+            return Ok(());
+        }
+        Err(crate::emmc::Error::Worn {
+            device: name,
+            identity: self.identity.to_string(),
+            worn,
+        }
+        .into())
+    }
+
+    /// `emmc.boot_enable`: after the bootloader is on the eMMC, make it the
+    /// partition the eMMC boots from (EXT_CSD PARTITION_CONFIG), read back.
+    /// Runs before the table goes live, so a refusal leaves nothing bootable.
+    fn enable_boot_partition(&mut self) -> crate::Result<()> {
+        let Some(emmc) = self.board()?.emmc else {
+            return Ok(());
+        };
+        let Some(enable) = emmc.boot_enable else {
+            return Ok(());
+        };
+        let dev = self.target.clone().ok_or_else(|| missing("a target"))?;
+        let mut regs = (self.ext_csd)(&dev).map_err(|source| crate::emmc::Error::ExtCsdRead {
+            device: dev.display().to_string(),
+            source,
+        })?;
+        let c = crate::emmc::ext_csd::enable_boot(&mut *regs, &dev, enable, emmc.boot_ack)?;
+        let ack = if c.after & crate::emmc::ext_csd::BOOT_ACK != 0 {
+            "on"
+        } else {
+            "off"
+        };
+        let how = if c.before == c.after {
+            "already set".to_string()
+        } else {
+            format!("0x{:02x} -> 0x{:02x}, read back", c.before, c.after)
+        };
+        self.note(
+            Phase::Finishing,
+            format!(
+                "eMMC boots from {enable} (BOOT_ACK {ack}): PARTITION_CONFIG {how} on {}",
+                dev.display()
+            ),
+        );
+        Ok(())
+    }
+
     /// Before the first write: refuse a unit with [`record::MAX_ATTEMPTS`] failed
     /// or unfinished attempts in the unit log (unless `flasher.retry-unit`), else
     /// log an attempt-started record for it, so a reset mid-run leaves evidence
@@ -512,7 +616,8 @@ impl Real {
             write: None,
             failure: None,
         };
-        let base = unit_record(&run, &self.identity, SystemTime::now());
+        let mut base = unit_record(&run, &self.identity, SystemTime::now());
+        base.health = self.health.clone();
         let mut started = record::attempt_started(&base);
         started.unit_row = claim;
         append_to(&log, &started)?;
@@ -915,6 +1020,7 @@ impl Steps for Real {
             self.identity = disk_identity(&disk);
             self.target = Some(disk.dev_path.clone());
         }
+        self.health_gate(o)?;
         let device = self.target.clone().ok_or_else(|| missing("a target"))?;
         Ok(TargetInfo {
             device,
@@ -1046,14 +1152,14 @@ impl Steps for Real {
                     self.note(
                         Phase::Finishing,
                         format!(
-                            "bootloader: {file} ({} bytes) to {part} at byte {offset}",
+                            "bootloader: wrote and read back {file} ({} bytes) to {part} at byte {offset}",
                             data.len()
                         ),
                     );
                 }
             }
         }
-        Ok(())
+        self.enable_boot_partition()
     }
 
     fn copy_config(&mut self, _o: &Options) -> crate::Result<()> {
@@ -1125,6 +1231,7 @@ impl Steps for Real {
         let mut rec = unit_record(r, &self.identity, SystemTime::now());
         rec.signer = self.signer.clone();
         rec.unit_row = self.unit.as_ref().map(|u| u.row.clone());
+        rec.health = self.health.clone();
         let (offset, seq) = append_to(&log, &rec)?;
         let (phase, result) = match &r.failure {
             // After a failure the run stays in the failure phase.

@@ -3,7 +3,8 @@
 //! [`FakeRoot`] writes a directory tree shaped like the kernel's: real device
 //! directories under `sys/devices/...`, the `sys/block/X -> ../devices/.../block/X`
 //! and `sys/class/...` symlinks, `device` links to the card/controller directory
-//! (`type`, `name`, `cid`, `model`, `serial`), `dev` as `major:minor`, `size` in
+//! (`type`, `name`, `cid`, `model`, `serial`; eMMC `life_time`, `pre_eol_info`,
+//! `rev`, `date`, `manfid`), `dev` as `major:minor`, `size` in
 //! 512-byte sectors, `ro`, `removable`, partitions with a `partition` file and a
 //! `uevent` carrying `PARTNAME=`, eMMC `bootN` partitions with `force_ro`,
 //! `proc/self/mountinfo`, and a `dev/NAME` file per disk and partition.
@@ -153,6 +154,16 @@ impl FakeRoot {
             &format!("0x{:08x}\n", 0x1234_0000 + index),
         )?;
         write(&card.join("cid"), "fe014a4d4d43303447109e3a3b4a8a00\n")?;
+        // drivers/mmc/core/{mmc,sd}.c: both card kinds show date and manfid;
+        // eMMC also its EXT_CSD revision and (linux >= 4.10) its wear, here
+        // a healthy part: 0-10 % and 10-20 % of its life used, pre-EOL normal.
+        write(&card.join("date"), "06/2019\n")?;
+        write(&card.join("manfid"), "0x000015\n")?;
+        if card_type == "MMC" {
+            write(&card.join("rev"), "0x8\n")?;
+            write(&card.join("life_time"), "0x01 0x02\n")?;
+            write(&card.join("pre_eol_info"), "0x01\n")?;
+        }
         symlink_rel(
             &host_dir,
             &self.root.join(format!("sys/class/mmc_host/mmc{host}")),
