@@ -193,7 +193,7 @@ fn write_error_fails_closed() {
 #[test]
 fn card_for_another_board_is_refused_by_the_device_tree() {
     let f = fixture();
-    let cache = mkflasher::locate::fixture_cache();
+    let cache = mkflasher::locate::debian_parts();
     let arch = boards::Arch::Armv7;
     let kernel = mkflasher::locate::qemu_kernel_for(&cache, arch).unwrap();
     let modules = mkflasher::locate::qemu_modules_dir_for(&cache, arch).unwrap();
