@@ -126,6 +126,7 @@ fn checked(file: &str, board: Board) -> Result<Board> {
     Ok(board)
 }
 
+#[cfg(feature = "toml")]
 /// The `[card]` table: names are plain, `fdt` is one of `dtbs`, each U-Boot
 /// piece goes either into the FAT or raw between the MBR and the first
 /// partition (its end is checked when the card is built, knowing its size).
@@ -243,6 +244,8 @@ pub fn validate(board: &Board) -> Result<(), String> {
             }
         }
     }
+    // Without the `toml` feature `[card]` is always empty (Board::card).
+    #[cfg(feature = "toml")]
     validate_card(board)?;
     if let Some(w) = &board.watchdog {
         if !w.starts_with("/dev/") {

@@ -31,7 +31,15 @@ pub struct Board {
     pub bootloader: Vec<Placement>,
     /// What a U-Boot board's flasher card carries besides the kernel and the
     /// initramfs: device trees, console, Debian's U-Boot and where it goes.
-    #[serde(default, skip_serializing_if = "CardLayout::is_empty")]
+    /// Only `mkflasher build` uses it: without the `toml` feature (the
+    /// on-board /init) it is accepted, dropped and always empty, which keeps
+    /// its parser out of the board binary (15 KB).
+    #[serde(default)]
+    #[cfg_attr(feature = "toml", serde(skip_serializing_if = "CardLayout::is_empty"))]
+    #[cfg_attr(
+        not(feature = "toml"),
+        serde(skip_serializing, deserialize_with = "skip_card")
+    )]
     pub card: CardLayout,
     /// The user LEDs and per-phase pattern overrides (the `led` crate's schema).
     #[serde(default)]
@@ -384,6 +392,12 @@ pub struct CardLayout {
     /// `--bootloader-files DIR` is then required.
     #[serde(default)]
     pub needs: Option<String>,
+}
+
+/// `[card]` in a build without the `toml` feature: skipped (see `Board::card`).
+#[cfg(not(feature = "toml"))]
+fn skip_card<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CardLayout, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| CardLayout::default())
 }
 
 impl CardLayout {
