@@ -86,6 +86,36 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
     let ir_spec = initrd::spec_from_args(&ir_args)?;
     let board = ir_spec.board.clone();
     let cache = crate::locate::fixture_cache();
+    // The kernel and the board's boot parts before the payload, which may
+    // be bundled first (slow, and a file to clean up).
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => match default_kernel(&board) {
+            Some(k) => k,
+            None => {
+                return Err(card::Error::NoKernel {
+                    board: board.name.clone(),
+                    hint: if card::is_qemu_board(&board) {
+                        " (or run qemu-fixtures/setup to fetch the Debian kernel)".into()
+                    } else if board.arch == boards::Arch::Armv7 {
+                        " (or run scripts/fetch-debian-parts to fetch Debian's armmp kernel)".into()
+                    } else {
+                        String::new()
+                    },
+                }
+                .into())
+            }
+        },
+    };
+    let parts = if card::is_x86(&board) {
+        card::BootParts::default()
+    } else {
+        card::resolve_parts(
+            &board,
+            &crate::locate::debian_parts(),
+            args.bootloader_files.as_deref(),
+        )?
+    };
     // Check the payload before the (slower) initramfs build.
     let payload = match card::check_bundle(&args.payload) {
         Ok(()) => args.payload.clone(),
@@ -126,34 +156,6 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
             args.bootloader_files.as_deref(),
         )?;
     }
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => match default_kernel(&board) {
-            Some(k) => k,
-            None => {
-                return Err(card::Error::NoKernel {
-                    board: board.name.clone(),
-                    hint: if card::is_qemu_board(&board) {
-                        " (or run qemu-fixtures/setup to fetch the Debian kernel)".into()
-                    } else if board.arch == boards::Arch::Armv7 {
-                        " (or run scripts/fetch-debian-parts to fetch Debian's armmp kernel)".into()
-                    } else {
-                        String::new()
-                    },
-                }
-                .into())
-            }
-        },
-    };
-    let parts = if card::is_x86(&board) {
-        card::BootParts::default()
-    } else {
-        card::resolve_parts(
-            &board,
-            &crate::locate::debian_parts(),
-            args.bootloader_files.as_deref(),
-        )?
-    };
     let systemd_boot = if card::is_x86(&board) {
         let p = args
             .systemd_boot
@@ -277,6 +279,9 @@ fn build_with(args: &Args, spec: &mut CardSpec) -> crate::Result<()> {
         println!("  {name:<16} offset {off:>12}  size {size:>12}");
     }
     println!("  boot files: {}", r.boot_files.join(", "));
+    for (offset, file) in &spec.parts.raw {
+        println!("  raw at byte {offset:>7}: {}", file.display());
+    }
     println!("  cmdline: {}", r.cmdline);
     Ok(())
 }
