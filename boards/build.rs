@@ -8,6 +8,9 @@ use std::path::Path;
 fn main() {
     let dir = Path::new("data");
     println!("cargo:rerun-if-changed=data");
+    // The host tools (the `toml` feature) keep every table; the board binary
+    // leaves out what only `mkflasher build` uses.
+    let host = std::env::var_os("CARGO_FEATURE_TOML").is_some();
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .expect("boards/data is readable")
         .map(|e| e.expect("boards/data entry").path())
@@ -24,7 +27,13 @@ fn main() {
         // A TOML syntax error is reported by the crate's tests with the file
         // name (boards::parse); here it only has to not stop the build.
         let json = match text.parse::<toml::Table>() {
-            Ok(t) => serde_json::to_string(&t).expect("TOML values are JSON values"),
+            Ok(mut t) => {
+                if !host {
+                    // The on-board /init never reads [card] (Board::card).
+                    t.remove("card");
+                }
+                serde_json::to_string(&t).expect("TOML values are JSON values")
+            }
             Err(_) => String::from("{}"),
         };
         let name = p

@@ -126,6 +126,67 @@ fn checked(file: &str, board: Board) -> Result<Board> {
     Ok(board)
 }
 
+#[cfg(feature = "toml")]
+/// The `[card]` table: names are plain, `fdt` is one of `dtbs`, each U-Boot
+/// piece goes either into the FAT or raw between the MBR and the first
+/// partition (its end is checked when the card is built, knowing its size).
+fn validate_card(board: &Board) -> Result<(), String> {
+    let card = &board.card;
+    if card.is_empty() {
+        return Ok(());
+    }
+    if matches!(board.arch, Arch::X86_64 | Arch::X86) {
+        return Err("[card] is for U-Boot boards; x86 cards boot through UEFI".into());
+    }
+    let plain = |s: &str| !s.is_empty() && !s.contains('/') && s != "." && s != "..";
+    if let Some(d) = card.dtbs.iter().find(|d| !plain(d) || !d.ends_with(".dtb")) {
+        return Err(format!(
+            "card.dtbs entry {d:?} must be a file name ending in .dtb"
+        ));
+    }
+    if let Some(f) = card.fdt.as_ref().filter(|f| !card.dtbs.contains(f)) {
+        return Err(format!("card.fdt {f:?} must be one of card.dtbs"));
+    }
+    if card.needs.is_some() && !card.uboot.is_empty() {
+        return Err(
+            "card.needs (parts Debian lacks) and card.uboot (Debian's parts) exclude each other"
+                .into(),
+        );
+    }
+    for p in &card.uboot {
+        if p.debian.is_empty()
+            || p.debian.starts_with('/')
+            || p.debian.split('/').any(|c| c == "..")
+        {
+            return Err(format!(
+                "card.uboot debian = {:?} must be a relative path under /usr/lib/u-boot",
+                p.debian
+            ));
+        }
+        match (&p.fat, p.offset) {
+            (Some(f), None) if plain(f) => {}
+            (Some(f), None) => {
+                return Err(format!("card.uboot fat = {f:?} must be a file name"));
+            }
+            (None, Some(off)) if (CARD_MBR_SIZE..CARD_FIRST_PARTITION).contains(&off) => {}
+            (None, Some(off)) => {
+                return Err(format!(
+                    "card.uboot {}: offset {off} bytes must be at least {CARD_MBR_SIZE} (after the MBR) \
+                     and below {CARD_FIRST_PARTITION} (the first partition)",
+                    p.debian
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "card.uboot {}: give exactly one of fat (a FAT file) or offset (raw)",
+                    p.debian
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks serde cannot express. Returns the reason a board is unusable.
 pub fn validate(board: &Board) -> Result<(), String> {
     let name_ok = !board.name.is_empty()
@@ -186,6 +247,9 @@ pub fn validate(board: &Board) -> Result<(), String> {
     if let Some(e) = &board.emmc {
         validate_emmc(board, e)?;
     }
+    // Without the `toml` feature `[card]` is always empty (Board::card).
+    #[cfg(feature = "toml")]
+    validate_card(board)?;
     if let Some(w) = &board.watchdog {
         if !w.starts_with("/dev/") {
             return Err(format!("watchdog {w:?} must be a /dev path"));

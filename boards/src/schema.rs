@@ -29,6 +29,18 @@ pub struct Board {
     /// Bootloader pieces written outside the OS image's user area.
     #[serde(default)]
     pub bootloader: Vec<Placement>,
+    /// What a U-Boot board's flasher card carries besides the kernel and the
+    /// initramfs: device trees, console, Debian's U-Boot and where it goes.
+    /// Only `mkflasher build` uses it: without the `toml` feature (the
+    /// on-board /init) it is accepted, dropped and always empty, which keeps
+    /// its parser out of the board binary (15 KB).
+    #[serde(default)]
+    #[cfg_attr(feature = "toml", serde(skip_serializing_if = "CardLayout::is_empty"))]
+    #[cfg_attr(
+        not(feature = "toml"),
+        serde(skip_serializing, deserialize_with = "skip_card")
+    )]
+    pub card: CardLayout,
     /// The user LEDs and per-phase pattern overrides (the `led` crate's schema).
     #[serde(default)]
     pub leds: led::LedConfig,
@@ -429,6 +441,66 @@ impl TryFrom<RawPlacement> for Placement {
             )),
         }
     }
+}
+
+/// The first partition of a card starts here (docs/card-format.md): raw
+/// bootloader pieces on the card must end before it.
+pub const CARD_FIRST_PARTITION: u64 = 1 << 20;
+
+/// The MBR (boot code, disk signature, partition table) is the card's first
+/// sector: raw bootloader pieces must start after it.
+pub const CARD_MBR_SIZE: u64 = 512;
+
+/// How `mkflasher build` makes a U-Boot board's card from Debian's parts
+/// (docs/boards.md, "What a U-Boot card carries").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardLayout {
+    /// Device trees from Debian's armmp kernel package, copied to `/dtbs/`.
+    #[serde(default)]
+    pub dtbs: Vec<String>,
+    /// The one of `dtbs` that extlinux names (`FDT /dtbs/<fdt>`). Unset:
+    /// `FDTDIR /dtbs`, and U-Boot picks `${fdtfile}` (boards with SoC variants).
+    #[serde(default)]
+    pub fdt: Option<String>,
+    /// The kernel's serial console, e.g. `ttymxc1,115200` (`console=` on APPEND).
+    #[serde(default)]
+    pub console: Option<String>,
+    /// Debian's U-Boot pieces and where the board's boot ROM looks for them.
+    #[serde(default)]
+    pub uboot: Vec<CardPart>,
+    /// First stages Debian does not ship (what the board needs, one line):
+    /// `--bootloader-files DIR` is then required.
+    #[serde(default)]
+    pub needs: Option<String>,
+}
+
+/// `[card]` in a build without the `toml` feature: skipped (see `Board::card`).
+#[cfg(not(feature = "toml"))]
+fn skip_card<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CardLayout, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| CardLayout::default())
+}
+
+impl CardLayout {
+    pub fn is_empty(&self) -> bool {
+        *self == CardLayout::default()
+    }
+}
+
+/// One of Debian's U-Boot files on the card: a FAT file or raw bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardPart {
+    /// Path under `/usr/lib/u-boot/` of Debian's U-Boot packages
+    /// (`u-boot-omap`, `u-boot-imx`), e.g. `mx6cuboxi/SPL`.
+    pub debian: String,
+    /// Put into flash-boot's root under this name (`MLO`).
+    #[serde(default)]
+    pub fat: Option<String>,
+    /// Or written raw at this byte offset of the card, between the MBR and the
+    /// first partition.
+    #[serde(default)]
+    pub offset: Option<u64>,
 }
 
 /// What to do once the flash has succeeded.

@@ -212,6 +212,51 @@ fn validation_rejects_inconsistent_boards() {
     ));
 }
 
+/// A `[card]` table on MINIMAL (an armv7 board).
+fn with_card(card: &str) -> String {
+    format!("{MINIMAL}[card]\n{card}")
+}
+
+#[test]
+fn card_tables_are_checked() {
+    let ok = with_card(
+        "dtbs = [\"a.dtb\", \"b.dtb\"]\nfdt = \"a.dtb\"\nconsole = \"ttyO0,115200n8\"\n\
+         [[card.uboot]]\ndebian = \"cfg/SPL\"\noffset = 1024\n\
+         [[card.uboot]]\ndebian = \"cfg/MLO\"\nfat = \"MLO\"\n",
+    );
+    let b = parse("x", &ok).unwrap();
+    assert_eq!(b.card.uboot[0].offset, Some(1024));
+    assert_eq!(b.card.uboot[1].fat.as_deref(), Some("MLO"));
+    let bad = [
+        // FDT not among the device trees carried.
+        with_card("dtbs = [\"a.dtb\"]\nfdt = \"b.dtb\"\n"),
+        with_card("dtbs = [\"dir/a.dtb\"]\n"),
+        with_card("dtbs = [\"a.img\"]\n"),
+        // Raw over the MBR, at or past the first partition.
+        with_card("[[card.uboot]]\ndebian = \"c/SPL\"\noffset = 0\n"),
+        with_card("[[card.uboot]]\ndebian = \"c/SPL\"\noffset = 511\n"),
+        with_card("[[card.uboot]]\ndebian = \"c/SPL\"\noffset = 1048576\n"),
+        // Both or neither of fat and offset.
+        with_card("[[card.uboot]]\ndebian = \"c/SPL\"\noffset = 1024\nfat = \"SPL\"\n"),
+        with_card("[[card.uboot]]\ndebian = \"c/SPL\"\n"),
+        with_card("[[card.uboot]]\ndebian = \"../SPL\"\nfat = \"SPL\"\n"),
+        with_card("[[card.uboot]]\ndebian = \"c/MLO\"\nfat = \"a/MLO\"\n"),
+        with_card("needs = \"bl1\"\n[[card.uboot]]\ndebian = \"c/MLO\"\nfat = \"MLO\"\n"),
+        // x86 boards boot through UEFI.
+        with_card("console = \"ttyS0\"\n").replace("armv7", "x86_64"),
+    ];
+    for text in bad {
+        assert!(
+            matches!(parse("x", &text), Err(Error::Invalid { .. })),
+            "accepted: {text}"
+        );
+    }
+    assert!(matches!(
+        parse("x", &with_card("dtbs = []\nbogus = 1\n")),
+        Err(Error::Parse { .. })
+    ));
+}
+
 #[test]
 fn find_unknown_board_lists_the_known_ones() {
     match find("beaglebone-blue") {

@@ -6,7 +6,9 @@
 //!   `loader/entries/flasher.conf`, so UEFI firmware (OVMF included) boots it.
 //! - U-Boot (ARM) boards: MBR, `flash-boot` is the bootable first partition
 //!   (type 0x0c) with the bootloader files and `extlinux/extlinux.conf`, which
-//!   U-Boot's distro boot reads.
+//!   U-Boot's distro boot reads. The board file's `[card]` table names the
+//!   device trees, the console and Debian's U-Boot pieces: FAT files or raw
+//!   bytes between the MBR and the first partition ([`resolve_parts`]).
 //! - Every card: `vmlinuz`, `initramfs` and `cmdline.txt` in `flash-boot`, then
 //!   `flasher-payload` (the bundle, byte for byte) and `flasher-log` (zeroed,
 //!   for the unit records).
@@ -38,6 +40,35 @@ pub enum Error {
          usr/lib/systemd/boot/efi/systemd-bootx64.efi)"
     )]
     NoSystemdBoot { board: String, looked: String },
+    #[error(
+        "board {board} boots from first stages Debian does not ship: {needs}; pass \
+         --bootloader-files DIR holding them (docs/boards.md)"
+    )]
+    NeedsBootloaderFiles { board: String, needs: String },
+    #[error(
+        "board {board} needs Debian's {what}, not found at {path}: run scripts/fetch-debian-parts \
+         (qemu-fixtures/setup runs it), or pass --bootloader-files DIR holding it{hint}"
+    )]
+    MissingDebianPart {
+        board: String,
+        what: String,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    #[error(
+        "board {board}: {file} would be written raw at bytes {offset}..{end} of the card, which \
+         {reason}; raw pieces must lie between the MBR (first {mbr} bytes) and the first \
+         partition (at {first} bytes)",
+        mbr = boards::CARD_MBR_SIZE,
+        first = disk::ALIGN
+    )]
+    RawPlacement {
+        board: String,
+        file: PathBuf,
+        offset: u64,
+        end: u64,
+        reason: String,
+    },
     #[error("reading {path}: {source}")]
     Read {
         path: PathBuf,
@@ -74,6 +105,8 @@ pub struct CardSpec {
     pub systemd_boot: Option<PathBuf>,
     /// Files copied (recursively) to the root of flash-boot, e.g. MLO, u-boot.img.
     pub bootloader_files: Option<PathBuf>,
+    /// The board's `[card]` parts found on disk ([`resolve_parts`]).
+    pub parts: BootParts,
     /// Appended to the kernel command line.
     pub cmdline_extra: String,
     /// The per-unit data pool's files (`units.json`, `units/*`), if any.
@@ -86,6 +119,129 @@ pub struct CardSpec {
     pub image_size: u64,
 }
 
+/// A U-Boot board's `[card]` pieces, resolved to files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootParts {
+    /// Device trees: name (copied to `dtbs/NAME`) and file.
+    pub dtbs: Vec<(String, PathBuf)>,
+    /// Files for flash-boot's root: name and file.
+    pub fat: Vec<(String, PathBuf)>,
+    /// Raw pieces: byte offset on the card and file (checked to fit).
+    pub raw: Vec<(u64, PathBuf)>,
+}
+
+/// Find the board's `[card]` pieces: device trees from the armmp kernel and
+/// U-Boot files in Debian's parts cache `debian` (`locate::debian_parts`).
+/// `--bootloader-files DIR` overrides per file: `DIR/dtbs/` replaces every
+/// device tree, `DIR/NAME` a FAT piece named NAME (the tree copy brings it),
+/// and `DIR/<file name>` a raw piece (`SPL` for `mx6cuboxi/SPL`). Raw pieces
+/// are checked to lie between the MBR and the first partition and not to
+/// overlap, before anything is written.
+pub fn resolve_parts(
+    board: &boards::Board,
+    debian: &Path,
+    dir: Option<&Path>,
+) -> Result<BootParts, Error> {
+    let card = &board.card;
+    if let (Some(needs), None) = (&card.needs, dir) {
+        return Err(Error::NeedsBootloaderFiles {
+            board: board.name.clone(),
+            needs: needs.clone(),
+        });
+    }
+    let missing = |what: String, path: PathBuf, hint: &'static str| Error::MissingDebianPart {
+        board: board.name.clone(),
+        what,
+        path,
+        hint,
+    };
+    let mut out = BootParts::default();
+    if !dir.is_some_and(|d| d.join("dtbs").is_dir()) {
+        for name in &card.dtbs {
+            let p = crate::locate::armmp_dtb(debian, name).ok_or_else(|| {
+                missing(
+                    format!("device tree {name} (linux-image-*-armmp)"),
+                    debian.join("armmp/usr/lib/linux-image-*").join(name),
+                    " (with the device trees in DIR/dtbs/)",
+                )
+            })?;
+            out.dtbs.push((name.clone(), p));
+        }
+    }
+    for part in &card.uboot {
+        let base = part.debian.rsplit('/').next().unwrap_or(&part.debian);
+        let name = part.fat.as_deref().unwrap_or(base);
+        let own = dir.map(|d| d.join(name)).filter(|p| p.is_file());
+        let debian_file = || {
+            let p = crate::locate::uboot_file(debian, &part.debian);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(missing(
+                    format!("U-Boot {} (u-boot-omap/u-boot-imx)", part.debian),
+                    p,
+                    "",
+                ))
+            }
+        };
+        match (part.fat.as_ref(), part.offset) {
+            // DIR's own copy reaches the FAT with the rest of DIR.
+            (Some(_), _) if own.is_some() => {}
+            (Some(f), _) => out.fat.push((f.clone(), debian_file()?)),
+            (None, Some(offset)) => {
+                let file = match own {
+                    Some(p) => p,
+                    None => debian_file()?,
+                };
+                out.raw.push((offset, file));
+            }
+            // boards::validate rejects a piece with neither.
+            (None, None) => {}
+        }
+    }
+    check_raw(&board.name, &out.raw)?;
+    Ok(out)
+}
+
+/// Raw pieces must start after the MBR, end before the first partition and
+/// not overlap each other.
+fn check_raw(board: &str, raw: &[(u64, PathBuf)]) -> Result<(), Error> {
+    let mut spans = Vec::new();
+    for (offset, file) in raw {
+        let len = std::fs::metadata(file)
+            .map_err(|source| Error::Read {
+                path: file.clone(),
+                source,
+            })?
+            .len();
+        let end = offset + len;
+        let err = |reason: String| Error::RawPlacement {
+            board: board.to_string(),
+            file: file.clone(),
+            offset: *offset,
+            end,
+            reason,
+        };
+        if *offset < boards::CARD_MBR_SIZE {
+            return Err(err("overlaps the MBR".into()));
+        }
+        if end > disk::ALIGN {
+            return Err(err(format!(
+                "runs {} bytes into the first partition",
+                end - disk::ALIGN
+            )));
+        }
+        if let Some((o, e, f)) = spans
+            .iter()
+            .find(|(o, e, _): &&(u64, u64, &PathBuf)| *offset < *e && *o < end)
+        {
+            return Err(err(format!("overlaps {} at bytes {o}..{e}", f.display())));
+        }
+        spans.push((*offset, end, file));
+    }
+    Ok(())
+}
+
 /// The kernel command line the card boots with.
 pub fn cmdline(spec: &CardSpec) -> String {
     let mut c: Vec<String> = Vec::new();
@@ -93,6 +249,9 @@ pub fn cmdline(spec: &CardSpec) -> String {
         // The last console= becomes /dev/console: the serial port, which
         // QEMU and headless factory stations read.
         c.extend(["console=tty0".into(), "console=ttyS0,115200".into()]);
+    } else if let Some(console) = &spec.board.card.console {
+        // The board's serial console, where its U-Boot prints too.
+        c.push(format!("console={console}"));
     }
     // A board /init can recognise (device tree, DMI) is detected and checked
     // against the card's board file; pinning it here would skip that check.
@@ -179,12 +338,31 @@ pub fn boot_files(spec: &CardSpec) -> crate::Result<Vec<FatFile>> {
             ),
         ));
     } else {
+        // Debian's U-Boot FAT pieces first: MLO gets the first directory
+        // entry and the first clusters, as on cards made by hand.
+        for (name, path) in &spec.parts.fat {
+            files.push(FatFile::new(name.clone(), read(path)?));
+        }
         // U-Boot distro boot (boot_extlinux) reads this from the bootable
-        // partition; FDTDIR lets it pick the board's device tree from /dtbs.
-        let fdt = match &spec.bootloader_files {
-            Some(d) if d.join("dtbs").is_dir() => "FDTDIR /dtbs\n",
-            _ => "",
+        // partition. FDT names the board's device tree; FDTDIR lets U-Boot
+        // pick ${fdtfile} from /dtbs (boards with SoC variants).
+        let dir_dtbs = spec
+            .bootloader_files
+            .as_ref()
+            .map(|d| d.join("dtbs"))
+            .filter(|d| d.is_dir());
+        let has = |f: &String| {
+            spec.parts.dtbs.iter().any(|(n, _)| n == f)
+                || dir_dtbs.as_ref().is_some_and(|d| d.join(f).is_file())
         };
+        let fdt = match &spec.board.card.fdt {
+            Some(f) if has(f) => format!("FDT /dtbs/{f}\n"),
+            _ if dir_dtbs.is_some() || !spec.parts.dtbs.is_empty() => "FDTDIR /dtbs\n".into(),
+            _ => String::new(),
+        };
+        for (name, path) in &spec.parts.dtbs {
+            files.push(FatFile::new(format!("dtbs/{name}"), read(path)?));
+        }
         files.push(FatFile::new(
             "extlinux/extlinux.conf",
             format!(
@@ -282,6 +460,7 @@ pub fn build_card(out: &Path, spec: &CardSpec) -> crate::Result<CardReport> {
     let table = table_for(&spec.board);
     let parts = partitions(spec, size, Contents::Bytes(boot));
     let report = disk::write_disk_sized(out, table, &parts, spec.image_size)?;
+    write_raw(out, &spec.board.name, &spec.parts.raw)?;
     Ok(CardReport {
         table,
         disk: report,
@@ -294,6 +473,37 @@ pub fn build_card(out: &Path, spec: &CardSpec) -> crate::Result<CardReport> {
 /// by GPT name, or by number on an MBR card. `inspect` and `records` read it.
 pub fn find_log(table: Table, parts: &[disk::PartInfo]) -> Option<&disk::PartInfo> {
     disk::find_partition(table, parts, LOG_NAME, Some(LOG_NUMBER))
+}
+
+/// Write the raw pieces into the card image (checked again: a piece may have
+/// changed since [`resolve_parts`]).
+fn write_raw(out: &Path, board: &str, raw: &[(u64, PathBuf)]) -> crate::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    if raw.is_empty() {
+        return Ok(());
+    }
+    check_raw(board, raw)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)
+        .map_err(|e| crate::Error::io(format!("opening {}", out.display()), e))?;
+    for (offset, file) in raw {
+        let data = read(file)?;
+        f.seek(SeekFrom::Start(*offset))
+            .and_then(|_| f.write_all(&data))
+            .map_err(|e| {
+                crate::Error::io(
+                    format!(
+                        "writing {} at byte {offset} of {}",
+                        file.display(),
+                        out.display()
+                    ),
+                    e,
+                )
+            })?;
+    }
+    f.sync_all()
+        .map_err(|e| crate::Error::io(format!("syncing {}", out.display()), e))
 }
 
 /// Open the flash-boot FAT of a card image for reading and writing.
@@ -324,14 +534,19 @@ mod tests {
             initramfs: vec![],
             systemd_boot: None,
             bootloader_files: None,
+            parts: BootParts::default(),
             cmdline_extra: " console=ttyS0,115200n8 ".into(),
             unit_files: vec![],
             log_size: DEFAULT_LOG_SIZE,
             boot_size: 0,
             image_size: 0,
         };
-        // The BeagleBone is found by its device tree: no flasher.board=.
-        assert_eq!(cmdline(&spec), "console=ttyS0,115200n8");
+        // The BeagleBone is found by its device tree: no flasher.board=; its
+        // board file names its console.
+        assert_eq!(
+            cmdline(&spec),
+            "console=ttyO0,115200n8 console=ttyS0,115200n8"
+        );
         let mut x86 = spec.clone();
         x86.board = boards::find("qemu-x86_64-nuc").unwrap();
         assert!(cmdline(&x86)

@@ -1,8 +1,10 @@
 //! Where `mkflasher` finds what it was not given on the command line: the static
-//! board binaries (`flasher-init`, `demo-os-init`) and the QEMU fixture cache
-//! (Debian's amd64 and armmp kernels, their modules, the armmp device trees,
-//! systemd-boot) that `qemu-fixtures/setup` fills. Board binaries and kernels
-//! are per architecture: the board file's `arch` picks them.
+//! board binaries (`flasher-init`, `demo-os-init`), the QEMU fixture cache
+//! (Debian's amd64 kernel, its modules, systemd-boot) that `qemu-fixtures/setup`
+//! fills, and the Debian parts cache (the armhf armmp kernel, its modules and
+//! device trees, U-Boot from `u-boot-omap`/`u-boot-imx`) that
+//! `scripts/fetch-debian-parts` fills. Board binaries and kernels are per
+//! architecture: the board file's `arch` picks them.
 //!
 //! Lookups happen at run time only (environment, the running executable's
 //! folder, the source checkout around the current directory); no build-machine
@@ -31,6 +33,30 @@ pub fn fixture_cache() -> PathBuf {
     checkout().unwrap_or_default().join("qemu-fixtures/cache")
 }
 
+/// Debian's armhf boot parts (`scripts/fetch-debian-parts`):
+/// `$FLASHER_DEBIAN_PARTS`, else the checkout's `debian-parts`.
+pub fn debian_parts() -> PathBuf {
+    if let Some(c) = std::env::var_os("FLASHER_DEBIAN_PARTS") {
+        return PathBuf::from(c);
+    }
+    checkout().unwrap_or_default().join("debian-parts")
+}
+
+/// The cache holding Debian's kernel for `arch`: the QEMU fixture cache for
+/// amd64, the Debian parts cache for armhf (real boards and the i.MX6 twin).
+pub fn kernel_cache(arch: boards::Arch) -> PathBuf {
+    match arch {
+        boards::Arch::Armv7 => debian_parts(),
+        _ => fixture_cache(),
+    }
+}
+
+/// A file of Debian's U-Boot packages, `rel` under `/usr/lib/u-boot/`
+/// (`mx6cuboxi/SPL`), in the Debian parts cache `parts`.
+pub fn uboot_file(parts: &Path, rel: &str) -> PathBuf {
+    parts.join("u-boot/usr/lib/u-boot").join(rel)
+}
+
 /// The first entry (sorted) of `dir` whose name starts with `prefix`.
 fn first_entry(dir: &Path, prefix: &str) -> Option<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -47,8 +73,9 @@ fn first_entry(dir: &Path, prefix: &str) -> Option<PathBuf> {
     v.into_iter().next()
 }
 
-/// Where the fixture cache holds Debian's kernel for `arch`: the amd64 kernel
-/// under `kernel/`, the armhf armmp kernel under `armmp/`.
+/// Where a cache holds Debian's kernel for `arch`: the amd64 kernel under
+/// `kernel/` (fixture cache), the armhf armmp kernel under `armmp/` (Debian
+/// parts cache, [`kernel_cache`]).
 fn kernel_root(cache: &Path, arch: boards::Arch) -> Option<PathBuf> {
     match arch {
         boards::Arch::X86_64 => Some(cache.join("kernel")),
@@ -77,8 +104,9 @@ pub fn qemu_kernel_for(cache: &Path, arch: boards::Arch) -> Option<PathBuf> {
     first_entry(&kernel_root(cache, arch)?.join("boot"), "vmlinuz-")
 }
 
-/// A device tree (`imx6q-nitrogen6x.dtb`) of the cached armmp kernel.
-pub fn qemu_dtb(cache: &Path, name: &str) -> Option<PathBuf> {
+/// A device tree (`imx6q-nitrogen6x.dtb`) of the armmp kernel in `cache`
+/// (the Debian parts cache).
+pub fn armmp_dtb(cache: &Path, name: &str) -> Option<PathBuf> {
     let dir = first_entry(&cache.join("armmp/usr/lib"), "linux-image-")?;
     Some(dir.join(name)).filter(|p| p.is_file())
 }
@@ -183,12 +211,12 @@ mod tests {
             qemu_kernel_for(t.path(), arm),
             Some(t.path().join("armmp/boot/vmlinuz-6.1.0-9-armmp"))
         );
-        assert_eq!(qemu_dtb(t.path(), "imx6q-nitrogen6x.dtb"), None);
+        assert_eq!(armmp_dtb(t.path(), "imx6q-nitrogen6x.dtb"), None);
         let dtb = t
             .path()
             .join("armmp/usr/lib/linux-image-6.1.0-9-armmp/imx6q-nitrogen6x.dtb");
         std::fs::write(&dtb, "").unwrap();
-        assert_eq!(qemu_dtb(t.path(), "imx6q-nitrogen6x.dtb"), Some(dtb));
+        assert_eq!(armmp_dtb(t.path(), "imx6q-nitrogen6x.dtb"), Some(dtb));
         assert_eq!(qemu_kernel_for(t.path(), boards::Arch::Aarch64), None);
     }
 

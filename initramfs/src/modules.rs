@@ -393,6 +393,13 @@ pub fn fake_tree(dir: &Path) -> std::io::Result<()> {
             "sdhci-pci",
             &["sdhci", "cqhci", "mmc_core"],
         ),
+        ("drivers/mmc/host", "sdhci-pltfm", &["sdhci"]),
+        // The BeagleBone's MMC host (beaglebone-black.toml).
+        (
+            "drivers/mmc/host",
+            "sdhci-omap",
+            &["sdhci-pltfm", "sdhci", "cqhci", "mmc_core"],
+        ),
         ("drivers/usb/common", "usb-common", &[]),
         ("drivers/usb/core", "usbcore", &["usb-common"]),
         ("drivers/usb/host", "xhci-hcd", &["usbcore", "usb-common"]),

@@ -240,13 +240,16 @@ fn uboot_mbr_card() {
     );
     let ext =
         String::from_utf8(fat::read_file(&mut vol, "extlinux/extlinux.conf").unwrap()).unwrap();
+    // The board's FDT, found in --bootloader-files DIR/dtbs/ (which replaces
+    // Debian's device trees), and its console.
     assert!(
-        ext.contains("KERNEL /vmlinuz") && ext.contains("FDTDIR /dtbs"),
+        ext.contains("KERNEL /vmlinuz") && ext.contains("FDT /dtbs/am335x-boneblack.dtb\n"),
         "{ext}"
     );
     assert!(
         // Detected from its device tree on the board: not pinned.
-        ext.contains("APPEND flasher.verify=full") && !ext.contains("flasher.board="),
+        ext.contains("APPEND console=ttyO0,115200n8 flasher.verify=full")
+            && !ext.contains("flasher.board="),
         "{ext}"
     );
     assert!(inspect::describe(&out).unwrap().contains("Mbr"));
@@ -302,4 +305,219 @@ fn real_kernel_and_systemd_boot_when_cached() {
     let recs = mkflasher::cpio::parse(&mkflasher::cpio::decompress(&ird).unwrap()).unwrap();
     assert!(recs.iter().any(|r| r.name == "lib/modules/sdhci-pci.ko"));
     let _ = modules;
+}
+
+/// Debian's parts cache (`scripts/fetch-debian-parts`, run by
+/// qemu-fixtures/setup and so by scripts/test).
+fn debian_parts() -> PathBuf {
+    let d = mkflasher::locate::debian_parts();
+    assert!(
+        d.join("SHA256SUMS").is_file(),
+        "{} is missing: run scripts/fetch-debian-parts",
+        d.display()
+    );
+    d
+}
+
+/// A U-Boot board's card with nothing but the board and the payload: the
+/// armmp kernel, modules and device trees and Debian's U-Boot come from the
+/// parts cache. (The fake ARM /init stands in for scripts/build-init-armv7.)
+fn debian_card(f: &Fixture, board: &str) -> (PathBuf, Vec<u8>) {
+    let mut a = args(f, board, &format!("{board}-debian.img"));
+    a.kernel = None;
+    a.kernel_modules = None;
+    a.bootloader_files = None;
+    a.cmdline = String::new();
+    let out = a.output.clone();
+    build::run(a).unwrap();
+    let verify = run(Command::new("sfdisk").arg("--verify").arg(&out));
+    assert!(verify.contains("No errors detected"), "{verify}");
+    fsck_boot(&out, &f.dir);
+    let img = std::fs::read(&out).unwrap();
+    (out, img)
+}
+
+fn extlinux(card_path: &Path) -> String {
+    let mut vol = card::open_boot(card_path).unwrap();
+    String::from_utf8(fat::read_file(&mut vol, "extlinux/extlinux.conf").unwrap()).unwrap()
+}
+
+fn initramfs_names(card_path: &Path) -> Vec<String> {
+    let mut vol = card::open_boot(card_path).unwrap();
+    let ird = fat::read_file(&mut vol, "initramfs").unwrap();
+    let recs = mkflasher::cpio::parse(&mkflasher::cpio::decompress(&ird).unwrap()).unwrap();
+    recs.into_iter().map(|r| r.name).collect()
+}
+
+#[test]
+fn beaglebone_card_from_debian_parts_alone() {
+    let parts = debian_parts();
+    let f = fixture();
+    let (out, _) = debian_card(&f, "beaglebone-black");
+    let uboot = |rel: &str| std::fs::read(mkflasher::locate::uboot_file(&parts, rel)).unwrap();
+    let mut vol = card::open_boot(&out).unwrap();
+    // The AM335x ROM reads MLO from the FAT root; MLO reads u-boot.img there.
+    assert!(fat::read_file(&mut vol, "MLO").unwrap() == uboot("am335x_boneblack/MLO"));
+    assert!(
+        fat::read_file(&mut vol, "u-boot.img").unwrap() == uboot("am335x_boneblack/u-boot.img")
+    );
+    let dtb = mkflasher::locate::armmp_dtb(&parts, "am335x-boneblack.dtb").unwrap();
+    assert!(
+        fat::read_file(&mut vol, "dtbs/am335x-boneblack.dtb").unwrap()
+            == std::fs::read(dtb).unwrap()
+    );
+    let kernel = mkflasher::locate::qemu_kernel_for(&parts, boards::Arch::Armv7).unwrap();
+    assert!(fat::read_file(&mut vol, "vmlinuz").unwrap() == std::fs::read(kernel).unwrap());
+    let ext = extlinux(&out);
+    assert!(ext.contains("FDT /dtbs/am335x-boneblack.dtb\n"), "{ext}");
+    assert!(ext.contains("APPEND console=ttyO0,115200n8"), "{ext}");
+    // The board's MMC host driver, from the armmp module tree.
+    let names = initramfs_names(&out);
+    assert!(
+        names.iter().any(|n| n == "lib/modules/sdhci-omap.ko"),
+        "{names:?}"
+    );
+    // Nothing raw: the sectors between the MBR and the first partition stay zero.
+    let img = std::fs::read(&out).unwrap();
+    assert!(img[512..1 << 20].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn hummingboard_card_places_spl_at_1k_and_uboot_at_69k() {
+    let parts = debian_parts();
+    let f = fixture();
+    let (out, img) = debian_card(&f, "hummingboard-i2");
+    let spl = std::fs::read(mkflasher::locate::uboot_file(&parts, "mx6cuboxi/SPL")).unwrap();
+    let ub = std::fs::read(mkflasher::locate::uboot_file(
+        &parts,
+        "mx6cuboxi/u-boot.img",
+    ))
+    .unwrap();
+    assert!(img[1024..1024 + spl.len()] == spl[..], "SPL at 1 KiB");
+    assert!(
+        img[69 * 1024..69 * 1024 + ub.len()] == ub[..],
+        "u-boot.img at 69 KiB"
+    );
+    // The MBR is untouched (sfdisk --verify above) and ends in its signature.
+    assert_eq!(&img[510..512], &[0x55, 0xaa]);
+    assert!(img[512..1024].iter().all(|&b| b == 0));
+    // No U-Boot in the FAT: the i.MX6 ROM reads raw sectors.
+    let mut vol = card::open_boot(&out).unwrap();
+    assert!(fat::read_file(&mut vol, "SPL").is_err());
+    // Two SoC variants: U-Boot's findfdt picks ${fdtfile} from /dtbs.
+    let ext = extlinux(&out);
+    assert!(ext.contains("FDTDIR /dtbs\n"), "{ext}");
+    assert!(ext.contains("APPEND console=ttymxc0,115200"), "{ext}");
+    for dtb in [
+        "imx6q-hummingboard-emmc-som-v15.dtb",
+        "imx6dl-hummingboard-emmc-som-v15.dtb",
+    ] {
+        let want = std::fs::read(mkflasher::locate::armmp_dtb(&parts, dtb).unwrap()).unwrap();
+        assert!(fat::read_file(&mut vol, &format!("dtbs/{dtb}")).unwrap() == want);
+    }
+    let names = initramfs_names(&out);
+    assert!(
+        names.iter().any(|n| n == "lib/modules/sdhci-esdhc-imx.ko"),
+        "{names:?}"
+    );
+    // Reproducible with the raw pieces too.
+    let (_, again) = debian_card(&f, "hummingboard-i2");
+    assert!(img == again, "two builds differ");
+}
+
+#[test]
+fn boards_whose_first_stages_debian_lacks_need_bootloader_files() {
+    let f = fixture();
+    for board in ["odroid-xu4", "odroid-c1", "artik5", "artik10"] {
+        let mut a = args(&f, board, &format!("{board}.img"));
+        a.bootloader_files = None;
+        match build::run(a) {
+            Err(mkflasher::Error::Card(card::Error::NeedsBootloaderFiles { board: b, needs })) => {
+                assert_eq!(b, board);
+                assert!(!needs.is_empty());
+            }
+            other => panic!("{board}: {other:?}"),
+        }
+    }
+    // With them (and the device trees in DIR/dtbs/) the card is built.
+    let mut a = args(&f, "odroid-xu4", "xu4.img");
+    a.kernel_modules = None;
+    a.kernel = Some(f.kernel.clone());
+    build::run(a).unwrap();
+}
+
+/// A fake Debian parts cache for `card::resolve_parts`.
+fn fake_parts(dir: &Path, spl: usize, uboot: usize) -> PathBuf {
+    let d = dir.join("parts");
+    let ub = d.join("u-boot/usr/lib/u-boot/mx6cuboxi");
+    std::fs::create_dir_all(&ub).unwrap();
+    std::fs::write(ub.join("SPL"), vec![5; spl]).unwrap();
+    std::fs::write(ub.join("u-boot.img"), vec![6; uboot]).unwrap();
+    let k = d.join("armmp/usr/lib/linux-image-6.1.0-9-armmp");
+    std::fs::create_dir_all(&k).unwrap();
+    for n in [
+        "imx6q-hummingboard-emmc-som-v15.dtb",
+        "imx6dl-hummingboard-emmc-som-v15.dtb",
+    ] {
+        std::fs::write(k.join(n), b"dtb").unwrap();
+    }
+    d
+}
+
+#[test]
+fn raw_pieces_must_fit_between_the_mbr_and_the_first_partition() {
+    let t = tempfile::tempdir().unwrap();
+    let hb = boards::find("hummingboard-i2").unwrap();
+    let resolve = |spl, uboot| card::resolve_parts(&hb, &fake_parts(t.path(), spl, uboot), None);
+    let ok = resolve(50_000, 500_000).unwrap();
+    assert_eq!(
+        ok.raw.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1024, 70656]
+    );
+    assert_eq!(ok.dtbs.len(), 2);
+    // u-boot.img from 69 KiB past 1 MiB.
+    match resolve(50_000, 1_000_000) {
+        Err(card::Error::RawPlacement { offset, end, .. }) => {
+            assert_eq!((offset, end), (70656, 1_070_656));
+        }
+        other => panic!("{other:?}"),
+    }
+    // SPL from 1 KiB over u-boot.img at 69 KiB.
+    assert!(matches!(
+        resolve(80_000, 10_000),
+        Err(card::Error::RawPlacement { offset: 70656, .. })
+    ));
+    // A board file of its own with a piece over the MBR's partition table:
+    // validation refuses it before any build.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/data/hummingboard-i2.toml"),
+    )
+    .unwrap()
+    .replace("offset = 1024", "offset = 446");
+    let p = t.path().join("hummingboard-i2.toml");
+    std::fs::write(&p, text).unwrap();
+    assert!(matches!(
+        boards::load_file(&p),
+        Err(boards::Error::Invalid { .. })
+    ));
+    // Missing parts name what to fetch.
+    let empty = t.path().join("empty");
+    assert!(matches!(
+        card::resolve_parts(&hb, &empty, None),
+        Err(card::Error::MissingDebianPart { .. })
+    ));
+    // --bootloader-files DIR overrides per file: its SPL, Debian's u-boot.img.
+    let own = t.path().join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("SPL"), vec![7; 1000]).unwrap();
+    let parts = fake_parts(t.path(), 50_000, 500_000);
+    let r = card::resolve_parts(&hb, &parts, Some(&own)).unwrap();
+    assert_eq!(r.raw[0], (1024, own.join("SPL")));
+    assert_eq!(
+        r.raw[1],
+        (
+            70656,
+            mkflasher::locate::uboot_file(&parts, "mx6cuboxi/u-boot.img")
+        )
+    );
 }

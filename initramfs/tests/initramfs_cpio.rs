@@ -192,14 +192,14 @@ fn trusted_keys_land_in_etc_flasher_trusted() {
 }
 
 /// `mkflasher initramfs --board qemu-imx6-nitrogen6x` picks the board's
-/// architecture: the armmp module tree from the fixture cache by default (the
+/// architecture: the armmp module tree from the Debian parts cache by default (the
 /// twin's 23 modules, dependencies first, every one an ARM ELF), and refuses an
 /// x86_64 `/init`.
 #[test]
 fn twin_initramfs_takes_the_armmp_modules_and_an_arm_init() {
-    let cache = mkflasher::locate::fixture_cache();
+    let cache = mkflasher::locate::debian_parts();
     if mkflasher::locate::qemu_modules_dir_for(&cache, boards::Arch::Armv7).is_none() {
-        eprintln!("qemu-fixtures/cache has no armmp kernel (run qemu-fixtures/setup); skipped");
+        eprintln!("debian-parts has no armmp kernel (run scripts/fetch-debian-parts); skipped");
         return;
     }
     let t = tempfile::tempdir().unwrap();

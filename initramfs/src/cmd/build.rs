@@ -24,7 +24,8 @@ pub struct Args {
     /// Output card image.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Kernel image. QEMU boards default to qemu-fixtures/cache/kernel/boot/vmlinuz-*.
+    /// Kernel image. QEMU boards default to qemu-fixtures/cache/kernel/boot/vmlinuz-*,
+    /// armv7 boards to Debian's armmp kernel (debian-parts/armmp/boot/vmlinuz-*).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// A ready initramfs; by default one is built (as `mkflasher initramfs`).
@@ -40,6 +41,8 @@ pub struct Args {
     #[arg(long)]
     pub board_file: Option<PathBuf>,
     /// Files copied to the root of flash-boot (MLO, u-boot.img, dtbs/, ...).
+    /// U-Boot boards: each of the board's Debian pieces found here (by name)
+    /// replaces Debian's, and dtbs/ replaces Debian's device trees.
     #[arg(long)]
     pub bootloader_files: Option<PathBuf>,
     /// systemd-boot EFI binary for x86 boards. Default: the QEMU fixture cache.
@@ -101,6 +104,36 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         .map(|csv| crate::pool::read(csv, args.unit_files.as_deref()))
         .transpose()?;
     let log_size = log_size(args.log_size, unit_pool.as_ref())?;
+    // The kernel and the board's boot parts before the payload, which may
+    // be bundled first (slow, and a file to clean up).
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => match default_kernel(&board) {
+            Some(k) => k,
+            None => {
+                return Err(card::Error::NoKernel {
+                    board: board.name.clone(),
+                    hint: if card::is_qemu_board(&board) {
+                        " (or run qemu-fixtures/setup to fetch the Debian kernel)".into()
+                    } else if board.arch == boards::Arch::Armv7 {
+                        " (or run scripts/fetch-debian-parts to fetch Debian's armmp kernel)".into()
+                    } else {
+                        String::new()
+                    },
+                }
+                .into())
+            }
+        },
+    };
+    let parts = if card::is_x86(&board) {
+        card::BootParts::default()
+    } else {
+        card::resolve_parts(
+            &board,
+            &crate::locate::debian_parts(),
+            args.bootloader_files.as_deref(),
+        )?
+    };
     // Check the payload before the (slower) initramfs build.
     let payload = match card::check_bundle(&args.payload) {
         Ok(()) => args.payload.clone(),
@@ -143,26 +176,6 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
             unit_pool.as_ref(),
         )?;
     }
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => match card::is_qemu_board(&board)
-            .then(|| crate::locate::qemu_kernel_for(&cache, board.arch))
-            .flatten()
-        {
-            Some(k) => k,
-            None => {
-                return Err(card::Error::NoKernel {
-                    board: board.name.clone(),
-                    hint: if card::is_qemu_board(&board) {
-                        " (or run qemu-fixtures/setup to fetch the Debian kernel)".into()
-                    } else {
-                        String::new()
-                    },
-                }
-                .into())
-            }
-        },
-    };
     let systemd_boot = if card::is_x86(&board) {
         let p = args
             .systemd_boot
@@ -192,6 +205,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         initramfs,
         systemd_boot,
         bootloader_files: args.bootloader_files.clone(),
+        parts,
         cmdline_extra: args.cmdline.clone(),
         unit_files: unit_pool
             .as_ref()
@@ -201,6 +215,15 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         boot_size: 0,
         image_size: args.image_size,
     })
+}
+
+/// Debian's kernel for a board that has a default: the QEMU boards, and every
+/// armv7 board (the armmp kernel, `scripts/fetch-debian-parts`).
+pub fn default_kernel(board: &boards::Board) -> Option<PathBuf> {
+    if !card::is_qemu_board(board) && board.arch != boards::Arch::Armv7 {
+        return None;
+    }
+    crate::locate::qemu_kernel_for(&crate::locate::kernel_cache(board.arch), board.arch)
 }
 
 /// The board's bootloader files (its placements) as the card will carry them.
@@ -304,6 +327,9 @@ fn build_with(args: &Args, spec: &mut CardSpec) -> crate::Result<()> {
         println!("  {name:<16} offset {off:>12}  size {size:>12}");
     }
     println!("  boot files: {}", r.boot_files.join(", "));
+    for (offset, file) in &spec.parts.raw {
+        println!("  raw at byte {offset:>7}: {}", file.display());
+    }
     println!("  cmdline: {}", r.cmdline);
     Ok(())
 }

@@ -263,8 +263,13 @@ pub fn spec_from_args(args: &Args) -> crate::Result<Spec> {
         .unwrap_or_else(|| crate::locate::init_for(board.arch));
     let kernel_modules = match &args.kernel_modules {
         Some(d) => Some(d.clone()),
-        None if card::is_qemu_board(&board) => {
-            crate::locate::qemu_modules_dir_for(&crate::locate::fixture_cache(), board.arch)
+        // The QEMU boards and every armv7 board (Debian's armmp kernel) have a
+        // default kernel, and so a default module tree.
+        None if card::is_qemu_board(&board) || board.arch == boards::Arch::Armv7 => {
+            crate::locate::qemu_modules_dir_for(
+                &crate::locate::kernel_cache(board.arch),
+                board.arch,
+            )
         }
         None => None,
     };

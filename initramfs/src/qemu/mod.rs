@@ -68,7 +68,7 @@ pub enum Error {
         "unknown virtual board {name:?}; known: qemu-x86_64-sd, qemu-x86_64-nuc, qemu-imx6-nitrogen6x"
     )]
     UnknownBoard { name: String },
-    #[error("device tree {name} not found in {cache}: run qemu-fixtures/setup (fetches Debian's armmp kernel)")]
+    #[error("device tree {name} not found in {cache}: run qemu-fixtures/setup (fetches Debian's armmp kernel through scripts/fetch-debian-parts)")]
     DtbMissing { name: String, cache: PathBuf },
     #[error("{board} cannot {what}")]
     Unsupported { board: VirtualBoard, what: String },
@@ -678,8 +678,15 @@ fn direct_append(board: VirtualBoard, card_cmdline: &str, extra: &[String]) -> S
             parts.insert(3, cmdline::arg(cmdline::key::EVENTS, EVENTS_TTY));
         }
     }
-    if !card_cmdline.trim().is_empty() {
-        parts.push(card_cmdline.trim().to_string());
+    let card_args: Vec<&str> = card_cmdline
+        .split_whitespace()
+        // The twin's serial wiring is fixed (console UART2, events UART1): a
+        // card built for another i.MX6 board names that board's console
+        // (HummingBoard: ttymxc0, the twin's events port), so it is dropped.
+        .filter(|a| board != VirtualBoard::Imx6 || !a.starts_with("console="))
+        .collect();
+    if !card_args.is_empty() {
+        parts.push(card_args.join(" "));
     }
     parts.extend(extra.iter().cloned());
     parts.join(" ")
@@ -956,10 +963,10 @@ fn qemu_error(end: &Ended) -> Option<Error> {
     })
 }
 
-/// The twin's device tree from the fixture cache (Debian's armmp package).
+/// The twin's device tree from the Debian parts cache (Debian's armmp package).
 fn imx6_dtb() -> Result<PathBuf> {
-    let cache = crate::locate::fixture_cache();
-    crate::locate::qemu_dtb(&cache, IMX6_DTB).ok_or_else(|| Error::DtbMissing {
+    let cache = crate::locate::debian_parts();
+    crate::locate::armmp_dtb(&cache, IMX6_DTB).ok_or_else(|| Error::DtbMissing {
         name: IMX6_DTB.into(),
         cache,
     })
