@@ -23,6 +23,7 @@ pub mod key {
     pub const BOOT_DISK: &str = "flasher.boot-disk";
     pub const TIMEOUT: &str = "flasher.timeout";
     pub const RETRY_UNIT: &str = "flasher.retry-unit";
+    pub const SKIP_EQUAL: &str = "flasher.skip-equal";
 }
 
 /// `key=value`, one kernel command-line word (values with spaces are quoted).
@@ -128,6 +129,9 @@ pub struct Options {
     /// `flasher.retry-unit`: write the target even though the unit log shows
     /// `record::MAX_ATTEMPTS` failed or unfinished attempts on it.
     pub retry_unit: bool,
+    /// `flasher.skip-equal`: read the target first and write only the blocks
+    /// that differ (re-flashing); the read-back still covers every byte.
+    pub skip_equal: bool,
     /// Unknown `flasher.*` options, as warnings to show on the console.
     pub warnings: Vec<String>,
 }
@@ -149,13 +153,14 @@ impl Default for Options {
             boot_disk: None,
             timeout: DEFAULT_TIMEOUT,
             retry_unit: false,
+            skip_equal: false,
             warnings: Vec::new(),
         }
     }
 }
 
 const KNOWN: &str =
-    "board, target, verify, after, on-failure, dry-run, events, expand-data, boot-disk, timeout, retry-unit";
+    "board, target, verify, after, on-failure, dry-run, events, expand-data, boot-disk, timeout, retry-unit, skip-equal";
 
 impl Options {
     /// Parse a kernel command line. Options not starting with `flasher.` are ignored.
@@ -202,6 +207,7 @@ impl Options {
                 "dry-run" => o.dry_run = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
                 "expand-data" => o.expand_data = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
                 "retry-unit" => o.retry_unit = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
+                "skip-equal" => o.skip_equal = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
                 "timeout" => o.timeout = seconds(&required()?).ok_or_else(|| bad(SECS))?,
                 _ => o.warnings.push(format!(
                     "unknown option flasher.{name} ignored; known options: {KNOWN}"
@@ -382,6 +388,10 @@ mod tests {
         assert!(Options::parse("flasher.retry-unit").unwrap().retry_unit);
         assert!(!Options::parse("flasher.retry_unit=0").unwrap().retry_unit);
         assert!(!Options::default().retry_unit);
+        assert!(Options::parse("flasher.skip-equal").unwrap().skip_equal);
+        assert!(Options::parse("flasher.skip_equal=yes").unwrap().skip_equal);
+        assert!(!Options::parse("flasher.skip-equal=0").unwrap().skip_equal);
+        assert!(!Options::default().skip_equal);
         assert!(!Options::parse("flasher.dry-run=0").unwrap().dry_run);
         assert!(
             !Options::parse("flasher.dry-run flasher.dry-run=off")

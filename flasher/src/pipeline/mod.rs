@@ -161,6 +161,10 @@ pub struct WriteOptions {
     /// Refuse, before the first write, an image whose table has no FAT
     /// partition (config injection needs one).
     pub require_boot_fat: bool,
+    /// Read each range of the target before writing it and write only the
+    /// blocks that differ (re-flashing a board that holds the same or a
+    /// similar image). The read-back after the flush still covers every byte.
+    pub skip_equal: bool,
     /// Trusted signing keys: with any, only bundles signed by one of them are
     /// written (docs/SECURITY.md). Checked before the first write.
     pub trust: flasher_format::bundle::Trust,
@@ -180,6 +184,7 @@ impl Default for WriteOptions {
             image_digest: false,
             defer_commit: false,
             require_boot_fat: false,
+            skip_equal: false,
             trust: Default::default(),
         }
     }
@@ -207,6 +212,9 @@ pub struct WriteReport {
     pub bytes_written: u64,
     /// Must-be-zero bytes zeroed.
     pub bytes_zeroed: u64,
+    /// Of those data and must-be-zero bytes, the ones not written because the
+    /// target already held them (`skip_equal`).
+    pub bytes_skipped: u64,
     /// Bytes read back and compared (0 with `--verify none`).
     pub bytes_verified: u64,
     /// Image bytes held back and written last (the first and last blocks).
