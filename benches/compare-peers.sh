@@ -120,7 +120,7 @@ build_image() {
     rm "$work/kernel.img"
     l="$(part_loop "$img" 2)"
     loops+=("$l")
-    mkfs.ext4 -q -m 0 -L root -E nodiscard "$l"
+    mkfs.ext4 -q -m 0 -L root -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$l"
     mount "$l" "$mnt"
     sync
     local want=$((size * mib * pct / 100 - $(allocated "$img")))

@@ -485,7 +485,10 @@ fn stream<R: Read, T: Target>(
         // The read buffer of `skip_equal`: one chunk (and at least one compare
         // block), outside IN_FLIGHT like the read-back pieces (docs/SECURITY.md).
         let skip = if opts.skip_equal {
-            Some(alloc(m.chunk_size.max(SKIP_BLOCK), "a skip-equal read buffer")?)
+            Some(alloc(
+                m.chunk_size.max(SKIP_BLOCK),
+                "a skip-equal read buffer",
+            )?)
         } else {
             None
         };
@@ -626,7 +629,9 @@ fn write_loop<T: Target>(
                         let a = (off - c.offset) as usize;
                         let data = &buf[a..a + *len as usize];
                         match skip.as_mut() {
-                            Some(b) => out.skipped += write_diff(target, *off, Some(data), *len, b)?,
+                            Some(b) => {
+                                out.skipped += write_diff(target, *off, Some(data), *len, b)?
+                            }
                             None => write(target, *off, data)?,
                         }
                     }
@@ -910,6 +915,6 @@ fn verify_deferred<T: Target>(parts: &[Part], t: &mut T) -> crate::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod skip_tests;
+#[cfg(test)]
+mod tests;

@@ -69,6 +69,13 @@ impl Target for Counting {
     }
 }
 
+/// Write `bundle` onto a target holding `held`.
+fn write_onto(bundle: &[u8], held: Vec<u8>, o: &WriteOptions) -> (Counting, WriteReport) {
+    let mut t = Counting::new(held);
+    let r = write_to(Cursor::new(bundle), &mut t, o, &crate::progress::Null).unwrap();
+    (t, r)
+}
+
 fn skip_opts() -> WriteOptions {
     WriteOptions {
         workers: 2,
@@ -106,22 +113,28 @@ fn only_the_differing_blocks_are_written() {
     let dirty = 4 * MIB + 300_000;
     held[dirty..dirty + 10].fill(0xee);
     held[..MIB].fill(0);
-    let mut t = Counting::new(held);
-    let r = write_to(Cursor::new(&bundle), &mut t, &skip_opts(), &crate::progress::Null).unwrap();
+    let (t, r) = write_onto(&bundle, held, &skip_opts());
 
-    assert!(t.inner.inner.get_ref() == &img, "the target holds the image");
+    assert!(
+        t.inner.inner.get_ref() == &img,
+        "the target holds the image"
+    );
     // Between the held-back head (1 MiB) and tail (the last MiB), only the
     // 64 KiB blocks with a difference were written or zeroed.
     let mid = t.touching(MIB as u64, 7 * MIB as u64);
     for &c in changed.iter().chain([&dirty]) {
         assert!(
-            mid.iter().any(|(o, n, _)| *o <= c as u64 && (c as u64) < o + n),
+            mid.iter()
+                .any(|(o, n, _)| *o <= c as u64 && (c as u64) < o + n),
             "byte {c} rewritten: {mid:?}"
         );
     }
     assert_eq!(mid.len(), 3, "one write per differing block: {mid:?}");
     assert!(mid.iter().all(|(_, n, _)| *n <= SKIP_BLOCK), "{mid:?}");
-    assert!(t.touching(dirty as u64, dirty as u64 + 1)[0].2, "zeroed, not written");
+    assert!(
+        t.touching(dirty as u64, dirty as u64 + 1)[0].2,
+        "zeroed, not written"
+    );
     assert_eq!(r.bytes_skipped, 6 * MIB as u64 - 3 * SKIP_BLOCK);
     // Every byte was still read back (and the backup GPT the fix-up wrote).
     assert!(r.bytes_verified >= 8 * MIB as u64, "{}", r.bytes_verified);
@@ -130,30 +143,44 @@ fn only_the_differing_blocks_are_written() {
 #[test]
 fn an_identical_target_gets_only_the_head_tail_and_table_rewritten() {
     let (bundle, img) = image();
-    let mut t = Counting::new(img.clone());
-    let r = write_to(Cursor::new(&bundle), &mut t, &skip_opts(), &crate::progress::Null).unwrap();
+    let (t, r) = write_onto(&bundle, img.clone(), &skip_opts());
     assert!(t.inner.inner.get_ref() == &img);
-    assert!(t.touching(MIB as u64, 7 * MIB as u64).is_empty(), "{:?}", t.writes);
+    assert!(
+        t.touching(MIB as u64, 7 * MIB as u64).is_empty(),
+        "{:?}",
+        t.writes
+    );
     assert_eq!(r.bytes_skipped, 6 * MIB as u64);
     // Fail closed as a normal write: the first MiB was wiped before anything
     // else and the table sectors (sector 0, the GPT header) written last.
     assert_eq!(t.writes[0], (0, MIB as u64, true), "{:?}", t.writes);
     let last_head = t.writes.iter().rposition(|(o, _, _)| *o < 4096).unwrap();
-    let last_mid = t.writes.iter().rposition(|(o, _, _)| *o >= MIB as u64).unwrap();
-    assert!(last_head > last_mid, "the table is committed last: {:?}", t.writes);
+    let last_mid = t
+        .writes
+        .iter()
+        .rposition(|(o, _, _)| *o >= MIB as u64)
+        .unwrap();
+    assert!(
+        last_head > last_mid,
+        "the table is committed last: {:?}",
+        t.writes
+    );
 }
 
 #[test]
 fn without_skip_equal_everything_is_written() {
     let (bundle, img) = image();
-    let mut t = Counting::new(img.clone());
     let o = WriteOptions {
-        workers: 2,
-        ..Default::default()
+        skip_equal: false,
+        ..skip_opts()
     };
-    let r = write_to(Cursor::new(&bundle), &mut t, &o, &crate::progress::Null).unwrap();
+    let (t, r) = write_onto(&bundle, img, &o);
     assert_eq!(r.bytes_skipped, 0);
-    let mid: u64 = t.touching(MIB as u64, 7 * MIB as u64).iter().map(|w| w.1).sum();
+    let mid: u64 = t
+        .touching(MIB as u64, 7 * MIB as u64)
+        .iter()
+        .map(|w| w.1)
+        .sum();
     assert_eq!(mid, 6 * MIB as u64);
 }
 
@@ -187,8 +214,7 @@ proptest! {
                 held[a..a + (64 << 10)].copy_from_slice(&logical[a..a + (64 << 10)]);
             }
         }
-        let mut t = Counting::new(held);
-        let r = write_to(Cursor::new(&bundle), &mut t, &skip_opts(), &crate::progress::Null).unwrap();
+        let (t, r) = write_onto(&bundle, held, &skip_opts());
         let after = t.inner.inner.into_inner();
         prop_assert!(after[..logical.len()] == logical[..]);
         prop_assert!(r.bytes_skipped <= 3 * MIB as u64);
