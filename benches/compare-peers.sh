@@ -37,7 +37,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-size=512
+size=256
 rounds=3
 image=""
 only="sparse dense"

@@ -53,6 +53,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
+    pipeline::fixed_mmap_threshold();
     let defaults = WriteOptions::default();
     let opts = WriteOptions {
         verify: args.verify,
