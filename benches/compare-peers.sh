@@ -123,8 +123,16 @@ build_image() {
     mkfs.ext4 -q -m 0 -L root -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$l"
     mount "$l" "$mnt"
     sync
-    local want=$((size * mib * pct / 100 - $(allocated "$img")))
-    fill "$mnt" "$want"
+    # Files from /usr up to 85 % of what is missing (each file costs more
+    # than its bytes: block rounding, extents, directories), then random bytes
+    # for the rest, measured once the loop device has written through.
+    local goal=$((size * mib * pct / 100))
+    fill "$mnt" "$(((goal - $(allocated "$img")) * 85 / 100))"
+    sync
+    local rest=$((goal - $(allocated "$img")))
+    if [ "$rest" -gt 0 ]; then
+        head -c "$rest" /dev/urandom >"$mnt/top-up.bin" 2>/dev/null || true
+    fi
     umount "$mnt"
     losetup -d "$l"
     sync
@@ -292,7 +300,7 @@ report() {
 }
 
 {
-    echo "$(date -u +%F), ${size} MiB images, $rounds rounds, $(nproc) CPUs, $(uname -r), bmaptool $(bmaptool --version 2>&1 | awk '{print $2}')"
+    echo "$(date -u +%F), ${image:-${size} MiB images}, $rounds rounds, $(nproc) CPUs, $(uname -r), bmaptool $(bmaptool --version 2>&1 | awk '{print $2}')"
     for kind in "${images[@]}"; do
         mb="$(sed -n 's/.*<MappedBlocksCount> *\([0-9]*\).*/\1/p' "$work/$kind.bmap")"
         tb="$(sed -n 's/.*<BlocksCount> *\([0-9]*\).*/\1/p' "$work/$kind.bmap")"
