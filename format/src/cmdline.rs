@@ -24,6 +24,7 @@ pub mod key {
     pub const TIMEOUT: &str = "flasher.timeout";
     pub const RETRY_UNIT: &str = "flasher.retry-unit";
     pub const HEALTH: &str = "flasher.health";
+    pub const SKIP_EQUAL: &str = "flasher.skip-equal";
 }
 
 /// `key=value`, one kernel command-line word (values with spaces are quoted).
@@ -132,6 +133,9 @@ pub struct Options {
     /// `flasher.health=off`: the eMMC health gate reads and records the
     /// target's wear but does not refuse a worn one (lab use). On by default.
     pub health: bool,
+    /// `flasher.skip-equal`: read the target first and write only the blocks
+    /// that differ (re-flashing); the read-back still covers every byte.
+    pub skip_equal: bool,
     /// Unknown `flasher.*` options, as warnings to show on the console.
     pub warnings: Vec<String>,
 }
@@ -154,13 +158,14 @@ impl Default for Options {
             timeout: DEFAULT_TIMEOUT,
             retry_unit: false,
             health: true,
+            skip_equal: false,
             warnings: Vec::new(),
         }
     }
 }
 
 const KNOWN: &str =
-    "board, target, verify, after, on-failure, dry-run, events, expand-data, boot-disk, timeout, retry-unit, health";
+    "board, target, verify, after, on-failure, dry-run, events, expand-data, boot-disk, timeout, retry-unit, health, skip-equal";
 
 impl Options {
     /// Parse a kernel command line. Options not starting with `flasher.` are ignored.
@@ -208,6 +213,7 @@ impl Options {
                 "expand-data" => o.expand_data = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
                 "retry-unit" => o.retry_unit = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
                 "health" => o.health = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
+                "skip-equal" => o.skip_equal = flag(value.as_deref()).ok_or_else(|| bad(BOOL))?,
                 "timeout" => o.timeout = seconds(&required()?).ok_or_else(|| bad(SECS))?,
                 _ => o.warnings.push(format!(
                     "unknown option flasher.{name} ignored; known options: {KNOWN}"
@@ -394,6 +400,10 @@ mod tests {
         assert!(Options::parse("flasher.health=on").unwrap().health);
         assert!(Options::parse(&arg(key::HEALTH, "off")).is_ok_and(|o| !o.health));
         assert!(Options::parse("flasher.health=sometimes").is_err());
+        assert!(Options::parse("flasher.skip-equal").unwrap().skip_equal);
+        assert!(Options::parse("flasher.skip_equal=yes").unwrap().skip_equal);
+        assert!(!Options::parse("flasher.skip-equal=0").unwrap().skip_equal);
+        assert!(!Options::default().skip_equal);
         assert!(!Options::parse("flasher.dry-run=0").unwrap().dry_run);
         assert!(
             !Options::parse("flasher.dry-run flasher.dry-run=off")

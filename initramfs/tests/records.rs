@@ -38,6 +38,7 @@ fn build_card(dir: &Path, board: &str, name: &str) -> PathBuf {
         initramfs: vec![7; 4096],
         systemd_boot: Some(sdboot),
         bootloader_files: None,
+        parts: card::BootParts::default(),
         cmdline_extra: String::new(),
         log_size: 256 << 10,
         boot_size: 0,

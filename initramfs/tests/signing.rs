@@ -58,6 +58,7 @@ fn flasher_write(payload: &Path, target: &Path, trust: &[PathBuf]) -> flasher::R
         no_direct: true,
         workers: Some(1),
         image_digest: false,
+        skip_equal: false,
         root: "/".into(),
         trust: trust.to_vec(),
         json: false,

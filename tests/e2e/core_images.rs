@@ -410,6 +410,7 @@ fn bundle_in_a_larger_partition_with_trailing_garbage_flashes() {
         no_direct: false,
         image_digest: true,
         workers: Some(2),
+        skip_equal: false,
         root: "/".into(),
         trust: vec![],
         json: false,

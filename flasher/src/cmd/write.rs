@@ -34,6 +34,11 @@ pub struct Args {
     /// checked; this costs a full-image hash.
     #[arg(long)]
     pub image_digest: bool,
+    /// Read each range of the target first and write only the blocks that
+    /// differ (re-flashing a target that holds the same or a similar image);
+    /// the read-back still covers every byte.
+    #[arg(long)]
+    pub skip_equal: bool,
     /// Root of /proc and /sys for the mounted-target check (for tests).
     #[arg(long, default_value = "/", hide = true)]
     pub root: PathBuf,
@@ -48,6 +53,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
+    pipeline::fixed_mmap_threshold();
     let defaults = WriteOptions::default();
     let opts = WriteOptions {
         verify: args.verify,
@@ -58,6 +64,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         image_digest: args.image_digest,
         defer_commit: false,
         require_boot_fat: false,
+        skip_equal: args.skip_equal,
         trust: flasher_format::bundle::Trust::from_files(&args.trust)?,
     };
 
@@ -78,7 +85,7 @@ pub fn run(args: Args) -> crate::Result<()> {
     let report = pipeline::write_bundle(&opened, payload, &args.target, &opts, obs.as_ref())?;
     drop(obs);
     tracing::info!(
-        "wrote {} ({} bytes, sha256 {}, {}) to {}: {} data, {} zeroed, {} verified, {} written last; write {:.1}s, verify {:.1}s, finish {:.1}s{}",
+        "wrote {} ({} bytes, sha256 {}, {}) to {}: {} data, {} zeroed, {} left as it was, {} verified, {} written last; write {:.1}s, verify {:.1}s, finish {:.1}s{}",
         human(report.image_size),
         report.image_size,
         report.image_sha256,
@@ -86,6 +93,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         args.target.display(),
         human(report.bytes_written),
         human(report.bytes_zeroed),
+        human(report.bytes_skipped),
         human(report.bytes_verified),
         human(report.held_back),
         report.durations.write.as_secs_f64(),

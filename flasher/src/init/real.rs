@@ -1094,6 +1094,7 @@ impl Steps for Real {
                 Verify::None => pipeline::Verify::None,
             },
             expand_data: o.expand_data,
+            skip_equal: o.skip_equal,
             root: self.root.clone(),
             // Bootloader and config come after the image; the table goes live
             // after them, in `commit_table`.

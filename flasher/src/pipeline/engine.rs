@@ -89,6 +89,7 @@ pub fn write_opened<R: Read, T: Target>(
         target_size: target.size(),
         bytes_written: 0,
         bytes_zeroed: 0,
+        bytes_skipped: 0,
         bytes_verified: 0,
         held_back: 0,
         image_digest_checked: opts.image_digest,
@@ -105,6 +106,7 @@ pub fn write_opened<R: Read, T: Target>(
     report.durations.write = t_write.elapsed();
     report.bytes_written = m.bytes_of(ExtentKind::Data);
     report.bytes_zeroed = m.bytes_of(ExtentKind::MustBeZero);
+    report.bytes_skipped = streamed.skipped;
     report.direct_io = target.is_direct();
     let d = streamed.deferred;
     let plan = streamed
@@ -115,8 +117,15 @@ pub fn write_opened<R: Read, T: Target>(
 
     let t_verify = Instant::now();
     if opts.verify == Verify::Full {
-        report.bytes_verified +=
-            verify_streamed(m, &streamed.checks, &streamed.kept, &d, target, obs)?;
+        report.bytes_verified += verify_streamed(
+            m,
+            &streamed.checks,
+            &streamed.kept,
+            &d,
+            target,
+            obs,
+            opts.workers,
+        )?;
     }
     report.durations.verify = t_verify.elapsed();
 
@@ -226,6 +235,8 @@ struct Streamed {
     deferred: Deferred,
     /// Made before the first write to the target.
     plan: Option<Plan>,
+    /// Bytes found equal on the target and not written (`skip_equal`).
+    skipped: u64,
 }
 
 /// Before the first write: plan the table from the image's head (the kept
@@ -326,6 +337,62 @@ fn write<T: Target>(t: &mut T, off: u64, data: &[u8]) -> Result<(), Error> {
     })
 }
 
+/// Compare granularity of `skip_equal`: a block that differs anywhere is
+/// rewritten whole (a multiple of every sector size, so the writes stay aligned).
+const SKIP_BLOCK: u64 = 64 << 10;
+
+/// `skip_equal`: read `off..off+len` of the target into `buf` (in pieces of its
+/// capacity), compare with `want` (None: zeros), and write or zero only the runs
+/// of [`SKIP_BLOCK`]s that differ. Returns the bytes left as they were. Only
+/// the engine's own writes follow (never a partial result): a power cut leaves
+/// every block either as it was or as the image has it, as a normal write does.
+fn write_diff<T: Target>(
+    t: &mut T,
+    off: u64,
+    want: Option<&[u8]>,
+    len: u64,
+    buf: &mut AlignedBuf,
+) -> Result<u64, Error> {
+    let mut skipped = 0;
+    let mut o = 0u64;
+    while o < len {
+        let n = (len - o).min(buf.capacity() as u64);
+        buf.set_len(n as usize);
+        read(t, off + o, &mut buf[..])?;
+        // A run of differing blocks starts at `run` and ends at the first
+        // equal block (or the piece's end), where it is written.
+        let mut run: Option<u64> = None;
+        let mut b = 0u64;
+        loop {
+            let e = (b + SKIP_BLOCK).min(n);
+            let differs = b < n && {
+                let have = &buf[b as usize..e as usize];
+                match want {
+                    Some(w) => have != &w[(o + b) as usize..(o + e) as usize],
+                    None => !is_zero(have),
+                }
+            };
+            if differs {
+                run.get_or_insert(b);
+            } else {
+                if let Some(s) = run.take() {
+                    match want {
+                        Some(w) => write(t, off + o + s, &w[(o + s) as usize..(o + b) as usize])?,
+                        None => zero(t, off + o + s, b - s)?,
+                    }
+                }
+                if b >= n {
+                    break;
+                }
+                skipped += e - b;
+            }
+            b = e;
+        }
+        o += n;
+    }
+    Ok(skipped)
+}
+
 enum HashMsg {
     Data(Arc<AlignedBuf>),
     Zeros(u64),
@@ -339,6 +406,15 @@ fn in_flight(chunk_size: u64, workers: usize) -> (usize, usize) {
     let per_chunk = 2 * chunk_size.max(1);
     let queued = ((IN_FLIGHT / per_chunk).saturating_sub(2) as usize).max(1);
     (queued, workers.clamp(1, queued + 1))
+}
+
+/// Read-back hashing threads and pieces in flight: one piece being read, one
+/// queued, one per hasher, within [`IN_FLIGHT`] (the streaming buffers are
+/// freed by then). `workers` hashers (as many as decompress), at most 4.
+fn verify_threads(piece: u64, workers: usize) -> (usize, usize) {
+    let most = (IN_FLIGHT / piece.max(1)).max(3) as usize;
+    let hashers = workers.clamp(1, 4).min(most - 2);
+    (hashers, hashers + 2)
 }
 
 /// A chunk-sized buffer, or an error instead of an abort.
@@ -406,7 +482,17 @@ fn stream<R: Read, T: Target>(
             hex::encode(h.finalize())
         });
         let flags = (opts.expand_data, opts.require_boot_fat);
-        let writer = s.spawn(move || write_loop(m, ord_rx, hash_tx, target, obs, flags));
+        // The read buffer of `skip_equal`: one chunk (and at least one compare
+        // block), outside IN_FLIGHT like the read-back pieces (docs/SECURITY.md).
+        let skip = if opts.skip_equal {
+            Some(alloc(
+                m.chunk_size.max(SKIP_BLOCK),
+                "a skip-equal read buffer",
+            )?)
+        } else {
+            None
+        };
+        let writer = s.spawn(move || write_loop(m, ord_rx, hash_tx, target, obs, flags, skip));
 
         // This thread reads the payload. It stops when the writer hangs up.
         for raw in ChunkReader::new(payload, m) {
@@ -450,6 +536,7 @@ fn write_loop<T: Target>(
     target: &mut T,
     obs: &dyn Observer,
     flags: (bool, bool),
+    mut skip: Option<AlignedBuf>,
 ) -> crate::Result<Streamed> {
     let hash = |msg| {
         hash_tx
@@ -475,9 +562,14 @@ fn write_loop<T: Target>(
         deferred_zeros: Vec::new(),
         deferred: Deferred { head: 0, tail },
         plan: None,
+        skipped: 0,
     };
     let total: u64 = m.bytes_of(ExtentKind::Data) + m.bytes_of(ExtentKind::MustBeZero);
     let mut progress = Progress::new(obs, Phase::Writing, total);
+    if skip.is_some() {
+        // On the buffered fallback the comparison must not see stale pages.
+        target.drop_cache();
+    }
     let mut ci = 0usize;
     for e in &m.extents {
         match e.kind {
@@ -502,7 +594,10 @@ fn write_loop<T: Target>(
                     let mut o = off;
                     while o < off + len {
                         let n = (off + len - o).min(ZERO_PIECE);
-                        zero(target, o, n)?;
+                        match skip.as_mut() {
+                            Some(b) => out.skipped += write_diff(target, o, None, n, b)?,
+                            None => zero(target, o, n)?,
+                        }
                         out.checks.push(Check::Zero(o, n));
                         progress.add(n);
                         o += n;
@@ -532,7 +627,13 @@ fn write_loop<T: Target>(
                     }
                     for (off, len) in &outside {
                         let a = (off - c.offset) as usize;
-                        write(target, *off, &buf[a..a + *len as usize])?;
+                        let data = &buf[a..a + *len as usize];
+                        match skip.as_mut() {
+                            Some(b) => {
+                                out.skipped += write_diff(target, *off, Some(data), *len, b)?
+                            }
+                            None => write(target, *off, data)?,
+                        }
                     }
                     if inside.is_empty() {
                         out.checks.push(Check::Chunk(ci));
@@ -627,6 +728,7 @@ fn verify_streamed<T: Target>(
     d: &Deferred,
     t: &mut T,
     obs: &dyn Observer,
+    workers: usize,
 ) -> crate::Result<u64> {
     t.drop_cache();
     let mut total: u64 = 0;
@@ -644,17 +746,19 @@ fn verify_streamed<T: Target>(
             .map(|r| r.1)
             .sum::<u64>();
     }
-    let mut progress = Progress::new(obs, Phase::Verifying, total);
+    let progress = Progress::new(obs, Phase::Verifying, total);
     let piece = m.chunk_size.max(MIB) as usize;
-    // First pass, pipelined: one thread reads (O_DIRECT) while this one hashes
-    // and compares, so the device never waits for SHA-256. Mismatches are
-    // collected and retried one by one afterwards.
-    let bad = std::thread::scope(|s| -> crate::Result<Vec<usize>> {
+    let (hashers, pieces) = verify_threads(piece as u64, workers);
+    // First pass, pipelined: one thread reads (O_DIRECT) while `hashers`
+    // threads hash and compare, so the device never waits for SHA-256.
+    // Mismatches are collected and retried one by one afterwards.
+    let progress = std::sync::Mutex::new(progress);
+    let mut bad = std::thread::scope(|s| -> crate::Result<Vec<usize>> {
         // Both directions carry `(check index, buffer)` (the index is unused on
         // the way back): one channel type is one copy of its code in `/init`.
-        let (full_tx, full_rx) = bounded::<(usize, AlignedBuf)>(2);
-        let (free_tx, free_rx) = bounded::<(usize, AlignedBuf)>(4);
-        for _ in 0..4 {
+        let (full_tx, full_rx) = bounded::<(usize, AlignedBuf)>(pieces);
+        let (free_tx, free_rx) = bounded::<(usize, AlignedBuf)>(pieces);
+        for _ in 0..pieces {
             let _ = free_tx.send((0, alloc(piece as u64, "a read-back buffer")?));
         }
         let tt = &mut *t;
@@ -680,23 +784,45 @@ fn verify_streamed<T: Target>(
             }
             Ok(())
         });
+        let workers: Vec<_> = (0..hashers)
+            .map(|_| {
+                let (full_rx, free_tx, progress) = (full_rx.clone(), free_tx.clone(), &progress);
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    for (ci, buf) in full_rx.iter() {
+                        let good = match checks[ci] {
+                            Check::Chunk(i) => bundle::sha256_hex(&buf[..]) == m.chunks[i].sha256,
+                            Check::Zero(..) => is_zero(&buf[..]),
+                        };
+                        if !good {
+                            bad.push(ci);
+                        }
+                        progress
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .add(buf.len() as u64);
+                        let _ = free_tx.send((0, buf));
+                    }
+                    bad
+                })
+            })
+            .collect();
+        drop((full_rx, free_tx));
         let mut bad = Vec::new();
-        for (ci, buf) in full_rx.iter() {
-            let good = match checks[ci] {
-                Check::Chunk(i) => bundle::sha256_hex(&buf[..]) == m.chunks[i].sha256,
-                Check::Zero(..) => is_zero(&buf[..]),
-            };
-            if !good && bad.last() != Some(&ci) {
-                bad.push(ci);
-            }
-            progress.add(buf.len() as u64);
-            let _ = free_tx.send((0, buf));
+        for w in workers {
+            bad.extend(
+                w.join()
+                    .map_err(|_| Error::Internal("verify hasher panicked".into()))?,
+            );
         }
         reader
             .join()
             .map_err(|_| Error::Internal("verify reader panicked".into()))??;
         Ok(bad)
     })?;
+    bad.sort_unstable();
+    bad.dedup();
+    let mut progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut buf = alloc(piece as u64, "a read-back buffer")?;
     for ci in bad {
         match checks[ci] {
@@ -788,5 +914,7 @@ fn verify_deferred<T: Target>(parts: &[Part], t: &mut T) -> crate::Result<u64> {
     Ok(n)
 }
 
+#[cfg(test)]
+mod skip_tests;
 #[cfg(test)]
 mod tests;

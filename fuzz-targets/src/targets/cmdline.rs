@@ -63,6 +63,7 @@ fn options_round_trip(o: &Options) {
     words.push(arg(key::EXPAND_DATA, u8::from(o.expand_data)));
     words.push(arg(key::RETRY_UNIT, u8::from(o.retry_unit)));
     words.push(arg(key::HEALTH, u8::from(o.health)));
+    words.push(arg(key::SKIP_EQUAL, u8::from(o.skip_equal)));
     words.push(arg(key::TIMEOUT, o.timeout.as_secs()));
     let line = words.join(" ");
     let back = Options::parse(&line).expect("rendered options parse");

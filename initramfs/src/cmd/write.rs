@@ -54,20 +54,8 @@ fn parse_tamper(s: &str) -> Result<TamperFault, String> {
     })
 }
 
-/// Keep glibc from raising its mmap threshold when the bundling step frees
-/// its 4 MiB chunk buffers: after that, every later chunk and piece comes
-/// from the per-thread heaps, which fragment and are not given back. Measured
-/// on a 512 MiB image to four targets: 972 MB peak RSS without this, 144 MB with it.
-fn fixed_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator tunable; no pointers.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-    }
-}
-
 pub fn run(args: Args) -> crate::Result<()> {
-    fixed_mmap_threshold();
+    flasher::pipeline::fixed_mmap_threshold();
     let defaults = Options::default();
     let opts = Options {
         root: args.root,

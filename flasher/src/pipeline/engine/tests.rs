@@ -7,16 +7,16 @@ use proptest::prelude::*;
 use std::io::Cursor;
 
 #[derive(Debug, Clone)]
-enum Run {
+pub(super) enum Run {
     Data(Vec<u8>),
     Zero(u64),
     DontCare(u64),
 }
 
-type Spans = Vec<(ExtentKind, u64, u64)>;
+pub(super) type Spans = Vec<(ExtentKind, u64, u64)>;
 
 /// (bundle bytes, the spans pushed, the logical image).
-fn bundle_of(runs: &[Run], chunk_size: u64) -> (Vec<u8>, Spans, Vec<u8>) {
+pub(super) fn bundle_of(runs: &[Run], chunk_size: u64) -> (Vec<u8>, Spans, Vec<u8>) {
     let opts = WriterOptions {
         chunk_size,
         level: 1,
@@ -51,7 +51,7 @@ fn bundle_of(runs: &[Run], chunk_size: u64) -> (Vec<u8>, Spans, Vec<u8>) {
     (out, spans, logical)
 }
 
-fn garbage(n: usize) -> Vec<u8> {
+pub(super) fn garbage(n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2] | 1)
         .collect()
@@ -112,7 +112,7 @@ proptest! {
 }
 
 /// Patterned bytes with a real GPT (128 entries at LBA 2, one partition).
-fn gpt_like_image(size: usize) -> Vec<u8> {
+pub(super) fn gpt_like_image(size: usize) -> Vec<u8> {
     let img: Vec<u8> = (0..size).map(|i| (i % 251) as u8 + 1).collect();
     let mut c = Cursor::new(img);
     let p = flasher_disk::gpt::NewPartition {
