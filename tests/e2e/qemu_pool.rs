@@ -149,7 +149,11 @@ fn one_card_gives_three_units_their_rows_then_refuses_the_fourth() {
         .arg(&card)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let runs: Vec<&serde_json::Value> = listed
         .iter()
