@@ -363,17 +363,17 @@ fn refusals_assert_their_variants() {
     let target = dir.path().join("t.img");
     garbage_file(&target, 64 << 20);
     let before = read_range(&target, 0, 2 << 20);
-    let mut v2 = bytes.clone();
-    v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let p = dir.path().join("v2.bundle");
-    std::fs::write(&p, &v2).unwrap();
+    let mut v3 = bytes.clone();
+    v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let p = dir.path().join("v3.bundle");
+    std::fs::write(&p, &v3).unwrap();
     let e = flash(&p, &target, &Null).unwrap_err();
     assert!(
         matches!(
             e,
             flasher::Error::Bundle(bundle::Error::UnknownVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: bundle::VERSION
             })
         ),
         "{e:?}"
