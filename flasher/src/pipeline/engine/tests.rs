@@ -596,11 +596,16 @@ mod trust {
     use flasher_format::bundle::{Error as BundleError, SecretKey, Trust};
 
     fn signed_bundle(key: &SecretKey) -> Vec<u8> {
+        signed_bundle_with(key, ChunkDigest::default())
+    }
+
+    fn signed_bundle_with(key: &SecretKey, chunk_digest: ChunkDigest) -> Vec<u8> {
         let opts = WriterOptions {
             chunk_size: 64 << 10,
             level: 1,
             workers: 1,
             sign: Some(key.clone()),
+            chunk_digest,
             ..Default::default()
         };
         let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
@@ -653,6 +658,37 @@ mod trust {
             }
             assert!(unchanged, "{name}: the target was modified");
         }
+    }
+
+    /// Both versions sign and flash; a signed version 2 bundle relabelled
+    /// as a well-formed version 1 (header, manifest version, digest keys)
+    /// is refused by the signature before any write.
+    #[test]
+    fn signed_versions_flash_and_a_relabel_breaks_the_signature() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let trust = Trust::new(vec![k.public()]);
+        for alg in ALGS {
+            let (r, _) = write_with(&signed_bundle_with(&k, alg), &trust);
+            assert_eq!(r.unwrap().signer, k.public().fingerprint(), "{alg:?}");
+        }
+        let mut relabelled = reseal(&signed_bundle(&k), |m| {
+            m["version"] = 1.into();
+            m.as_object_mut().unwrap().remove("chunk_digest");
+            for c in m["chunks"].as_array_mut().unwrap() {
+                let d = c.as_object_mut().unwrap().remove("blake3").unwrap();
+                c["sha256"] = d;
+            }
+        });
+        relabelled[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let (r, unchanged) = write_with(&relabelled, &trust);
+        assert!(
+            matches!(
+                r,
+                Err(CrateError::Bundle(BundleError::ManifestAltered { .. }))
+            ),
+            "{r:?}"
+        );
+        assert!(unchanged, "the target was modified");
     }
 
     #[test]
