@@ -23,6 +23,8 @@
 #   limit        dd oflag=direct of the mapped bytes (from /dev/zero, one
 #                sequential run) + dd iflag=direct read-back: the device limit
 #   flasher      flasher write (verified: O_DIRECT read-back of every byte)
+#   flasher-v1   flasher write (verified) of the same blocks bundled as version 1
+#                (SHA-256 chunk digests; the default bundle is version 2, BLAKE3)
 #   flasher-nov  flasher write --verify none
 #   skip-same    flasher write --skip-equal onto a target already holding the image
 #   skip-changed flasher write --skip-equal of a changed image (8 MiB rewritten
@@ -162,6 +164,10 @@ for kind in $only; do
     bmaptool -q create -o "$work/$kind.bmap" "$img"
     zstd -q -T0 -3 "$img" -o "$img.zst"
     "$mkflasher" bundle "$img" -o "$work/$kind.bundle" --bmap "$work/$kind.bmap" 2>/dev/null
+    # The same blocks as a version 1 bundle (SHA-256 chunk digests): the
+    # flasher-v1 row, what the BLAKE3 digests of version 2 gain.
+    "$mkflasher" bundle "$img" -o "$work/$kind.v1.bundle" --bmap "$work/$kind.bmap" \
+        --manifest-version 1 2>/dev/null
     change_image "$img" "$work/$kind.changed.img" "$work/$kind.bmap"
     bmaptool -q create -o "$work/$kind.changed.bmap" "$work/$kind.changed.img"
     "$mkflasher" bundle "$work/$kind.changed.img" -o "$work/$kind.changed.bundle" \
@@ -206,6 +212,7 @@ run() {
     limit) cmd="dd if=/dev/zero of=$t bs=4M count=$((mapped * 4096)) iflag=count_bytes oflag=direct conv=notrunc,fsync status=none && dd if=$t of=/dev/null bs=4M count=$((mapped * 4096)) iflag=direct,count_bytes status=none" ;;
     flasher) cmd="$flasher write --payload $bundle --target $t" ;;
     flasher-nov) cmd="$flasher write --payload $bundle --target $t --verify none" ;;
+    flasher-v1) cmd="$flasher write --payload $work/$kind.v1.bundle --target $t" ;;
     variant=*) cmd="${tool#variant=} write --payload $bundle --target $t" ;;
     skip-same | skip-changed)
         "$flasher" write --payload "$bundle" --target "$t" --verify none >/dev/null 2>&1
@@ -237,7 +244,7 @@ run() {
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" "$rss" >>"$res"
 }
 
-rows=("limit -" "flasher -" "flasher-nov -" "skip-same -" "skip-changed -"
+rows=("limit -" "flasher -" "flasher-v1 -" "flasher-nov -" "skip-same -" "skip-changed -"
     "mkflasher raw" "mkflasher zst" "bmaptool raw" "bmaptool zst" "dd+cmp raw" "dd+cmp zst")
 for v in ${FLASHER_VARIANTS:-}; do rows+=("variant=${v#*=} ${v%%=*}"); done
 n=${#rows[@]}

@@ -76,11 +76,17 @@ fn every_target_is_replayed_and_fuzzable() {
 #[test]
 fn seeds_are_accepted_by_their_parsers() {
     let seed = |t: &str, f: &str| std::fs::read(fuzz_dir().join("corpus").join(t).join(f)).unwrap();
-    for f in ["bundle-3extents", "bundle-tiny", "bundle-bmap-dontcare"] {
+    for (f, version) in [
+        ("bundle-3extents", 1),
+        ("bundle-tiny", 1),
+        ("bundle-bmap-dontcare", 1),
+        ("bundle-v2-blake3", 2),
+    ] {
         let data = seed("bundle", f);
         let mut r = std::io::Cursor::new(&data[..]);
         let opened = flasher_format::bundle::read_manifest(&mut r).expect(f);
         let m = &opened.manifest;
+        assert_eq!(m.version, version, "{f}");
         for raw in flasher_format::bundle::ChunkReader::new(&mut r, m) {
             let raw = raw.expect(f);
             let mut out = vec![0u8; raw.chunk.length as usize];

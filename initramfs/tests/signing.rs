@@ -44,6 +44,7 @@ fn make_bundle(dir: &Path, out: &str, sign: Option<&Path>, pin: Vec<PathBuf>) ->
         pin,
         unit_data: None,
         unit_files: None,
+        manifest_version: bundle::VERSION,
     })
     .unwrap();
     output
@@ -263,6 +264,7 @@ u-1,\"a, b\"\nu-2,ü\n",
         pin: vec![],
         unit_data: Some(csv.clone()),
         unit_files: None,
+        manifest_version: bundle::VERSION,
     })
     .unwrap();
     build::run(with_pool(pinned, "p.img")).unwrap();

@@ -155,12 +155,18 @@ fn real_image_raw_and_compressed_flash_bit_exact() {
         );
         manifests.push(m);
     }
-    assert!(manifests.windows(2).all(|w| w[0].extents == w[1].extents
-        && w[0]
-            .chunks
+    let digests = |m: &Manifest| {
+        m.chunks
             .iter()
-            .map(|c| &c.sha256)
-            .eq(w[1].chunks.iter().map(|c| &c.sha256))));
+            .map(|c| c.digest(m.digest_alg()).to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(manifests
+        .iter()
+        .all(|m| digests(m).iter().all(|d| d.len() == 64)));
+    assert!(manifests
+        .windows(2)
+        .all(|w| w[0].extents == w[1].extents && digests(&w[0]) == digests(&w[1])));
 
     // Flash the xz-made bundle onto a larger target full of stale data.
     let target = dir.path().join("target.img");
@@ -357,17 +363,17 @@ fn refusals_assert_their_variants() {
     let target = dir.path().join("t.img");
     garbage_file(&target, 64 << 20);
     let before = read_range(&target, 0, 2 << 20);
-    let mut v2 = bytes.clone();
-    v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let p = dir.path().join("v2.bundle");
-    std::fs::write(&p, &v2).unwrap();
+    let mut v3 = bytes.clone();
+    v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let p = dir.path().join("v3.bundle");
+    std::fs::write(&p, &v3).unwrap();
     let e = flash(&p, &target, &Null).unwrap_err();
     assert!(
         matches!(
             e,
             flasher::Error::Bundle(bundle::Error::UnknownVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: bundle::VERSION
             })
         ),
         "{e:?}"

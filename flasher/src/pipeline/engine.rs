@@ -750,7 +750,8 @@ fn verify_streamed<T: Target>(
     let piece = m.chunk_size.max(MIB) as usize;
     let (hashers, pieces) = verify_threads(piece as u64, workers);
     // First pass, pipelined: one thread reads (O_DIRECT) while `hashers`
-    // threads hash and compare, so the device never waits for SHA-256.
+    // threads hash and compare (the manifest's chunk digest), so the device
+    // never waits for the hash.
     // Mismatches are collected and retried one by one afterwards.
     let progress = std::sync::Mutex::new(progress);
     let mut bad = std::thread::scope(|s| -> crate::Result<Vec<usize>> {
@@ -791,7 +792,7 @@ fn verify_streamed<T: Target>(
                     let mut bad = Vec::new();
                     for (ci, buf) in full_rx.iter() {
                         let good = match checks[ci] {
-                            Check::Chunk(i) => bundle::sha256_hex(&buf[..]) == m.chunks[i].sha256,
+                            Check::Chunk(i) => m.chunk_matches(i, &buf[..]),
                             Check::Zero(..) => is_zero(&buf[..]),
                         };
                         if !good {
@@ -836,7 +837,7 @@ fn verify_streamed<T: Target>(
                 t.drop_cache();
                 buf.set_len(ch.length as usize);
                 read(t, ch.offset, &mut buf[..])?;
-                if bundle::sha256_hex(&buf[..]) != ch.sha256 {
+                if !m.chunk_matches(i, &buf[..]) {
                     // The bytes are not kept (streamed), so a rewrite is not possible.
                     return Err(Error::VerifyMismatch {
                         offset: ch.offset,

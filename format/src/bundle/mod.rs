@@ -26,8 +26,12 @@ use std::io::Read;
 
 /// The first eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"FLSHBNDL";
-/// The container and manifest version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The newest container and manifest version, the one written by default:
+/// version 2 digests each chunk with BLAKE3, version 1 with SHA-256. This
+/// build reads both and writes either ([`WriterOptions::chunk_digest`]).
+pub const VERSION: u32 = 2;
+/// The oldest version this build still reads.
+pub const MIN_VERSION: u32 = 1;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 80;
 /// Default uncompressed chunk size: large enough for big O_DIRECT writes and
@@ -63,7 +67,7 @@ pub enum Error {
         found: Vec<u8>,
         expected: &'static str,
     },
-    #[error("bundle format version {found} is not supported (this flasher reads version {supported}); rebuild the bundle with a matching mkflasher or update the flasher")]
+    #[error("bundle format version {found} is not supported (this flasher reads versions {MIN_VERSION} to {supported}); rebuild the bundle with a matching mkflasher (`mkflasher bundle --manifest-version 1` for older flashers) or update the flasher")]
     UnknownVersion { found: u32, supported: u32 },
     #[error("bundle is truncated in {what}: expected {expected} bytes, got {got}; the payload was cut short (copy it again)")]
     Truncated {
@@ -73,10 +77,18 @@ pub enum Error {
     },
     #[error("bundle manifest is corrupt: its SHA-256 is {actual}, the header says {expected}")]
     ManifestDigest { expected: String, actual: String },
-    #[error("bundle manifest is not valid JSON for version {VERSION}: {0}")]
+    #[error("bundle manifest is not valid JSON for versions {MIN_VERSION} to {VERSION}: {0}")]
     ManifestParse(#[source] serde_json::Error),
     #[error("bundle manifest is inconsistent: {0}")]
     InvalidManifest(String),
+    #[error("bundle manifest version {version} names chunk digest {found:?}, but version {version} requires {required:?}; the manifest was relabelled or written by a foreign tool, rebuild it with `mkflasher bundle`")]
+    DigestMismatch {
+        version: u32,
+        found: String,
+        required: &'static str,
+    },
+    #[error("bundle manifest names chunk digest {found:?}, which this flasher does not know (it knows \"sha256\" and \"blake3\"); rebuild the bundle with `mkflasher bundle`")]
+    UnknownDigest { found: String },
     #[error("chunk {index} (image bytes {offset}..{}) is corrupt: {reason}", offset + length)]
     ChunkCorrupt {
         index: usize,
@@ -84,8 +96,9 @@ pub enum Error {
         length: u64,
         reason: String,
     },
-    #[error("chunk {index} (image bytes {offset}..{}) has SHA-256 {actual}, manifest says {expected}; the bundle is corrupt", offset + length)]
+    #[error("chunk {index} (image bytes {offset}..{}) has {algorithm} {actual}, manifest says {expected}; the bundle is corrupt", offset + length)]
     ChunkDigest {
+        algorithm: &'static str,
         index: usize,
         offset: u64,
         length: u64,
@@ -180,20 +193,112 @@ impl Extent {
     }
 }
 
+/// The per-chunk digest, fixed by the manifest version (1: SHA-256,
+/// 2: BLAKE3) and named in the manifest (`chunk_digest`), so the signature
+/// covers the choice. Both are 256-bit cryptographic hashes: either stands
+/// for the signed bytes (docs/SECURITY.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ChunkDigest {
+    Sha256,
+    #[default]
+    Blake3,
+}
+
+impl ChunkDigest {
+    /// The name in the manifest (`chunk_digest` and the chunks' key).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChunkDigest::Sha256 => "sha256",
+            ChunkDigest::Blake3 => "blake3",
+        }
+    }
+    /// The manifest version that carries this digest.
+    pub fn version(self) -> u32 {
+        match self {
+            ChunkDigest::Sha256 => 1,
+            ChunkDigest::Blake3 => 2,
+        }
+    }
+    /// For error messages ("chunk 3 has BLAKE3 ...").
+    pub fn label(self) -> &'static str {
+        match self {
+            ChunkDigest::Sha256 => "SHA-256",
+            ChunkDigest::Blake3 => "BLAKE3",
+        }
+    }
+    pub fn parse(name: &str) -> Result<ChunkDigest> {
+        match name {
+            "sha256" => Ok(ChunkDigest::Sha256),
+            "blake3" => Ok(ChunkDigest::Blake3),
+            _ => Err(Error::UnknownDigest { found: name.into() }),
+        }
+    }
+    /// The 32-byte digest of `data`.
+    pub fn digest(self, data: &[u8]) -> [u8; 32] {
+        match self {
+            ChunkDigest::Sha256 => Sha256::digest(data).into(),
+            ChunkDigest::Blake3 => *blake3::hash(data).as_bytes(),
+        }
+    }
+    pub fn hex(self, data: &[u8]) -> String {
+        hex::encode(self.digest(data))
+    }
+}
+
 /// One compressed chunk: `length` uncompressed bytes at image `offset`.
+/// Exactly one digest key is present, the manifest's `chunk_digest`: `sha256`
+/// in version 1 (as version-1 readers expect), `blake3` in version 2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     pub offset: u64,
     pub length: u64,
     pub compressed_size: u64,
-    /// SHA-256 of the uncompressed bytes, lowercase hex.
+    /// SHA-256 of the uncompressed bytes, lowercase hex (version 1).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// BLAKE3 of the uncompressed bytes, lowercase hex (version 2).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub blake3: String,
 }
 
 impl Chunk {
     pub fn end(&self) -> u64 {
         self.offset + self.length
     }
+    /// A chunk carrying `digest` (hex) under `alg`'s key.
+    pub fn new(
+        offset: u64,
+        length: u64,
+        compressed_size: u64,
+        alg: ChunkDigest,
+        digest: String,
+    ) -> Chunk {
+        let (sha256, blake3) = match alg {
+            ChunkDigest::Sha256 => (digest, String::new()),
+            ChunkDigest::Blake3 => (String::new(), digest),
+        };
+        Chunk {
+            offset,
+            length,
+            compressed_size,
+            sha256,
+            blake3,
+        }
+    }
+    /// The hex digest under `alg`'s key (empty if absent).
+    pub fn digest(&self, alg: ChunkDigest) -> &str {
+        match alg {
+            ChunkDigest::Sha256 => &self.sha256,
+            ChunkDigest::Blake3 => &self.blake3,
+        }
+    }
+}
+
+fn is_sha256(name: &str) -> bool {
+    name == "sha256"
+}
+fn sha256_name() -> String {
+    "sha256".into()
 }
 
 /// Where the image came from; informational only.
@@ -216,9 +321,15 @@ pub struct Manifest {
     pub image_size: u64,
     /// Uncompressed chunk size; chunk boundaries sit at multiples of it.
     pub chunk_size: u64,
-    /// Always "zstd" in version 1.
+    /// Always "zstd" in versions 1 and 2.
     pub compression: String,
-    /// SHA-256 of the logical image: `image_size` bytes where data extents hold
+    /// The per-chunk digest ([`ChunkDigest`]): absent (meaning "sha256") in
+    /// version 1, "blake3" in version 2. Signed with the rest, and tied to
+    /// the version, so relabelling one as the other is refused.
+    #[serde(default = "sha256_name", skip_serializing_if = "is_sha256")]
+    pub chunk_digest: String,
+    /// SHA-256 of the logical image (in every version; it is the image's
+    /// identity outside the bundle, e.g. the unit record's `image_digest`): `image_size` bytes where data extents hold
     /// their chunk bytes and must-be-zero and dont-care extents read as zeros.
     /// For an image without dont-care extents this equals `sha256sum IMAGE`.
     pub image_sha256: String,
@@ -260,20 +371,52 @@ impl Manifest {
         self.image_sha256.make_ascii_lowercase();
         for c in &mut self.chunks {
             c.sha256.make_ascii_lowercase();
+            c.blake3.make_ascii_lowercase();
         }
         for f in &mut self.files {
             f.sha256.make_ascii_lowercase();
         }
     }
 
+    /// The per-chunk digest algorithm. Only meaningful on a validated
+    /// manifest; an unknown name reads as BLAKE3, which then matches nothing.
+    pub fn digest_alg(&self) -> ChunkDigest {
+        ChunkDigest::parse(&self.chunk_digest).unwrap_or_default()
+    }
+
+    /// Whether `data` (chunk `i`'s bytes) has the digest the manifest lists.
+    /// Compares bytes, so the hex spelling does not matter.
+    pub fn chunk_matches(&self, i: usize, data: &[u8]) -> bool {
+        let alg = self.digest_alg();
+        self.chunks
+            .get(i)
+            .and_then(|c| hex_digest(c.digest(alg)))
+            .is_some_and(|want| want == alg.digest(data))
+    }
+
     /// Check every invariant the writer relies on, so a malformed manifest is
     /// refused before the first write.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidManifest(m));
-        if self.version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&self.version) {
             return Err(Error::UnknownVersion {
                 found: self.version,
                 supported: VERSION,
+            });
+        }
+        // The version fixes the chunk digest: a version-1 manifest relabelled
+        // as 2 (or back) is refused, not checked with the other algorithm.
+        let alg = ChunkDigest::parse(&self.chunk_digest)?;
+        if alg.version() != self.version {
+            let required = if self.version == 1 {
+                "sha256"
+            } else {
+                "blake3"
+            };
+            return Err(Error::DigestMismatch {
+                version: self.version,
+                found: self.chunk_digest.clone(),
+                required,
             });
         }
         if self.compression != "zstd" {
@@ -356,10 +499,15 @@ impl Manifest {
                         c.length, c.offset
                     ));
                 }
-                if hex_digest(&c.sha256).is_none() {
+                let other = match alg {
+                    ChunkDigest::Sha256 => &c.blake3,
+                    ChunkDigest::Blake3 => &c.sha256,
+                };
+                if hex_digest(c.digest(alg)).is_none() || !other.is_empty() {
                     return bad(format!(
-                        "chunk {ci} sha256 {:?} is not 64 hex digits",
-                        c.sha256
+                        "chunk {ci} {} {:?} is not 64 hex digits, or the chunk carries another digest too",
+                        alg.name(),
+                        c.digest(alg)
                     ));
                 }
                 if c.compressed_size == 0 || c.compressed_size > zstd_bound(c.length) {
@@ -448,7 +596,7 @@ impl Header {
             u64::from_le_bytes(a)
         };
         let version = u32_at(8);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(Error::UnknownVersion {
                 found: version,
                 supported: VERSION,
@@ -570,11 +718,17 @@ pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
         version: u32,
     }
     let v: VersionOnly = serde_json::from_slice(&manifest_bytes).map_err(Error::ManifestParse)?;
-    if v.version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&v.version) {
         return Err(Error::UnknownVersion {
             found: v.version,
             supported: VERSION,
         });
+    }
+    if v.version != header.version {
+        return Err(Error::InvalidManifest(format!(
+            "the manifest is version {}, the header says {}",
+            v.version, header.version
+        )));
     }
     let mut manifest: Manifest =
         serde_json::from_slice(&manifest_bytes).map_err(Error::ManifestParse)?;

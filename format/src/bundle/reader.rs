@@ -2,8 +2,7 @@
 //! digest check. The reader reads exactly the bundle's own bytes and never past
 //! its end, so whatever follows it in a raw partition is ignored.
 
-use super::{read_full, Chunk, Error, Manifest, Result};
-use sha2::{Digest, Sha256};
+use super::{read_full, Chunk, ChunkDigest, Error, Manifest, Result};
 use std::io::Read;
 
 /// One chunk's compressed bytes as read from the stream.
@@ -11,6 +10,8 @@ use std::io::Read;
 pub struct RawChunk {
     pub index: usize,
     pub chunk: Chunk,
+    /// The manifest's chunk digest, which `decode_chunk` checks.
+    pub digest: ChunkDigest,
     pub compressed: Vec<u8>,
 }
 
@@ -62,15 +63,16 @@ impl<R: Read> Iterator for ChunkReader<'_, R> {
         Some(Ok(RawChunk {
             index,
             chunk,
+            digest: self.manifest.digest_alg(),
             compressed,
         }))
     }
 }
 
 /// Decompress `raw` into `out` (exactly `chunk.length` bytes) and check its
-/// SHA-256 against the manifest. Errors name the chunk and its image range.
+/// digest (the manifest's `chunk_digest`) against the manifest. Errors name the chunk and its image range.
 pub fn decode_chunk(raw: &RawChunk, out: &mut [u8]) -> Result<()> {
-    let c = &raw.chunk;
+    let (c, alg) = (&raw.chunk, raw.digest);
     let corrupt = |reason: String| Error::ChunkCorrupt {
         index: raw.index,
         offset: c.offset,
@@ -103,14 +105,15 @@ pub fn decode_chunk(raw: &RawChunk, out: &mut [u8]) -> Result<()> {
             c.length
         )));
     }
-    let actual: [u8; 32] = Sha256::digest(&*out).into();
-    let expected = super::hex_digest(&c.sha256).unwrap_or([0; 32]);
+    let actual = alg.digest(out);
+    let expected = super::hex_digest(c.digest(alg)).unwrap_or([0; 32]);
     if actual != expected {
         return Err(Error::ChunkDigest {
+            algorithm: alg.label(),
             index: raw.index,
             offset: c.offset,
             length: c.length,
-            expected: c.sha256.clone(),
+            expected: c.digest(alg).to_string(),
             actual: hex::encode(actual),
         });
     }

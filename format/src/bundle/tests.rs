@@ -10,9 +10,20 @@ fn opts() -> WriterOptions {
     }
 }
 
+/// Both chunk digests: version 1 (SHA-256) and version 2 (BLAKE3).
+const ALGS: [ChunkDigest; 2] = [ChunkDigest::Sha256, ChunkDigest::Blake3];
+
 /// An image of 300 000 bytes: data, a zero run, dont-care, odd-sized data tail.
 fn sample() -> (Vec<u8>, Vec<u8>) {
-    let mut w = BundleWriter::new(opts(), Cursor::new(Vec::new())).unwrap();
+    sample_with(ChunkDigest::default())
+}
+
+fn sample_with(chunk_digest: ChunkDigest) -> (Vec<u8>, Vec<u8>) {
+    let o = WriterOptions {
+        chunk_digest,
+        ..opts()
+    };
+    let mut w = BundleWriter::new(o, Cursor::new(Vec::new())).unwrap();
     let data1: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     w.push_data(&data1).unwrap();
     w.push_zero(70_000).unwrap();
@@ -29,12 +40,30 @@ fn sample() -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn round_trip_and_trailing_garbage_ignored() {
-    let (mut bundle, logical) = sample();
+    for alg in ALGS {
+        round_trip(alg);
+    }
+}
+
+fn round_trip(alg: ChunkDigest) {
+    let (mut bundle, logical) = sample_with(alg);
     let len = bundle.len() as u64;
     bundle.extend_from_slice(&[0xa5; 10_000]);
     let mut r = Cursor::new(&bundle);
     let opened = read_manifest(&mut r).unwrap();
     let m = &opened.manifest;
+    assert_eq!(
+        (opened.header.version, m.version),
+        (alg.version(), alg.version())
+    );
+    assert_eq!(m.digest_alg(), alg);
+    // Each chunk carries its digest under the algorithm's key only.
+    let data = &logical[..m.chunks[0].length as usize];
+    assert_eq!(m.chunks[0].digest(alg), alg.hex(data));
+    assert!(m
+        .chunks
+        .iter()
+        .all(|c| c.sha256.is_empty() != c.blake3.is_empty()));
     assert_eq!(opened.header.bundle_len(), len);
     assert_eq!(m.image_size, logical.len() as u64);
     assert_eq!(m.image_sha256, sha256_hex(&logical));
@@ -58,6 +87,165 @@ fn round_trip_and_trailing_garbage_ignored() {
     }
 }
 
+/// The bytes a version-1 reader parses: no `chunk_digest` key and every chunk
+/// keyed `sha256`, as before version 2 existed.
+#[test]
+fn version_1_manifests_keep_the_old_shape() {
+    let (bundle, _) = sample_with(ChunkDigest::Sha256);
+    let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + h.manifest_len as usize]).unwrap();
+    assert_eq!(h.version, 1);
+    assert_eq!(m["version"], 1);
+    assert!(m.get("chunk_digest").is_none());
+    for c in m["chunks"].as_array().unwrap() {
+        assert_eq!(c["sha256"].as_str().unwrap().len(), 64);
+        assert!(c.get("blake3").is_none());
+    }
+}
+
+/// Replace the manifest JSON (and the header's version and manifest digest)
+/// as an attacker who edits the manifest would; the chunks stay.
+fn reseal(
+    bundle: &[u8],
+    header_version: Option<u32>,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Vec<u8> {
+    let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let ml = h.manifest_len as usize;
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + ml]).unwrap();
+    edit(&mut m);
+    let json = serde_json::to_vec(&m).unwrap();
+    let h2 = Header {
+        version: header_version.unwrap_or(h.version),
+        manifest_len: json.len() as u64,
+        manifest_sha256: Sha256::digest(&json).into(),
+        ..h.clone()
+    };
+    let mut b = h2.to_bytes().to_vec();
+    b.extend(&json);
+    b.extend(&bundle[HEADER_LEN + ml..]);
+    b
+}
+
+/// The digest algorithm is fixed by the (signed) version: a version-1
+/// manifest relabelled as version 2, or the reverse, is refused whether or
+/// not the header is relabelled with it, and whatever `chunk_digest` says.
+#[test]
+fn relabelled_versions_are_refused() {
+    let (v1, _) = sample_with(ChunkDigest::Sha256);
+    let (v2, _) = sample_with(ChunkDigest::Blake3);
+    let read = |b: &[u8]| read_manifest(&mut Cursor::new(b)).unwrap_err();
+    // v1 → v2, header too: no chunk_digest means sha256, which v2 forbids.
+    let e = read(&reseal(&v1, Some(2), |m| m["version"] = 2.into()));
+    assert!(
+        matches!(e, Error::DigestMismatch { version: 2, ref found, required: "blake3" } if found == "sha256"),
+        "{e:?}"
+    );
+    // v1 → v2 claiming blake3: the chunks still carry only SHA-256 keys.
+    let e = read(&reseal(&v1, Some(2), |m| {
+        m["version"] = 2.into();
+        m["chunk_digest"] = "blake3".into();
+    }));
+    assert!(
+        matches!(e, Error::InvalidManifest(ref s) if s.contains("chunk 0 blake3")),
+        "{e:?}"
+    );
+    // v2 → v1, header too.
+    let e = read(&reseal(&v2, Some(1), |m| m["version"] = 1.into()));
+    assert!(
+        matches!(e, Error::DigestMismatch { version: 1, ref found, required: "sha256" } if found == "blake3"),
+        "{e:?}"
+    );
+    // v2 → v1 with the chunk_digest dropped: the BLAKE3 keys are no SHA-256.
+    let e = read(&reseal(&v2, Some(1), |m| {
+        m["version"] = 1.into();
+        m.as_object_mut().unwrap().remove("chunk_digest");
+    }));
+    assert!(
+        matches!(e, Error::InvalidManifest(ref s) if s.contains("chunk 0 sha256")),
+        "{e:?}"
+    );
+    // v2 with its BLAKE3 digests moved under the sha256 key: a well-formed
+    // version 1 manifest, but every chunk then fails its SHA-256 check.
+    let moved = reseal(&v2, Some(1), |m| {
+        m["version"] = 1.into();
+        m.as_object_mut().unwrap().remove("chunk_digest");
+        for c in m["chunks"].as_array_mut().unwrap() {
+            let d = c.as_object_mut().unwrap().remove("blake3").unwrap();
+            c["sha256"] = d;
+        }
+    });
+    let mut r = Cursor::new(&moved);
+    let opened = read_manifest(&mut r).unwrap();
+    for raw in ChunkReader::new(&mut r, &opened.manifest) {
+        let raw = raw.unwrap();
+        let mut out = vec![0u8; raw.chunk.length as usize];
+        let e = decode_chunk(&raw, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ChunkDigest {
+                    algorithm: "SHA-256",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+    // Only the manifest relabelled, not the header: refused by the mismatch.
+    let e = read(&reseal(&v1, None, |m| m["version"] = 2.into()));
+    assert!(
+        matches!(e, Error::InvalidManifest(ref s) if s.contains("header says 1")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_chunk_digest_is_refused() {
+    let (v2, _) = sample_with(ChunkDigest::Blake3);
+    for name in ["xxh3", "SHA256", "", "md5"] {
+        let b = reseal(&v2, None, |m| m["chunk_digest"] = name.into());
+        let e = read_manifest(&mut Cursor::new(&b)).unwrap_err();
+        assert!(
+            matches!(e, Error::UnknownDigest { ref found } if found == name),
+            "{e:?}"
+        );
+    }
+    // Not a string at all: a parse error, not a guess.
+    let b = reseal(&v2, None, |m| m["chunk_digest"] = 3.into());
+    let e = read_manifest(&mut Cursor::new(&b)).unwrap_err();
+    assert!(matches!(e, Error::ManifestParse(_)), "{e:?}");
+}
+
+/// A chunk whose digest does not match is refused naming the algorithm, in
+/// both versions (the manifest edited to expect other bytes).
+#[test]
+fn chunk_digest_mismatch_names_the_algorithm() {
+    for alg in ALGS {
+        let (b, _) = sample_with(alg);
+        let bad = reseal(&b, None, |m| {
+            m["chunks"][1][alg.name()] = "ab".repeat(32).into();
+        });
+        let mut r = Cursor::new(&bad);
+        let opened = read_manifest(&mut r).unwrap();
+        let errs: Vec<_> = ChunkReader::new(&mut r, &opened.manifest)
+            .filter_map(|raw| {
+                let raw = raw.unwrap();
+                let mut out = vec![0u8; raw.chunk.length as usize];
+                decode_chunk(&raw, &mut out).err()
+            })
+            .collect();
+        assert_eq!(errs.len(), 1, "{alg:?}");
+        assert!(
+            matches!(errs[0], Error::ChunkDigest { index: 1, algorithm, .. } if algorithm == alg.label()),
+            "{:?}",
+            errs[0]
+        );
+    }
+}
+
 #[test]
 fn unknown_header_version_is_refused() {
     let (mut bundle, _) = sample();
@@ -68,7 +256,7 @@ fn unknown_header_version_is_refused() {
             e,
             Error::UnknownVersion {
                 found: 7,
-                supported: 1
+                supported: VERSION
             }
         ),
         "{e:?}"
@@ -81,7 +269,7 @@ fn unknown_manifest_version_is_refused() {
     let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
     let mut m: serde_json::Value =
         serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + h.manifest_len as usize]).unwrap();
-    m["version"] = 2.into();
+    m["version"] = 3.into();
     m["something_new"] = true.into();
     let json = serde_json::to_vec(&m).unwrap();
     let h2 = Header {
@@ -97,8 +285,8 @@ fn unknown_manifest_version_is_refused() {
         matches!(
             e,
             Error::UnknownVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: VERSION
             }
         ),
         "{e:?}"
@@ -141,7 +329,13 @@ fn bad_magic_and_corrupt_manifest() {
 
 #[test]
 fn flipped_chunk_byte_names_the_chunk() {
-    let (mut bundle, _) = sample();
+    for alg in ALGS {
+        flipped_chunk_byte(alg);
+    }
+}
+
+fn flipped_chunk_byte(alg: ChunkDigest) {
+    let (mut bundle, _) = sample_with(alg);
     let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
     let m = read_manifest(&mut Cursor::new(&bundle)).unwrap().manifest;
     let start = (HEADER_LEN as u64 + h.manifest_len) as usize;
@@ -187,7 +381,13 @@ fn validate_rejects_gaps_and_bad_chunks() {
 /// lowercased at parse time, so they compare equal to what the reader computes.
 #[test]
 fn uppercase_digests_are_normalised_at_parse_time() {
-    let (bundle, logical) = sample();
+    for alg in ALGS {
+        uppercase_digests(alg);
+    }
+}
+
+fn uppercase_digests(alg: ChunkDigest) {
+    let (bundle, logical) = sample_with(alg);
     let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
     let ml = h.manifest_len as usize;
     let mut m: serde_json::Value =
@@ -195,7 +395,7 @@ fn uppercase_digests_are_normalised_at_parse_time() {
     let up = |v: &serde_json::Value| v.as_str().unwrap().to_ascii_uppercase();
     m["image_sha256"] = up(&m["image_sha256"]).into();
     for c in m["chunks"].as_array_mut().unwrap() {
-        c["sha256"] = up(&c["sha256"]).into();
+        c[alg.name()] = up(&c[alg.name()]).into();
     }
     let json = serde_json::to_vec(&m).unwrap();
     let h2 = Header {
@@ -212,7 +412,11 @@ fn uppercase_digests_are_normalised_at_parse_time() {
         .manifest
         .chunks
         .iter()
-        .all(|c| c.sha256.bytes().all(|d| !d.is_ascii_uppercase())));
+        .all(|c| c.digest(alg).bytes().all(|d| !d.is_ascii_uppercase())));
+    // And they still match the bytes.
+    assert!(opened
+        .manifest
+        .chunk_matches(0, &logical[..opened.manifest.chunks[0].length as usize]));
 }
 
 /// Hostile manifests (docs/SECURITY.md): every bound is an `InvalidManifest`
@@ -305,12 +509,7 @@ fn hostile_headers_are_refused_before_any_allocation() {
 /// on the fixed-size output buffer. Neither allocates beyond it.
 #[test]
 fn zstd_bombs_are_refused() {
-    let chunk = Chunk {
-        offset: 0,
-        length: 4096,
-        compressed_size: 0,
-        sha256: sha256_hex(&[0u8; 4096]),
-    };
+    let chunk = Chunk::new(0, 4096, 0, ChunkDigest::Sha256, sha256_hex(&[0u8; 4096]));
     let declared = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).unwrap();
     let raw = RawChunk {
         index: 3,
@@ -318,6 +517,7 @@ fn zstd_bombs_are_refused() {
             compressed_size: declared.len() as u64,
             ..chunk.clone()
         },
+        digest: ChunkDigest::Sha256,
         compressed: declared,
     };
     let mut out = vec![0u8; 4096];
@@ -348,6 +548,7 @@ fn zstd_bombs_are_refused() {
             compressed_size: hidden.len() as u64,
             ..chunk
         },
+        digest: ChunkDigest::Sha256,
         compressed: hidden,
     };
     let e = decode_chunk(&raw, &mut out).unwrap_err();

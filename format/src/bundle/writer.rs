@@ -8,8 +8,8 @@
 //! be a one-pass stream (a `.xz` image).
 
 use super::{
-    Chunk, Error, Extent, ExtentKind, Header, Manifest, PinnedFile, Result, SecretKey, SourceInfo,
-    DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, VERSION,
+    Chunk, ChunkDigest, Error, Extent, ExtentKind, Header, Manifest, PinnedFile, Result, SecretKey,
+    SourceInfo, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 use sha2::{Digest, Sha256};
@@ -31,6 +31,10 @@ pub struct WriterOptions {
     pub sign: Option<SecretKey>,
     /// Files the board will copy from the card, pinned in the manifest.
     pub files: Vec<PinnedFile>,
+    /// The per-chunk digest, which fixes the version written: BLAKE3
+    /// (version 2, the default) or SHA-256 (version 1, for flashers that
+    /// read only version 1).
+    pub chunk_digest: ChunkDigest,
 }
 
 impl Default for WriterOptions {
@@ -45,11 +49,12 @@ impl Default for WriterOptions {
             source: SourceInfo::default(),
             sign: None,
             files: Vec::new(),
+            chunk_digest: ChunkDigest::default(),
         }
     }
 }
 
-/// A compressed chunk and the SHA-256 of its uncompressed bytes.
+/// A compressed chunk and the digest (hex) of its uncompressed bytes.
 type Compressed = std::io::Result<(Vec<u8>, String)>;
 type Job = (Vec<u8>, Sender<Compressed>);
 
@@ -89,10 +94,10 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
         let workers = (0..opts.workers.max(1))
             .map(|_| {
                 let rx = rx.clone();
-                let level = opts.level;
+                let (level, alg) = (opts.level, opts.chunk_digest);
                 std::thread::spawn(move || {
                     for (data, reply) in rx.iter() {
-                        let digest = hex::encode(Sha256::digest(&data));
+                        let digest = alg.hex(&data);
                         let r = zstd::bulk::compress(&data, level).map(|c| (c, digest));
                         // The receiver is gone only if the writer was dropped mid-way.
                         let _ = reply.send(r);
@@ -204,19 +209,20 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
         let Some((offset, length, rx)) = self.pending.pop_front() else {
             return Ok(());
         };
-        let (compressed, sha256) = rx
+        let (compressed, digest) = rx
             .recv()
             .map_err(|_| Error::Writer("compression worker died".into()))?
             .map_err(|e| Error::io(format!("compress chunk at image offset {offset}"), e))?;
         self.spool
             .write_all(&compressed)
             .map_err(|e| Error::io("write chunk spool", e))?;
-        self.chunks.push(Chunk {
+        self.chunks.push(Chunk::new(
             offset,
             length,
-            compressed_size: compressed.len() as u64,
-            sha256,
-        });
+            compressed.len() as u64,
+            self.opts.chunk_digest,
+            digest,
+        ));
         Ok(())
     }
 
@@ -230,11 +236,13 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        let alg = self.opts.chunk_digest;
         let manifest = Manifest {
-            version: VERSION,
+            version: alg.version(),
             image_size: self.pos,
             chunk_size: self.opts.chunk_size,
             compression: "zstd".into(),
+            chunk_digest: alg.name().into(),
             image_sha256: hex::encode(self.image_hash.clone().finalize()),
             extents: std::mem::take(&mut self.extents),
             chunks: std::mem::take(&mut self.chunks),
@@ -260,7 +268,7 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
             .map(|k| k.sign(&json).to_bytes())
             .unwrap_or_default();
         let header = Header {
-            version: VERSION,
+            version: alg.version(),
             manifest_len: json.len() as u64,
             signature_len: signature.len() as u64,
             data_len: manifest.data_len(),

@@ -102,6 +102,14 @@ fn check_manifest(m: &Manifest) {
         );
         prev_end = end;
     }
+    // The version fixes the chunk digest (1: SHA-256, 2: BLAKE3), and each
+    // chunk carries exactly that digest.
+    let alg = m.digest_alg();
+    assert_eq!(alg.version(), m.version, "chunk digest tied to the version");
+    assert!(m
+        .chunks
+        .iter()
+        .all(|c| c.digest(alg).len() == 64 && c.sha256.is_empty() != c.blake3.is_empty()));
     // JSON round trip.
     let json = serde_json_render(m);
     let again = serde_json_manifest(&json).expect("a rendered manifest parses");

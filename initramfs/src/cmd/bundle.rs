@@ -49,6 +49,11 @@ pub struct Args {
     /// The --unit-files folder for --unit-data.
     #[arg(long, value_name = "DIR", requires = "unit_data")]
     pub unit_files: Option<PathBuf>,
+    /// Bundle format version: 2 (default) digests each chunk with BLAKE3, a
+    /// few times cheaper for the board to check than SHA-256; 1 uses
+    /// SHA-256, for flashers that read only version 1.
+    #[arg(long, default_value_t = bundle::VERSION, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub manifest_version: u32,
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
@@ -62,6 +67,11 @@ pub fn run(args: Args) -> crate::Result<()> {
             .transpose()
             .map_err(flasher::Error::from)?,
         files: pins(&args.pin)?,
+        chunk_digest: if args.manifest_version == 1 {
+            bundle::ChunkDigest::Sha256
+        } else {
+            bundle::ChunkDigest::Blake3
+        },
         ..Default::default()
     };
     if let Some(csv) = &args.unit_data {
@@ -91,7 +101,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         );
     }
     tracing::info!(
-        "bundled {} ({} bytes, sha256 {}): {} data, {} must-be-zero, {} don't-care, {} chunks; bundle {} is {}",
+        "bundled {} ({} bytes, sha256 {}): {} data, {} must-be-zero, {} don't-care, {} chunks; bundle {} (version {}, chunk digest {}) is {}",
         human(m.image_size),
         m.image_size,
         m.image_sha256,
@@ -100,6 +110,8 @@ pub fn run(args: Args) -> crate::Result<()> {
         human(m.bytes_of(ExtentKind::DontCare)),
         m.chunks.len(),
         args.output.display(),
+        m.version,
+        m.chunk_digest,
         human(len)
     );
     Ok(())

@@ -2,7 +2,7 @@ use super::*;
 use crate::pipeline::{Plain, Target, Verify, WriteOptions};
 use crate::progress::Recorder;
 use crate::Error as CrateError;
-use flasher_format::bundle::{BundleWriter, WriterOptions};
+use flasher_format::bundle::{BundleWriter, ChunkDigest, WriterOptions};
 use proptest::prelude::*;
 use std::io::Cursor;
 
@@ -15,12 +15,24 @@ pub(super) enum Run {
 
 pub(super) type Spans = Vec<(ExtentKind, u64, u64)>;
 
+/// Both chunk digests: version 1 (SHA-256) and version 2 (BLAKE3) bundles.
+const ALGS: [ChunkDigest; 2] = [ChunkDigest::Sha256, ChunkDigest::Blake3];
+
 /// (bundle bytes, the spans pushed, the logical image).
 pub(super) fn bundle_of(runs: &[Run], chunk_size: u64) -> (Vec<u8>, Spans, Vec<u8>) {
+    bundle_with(runs, chunk_size, ChunkDigest::default())
+}
+
+fn bundle_with(
+    runs: &[Run],
+    chunk_size: u64,
+    chunk_digest: ChunkDigest,
+) -> (Vec<u8>, Spans, Vec<u8>) {
     let opts = WriterOptions {
         chunk_size,
         level: 1,
         workers: 2,
+        chunk_digest,
         ..Default::default()
     };
     let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
@@ -83,8 +95,8 @@ proptest! {
     /// pre-filled with garbage: data and zeros land bit-exact; dont-care bytes
     /// outside the wiped first/last MiB stay as they were.
     #[test]
-    fn round_trip_onto_garbage(runs in run_strategy(), extra in 0usize..70_000, chunk in prop_oneof![Just(64u64 << 10), Just(128 << 10)]) {
-        let (bundle, spans, logical) = bundle_of(&runs, chunk);
+    fn round_trip_onto_garbage(runs in run_strategy(), extra in 0usize..70_000, chunk in prop_oneof![Just(64u64 << 10), Just(128 << 10)], alg in prop_oneof![Just(ChunkDigest::Sha256), Just(ChunkDigest::Blake3)]) {
+        let (bundle, spans, logical) = bundle_with(&runs, chunk, alg);
         let size = logical.len() + extra;
         let before = garbage(size);
         let mut t = Plain::new(Cursor::new(before.clone())).unwrap();
@@ -145,10 +157,77 @@ fn head_len_follows_the_gpt_entry_array() {
     assert_eq!(head_len(None, 1000), 1000);
 }
 
+/// Both versions on a `Cursor`: written bit-exact, every byte read back and
+/// checked, the report naming the image's SHA-256 either way.
+#[test]
+fn both_versions_write_and_verify() {
+    let img = plain_image(3 << 20);
+    for alg in ALGS {
+        let (bundle, _, logical) =
+            bundle_with(&[Run::Data(img.clone()), Run::Zero(1 << 20)], 1 << 20, alg);
+        let opened = flasher_format::bundle::read_manifest(&mut Cursor::new(&bundle)).unwrap();
+        assert_eq!(opened.manifest.version, alg.version());
+        let mut t = Plain::new(Cursor::new(vec![0xeeu8; 5 << 20])).unwrap();
+        let o = WriteOptions {
+            image_digest: true,
+            verify: Verify::Full,
+            ..opts()
+        };
+        let r = write_to(Cursor::new(&bundle), &mut t, &o, &crate::progress::Null).unwrap();
+        assert_eq!(r.image_sha256, flasher_format::bundle::sha256_hex(&logical));
+        assert!(r.bytes_verified >= 4 << 20, "{alg:?}: every byte read back");
+        assert!(
+            t.into_inner().into_inner()[..4 << 20] == logical[..],
+            "{alg:?}: bit-exact"
+        );
+    }
+}
+
 #[test]
 fn corrupt_chunk_fails_naming_it_and_head_is_never_written() {
+    for alg in ALGS {
+        corrupt_chunk(alg);
+    }
+}
+
+/// A chunk whose compressed bytes still decode, but to other data (chunk
+/// 2's frame in chunk 1's place): only the digest can catch it, with the
+/// manifest's algorithm, and before any write.
+#[test]
+fn substituted_chunk_fails_its_digest_before_any_write() {
+    let fill = |b: u8| Run::Data(vec![b; 1 << 20]);
+    for alg in ALGS {
+        let (bundle, _, _) = bundle_with(&[fill(0x11), fill(0x22), fill(0x33)], 1 << 20, alg);
+        let opened = flasher_format::bundle::read_manifest(&mut Cursor::new(&bundle)).unwrap();
+        let start = flasher_format::bundle::HEADER_LEN + opened.header.manifest_len as usize;
+        let c = &opened.manifest.chunks;
+        let len = c[1].compressed_size as usize;
+        assert_eq!(
+            len as u64, c[2].compressed_size,
+            "equal fills compress alike"
+        );
+        let (one, two) = (
+            start + c[0].compressed_size as usize,
+            start + c[0].compressed_size as usize + len,
+        );
+        let mut bad = bundle.clone();
+        bad.copy_within(two..two + len, one);
+        let mut t = Plain::new(Cursor::new(vec![0xeeu8; 4 << 20])).unwrap();
+        let e = write_to(Cursor::new(&bad), &mut t, &opts(), &crate::progress::Null).unwrap_err();
+        assert!(
+            matches!(&e, CrateError::Bundle(bundle::Error::ChunkDigest { index: 1, algorithm, .. }) if *algorithm == alg.label()),
+            "{e:?}"
+        );
+        assert!(
+            t.into_inner().into_inner().iter().all(|&b| b == 0xee),
+            "nothing written"
+        );
+    }
+}
+
+fn corrupt_chunk(alg: ChunkDigest) {
     let img = gpt_like_image(3 << 20);
-    let (mut bundle, _, _) = bundle_of(&[Run::Data(img)], 1 << 20);
+    let (mut bundle, _, _) = bundle_with(&[Run::Data(img)], 1 << 20, alg);
     let opened = flasher_format::bundle::read_manifest(&mut Cursor::new(&bundle)).unwrap();
     let start = flasher_format::bundle::HEADER_LEN + opened.header.manifest_len as usize;
     let c = &opened.manifest.chunks;
@@ -276,10 +355,17 @@ impl Target for Flaky {
 
 #[test]
 fn verify_mismatch_names_the_range_and_leaves_head_unwritten() {
+    for alg in ALGS {
+        verify_mismatch(alg);
+    }
+}
+
+fn verify_mismatch(alg: ChunkDigest) {
     let img = gpt_like_image(4 << 20);
-    let (bundle, _, _) = bundle_of(
+    let (bundle, _, _) = bundle_with(
         &[Run::Data(img.clone()), Run::Zero(2 << 20), Run::Data(img)],
         1 << 20,
+        alg,
     );
     let mk = |bad| Flaky {
         inner: Plain::new(Cursor::new(vec![0x55u8; 12 << 20])).unwrap(),
@@ -487,7 +573,7 @@ fn uppercase_hex_manifest_writes_and_verifies() {
         let up = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_ascii_uppercase();
         m["image_sha256"] = up(&m["image_sha256"]).into();
         for c in m["chunks"].as_array_mut().unwrap() {
-            c["sha256"] = up(&c["sha256"]).into();
+            c["blake3"] = up(&c["blake3"]).into();
         }
     });
     let mut t = Plain::new(Cursor::new(vec![0xeeu8; 5 << 20])).unwrap();
@@ -510,11 +596,16 @@ mod trust {
     use flasher_format::bundle::{Error as BundleError, SecretKey, Trust};
 
     fn signed_bundle(key: &SecretKey) -> Vec<u8> {
+        signed_bundle_with(key, ChunkDigest::default())
+    }
+
+    fn signed_bundle_with(key: &SecretKey, chunk_digest: ChunkDigest) -> Vec<u8> {
         let opts = WriterOptions {
             chunk_size: 64 << 10,
             level: 1,
             workers: 1,
             sign: Some(key.clone()),
+            chunk_digest,
             ..Default::default()
         };
         let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
@@ -567,6 +658,37 @@ mod trust {
             }
             assert!(unchanged, "{name}: the target was modified");
         }
+    }
+
+    /// Both versions sign and flash; a signed version 2 bundle relabelled
+    /// as a well-formed version 1 (header, manifest version, digest keys)
+    /// is refused by the signature before any write.
+    #[test]
+    fn signed_versions_flash_and_a_relabel_breaks_the_signature() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let trust = Trust::new(vec![k.public()]);
+        for alg in ALGS {
+            let (r, _) = write_with(&signed_bundle_with(&k, alg), &trust);
+            assert_eq!(r.unwrap().signer, k.public().fingerprint(), "{alg:?}");
+        }
+        let mut relabelled = reseal(&signed_bundle(&k), |m| {
+            m["version"] = 1.into();
+            m.as_object_mut().unwrap().remove("chunk_digest");
+            for c in m["chunks"].as_array_mut().unwrap() {
+                let d = c.as_object_mut().unwrap().remove("blake3").unwrap();
+                c["sha256"] = d;
+            }
+        });
+        relabelled[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let (r, unchanged) = write_with(&relabelled, &trust);
+        assert!(
+            matches!(
+                r,
+                Err(CrateError::Bundle(BundleError::ManifestAltered { .. }))
+            ),
+            "{r:?}"
+        );
+        assert!(unchanged, "the target was modified");
     }
 
     #[test]
