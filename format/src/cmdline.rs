@@ -134,7 +134,7 @@ pub struct Options {
     /// target's wear but does not refuse a worn one (lab use). On by default.
     pub health: bool,
     /// `flasher.skip-equal`: read the target first and write only the blocks
-    /// that differ (re-flashing); the read-back still covers every byte.
+    /// that differ (re-flashing); every byte is still read from the device and compared once.
     pub skip_equal: bool,
     /// Unknown `flasher.*` options, as warnings to show on the console.
     pub warnings: Vec<String>,

@@ -36,7 +36,8 @@ pub struct Args {
     pub image_digest: bool,
     /// Read each range of the target first and write only the blocks that
     /// differ (re-flashing a target that holds the same or a similar image);
-    /// the read-back still covers every byte.
+    /// every byte is still read from the device and compared once (chunks
+    /// found equal by that first read are not read again).
     #[arg(long)]
     pub skip_equal: bool,
     /// Root of /proc and /sys for the mounted-target check (for tests).

@@ -1,6 +1,6 @@
 //! The generic engine. Threads (all scoped): the caller's thread reads
 //! compressed chunks from the payload; `workers` threads decompress and check
-//! each chunk's SHA-256; one writer thread takes the results in manifest order
+//! each chunk's digest; one writer thread takes the results in manifest order
 //! (a queue of per-chunk reply channels keeps the order and bounds memory to a
 //! few chunks) and writes them; one thread hashes the logical image.
 //!
@@ -126,6 +126,7 @@ pub fn write_opened<R: Read, T: Target>(
             obs,
             opts.workers,
         )?;
+        report.bytes_verified += streamed.verified_by_compare;
     }
     report.durations.verify = t_verify.elapsed();
 
@@ -237,6 +238,12 @@ struct Streamed {
     plan: Option<Plan>,
     /// Bytes found equal on the target and not written (`skip_equal`).
     skipped: u64,
+    /// Bytes of whole chunks and zero pieces that the `skip_equal` compare
+    /// found equal: that O_DIRECT read of the target (after the wipe, checked
+    /// against the digest-checked chunk) is their read-back, so they get no
+    /// second one. A chunk or piece with any block rewritten is read back
+    /// whole after the flush, as in a normal write.
+    verified_by_compare: u64,
 }
 
 /// Before the first write: plan the table from the image's head (the kept
@@ -563,6 +570,7 @@ fn write_loop<T: Target>(
         deferred: Deferred { head: 0, tail },
         plan: None,
         skipped: 0,
+        verified_by_compare: 0,
     };
     let total: u64 = m.bytes_of(ExtentKind::Data) + m.bytes_of(ExtentKind::MustBeZero);
     let mut progress = Progress::new(obs, Phase::Writing, total);
@@ -594,11 +602,19 @@ fn write_loop<T: Target>(
                     let mut o = off;
                     while o < off + len {
                         let n = (off + len - o).min(ZERO_PIECE);
-                        match skip.as_mut() {
-                            Some(b) => out.skipped += write_diff(target, o, None, n, b)?,
-                            None => zero(target, o, n)?,
+                        let same = match skip.as_mut() {
+                            Some(b) => write_diff(target, o, None, n, b)?,
+                            None => {
+                                zero(target, o, n)?;
+                                0
+                            }
+                        };
+                        out.skipped += same;
+                        if same == n {
+                            out.verified_by_compare += n;
+                        } else {
+                            out.checks.push(Check::Zero(o, n));
                         }
-                        out.checks.push(Check::Zero(o, n));
                         progress.add(n);
                         o += n;
                     }
@@ -625,17 +641,19 @@ fn write_loop<T: Target>(
                         let cur = Some((c.offset, &buf[..]));
                         ensure_planned(&mut out, dd, cur, m, target, flags)?;
                     }
+                    let mut same = 0;
                     for (off, len) in &outside {
                         let a = (off - c.offset) as usize;
                         let data = &buf[a..a + *len as usize];
                         match skip.as_mut() {
-                            Some(b) => {
-                                out.skipped += write_diff(target, *off, Some(data), *len, b)?
-                            }
+                            Some(b) => same += write_diff(target, *off, Some(data), *len, b)?,
                             None => write(target, *off, data)?,
                         }
                     }
-                    if inside.is_empty() {
+                    out.skipped += same;
+                    if inside.is_empty() && same == c.length {
+                        out.verified_by_compare += same;
+                    } else if inside.is_empty() {
                         out.checks.push(Check::Chunk(ci));
                     } else {
                         out.kept.push((ci, buf.clone()));

@@ -177,7 +177,10 @@ pub struct WriteOptions {
     pub require_boot_fat: bool,
     /// Read each range of the target before writing it and write only the
     /// blocks that differ (re-flashing a board that holds the same or a
-    /// similar image). The read-back after the flush still covers every byte.
+    /// similar image). Every byte is still read from the device and compared:
+    /// chunks found equal by that first read (O_DIRECT) are verified by it,
+    /// chunks with a rewritten block are read back after the flush
+    /// (docs/fail-closed.md).
     pub skip_equal: bool,
     /// Trusted signing keys: with any, only bundles signed by one of them are
     /// written (docs/SECURITY.md). Checked before the first write.

@@ -8,11 +8,16 @@ use crate::pipeline::{Plain, Target, WriteOptions};
 use proptest::prelude::*;
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 
-/// A target that records every positioned write and zeroing.
+/// A target that records every positioned write, zeroing and read.
 struct Counting {
     inner: Plain<Cursor<Vec<u8>>>,
     /// (offset, length, zeroing)
     writes: Vec<(u64, u64, bool)>,
+    /// (offset, length)
+    reads: Vec<(u64, u64)>,
+    /// A byte that every write covering it stores flipped (a write that
+    /// "succeeds" but lands wrong).
+    lands_wrong: Option<u64>,
 }
 
 impl Counting {
@@ -20,7 +25,22 @@ impl Counting {
         Counting {
             inner: Plain::new(Cursor::new(bytes)).unwrap(),
             writes: Vec::new(),
+            reads: Vec::new(),
+            lands_wrong: None,
         }
+    }
+    /// How many times each byte of `a..b` was read, per byte (all equal: one value).
+    fn times_read(&self, a: u64, b: u64) -> Vec<usize> {
+        let mut n: Vec<usize> = (a..b)
+            .map(|p| {
+                self.reads
+                    .iter()
+                    .filter(|(o, l)| *o <= p && p < o + l)
+                    .count()
+            })
+            .collect();
+        n.dedup();
+        n
     }
     /// The recorded writes that touch `a..b`.
     fn touching(&self, a: u64, b: u64) -> Vec<(u64, u64, bool)> {
@@ -55,9 +75,18 @@ impl Target for Counting {
     }
     fn write_at(&mut self, o: u64, d: &[u8]) -> std::io::Result<()> {
         self.writes.push((o, d.len() as u64, false));
-        self.inner.write_at(o, d)
+        self.inner.write_at(o, d)?;
+        match self.lands_wrong {
+            Some(p) if o <= p && p < o + d.len() as u64 => {
+                let b = &mut self.inner.inner.get_mut()[p as usize];
+                *b ^= 0xff;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
     fn read_at(&mut self, o: u64, b: &mut [u8]) -> std::io::Result<()> {
+        self.reads.push((o, b.len() as u64));
         self.inner.read_at(o, b)
     }
     fn zero_range(&mut self, o: u64, n: u64) -> std::io::Result<()> {
@@ -74,6 +103,68 @@ fn write_onto(bundle: &[u8], held: Vec<u8>, o: &WriteOptions) -> (Counting, Writ
     let mut t = Counting::new(held);
     let r = write_to(Cursor::new(bundle), &mut t, o, &crate::progress::Null).unwrap();
     (t, r)
+}
+
+/// Step 3's compare read is the read-back of what it found equal: on an
+/// identical target every streamed byte is read once, not twice, and the
+/// report still counts every byte as verified.
+#[test]
+fn an_identical_target_is_read_once_and_counted_verified() {
+    let (bundle, img) = image();
+    let (t, r) = write_onto(&bundle, img, &skip_opts());
+    // Chunks 1..=6 (1..7 MiB) lie outside the held-back head and tail.
+    assert_eq!(
+        t.times_read(MIB as u64, 7 * MIB as u64),
+        [1],
+        "{:?}",
+        t.reads
+    );
+    assert!(r.bytes_verified >= 8 * MIB as u64, "{}", r.bytes_verified);
+}
+
+/// A chunk with any block rewritten is read back whole after the flush; the
+/// chunks found equal are not read again.
+#[test]
+fn a_changed_chunk_is_read_back_and_the_others_are_not() {
+    let (bundle, img) = image();
+    let mut held = img.clone();
+    held[2 * MIB + 5] ^= 0x5a; // chunk 2
+    held[4 * MIB + 7] = 1; // the must-be-zero piece (4..5 MiB)
+    let (t, r) = write_onto(&bundle, held, &skip_opts());
+    assert!(t.inner.inner.get_ref() == &img);
+    assert_eq!(t.times_read(2 * MIB as u64, 3 * MIB as u64), [2]);
+    assert_eq!(t.times_read(4 * MIB as u64, 5 * MIB as u64), [2]);
+    for chunk in [1, 3, 5, 6] {
+        let a = (chunk * MIB) as u64;
+        assert_eq!(t.times_read(a, a + MIB as u64), [1], "chunk {chunk}");
+    }
+    assert!(r.bytes_verified >= 8 * MIB as u64, "{}", r.bytes_verified);
+}
+
+/// A rewritten block whose write lands wrong fails the write, naming the
+/// chunk: skipping the second read of equal chunks does not weaken the
+/// read-back of written ones.
+#[test]
+fn a_rewritten_block_that_lands_wrong_fails_the_write() {
+    let (bundle, img) = image();
+    let mut held = img.clone();
+    let p = 3 * MIB + 70_000; // chunk 3
+    held[p] ^= 0x5a;
+    let mut t = Counting::new(held);
+    t.lands_wrong = Some(p as u64 + 1);
+    let e = write_to(
+        Cursor::new(&bundle),
+        &mut t,
+        &skip_opts(),
+        &crate::progress::Null,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, crate::Error::Pipeline(Error::VerifyMismatch { offset, what, .. }) if *offset == 3 * MIB as u64 && what == "chunk 3"),
+        "{e:?}"
+    );
+    // Failed closed: the table sectors were never written.
+    assert!(t.inner.inner.get_ref()[512..1024].iter().all(|&b| b == 0));
 }
 
 fn skip_opts() -> WriteOptions {
