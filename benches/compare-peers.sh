@@ -7,7 +7,7 @@
 #
 #   bash benches/compare-peers.sh [--size MIB] [--rounds N] [--image IMG]
 #                                 [--only sparse|dense] [--targets "file loop"]
-#                                 [--out FILE]
+#                                 [--source disk|ram] [--out FILE]
 #
 # Images (unless --image): a GPT disk made with sfdisk, a FAT boot partition
 # (mkfs.vfat, a kernel-sized file put there with mcopy) and an ext4 root
@@ -45,6 +45,7 @@ image=""
 only="sparse dense"
 targets="file loop"
 out=""
+source=disk
 while [ $# -gt 0 ]; do
     case "$1" in
     --size) size="$2"; shift 2 ;;
@@ -53,13 +54,24 @@ while [ $# -gt 0 ]; do
     --only) only="$2"; shift 2 ;;
     --targets) targets="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    *) echo "usage: $0 [--size MIB] [--rounds N] [--image IMG] [--only sparse|dense] [--targets 'file loop'] [--out FILE]" >&2; exit 2 ;;
+    --source) source="$2"; shift 2 ;;
+    *) echo "usage: $0 [--size MIB] [--rounds N] [--image IMG] [--only sparse|dense] [--targets 'file loop'] [--source disk|ram] [--out FILE]" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "compare-peers: needs root (loop devices, mounts, drop_caches)" >&2; exit 1; }
 bash scripts/setup-host
 
 work="$(mktemp -d /var/tmp/flasher-bench.XXXXXX)"
+# Where the timed runs read their inputs (images, bundles): --source disk,
+# the work directory on the same disk as the targets (every input byte read
+# costs the target's bandwidth); --source ram, a tmpfs, which models a board
+# where the card being read and the eMMC being written are separate devices.
+in="$work"
+case "$source" in
+disk) ;;
+ram) in="$(mktemp -d /dev/shm/flasher-bench-in.XXXXXX)" ;;
+*) echo "compare-peers: --source is disk or ram, not $source" >&2; exit 2 ;;
+esac
 loops=()
 mnt="$work/mnt"
 mkdir -p "$mnt"
@@ -67,6 +79,7 @@ cleanup() {
     mountpoint -q "$mnt" && umount "$mnt"
     for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
     if [ -n "${KEEP:-}" ]; then echo "compare-peers: kept $work" >&2; else rm -rf "$work"; fi
+    [ "$in" = "$work" ] || rm -rf "$in"
 }
 trap cleanup EXIT
 
@@ -173,6 +186,11 @@ for kind in $only; do
     "$mkflasher" bundle "$work/$kind.changed.img" -o "$work/$kind.changed.bundle" \
         --bmap "$work/$kind.changed.bmap" 2>/dev/null
     rm "$work/$kind.changed.img"
+    if [ "$in" != "$work" ]; then
+        for f in "$kind.img" "$kind.img.zst" "$kind.bundle" "$kind.v1.bundle" "$kind.changed.bundle"; do
+            cp --sparse=always "$work/$f" "$in/$f" && rm "$work/$f"
+        done
+    fi
     images+=("$kind")
 done
 
@@ -200,7 +218,7 @@ res="$work/results.tsv"
 # run ROUND IMAGE TARGETKIND TOOL INPUT: one timed run on a fresh target.
 run() {
     local round="$1" kind="$2" tk="$3" tool="$4" input="$5"
-    local img="$work/$kind.img" bundle="$work/$kind.bundle" t
+    local img="$in/$kind.img" bundle="$in/$kind.bundle" t
     fresh_target "$tk" "$img"
     t="$target_path"
     local src="$img"
@@ -212,12 +230,12 @@ run() {
     limit) cmd="dd if=/dev/zero of=$t bs=4M count=$((mapped * 4096)) iflag=count_bytes oflag=direct conv=notrunc,fsync status=none && dd if=$t of=/dev/null bs=4M count=$((mapped * 4096)) iflag=direct,count_bytes status=none" ;;
     flasher) cmd="$flasher write --payload $bundle --target $t" ;;
     flasher-nov) cmd="$flasher write --payload $bundle --target $t --verify none" ;;
-    flasher-v1) cmd="$flasher write --payload $work/$kind.v1.bundle --target $t" ;;
+    flasher-v1) cmd="$flasher write --payload $in/$kind.v1.bundle --target $t" ;;
     variant=*) cmd="${tool#variant=} write --payload $bundle --target $t" ;;
     skip-same | skip-changed)
         "$flasher" write --payload "$bundle" --target "$t" --verify none >/dev/null 2>&1
         local b="$bundle"
-        [ "$tool" = skip-changed ] && b="$work/$kind.changed.bundle"
+        [ "$tool" = skip-changed ] && b="$in/$kind.changed.bundle"
         cmd="$flasher write --payload $b --target $t --skip-equal" ;;
     mkflasher) cmd="$mkflasher write --yes --allow-non-removable --tmp-dir $work $src $t" ;;
     bmaptool) cmd="bmaptool -q copy --bmap $work/$kind.bmap $src $t" ;;
@@ -307,11 +325,11 @@ report() {
 }
 
 {
-    echo "$(date -u +%F), ${image:-${size} MiB images}, $rounds rounds, $(nproc) CPUs, $(uname -r), bmaptool $(bmaptool --version 2>&1 | awk '{print $2}')"
+    echo "$(date -u +%F), ${image:-${size} MiB images}, inputs on $source, $rounds rounds, $(nproc) CPUs, $(uname -r), bmaptool $(bmaptool --version 2>&1 | awk '{print $2}')"
     for kind in "${images[@]}"; do
         mb="$(sed -n 's/.*<MappedBlocksCount> *\([0-9]*\).*/\1/p' "$work/$kind.bmap")"
         tb="$(sed -n 's/.*<BlocksCount> *\([0-9]*\).*/\1/p' "$work/$kind.bmap")"
-        echo "- $kind: $((mb * 4096 / mib)) of $((tb * 4096 / mib)) MiB mapped ($((mb * 100 / tb)) %), .zst $(($(stat -c %s "$work/$kind.img.zst") / mib)) MiB, bundle $(($(stat -c %s "$work/$kind.bundle") / mib)) MiB"
+        echo "- $kind: $((mb * 4096 / mib)) of $((tb * 4096 / mib)) MiB mapped ($((mb * 100 / tb)) %), .zst $(($(stat -c %s "$in/$kind.img.zst") / mib)) MiB, bundle $(($(stat -c %s "$in/$kind.bundle") / mib)) MiB"
     done
     echo
     report

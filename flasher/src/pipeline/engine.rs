@@ -44,6 +44,8 @@ const MAX_HEAD: u64 = 4 * MIB;
 const IN_FLIGHT: u64 = 24 * MIB;
 /// Zeroing and zero-verification piece size (progress granularity).
 const ZERO_PIECE: u64 = 64 * MIB;
+/// Spare decoded and compressed chunk buffers kept for reuse, each.
+const POOLED: usize = 2;
 
 type Decoded = (usize, Arc<AlignedBuf>);
 type Reply = Receiver<Result<Decoded, bundle::Error>>;
@@ -446,18 +448,33 @@ fn stream<R: Read, T: Target>(
     std::thread::scope(|s| {
         let (job_tx, job_rx) =
             bounded::<(RawChunk, Sender<Result<Decoded, bundle::Error>>)>(workers);
+        // Buffers come back for reuse: a fresh chunk-sized buffer costs a page
+        // fault per 4 KiB on its first touch, which was a third of the write
+        // phase's CPU (docs/benchmarks.md). Decoded buffers return from the
+        // hash thread (their last user, unless the writer keeps the chunk),
+        // compressed ones from the workers; a full pool drops the buffer.
+        let (pool_tx, pool_rx) = bounded::<AlignedBuf>(POOLED);
+        let (spare_tx, spare_rx) = bounded::<Vec<u8>>(POOLED);
         // Bounded memory: a chunk lives from the read of its compressed bytes
         // to the end of its write; at most `queued` wait for the writer, one
         // is being written and one read.
         let (ord_tx, ord_rx) = bounded::<Reply>(queued);
         for _ in 0..workers {
-            let job_rx = job_rx.clone();
+            let (job_rx, pool_rx, spare_tx) = (job_rx.clone(), pool_rx.clone(), spare_tx.clone());
             s.spawn(move || {
                 for (raw, reply) in job_rx.iter() {
-                    let r = alloc(raw.chunk.length, "a decompressed chunk").and_then(|mut buf| {
+                    let len = raw.chunk.length;
+                    let buf = match pool_rx.try_recv() {
+                        Ok(mut b) if b.capacity() as u64 >= len => {
+                            b.set_len(len as usize);
+                            Ok(b)
+                        }
+                        _ => alloc(len, "a decompressed chunk"),
+                    };
+                    let r = buf.and_then(|mut buf| {
                         decode_chunk(&raw, &mut buf).map(|()| (raw.index, Arc::new(buf)))
                     });
-                    drop(raw);
+                    let _ = spare_tx.try_send(raw.compressed);
                     // The writer may have stopped on an error; nothing to do then.
                     let _ = reply.send(r);
                 }
@@ -468,15 +485,18 @@ fn stream<R: Read, T: Target>(
         let check_digest = opts.image_digest;
         let hasher = s.spawn(move || {
             let mut h = Sha256::new();
-            if !check_digest {
-                // Drain so the writer never blocks; nothing is hashed.
-                for _ in hash_rx.iter() {}
-                return String::new();
-            }
-            let zeros = vec![0u8; MIB as usize];
+            let zeros = vec![0u8; if check_digest { MIB as usize } else { 0 }];
             for msg in hash_rx.iter() {
                 match msg {
-                    HashMsg::Data(b) => h.update(&b[..]),
+                    HashMsg::Data(b) => {
+                        if check_digest {
+                            h.update(&b[..]);
+                        }
+                        if let Ok(b) = Arc::try_unwrap(b) {
+                            let _ = pool_tx.try_send(b);
+                        }
+                    }
+                    HashMsg::Zeros(_) if !check_digest => {}
                     HashMsg::Zeros(mut n) => {
                         while n > 0 {
                             let k = n.min(MIB) as usize;
@@ -502,7 +522,13 @@ fn stream<R: Read, T: Target>(
         let writer = s.spawn(move || write_loop(m, ord_rx, hash_tx, target, obs, flags, skip));
 
         // This thread reads the payload. It stops when the writer hangs up.
-        for raw in ChunkReader::new(payload, m) {
+        let mut chunks = ChunkReader::new(payload, m);
+        while let Some(raw) = {
+            if let Ok(v) = spare_rx.try_recv() {
+                chunks.give_back(v);
+            }
+            chunks.next()
+        } {
             let (tx, rx) = bounded(1);
             match raw {
                 Ok(raw) => {

@@ -21,6 +21,8 @@ pub struct ChunkReader<'m, R: Read> {
     inner: R,
     manifest: &'m Manifest,
     next: usize,
+    /// A consumed chunk's buffer, reused for the next one ([`Self::give_back`]).
+    spare: Option<Vec<u8>>,
 }
 
 impl<'m, R: Read> ChunkReader<'m, R> {
@@ -29,6 +31,30 @@ impl<'m, R: Read> ChunkReader<'m, R> {
             inner,
             manifest,
             next: 0,
+            spare: None,
+        }
+    }
+    /// Hand back a [`RawChunk::compressed`] buffer that is no longer needed:
+    /// the next chunk that fits is read into it instead of a fresh allocation
+    /// (whose first touch costs a page fault per 4 KiB).
+    pub fn give_back(&mut self, buf: Vec<u8>) {
+        if self
+            .spare
+            .as_ref()
+            .is_none_or(|s| s.capacity() < buf.capacity())
+        {
+            self.spare = Some(buf);
+        }
+    }
+    fn buffer(&mut self, len: u64, index: usize) -> Result<Vec<u8>> {
+        match self.spare.take() {
+            Some(mut v) if (v.capacity() as u64) >= len => {
+                v.clear();
+                // Fits: `len` is at most the capacity, so no allocation.
+                v.resize(len as usize, 0);
+                Ok(v)
+            }
+            _ => super::alloc_zeroed(len, &format!("compressed chunk {index}")),
         }
     }
 }
@@ -39,10 +65,7 @@ impl<R: Read> Iterator for ChunkReader<'_, R> {
         let chunk = self.manifest.chunks.get(self.next)?.clone();
         let index = self.next;
         self.next += 1;
-        let mut compressed = match super::alloc_zeroed(
-            chunk.compressed_size,
-            &format!("compressed chunk {index}"),
-        ) {
+        let mut compressed = match self.buffer(chunk.compressed_size, index) {
             Ok(v) => v,
             Err(e) => {
                 self.next = self.manifest.chunks.len();
