@@ -41,7 +41,7 @@ const MAX_HEAD: u64 = 4 * MIB;
 /// writer at most: with the other bounded buffers (docs/SECURITY.md) the
 /// writer stays within 64 MiB of memory for any bundle it accepts, whatever
 /// the worker count.
-const IN_FLIGHT: u64 = 24 * MIB;
+const IN_FLIGHT: u64 = 40 * MIB;
 /// Zeroing and zero-verification piece size (progress granularity).
 const ZERO_PIECE: u64 = 64 * MIB;
 /// Spare decoded and compressed chunk buffers kept for reuse, each.
