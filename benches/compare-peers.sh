@@ -6,7 +6,7 @@
 # not assertions.
 #
 #   bash benches/compare-peers.sh [--size MIB] [--rounds N] [--image IMG]
-#                                 [--only sparse|dense] [--targets "file loop"]
+#                                 [--only sparse|dense] [--targets "file loop emmc"]
 #                                 [--source disk|ram] [--out FILE]
 #
 # Images (unless --image): a GPT disk made with sfdisk, a FAT boot partition
@@ -14,8 +14,10 @@
 # (mkfs.ext4), filled with files copied from /usr through a loop mount until about 35 % (sparse) or 80 % (dense) of the image is
 # mapped; bmaptool makes the bmap, so every tool writes the same blocks. Each
 # image is used raw and as .zst (the peers read either; flasher reads its
-# bundle, which is zstd-compressed chunks either way). Targets: a regular file
-# and a loop block device (direct I/O to its backing file), both fresh (sparse)
+# bundle, which is zstd-compressed chunks either way). Targets: a regular file,
+# a loop block device (direct I/O to its backing file), and `emmc`, that loop
+# device with the timed command's I/O throttled by a blkio cgroup to an eMMC's
+# balance (writes 40 MB/s, reads 120 MB/s by default), all fresh (sparse)
 # before every timed run. Caches are dropped before every run; the order of the
 # tools rotates from round to round so background load hits all of them alike.
 #
@@ -55,7 +57,7 @@ while [ $# -gt 0 ]; do
     --targets) targets="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --source) source="$2"; shift 2 ;;
-    *) echo "usage: $0 [--size MIB] [--rounds N] [--image IMG] [--only sparse|dense] [--targets 'file loop'] [--source disk|ram] [--out FILE]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--size MIB] [--rounds N] [--image IMG] [--only sparse|dense] [--targets 'file loop emmc'] [--source disk|ram] [--out FILE]" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "compare-peers: needs root (loop devices, mounts, drop_caches)" >&2; exit 1; }
@@ -80,6 +82,7 @@ cleanup() {
     for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
     if [ -n "${KEEP:-}" ]; then echo "compare-peers: kept $work" >&2; else rm -rf "$work"; fi
     [ "$in" = "$work" ] || rm -rf "$in"
+    [ -z "${cg:-}" ] || rmdir "$cg" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -194,6 +197,18 @@ for kind in $only; do
     images+=("$kind")
 done
 
+# The emmc target: a loop device whose I/O from the timed command is throttled
+# by a blkio cgroup to an eMMC's balance (writes EMMC_WRITE_MBS, reads
+# EMMC_READ_MBS, in MB/s; docs/benchmarks.md).
+emmc_write="${EMMC_WRITE_MBS:-40}"
+emmc_read="${EMMC_READ_MBS:-120}"
+cg=/sys/fs/cgroup/blkio/flasher-bench
+case " $targets " in
+*" emmc "*)
+    [ -w /sys/fs/cgroup/blkio ] || { echo "compare-peers: the emmc target needs the cgroup v1 blkio controller at /sys/fs/cgroup/blkio" >&2; exit 1; }
+    mkdir -p "$cg" ;;
+esac
+
 # Fresh target of the image's size + 64 MiB: $work/target (a sparse file) or a
 # loop device over it (direct I/O to the backing file). Prints the path.
 target_path=""
@@ -203,10 +218,16 @@ fresh_target() {
     loops=()
     rm -f "$work/target"
     truncate -s "$(($(stat -c %s "$img") + 64 * mib))" "$work/target"
-    if [ "$kind" = loop ]; then
+    if [ "$kind" = loop ] || [ "$kind" = emmc ]; then
         l="$(losetup --direct-io=on --show -f "$work/target")"
         loops+=("$l")
         target_path="$l"
+        if [ "$kind" = emmc ]; then
+            local mm
+            mm="$(lsblk -dno MAJ:MIN "$l" | tr -d ' ')"
+            echo "$mm $((emmc_write * 1000000))" >"$cg/blkio.throttle.write_bps_device"
+            echo "$mm $((emmc_read * 1000000))" >"$cg/blkio.throttle.read_bps_device"
+        fi
     else
         target_path="$work/target"
     fi
@@ -250,7 +271,9 @@ run() {
     echo 3 >/proc/sys/vm/drop_caches
     local t0 t1 rss
     t0="$(date +%s.%N)"
-    if ! /usr/bin/time -f %M -o "$work/rss" sh -c "$cmd" >"$work/log" 2>&1; then
+    # On the emmc target the run (and its children) is in the throttled cgroup.
+    if ! (if [ "$tk" = emmc ]; then echo "$BASHPID" >"$cg/cgroup.procs"; fi
+        exec /usr/bin/time -f %M -o "$work/rss" sh -c "$cmd") >"$work/log" 2>&1; then
         echo "compare-peers: $tool ($input) on $kind/$tk failed:" >&2
         cat "$work/log" >&2
         exit 1
