@@ -27,6 +27,8 @@
 #   flasher      flasher write (verified: O_DIRECT read-back of every byte)
 #   flasher-v1   flasher write (verified) of the same blocks bundled as version 1
 #                (SHA-256 chunk digests; the default bundle is version 2, BLAKE3)
+#   flasher-rb-blake3  the same, bundled with --readback-digest chunk (version 2
+#                without XXH3-128: the read-back compares BLAKE3 digests)
 #   flasher-nov  flasher write --verify none
 #   skip-same    flasher write --skip-equal onto a target already holding the image
 #   skip-changed flasher write --skip-equal of a changed image (8 MiB rewritten
@@ -184,13 +186,17 @@ for kind in $only; do
     # flasher-v1 row, what the BLAKE3 digests of version 2 gain.
     "$mkflasher" bundle "$img" -o "$work/$kind.v1.bundle" --bmap "$work/$kind.bmap" \
         --manifest-version 1 2>/dev/null
+    # Version 2 without the XXH3-128 read-back digest (the read-back then
+    # uses BLAKE3): the flasher-rb-blake3 row, what XXH3 gains.
+    "$mkflasher" bundle "$img" -o "$work/$kind.rbb3.bundle" --bmap "$work/$kind.bmap" \
+        --readback-digest chunk 2>/dev/null
     change_image "$img" "$work/$kind.changed.img" "$work/$kind.bmap"
     bmaptool -q create -o "$work/$kind.changed.bmap" "$work/$kind.changed.img"
     "$mkflasher" bundle "$work/$kind.changed.img" -o "$work/$kind.changed.bundle" \
         --bmap "$work/$kind.changed.bmap" 2>/dev/null
     rm "$work/$kind.changed.img"
     if [ "$in" != "$work" ]; then
-        for f in "$kind.img" "$kind.img.zst" "$kind.bundle" "$kind.v1.bundle" "$kind.changed.bundle"; do
+        for f in "$kind.img" "$kind.img.zst" "$kind.bundle" "$kind.v1.bundle" "$kind.rbb3.bundle" "$kind.changed.bundle"; do
             cp --sparse=always "$work/$f" "$in/$f" && rm "$work/$f"
         done
     fi
@@ -252,6 +258,7 @@ run() {
     flasher) cmd="$flasher write --payload $bundle --target $t" ;;
     flasher-nov) cmd="$flasher write --payload $bundle --target $t --verify none" ;;
     flasher-v1) cmd="$flasher write --payload $in/$kind.v1.bundle --target $t" ;;
+    flasher-rb-blake3) cmd="$flasher write --payload $in/$kind.rbb3.bundle --target $t" ;;
     variant=*) cmd="${tool#variant=} write --payload $bundle --target $t" ;;
     skip-same | skip-changed)
         "$flasher" write --payload "$bundle" --target "$t" --verify none >/dev/null 2>&1
@@ -285,7 +292,7 @@ run() {
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" "$rss" >>"$res"
 }
 
-rows=("limit -" "flasher -" "flasher-v1 -" "flasher-nov -" "skip-same -" "skip-changed -"
+rows=("limit -" "flasher -" "flasher-v1 -" "flasher-rb-blake3 -" "flasher-nov -" "skip-same -" "skip-changed -"
     "mkflasher raw" "mkflasher zst" "bmaptool raw" "bmaptool zst" "dd+cmp raw" "dd+cmp zst")
 for v in ${FLASHER_VARIANTS:-}; do rows+=("variant=${v#*=} ${v%%=*}"); done
 n=${#rows[@]}

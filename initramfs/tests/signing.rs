@@ -45,6 +45,7 @@ fn make_bundle(dir: &Path, out: &str, sign: Option<&Path>, pin: Vec<PathBuf>) ->
         unit_data: None,
         unit_files: None,
         manifest_version: bundle::VERSION,
+        readback_digest: bundle::READBACK_XXH3.into(),
     })
     .unwrap();
     output
@@ -265,6 +266,7 @@ u-1,\"a, b\"\nu-2,ü\n",
         unit_data: Some(csv.clone()),
         unit_files: None,
         manifest_version: bundle::VERSION,
+        readback_digest: bundle::READBACK_XXH3.into(),
     })
     .unwrap();
     build::run(with_pool(pinned, "p.img")).unwrap();

@@ -836,7 +836,7 @@ fn verify_streamed<T: Target>(
                     let mut bad = Vec::new();
                     for (ci, buf) in full_rx.iter() {
                         let good = match checks[ci] {
-                            Check::Chunk(i) => m.chunk_matches(i, &buf[..]),
+                            Check::Chunk(i) => m.readback_matches(i, &buf[..]),
                             Check::Zero(..) => is_zero(&buf[..]),
                         };
                         if !good {
@@ -881,7 +881,7 @@ fn verify_streamed<T: Target>(
                 t.drop_cache();
                 buf.set_len(ch.length as usize);
                 read(t, ch.offset, &mut buf[..])?;
-                if !m.chunk_matches(i, &buf[..]) {
+                if !m.readback_matches(i, &buf[..]) {
                     // The bytes are not kept (streamed), so a rewrite is not possible.
                     return Err(Error::VerifyMismatch {
                         offset: ch.offset,

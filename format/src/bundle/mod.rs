@@ -259,6 +259,12 @@ pub struct Chunk {
     /// BLAKE3 of the uncompressed bytes, lowercase hex (version 2).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blake3: String,
+    /// XXH3-128 of the uncompressed bytes, lowercase hex (32 digits), when the
+    /// manifest's `readback_digest` is "xxh3-128": what the read-back of the
+    /// written chunk is compared with. Not a security digest; it is pinned by
+    /// the signature with the rest of the manifest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub xxh3: String,
 }
 
 impl Chunk {
@@ -283,6 +289,7 @@ impl Chunk {
             compressed_size,
             sha256,
             blake3,
+            xxh3: String::new(),
         }
     }
     /// The hex digest under `alg`'s key (empty if absent).
@@ -345,6 +352,20 @@ pub struct Manifest {
     /// digest so the signature covers them. Absent in older bundles.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<PinnedFile>,
+    /// The digest the read-back is compared with: absent (the chunk digest)
+    /// or [`READBACK_XXH3`] (every chunk then carries `xxh3`). Optional in
+    /// version 2, so flashers that predate it still read the bundle and
+    /// read back with the chunk digest (docs/bundle-format.md).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub readback_digest: String,
+}
+
+/// `readback_digest` naming XXH3-128.
+pub const READBACK_XXH3: &str = "xxh3-128";
+
+/// XXH3-128 of `data`, as the manifest's lowercase hex.
+pub fn xxh3_hex(data: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(data))
 }
 
 impl Manifest {
@@ -372,6 +393,7 @@ impl Manifest {
         for c in &mut self.chunks {
             c.sha256.make_ascii_lowercase();
             c.blake3.make_ascii_lowercase();
+            c.xxh3.make_ascii_lowercase();
         }
         for f in &mut self.files {
             f.sha256.make_ascii_lowercase();
@@ -392,6 +414,20 @@ impl Manifest {
             .get(i)
             .and_then(|c| hex_digest(c.digest(alg)))
             .is_some_and(|want| want == alg.digest(data))
+    }
+
+    /// Whether `data`, read back from where chunk `i` was written, is that
+    /// chunk: by its XXH3-128 where the manifest carries it, else by the
+    /// chunk digest. (The chunk digest was checked on the bytes written; the
+    /// read-back guards against the medium, not an attacker.)
+    pub fn readback_matches(&self, i: usize, data: &[u8]) -> bool {
+        if self.readback_digest != READBACK_XXH3 {
+            return self.chunk_matches(i, data);
+        }
+        self.chunks.get(i).is_some_and(|c| {
+            u128::from_str_radix(&c.xxh3, 16)
+                .is_ok_and(|want| c.xxh3.len() == 32 && want == xxhash_rust::xxh3::xxh3_128(data))
+        })
     }
 
     /// Check every invariant the writer relies on, so a malformed manifest is
@@ -525,6 +561,25 @@ impl Manifest {
                 "{} chunks listed, the data extents need {ci}",
                 self.chunks.len()
             ));
+        }
+        match self.readback_digest.as_str() {
+            "" => {}
+            READBACK_XXH3 if self.version >= 2 => {
+                if let Some((i, c)) = self.chunks.iter().enumerate().find(|(_, c)| {
+                    c.xxh3.len() != 32 || !c.xxh3.bytes().all(|b| b.is_ascii_hexdigit())
+                }) {
+                    return bad(format!(
+                        "readback_digest is {READBACK_XXH3:?} but chunk {i} has xxh3 {:?}, not 32 hex digits",
+                        c.xxh3
+                    ));
+                }
+            }
+            other => {
+                return bad(format!(
+                    "readback_digest {other:?} is not supported in version {} (only {READBACK_XXH3:?}, version 2)",
+                    self.version
+                ))
+            }
         }
         Ok(())
     }

@@ -172,8 +172,10 @@ fn relabelled_versions_are_refused() {
     let moved = reseal(&v2, Some(1), |m| {
         m["version"] = 1.into();
         m.as_object_mut().unwrap().remove("chunk_digest");
+        m.as_object_mut().unwrap().remove("readback_digest");
         for c in m["chunks"].as_array_mut().unwrap() {
             let d = c.as_object_mut().unwrap().remove("blake3").unwrap();
+            c.as_object_mut().unwrap().remove("xxh3");
             c["sha256"] = d;
         }
     });
@@ -553,4 +555,75 @@ fn zstd_bombs_are_refused() {
     };
     let e = decode_chunk(&raw, &mut out).unwrap_err();
     assert!(matches!(e, Error::ChunkCorrupt { index: 4, .. }), "{e:?}");
+}
+
+/// Version 2 carries an XXH3-128 per chunk for the read-back (signed with the
+/// rest); the read-back is compared with it, and version 1 stays without it.
+#[test]
+fn readback_digest_is_xxh3_in_version_2_and_absent_in_version_1() {
+    let (v2, logical) = sample_with(ChunkDigest::Blake3);
+    let m = read_manifest(&mut Cursor::new(&v2)).unwrap().manifest;
+    assert_eq!(m.readback_digest, READBACK_XXH3);
+    for (i, c) in m.chunks.iter().enumerate() {
+        let bytes = &logical[c.offset as usize..c.end() as usize];
+        assert_eq!(c.xxh3, xxh3_hex(bytes), "chunk {i}");
+        assert!(m.readback_matches(i, bytes));
+        let mut wrong = bytes.to_vec();
+        let mid = wrong.len() / 2;
+        wrong[mid] ^= 1;
+        assert!(!m.readback_matches(i, &wrong), "chunk {i}");
+    }
+    // The read-back goes by the XXH3, not the chunk digest: a manifest whose
+    // XXH3 for chunk 1 is wrong fails that chunk's read-back of right bytes.
+    let b = reseal(&v2, None, |m| {
+        m["chunks"][1]["xxh3"] = "0".repeat(32).into()
+    });
+    let m2 = read_manifest(&mut Cursor::new(&b)).unwrap().manifest;
+    let c = &m2.chunks[1];
+    assert!(!m2.readback_matches(1, &logical[c.offset as usize..c.end() as usize]));
+    assert!(m2.chunk_matches(1, &logical[c.offset as usize..c.end() as usize]));
+    // Version 1: no field, and the read-back uses the SHA-256.
+    let (v1, _) = sample_with(ChunkDigest::Sha256);
+    let json = String::from_utf8_lossy(&v1[HEADER_LEN..]).into_owned();
+    assert!(!json.contains("xxh3"));
+    let m1 = read_manifest(&mut Cursor::new(&v1)).unwrap().manifest;
+    let c = &m1.chunks[0];
+    assert!(m1.readback_matches(0, &logical[c.offset as usize..c.end() as usize]));
+    // Without the field (`mkflasher bundle --readback-digest chunk`), the
+    // read-back uses the chunk digest.
+    let o = WriterOptions {
+        readback_digest: false,
+        ..opts()
+    };
+    let mut w = BundleWriter::new(o, Cursor::new(Vec::new())).unwrap();
+    w.push_data(&logical[..100_000]).unwrap();
+    let mut out = Vec::new();
+    let m3 = w.finish(&mut out).unwrap();
+    assert!(m3.readback_digest.is_empty() && m3.chunks.iter().all(|c| c.xxh3.is_empty()));
+    assert!(m3.readback_matches(0, &logical[..64 << 10]));
+}
+
+/// A manifest naming XXH3 must carry a well-formed one for every chunk, no
+/// other read-back digest is accepted, and version 1 carries none.
+#[test]
+fn malformed_readback_digests_are_refused() {
+    let (v2, _) = sample_with(ChunkDigest::Blake3);
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [Edit; 4] = [
+        |m| m["chunks"][2]["xxh3"] = "abc".into(),
+        |m| m["chunks"][0]["xxh3"] = "zz".repeat(16).into(),
+        |m| {
+            m["chunks"][1].as_object_mut().unwrap().remove("xxh3");
+        },
+        |m| m["readback_digest"] = "crc32".into(),
+    ];
+    for edit in cases {
+        let b = reseal(&v2, None, edit);
+        let e = read_manifest(&mut Cursor::new(&b)).unwrap_err();
+        assert!(matches!(e, Error::InvalidManifest(_)), "{e:?}");
+    }
+    let (v1, _) = sample_with(ChunkDigest::Sha256);
+    let b = reseal(&v1, None, |m| m["readback_digest"] = READBACK_XXH3.into());
+    let e = read_manifest(&mut Cursor::new(&b)).unwrap_err();
+    assert!(matches!(e, Error::InvalidManifest(_)), "{e:?}");
 }

@@ -35,6 +35,15 @@ pub struct WriterOptions {
     /// (version 2, the default) or SHA-256 (version 1, for flashers that
     /// read only version 1).
     pub chunk_digest: ChunkDigest,
+    /// Add an XXH3-128 per chunk for the read-back (`readback_digest`). On by
+    /// default; version 2 only (version 1 stays what version-1 readers parse).
+    pub readback_digest: bool,
+}
+
+impl WriterOptions {
+    fn readback_xxh3(&self) -> bool {
+        self.readback_digest && self.chunk_digest == ChunkDigest::Blake3
+    }
 }
 
 impl Default for WriterOptions {
@@ -50,12 +59,14 @@ impl Default for WriterOptions {
             sign: None,
             files: Vec::new(),
             chunk_digest: ChunkDigest::default(),
+            readback_digest: true,
         }
     }
 }
 
 /// A compressed chunk and the digest (hex) of its uncompressed bytes.
-type Compressed = std::io::Result<(Vec<u8>, String)>;
+/// (compressed bytes, chunk digest, XXH3-128 or empty).
+type Compressed = std::io::Result<(Vec<u8>, String, String)>;
 type Job = (Vec<u8>, Sender<Compressed>);
 
 /// Builds a bundle from pushed image ranges. `S` is the spool for compressed
@@ -94,11 +105,16 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
         let workers = (0..opts.workers.max(1))
             .map(|_| {
                 let rx = rx.clone();
-                let (level, alg) = (opts.level, opts.chunk_digest);
+                let (level, alg, xxh3) = (opts.level, opts.chunk_digest, opts.readback_xxh3());
                 std::thread::spawn(move || {
                     for (data, reply) in rx.iter() {
                         let digest = alg.hex(&data);
-                        let r = zstd::bulk::compress(&data, level).map(|c| (c, digest));
+                        let rb = if xxh3 {
+                            super::xxh3_hex(&data)
+                        } else {
+                            String::new()
+                        };
+                        let r = zstd::bulk::compress(&data, level).map(|c| (c, digest, rb));
                         // The receiver is gone only if the writer was dropped mid-way.
                         let _ = reply.send(r);
                     }
@@ -209,20 +225,23 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
         let Some((offset, length, rx)) = self.pending.pop_front() else {
             return Ok(());
         };
-        let (compressed, digest) = rx
+        let (compressed, digest, xxh3) = rx
             .recv()
             .map_err(|_| Error::Writer("compression worker died".into()))?
             .map_err(|e| Error::io(format!("compress chunk at image offset {offset}"), e))?;
         self.spool
             .write_all(&compressed)
             .map_err(|e| Error::io("write chunk spool", e))?;
-        self.chunks.push(Chunk::new(
-            offset,
-            length,
-            compressed.len() as u64,
-            self.opts.chunk_digest,
-            digest,
-        ));
+        self.chunks.push(Chunk {
+            xxh3,
+            ..Chunk::new(
+                offset,
+                length,
+                compressed.len() as u64,
+                self.opts.chunk_digest,
+                digest,
+            )
+        });
         Ok(())
     }
 
@@ -249,6 +268,11 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
             created_by: format!("flasher {}", env!("CARGO_PKG_VERSION")),
             source: self.opts.source.clone(),
             files: self.opts.files.clone(),
+            readback_digest: if self.opts.readback_xxh3() {
+                super::READBACK_XXH3.into()
+            } else {
+                String::new()
+            },
         };
         manifest
             .validate()

@@ -54,6 +54,12 @@ pub struct Args {
     /// SHA-256, for flashers that read only version 1.
     #[arg(long, default_value_t = bundle::VERSION, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub manifest_version: u32,
+    /// What the board compares its read-back with: `xxh3-128` (default,
+    /// version 2 only) adds an XXH3-128 per chunk, several times cheaper to
+    /// compute than the chunk digest on a board without SIMD; `chunk` reads
+    /// back against the chunk digest, as flashers before it do anyway.
+    #[arg(long, default_value = "xxh3-128", value_parser = ["xxh3-128", "chunk"])]
+    pub readback_digest: String,
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
@@ -72,6 +78,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         } else {
             bundle::ChunkDigest::Blake3
         },
+        readback_digest: args.readback_digest == bundle::READBACK_XXH3,
         ..Default::default()
     };
     if let Some(csv) = &args.unit_data {
@@ -101,7 +108,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         );
     }
     tracing::info!(
-        "bundled {} ({} bytes, sha256 {}): {} data, {} must-be-zero, {} don't-care, {} chunks; bundle {} (version {}, chunk digest {}) is {}",
+        "bundled {} ({} bytes, sha256 {}): {} data, {} must-be-zero, {} don't-care, {} chunks; bundle {} (version {}, chunk digest {}, read-back digest {}) is {}",
         human(m.image_size),
         m.image_size,
         m.image_sha256,
@@ -112,6 +119,11 @@ pub fn run(args: Args) -> crate::Result<()> {
         args.output.display(),
         m.version,
         m.chunk_digest,
+        if m.readback_digest.is_empty() {
+            &m.chunk_digest
+        } else {
+            &m.readback_digest
+        },
         human(len)
     );
     Ok(())

@@ -674,8 +674,10 @@ mod trust {
         let mut relabelled = reseal(&signed_bundle(&k), |m| {
             m["version"] = 1.into();
             m.as_object_mut().unwrap().remove("chunk_digest");
+            m.as_object_mut().unwrap().remove("readback_digest");
             for c in m["chunks"].as_array_mut().unwrap() {
                 let d = c.as_object_mut().unwrap().remove("blake3").unwrap();
+                c.as_object_mut().unwrap().remove("xxh3");
                 c["sha256"] = d;
             }
         });
@@ -708,4 +710,27 @@ mod trust {
         // the front end's (an event on the board, a log line on the host).
         assert_eq!(rec.phases()[0], Phase::Writing);
     }
+}
+
+/// The read-back is compared with the manifest's XXH3-128 (version 2): a
+/// bundle whose chunk 2 XXH3 is wrong (its BLAKE3, checked before writing, is
+/// right) fails that chunk's read-back, with the table never made live.
+#[test]
+fn the_readback_is_compared_with_the_xxh3() {
+    let img = plain_image(6 << 20);
+    let (bundle, _, _) = bundle_of(&[Run::Data(img)], 1 << 20);
+    let bad = reseal(&bundle, |m| {
+        assert_eq!(m["readback_digest"], "xxh3-128");
+        m["chunks"][2]["xxh3"] = "0".repeat(32).into();
+    });
+    let mut t = Plain::new(Cursor::new(vec![0x55u8; 8 << 20])).unwrap();
+    let e = write_to(Cursor::new(&bad), &mut t, &opts(), &crate::progress::Null).unwrap_err();
+    assert!(
+        matches!(&e, CrateError::Pipeline(Error::VerifyMismatch { offset, what, .. }) if *offset == 2 << 20 && what == "chunk 2"),
+        "{e:?}"
+    );
+    // The same bundle resealed unchanged writes and verifies.
+    let good = reseal(&bundle, |_| {});
+    let mut t = Plain::new(Cursor::new(vec![0x55u8; 8 << 20])).unwrap();
+    write_to(Cursor::new(&good), &mut t, &opts(), &crate::progress::Null).unwrap();
 }
