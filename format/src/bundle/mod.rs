@@ -140,7 +140,10 @@ pub enum Error {
         actual: String,
         pinned: String,
     },
-    #[error("card file {name} is not pinned by the signed manifest, so it is not written; pin it with `mkflasher bundle --pin FILE` when signing")]
+    #[error(
+        "card file {name} is not pinned by the signed manifest, so it is not written; {}",
+        pin_hint(name)
+    )]
     UnpinnedFile { name: String },
     #[error("bundle writer misuse: {0}")]
     Writer(String),
@@ -358,6 +361,16 @@ pub struct Manifest {
     /// read back with the chunk digest (docs/bundle-format.md).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub readback_digest: String,
+}
+
+/// How to pin an unpinned card file: the unit pool is pinned by
+/// `--unit-data`, which checks and encodes it; everything else by `--pin`.
+fn pin_hint(name: &str) -> &'static str {
+    if name.eq_ignore_ascii_case(crate::pool::POOL_FILE) {
+        "pin the unit pool with `mkflasher bundle --unit-data FILE.csv` (and the same --unit-files) when signing"
+    } else {
+        "pin it with `mkflasher bundle --pin FILE` when signing"
+    }
 }
 
 /// `readback_digest` naming XXH3-128.

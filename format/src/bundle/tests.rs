@@ -627,3 +627,17 @@ fn malformed_readback_digests_are_refused() {
     let e = read_manifest(&mut Cursor::new(&b)).unwrap_err();
     assert!(matches!(e, Error::InvalidManifest(_)), "{e:?}");
 }
+
+/// An unpinned card file's error says how to pin it: the unit pool through
+/// `--unit-data` (its own checks and encoding), anything else through `--pin`.
+#[test]
+fn unpinned_file_errors_name_the_right_flag() {
+    let msg = |name: &str| Error::UnpinnedFile { name: name.into() }.to_string();
+    assert!(msg(crate::pool::POOL_FILE).contains("--unit-data FILE.csv"));
+    assert!(
+        msg("UNITS.JSON").contains("--unit-data"),
+        "FAT names ignore case"
+    );
+    assert!(msg("config.json").contains("--pin FILE"));
+    assert!(!msg("config.json").contains("--unit-data"));
+}
