@@ -804,6 +804,9 @@ impl Steps for Real {
                 Err(e) => self.note(Phase::Starting, format!("warning: {e}")),
             }
         }
+        // Stop keeping events: a no-op after `add_stream` (which took the
+        // backlog), and the end of it when there is no stream or it failed to
+        // open; otherwise it would grow for the whole run.
         self.sinks.take_backlog();
         Ok(o)
     }
