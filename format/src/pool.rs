@@ -215,21 +215,18 @@ impl Pool {
         let want = self
             .files
             .iter()
-            .find(|f| f.name == name)
+            .find(|f| f.is_for(name))
             .ok_or_else(|| Error::Invalid {
                 reason: format!("file {name:?} has no digest"),
             })?;
-        let got = PinnedFile::new(name, data);
-        if &got != want {
-            return Err(Error::FileMismatch {
+        want.check(data)
+            .map_err(|(size, actual)| Error::FileMismatch {
                 name: name.into(),
-                size: got.size,
+                size,
                 expected_size: want.size,
-                actual: got.sha256,
+                actual,
                 expected: want.sha256.clone(),
-            });
-        }
-        Ok(())
+            })
     }
 }
 
@@ -329,6 +326,8 @@ mod tests {
         assert_eq!(row.pool_digest, d);
         assert_eq!(back.row_files(1), ["k1.pem"]);
         back.check_file("k1.pem", b"key 1").unwrap();
+        // Read from FAT, whose names ignore ASCII case.
+        back.check_file("K1.PEM", b"key 1").unwrap();
         assert!(matches!(
             back.check_file("k1.pem", b"key 2"),
             Err(Error::FileMismatch { .. })

@@ -334,27 +334,18 @@ impl Trust {
 /// Whether the manifest pins `name` (`Ok(false)`: it does not); a pinned file
 /// whose bytes differ is `FileMismatch`.
 pub fn check_pin(m: &Manifest, name: &str, data: &[u8]) -> Result<bool> {
-    let key = pin_name(name);
-    let Some(pin) = m.files.iter().find(|f| pin_name(&f.name) == key) else {
+    let Some(pin) = m.files.iter().find(|f| f.is_for(name)) else {
         return Ok(false);
     };
-    let actual: [u8; 32] = Sha256::digest(data).into();
-    if pin.size != data.len() as u64 || hex_digest(&pin.sha256) != Some(actual) {
-        return Err(Error::FileMismatch {
+    pin.check(data)
+        .map_err(|(size, actual)| Error::FileMismatch {
             name: name.into(),
-            size: data.len() as u64,
+            size,
             pinned_size: pin.size,
-            actual: hex::encode(actual),
+            actual,
             pinned: pin.sha256.clone(),
-        });
-    }
-    Ok(true)
-}
-
-/// Card file names compare without a leading `/` and, as on FAT, ignoring
-/// ASCII case.
-fn pin_name(name: &str) -> String {
-    name.trim_start_matches('/').to_ascii_lowercase()
+        })
+        .map(|()| true)
 }
 
 /// A file the board copies from the card, pinned by the manifest.
@@ -374,6 +365,22 @@ impl PinnedFile {
             size: data.len() as u64,
             sha256: super::sha256_hex(data),
         }
+    }
+    /// Whether this pin is for the card file `name`: names compare without a
+    /// leading `/` and, as on FAT, ignoring ASCII case.
+    pub fn is_for(&self, name: &str) -> bool {
+        self.name
+            .trim_start_matches('/')
+            .eq_ignore_ascii_case(name.trim_start_matches('/'))
+    }
+    /// Check `data` against the pin; on a difference, what was seen: (size,
+    /// SHA-256 hex). Digests compare as bytes, so hex case does not matter.
+    pub fn check(&self, data: &[u8]) -> std::result::Result<(), (u64, String)> {
+        let actual: [u8; 32] = Sha256::digest(data).into();
+        if self.size != data.len() as u64 || hex_digest(&self.sha256) != Some(actual) {
+            return Err((data.len() as u64, hex::encode(actual)));
+        }
+        Ok(())
     }
 }
 
