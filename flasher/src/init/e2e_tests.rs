@@ -326,19 +326,10 @@ fn watchdog_is_fed_then_disarmed_before_power_off() {
     assert_eq!(bytes.last(), Some(&b'V'));
 }
 
-/// Issue 10 item 6: three attempts on this unit that never finished (the
-/// watchdog reset the board mid-run each time) and the run refuses to write it
-/// again, before touching it; `flasher.retry-unit` lets it through, and the
-/// success resets the count.
-#[test]
-fn a_unit_that_keeps_resetting_is_refused_after_three_attempts() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let image = os_image();
-    board(root, 32 << 20, &image);
-    let target = super::real::target_identity(root, "mmcblk1");
-    assert!(target.is_countable(), "the fake eMMC has a CID: {target}");
-    let base = record::UnitRecord {
+/// A unit record with nothing in it but `target`: the base of the records a
+/// test puts in the unit log before a run.
+fn blank_record(target: record::TargetIdentity) -> record::UnitRecord {
+    record::UnitRecord {
         seq: 0,
         timestamp_unix_s: None,
         flasher_version: "0.1.0".into(),
@@ -352,7 +343,22 @@ fn a_unit_that_keeps_resetting_is_refused_after_three_attempts() {
         attempt_started: false,
         unit_row: None,
         health: None,
-    };
+    }
+}
+
+/// Issue 10 item 6: three attempts on this unit that never finished (the
+/// watchdog reset the board mid-run each time) and the run refuses to write it
+/// again, before touching it; `flasher.retry-unit` lets it through, and the
+/// success resets the count.
+#[test]
+fn a_unit_that_keeps_resetting_is_refused_after_three_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = os_image();
+    board(root, 32 << 20, &image);
+    let target = super::real::target_identity(root, "mmcblk1");
+    assert!(target.is_countable(), "the fake eMMC has a CID: {target}");
+    let base = blank_record(target);
     let log = root.join("dev/mmcblk0p3");
     for _ in 0..record::MAX_ATTEMPTS {
         super::real::append_to(&log, &record::attempt_started(&base)).unwrap();
@@ -799,7 +805,7 @@ mod unit_pool {
         }
         assert!(!super::super::real::target_identity(root, "mmcblk1").is_countable());
         // What a run cut off after its claim leaves: the claim and nothing else.
-        let mut claim = record::attempt_started(&records_base());
+        let mut claim = record::attempt_started(&super::blank_record(Default::default()));
         claim.unit_row = p.row(0, &digest);
         super::super::real::append_to(&root.join("dev/mmcblk0p3"), &claim).unwrap();
         let (r, _) = run(root);
@@ -814,24 +820,6 @@ mod unit_pool {
             "the anonymous target's claim is recorded"
         );
         assert_eq!(recs[1].unit_row.as_ref().map(|u| u.index), Some(1));
-    }
-
-    fn records_base() -> record::UnitRecord {
-        record::UnitRecord {
-            seq: 0,
-            timestamp_unix_s: None,
-            flasher_version: "0.1.0".into(),
-            board: "qemu-x86_64-sd".into(),
-            target: record::TargetIdentity::default(),
-            image_digest: String::new(),
-            signer: String::new(),
-            bytes_written: 0,
-            phases: vec![],
-            result: record::Outcome::Ok,
-            attempt_started: false,
-            unit_row: None,
-            health: None,
-        }
     }
 
     fn key() -> SecretKey {
