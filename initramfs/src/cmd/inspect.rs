@@ -94,9 +94,14 @@ pub fn describe_log<R: Read + Seek>(
         scan.tail
     );
     for (off, r) in &scan.records {
-        let result = match &r.result {
-            record::Outcome::Ok => "ok".to_string(),
-            record::Outcome::Error { class, message } => format!("error {class}: {message}"),
+        // A claim written before the first write carries a placeholder
+        // result; without a later record it means the run never finished.
+        let result = match (&r.result, r.attempt_started) {
+            (_, true) => "attempt started (its result is a later record, if any)".to_string(),
+            (record::Outcome::Ok, false) => "ok".to_string(),
+            (record::Outcome::Error { class, message }, false) => {
+                format!("error {class}: {message}")
+            }
         };
         let _ = writeln!(
             out,
@@ -293,10 +298,17 @@ mod tests {
             unit_row: None,
             health: None,
         };
+        record::append(&mut c, 64 << 10, &record::attempt_started(&rec)).unwrap();
         record::append(&mut c, 64 << 10, &rec).unwrap();
         std::fs::write(&p, c.into_inner()).unwrap();
         let d = describe(&p).unwrap();
-        assert!(d.contains("1 record(s)") && d.contains("mmcblk1"), "{d}");
+        assert!(d.contains("2 record(s)") && d.contains("mmcblk1"), "{d}");
+        let lines: Vec<&str> = d.lines().filter(|l| l.contains("mmcblk1")).collect();
+        assert!(
+            lines[0].ends_with("-> attempt started (its result is a later record, if any)"),
+            "{d}"
+        );
+        assert!(lines[1].ends_with("-> ok"), "{d}");
         let q = t.path().join("junk");
         std::fs::write(&q, b"hello").unwrap();
         assert!(matches!(describe(&q), Err(crate::Error::Usage(_))));
