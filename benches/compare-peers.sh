@@ -135,7 +135,9 @@ build_image() {
     mkfs.vfat -n BOOT "$l" >/dev/null
     losetup -d "$l"
     # mtools, not a mount: vfat may not be in the kernel (containers).
-    head -c $((8 * mib)) /dev/urandom >"$work/kernel.img"
+    # A kernel-sized file: 8 MiB, or half the boot partition of a small image.
+    local kernel=$((size / 16 < 8 ? size / 16 : 8))
+    head -c $((kernel * mib)) /dev/urandom >"$work/kernel.img"
     mcopy -i "$img@@$((2048 * 512))" "$work/kernel.img" ::kernel.img
     rm "$work/kernel.img"
     l="$(part_loop "$img" 2)"
