@@ -49,3 +49,45 @@ pub fn strip_signature(bundle: &[u8]) -> Vec<u8> {
     b[..HEADER_LEN].copy_from_slice(&h.to_bytes());
     b
 }
+
+/// Replace the manifest JSON (and the header's manifest length and digest,
+/// and its version if `header_version` is given) as an attacker who edits the
+/// manifest would; the chunks, and a signature block if any, stay.
+pub fn reseal(
+    bundle: &[u8],
+    header_version: Option<u32>,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Vec<u8> {
+    let h = header(bundle);
+    let ml = h.manifest_len as usize;
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + ml]).expect("manifest JSON");
+    edit(&mut m);
+    let json = serde_json::to_vec(&m).expect("JSON value");
+    let h2 = Header {
+        version: header_version.unwrap_or(h.version),
+        manifest_len: json.len() as u64,
+        manifest_sha256: Sha256::digest(&json).into(),
+        ..h
+    };
+    let mut b = h2.to_bytes().to_vec();
+    b.extend(&json);
+    b.extend(&bundle[HEADER_LEN + ml..]);
+    b
+}
+
+/// Rewrite a version 2 manifest as a well-formed version 1 one: version 1,
+/// no `chunk_digest` or `readback_digest`, each chunk's BLAKE3 digest moved
+/// under `sha256` and its XXH3 dropped (for `reseal`, with header version 1).
+pub fn relabel_as_version_1(m: &mut serde_json::Value) {
+    m["version"] = 1.into();
+    let o = m.as_object_mut().expect("a manifest object");
+    o.remove("chunk_digest");
+    o.remove("readback_digest");
+    for c in m["chunks"].as_array_mut().expect("chunks") {
+        let c = c.as_object_mut().expect("a chunk object");
+        let d = c.remove("blake3").expect("a version 2 chunk");
+        c.remove("xxh3");
+        c.insert("sha256".into(), d);
+    }
+}

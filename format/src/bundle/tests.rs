@@ -1,3 +1,4 @@
+use super::testing::{relabel_as_version_1, reseal};
 use super::*;
 use std::io::Cursor;
 
@@ -104,31 +105,6 @@ fn version_1_manifests_keep_the_old_shape() {
     }
 }
 
-/// Replace the manifest JSON (and the header's version and manifest digest)
-/// as an attacker who edits the manifest would; the chunks stay.
-fn reseal(
-    bundle: &[u8],
-    header_version: Option<u32>,
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> Vec<u8> {
-    let h = Header::parse(bundle[..HEADER_LEN].try_into().unwrap()).unwrap();
-    let ml = h.manifest_len as usize;
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&bundle[HEADER_LEN..HEADER_LEN + ml]).unwrap();
-    edit(&mut m);
-    let json = serde_json::to_vec(&m).unwrap();
-    let h2 = Header {
-        version: header_version.unwrap_or(h.version),
-        manifest_len: json.len() as u64,
-        manifest_sha256: Sha256::digest(&json).into(),
-        ..h.clone()
-    };
-    let mut b = h2.to_bytes().to_vec();
-    b.extend(&json);
-    b.extend(&bundle[HEADER_LEN + ml..]);
-    b
-}
-
 /// The digest algorithm is fixed by the (signed) version: a version-1
 /// manifest relabelled as version 2, or the reverse, is refused whether or
 /// not the header is relabelled with it, and whatever `chunk_digest` says.
@@ -169,16 +145,7 @@ fn relabelled_versions_are_refused() {
     );
     // v2 with its BLAKE3 digests moved under the sha256 key: a well-formed
     // version 1 manifest, but every chunk then fails its SHA-256 check.
-    let moved = reseal(&v2, Some(1), |m| {
-        m["version"] = 1.into();
-        m.as_object_mut().unwrap().remove("chunk_digest");
-        m.as_object_mut().unwrap().remove("readback_digest");
-        for c in m["chunks"].as_array_mut().unwrap() {
-            let d = c.as_object_mut().unwrap().remove("blake3").unwrap();
-            c.as_object_mut().unwrap().remove("xxh3");
-            c["sha256"] = d;
-        }
-    });
+    let moved = reseal(&v2, Some(1), relabel_as_version_1);
     let mut r = Cursor::new(&moved);
     let opened = read_manifest(&mut r).unwrap();
     for raw in ChunkReader::new(&mut r, &opened.manifest) {

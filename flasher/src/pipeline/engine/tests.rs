@@ -2,6 +2,7 @@ use super::*;
 use crate::pipeline::{Plain, Target, Verify, WriteOptions};
 use crate::progress::Recorder;
 use crate::Error as CrateError;
+use flasher_format::bundle::testing::{relabel_as_version_1, reseal};
 use flasher_format::bundle::{BundleWriter, ChunkDigest, WriterOptions};
 use proptest::prelude::*;
 use std::io::Cursor;
@@ -493,31 +494,13 @@ fn deferred_split_covers_everything_once() {
     assert_eq!(b.iter().map(|r| r.1).sum::<u64>(), 200);
 }
 
-/// Re-seal a bundle after editing its manifest JSON (valid header digest).
-fn reseal(bundle: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let hl = flasher_format::bundle::HEADER_LEN;
-    let h = flasher_format::bundle::Header::parse(bundle[..hl].try_into().unwrap()).unwrap();
-    let ml = h.manifest_len as usize;
-    let mut m: serde_json::Value = serde_json::from_slice(&bundle[hl..hl + ml]).unwrap();
-    edit(&mut m);
-    let json = serde_json::to_vec(&m).unwrap();
-    let h2 = flasher_format::bundle::Header {
-        manifest_len: json.len() as u64,
-        manifest_sha256: Sha256::digest(&json).into(),
-        ..h
-    };
-    let mut out = h2.to_bytes().to_vec();
-    out.extend(&json);
-    out.extend(&bundle[hl + ml..]);
-    out
-}
-
 #[test]
 fn wrong_image_digest_fails_before_the_head_unless_disabled() {
     let img = plain_image(3 << 20);
     let (bundle, _, _) = bundle_of(&[Run::Data(img.clone()), Run::Zero(1 << 20)], 1 << 20);
-    let bad = reseal(&bundle, |m| m["image_sha256"] = "ab".repeat(32).into());
+    let bad = reseal(&bundle, None, |m| {
+        m["image_sha256"] = "ab".repeat(32).into()
+    });
     let mut t = Plain::new(Cursor::new(vec![0xeeu8; 5 << 20])).unwrap();
     let checked = WriteOptions {
         image_digest: true,
@@ -550,7 +533,7 @@ fn manifest_with_a_gap_is_refused_untouched() {
         &[Run::Data(plain_image(200_000)), Run::Zero(100_000)],
         64 << 10,
     );
-    let bad = reseal(&bundle, |m| {
+    let bad = reseal(&bundle, None, |m| {
         let l = m["extents"][1]["length"].as_u64().unwrap();
         m["extents"][1]["length"] = (l - 1).into();
     });
@@ -569,7 +552,7 @@ fn manifest_with_a_gap_is_refused_untouched() {
 fn uppercase_hex_manifest_writes_and_verifies() {
     let img = plain_image(3 << 20);
     let (bundle, _, logical) = bundle_of(&[Run::Data(img), Run::Zero(1 << 20)], 1 << 20);
-    let upper = reseal(&bundle, |m| {
+    let upper = reseal(&bundle, None, |m| {
         let up = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_ascii_uppercase();
         m["image_sha256"] = up(&m["image_sha256"]).into();
         for c in m["chunks"].as_array_mut().unwrap() {
@@ -671,17 +654,7 @@ mod trust {
             let (r, _) = write_with(&signed_bundle_with(&k, alg), &trust);
             assert_eq!(r.unwrap().signer, k.public().fingerprint(), "{alg:?}");
         }
-        let mut relabelled = reseal(&signed_bundle(&k), |m| {
-            m["version"] = 1.into();
-            m.as_object_mut().unwrap().remove("chunk_digest");
-            m.as_object_mut().unwrap().remove("readback_digest");
-            for c in m["chunks"].as_array_mut().unwrap() {
-                let d = c.as_object_mut().unwrap().remove("blake3").unwrap();
-                c.as_object_mut().unwrap().remove("xxh3");
-                c["sha256"] = d;
-            }
-        });
-        relabelled[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let relabelled = reseal(&signed_bundle(&k), Some(1), relabel_as_version_1);
         let (r, unchanged) = write_with(&relabelled, &trust);
         assert!(
             matches!(
@@ -719,7 +692,7 @@ mod trust {
 fn the_readback_is_compared_with_the_xxh3() {
     let img = plain_image(6 << 20);
     let (bundle, _, _) = bundle_of(&[Run::Data(img)], 1 << 20);
-    let bad = reseal(&bundle, |m| {
+    let bad = reseal(&bundle, None, |m| {
         assert_eq!(m["readback_digest"], "xxh3-128");
         m["chunks"][2]["xxh3"] = "0".repeat(32).into();
     });
@@ -730,7 +703,7 @@ fn the_readback_is_compared_with_the_xxh3() {
         "{e:?}"
     );
     // The same bundle resealed unchanged writes and verifies.
-    let good = reseal(&bundle, |_| {});
+    let good = reseal(&bundle, None, |_| {});
     let mut t = Plain::new(Cursor::new(vec![0x55u8; 8 << 20])).unwrap();
     write_to(Cursor::new(&good), &mut t, &opts(), &crate::progress::Null).unwrap();
 }
