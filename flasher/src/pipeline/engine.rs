@@ -677,12 +677,12 @@ fn write_loop<T: Target>(
                         }
                     }
                     out.skipped += same;
-                    if inside.is_empty() && same == c.length {
-                        out.verified_by_compare += same;
-                    } else if inside.is_empty() {
-                        out.checks.push(Check::Chunk(ci));
-                    } else {
+                    if !inside.is_empty() {
                         out.kept.push((ci, buf.clone()));
+                    } else if same == c.length {
+                        out.verified_by_compare += same;
+                    } else {
+                        out.checks.push(Check::Chunk(ci));
                     }
                     progress.add(c.length);
                     hash(HashMsg::Data(buf))?;

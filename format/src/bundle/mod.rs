@@ -437,10 +437,9 @@ impl Manifest {
         if self.readback_digest != READBACK_XXH3 {
             return self.chunk_matches(i, data);
         }
-        self.chunks.get(i).is_some_and(|c| {
-            u128::from_str_radix(&c.xxh3, 16)
-                .is_ok_and(|want| c.xxh3.len() == 32 && want == xxhash_rust::xxh3::xxh3_128(data))
-        })
+        // `validate` checked the spelling and `normalize_digests` lowercased
+        // it, so the hex compares as written.
+        self.chunks.get(i).is_some_and(|c| c.xxh3 == xxh3_hex(data))
     }
 
     /// Check every invariant the writer relies on, so a malformed manifest is
