@@ -58,7 +58,7 @@ pub struct Args {
     /// version 2 only) adds an XXH3-128 per chunk, several times cheaper to
     /// compute than the chunk digest on a board without SIMD; `chunk` reads
     /// back against the chunk digest, as flashers before it do anyway.
-    #[arg(long, default_value = "xxh3-128", value_parser = ["xxh3-128", "chunk"])]
+    #[arg(long, default_value = bundle::READBACK_XXH3, value_parser = [bundle::READBACK_XXH3, "chunk"])]
     pub readback_digest: String,
 }
 
