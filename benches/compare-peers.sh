@@ -91,7 +91,7 @@ trap cleanup EXIT
 # FLASHER and MKFLASHER name prebuilt binaries; by default the release builds.
 if [ -z "${FLASHER:-}" ] || [ -z "${MKFLASHER:-}" ]; then
     echo "compare-peers: building release flasher and mkflasher" >&2
-    cargo build -q --release --locked -p flasher --bin flasher -p mkflasher --bin mkflasher
+    cargo build -q --release --locked -p mkflasher --bin flasher --bin mkflasher
 fi
 flasher="${FLASHER:-$PWD/target/release/flasher}"
 mkflasher="${MKFLASHER:-$PWD/target/release/mkflasher}"

@@ -71,8 +71,8 @@ pub enum Error {
 
 impl Error {
     /// Every board error is a detection or configuration error.
-    pub fn class(&self) -> led::ErrorClass {
-        led::ErrorClass::BoardConfig
+    pub fn class(&self) -> flasher_format::ErrorClass {
+        flasher_format::ErrorClass::BoardConfig
     }
 }
 

@@ -160,7 +160,10 @@ hold_secs = 3
     )
     .unwrap();
     assert_eq!(set.watchdog_stall(), std::time::Duration::from_secs(30));
-    assert_eq!(b.leds.phases.get(&led::Phase::Success).unwrap(), "solid");
+    assert_eq!(
+        b.leds.phases.get(&flasher_format::Phase::Success).unwrap(),
+        "solid"
+    );
     let back = to_toml(&b).unwrap();
     assert_eq!(parse("x.toml", &back).unwrap(), b);
 }
@@ -585,7 +588,7 @@ fn a_card_on_another_board_is_refused() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(e.class(), led::ErrorClass::BoardConfig);
+    assert_eq!(e.class(), flasher_format::ErrorClass::BoardConfig);
 
     // A device tree no board file knows is no licence to write either.
     let r = tempfile::tempdir().unwrap();

@@ -59,20 +59,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    /// The blink class for this error when nothing better is known. Table trouble is
-    /// almost always a bad image (the table came from it), so `PayloadInvalid`; I/O
-    /// failures are `WriteIo`. Callers that read a card (`NoStorage`) or act after the
-    /// write (`PostWrite`) wrap this error in their own and pick their class.
-    pub fn class(&self) -> led::ErrorClass {
-        match self {
-            Error::Io { .. } => led::ErrorClass::WriteIo,
-            Error::GptCrate(_) | Error::MbrCrate(_) => led::ErrorClass::Internal,
-            _ => led::ErrorClass::PayloadInvalid,
-        }
-    }
-}
-
 impl From<Error> for io::Error {
     /// For callers living in `io::Result` (fatfs-based code): the typed error stays
     /// reachable through `get_ref`/`into_inner`.

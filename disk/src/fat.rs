@@ -382,6 +382,72 @@ pub fn sync_fsinfo<D: Read + Write + Seek + ?Sized>(dev: &mut D) -> io::Result<b
     Ok(true)
 }
 
+// ---- Finding a FAT volume and reading one file from it ----
+
+/// A partition as (byte offset, byte length) on its disk.
+pub type Span = (u64, u64);
+
+/// The partitions in the table at the start of `dev`, in table order: GPT (512 or
+/// 4096-byte sectors) or MBR primary partitions (extended containers left out).
+/// Empty if there is no table; an error if a table is there but damaged.
+pub fn partitions<R: Read + Seek>(dev: &mut R) -> io::Result<Vec<Span>> {
+    match crate::Table::read(dev) {
+        Ok(t) => Ok(t
+            .partitions
+            .iter()
+            .filter(|p| !p.part_type.is_extended())
+            .map(|p| (p.offset, p.size))
+            .collect()),
+        Err(crate::Error::NoTable) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the bytes at `span` start with a FAT boot sector.
+pub fn is_fat<R: Read + Seek>(dev: &mut R, span: Span) -> bool {
+    let mut b = [0u8; 512];
+    dev.seek(io::SeekFrom::Start(span.0))
+        .and_then(|_| dev.read_exact(&mut b))
+        .is_ok()
+        && looks_like_fat(&b)
+}
+
+/// The first partition holding a FAT filesystem: the OS image's boot partition.
+pub fn first_fat<R: Read + Seek>(dev: &mut R) -> io::Result<Option<Span>> {
+    for p in partitions(dev)? {
+        if is_fat(dev, p) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Read `path` from the FAT filesystem `fat` (e.g. the card's flash-boot
+/// partition); `Ok(None)` if it does not exist.
+pub fn read_file<D: Read + Seek>(vol: D, path: &str) -> io::Result<Option<Vec<u8>>> {
+    read_file_max(vol, path, u64::MAX)
+}
+
+/// [`read_file`], refusing a file over `max` bytes (`InvalidData`, naming both)
+/// without reading more than that.
+pub fn read_file_max<D: Read + Seek>(vol: D, path: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let fs = open_read_only(vol, fatfs::FsOptions::new())?;
+    let f = match fs.root_dir().open_file(path.trim_start_matches('/')) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut data = Vec::new();
+    f.take(max.saturating_add(1)).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path} is over the {max}-byte limit"),
+        ));
+    }
+    Ok(Some(data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

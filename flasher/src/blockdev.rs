@@ -46,12 +46,12 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn class(&self) -> led::ErrorClass {
+    pub fn class(&self) -> flasher_format::ErrorClass {
         match self {
             Error::ReadOnly { .. } | Error::Busy { .. } | Error::NotBlockOrFile { .. } => {
-                led::ErrorClass::TargetRefused
+                flasher_format::ErrorClass::TargetRefused
             }
-            Error::Open { .. } | Error::Ioctl { .. } => led::ErrorClass::WriteIo,
+            Error::Open { .. } | Error::Ioctl { .. } => flasher_format::ErrorClass::WriteIo,
         }
     }
 }

@@ -77,10 +77,10 @@ pub enum Error {
 impl Error {
     /// A worn target is refused (before any write); everything else here is
     /// a post-write step (the bootloader) failing.
-    pub fn class(&self) -> led::ErrorClass {
+    pub fn class(&self) -> flasher_format::ErrorClass {
         match self {
-            Error::Worn { .. } => led::ErrorClass::TargetRefused,
-            _ => led::ErrorClass::PostWrite,
+            Error::Worn { .. } => flasher_format::ErrorClass::TargetRefused,
+            _ => flasher_format::ErrorClass::PostWrite,
         }
     }
 }

@@ -23,8 +23,6 @@ pub enum Error {
     #[error(transparent)]
     ConfigInject(#[from] crate::config_inject::Error),
     #[error(transparent)]
-    Init(#[from] crate::init::Error),
-    #[error(transparent)]
     Board(#[from] boards::Error),
     #[error("{context}: {source}")]
     Io {
@@ -40,11 +38,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The blink class of this error when nothing is known about the step it
-    /// happened in (the init refines it per step: `init::Step::classify`).
-    pub fn class(&self) -> led::ErrorClass {
-        use led::ErrorClass as C;
+    /// happened in (the board's init refines it per step: `flasher_init::Step::classify`).
+    pub fn class(&self) -> flasher_format::ErrorClass {
+        use flasher_format::ErrorClass as C;
         match self {
-            Error::Init(e) => e.class(),
             Error::Board(e) => e.class(),
             Error::Bundle(e) => e.class(),
             Error::Pipeline(e) => e.class(),

@@ -24,8 +24,8 @@
 //! interruption leaves at worst a valid primary pointing at a missing backup, which
 //! every GPT reader repairs from the primary.
 
-use crate::units::iec as human;
 use flasher_disk::{gpt, mbr};
+use flasher_format::units::iec as human;
 use std::io::{self, Read, Seek, Write};
 
 /// Errors from `fixup`.

@@ -2,7 +2,8 @@
 //! into an [`Observer`]; the console, LEDs, host progress bars and JSON event lines
 //! each subscribe. None of them is wired into the pipeline itself.
 
-use led::Phase;
+use flasher_format::Phase;
+use std::io::Write;
 use std::sync::Mutex;
 
 /// The one event type, shared with the host through the contract crate.
@@ -67,7 +68,7 @@ impl led::Leds for AnnouncingLeds {
             // `flasher leds --error-class` experiments); the line then says none.
             let class = what
                 .error_class
-                .and_then(|c| led::ErrorClass::try_from(c).ok());
+                .and_then(|c| flasher_format::ErrorClass::try_from(c).ok());
             to.event(&Event::led(
                 what.phase,
                 what.pattern.clone(),
@@ -139,4 +140,62 @@ impl<T: Observer + ?Sized> Observer for &T {
     fn event(&self, event: &Event) {
         (**self).event(event)
     }
+}
+
+/// JSON event lines (docs/events.md): each event serialized on its own line,
+/// flushed at once so a harness reading the serial port sees it immediately.
+pub struct JsonLines<W: Write + Send> {
+    out: Mutex<(W, u64)>,
+}
+
+impl<W: Write + Send> JsonLines<W> {
+    pub fn new(out: W) -> Self {
+        JsonLines {
+            out: Mutex::new((out, 0)),
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out.into_inner().unwrap_or_else(|e| e.into_inner()).0
+    }
+}
+
+impl<W: Write + Send> Observer for JsonLines<W> {
+    fn event(&self, e: &Event) {
+        let mut g = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let (out, last) = &mut *g;
+        // Events are stamped where they happen, on several threads (the LED
+        // animator, the pipeline); one stamped a moment before the previous line
+        // was written would go back in time. Readers may rely on t_ms never
+        // decreasing, so such a line carries the previous line's time.
+        let mut line = if e.t_ms < *last {
+            e.clone().with_t_ms(*last).to_line()
+        } else {
+            e.to_line()
+        };
+        *last = e.t_ms.max(*last);
+        line.push('\n');
+        // A write error (tty gone) has nowhere to be reported.
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+}
+
+/// Open an events output (`flasher.events=` on the board, `--events` on a
+/// host) for appending: a file is created if missing; a tty is switched to raw
+/// mode so the kernel adds no `\r` and no echo.
+pub fn open_events_at(full: &std::path::Path) -> std::io::Result<JsonLines<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(full)?;
+    if nix::unistd::isatty(std::os::fd::AsRawFd::as_raw_fd(&file)).unwrap_or(false) {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        if let Ok(mut t) = tcgetattr(&file) {
+            cfmakeraw(&mut t);
+            // Best effort: cooked mode still delivers readable lines.
+            let _ = tcsetattr(&file, SetArg::TCSANOW, &t);
+        }
+    }
+    Ok(JsonLines::new(file))
 }

@@ -54,8 +54,8 @@ pub struct Error {
 }
 
 impl Error {
-    pub fn class(&self) -> led::ErrorClass {
-        led::ErrorClass::BoardConfig
+    pub fn class(&self) -> crate::ErrorClass {
+        crate::ErrorClass::BoardConfig
     }
 }
 

@@ -7,7 +7,7 @@
 //! `t_ms` (milliseconds since boot, `CLOCK_BOOTTIME`), `phase` and `kind`, plus the
 //! fields of its kind (see [`Body`]).
 
-use led::{ErrorClass, Phase};
+use crate::{ErrorClass, Phase};
 use serde::{Deserialize, Serialize};
 
 /// The schema version written in every line's `v`. Adding a kind or an optional

@@ -8,10 +8,19 @@
 //! - [`pool`]: the per-unit data pool (`units.json`) and how runs claim rows.
 //! - [`cmdline`]: the `flasher.*` kernel command-line options.
 //! - [`event`]: the event stream's JSON lines (docs/events.md).
+//! - [`units`]: byte counts for people (the one formatter; integer arithmetic).
+//! - [`phase`] and [`class`]: the shared vocabulary: the phases of a flash and
+//!   the error classes the LEDs blink (docs/leds.md).
 
 pub mod bundle;
 pub mod card;
+pub mod class;
 pub mod cmdline;
 pub mod event;
+pub mod phase;
 pub mod pool;
 pub mod record;
+pub mod units;
+
+pub use class::ErrorClass;
+pub use phase::Phase;

@@ -67,8 +67,8 @@ pub enum Error {
 impl Error {
     /// Everything here is the card's problem: class 2 ("re-write the flasher
     /// card"). The operator's fix for an exhausted pool is a new card too.
-    pub fn class(&self) -> led::ErrorClass {
-        led::ErrorClass::PayloadInvalid
+    pub fn class(&self) -> crate::ErrorClass {
+        crate::ErrorClass::PayloadInvalid
     }
 }
 
@@ -303,7 +303,7 @@ mod tests {
                 Outcome::Ok
             } else {
                 Outcome::Error {
-                    class: led::ErrorClass::WriteIo,
+                    class: crate::ErrorClass::WriteIo,
                     message: "x".into(),
                 }
             },
@@ -474,7 +474,7 @@ mod tests {
                 })
                 .collect(),
             result: Outcome::Error {
-                class: led::ErrorClass::VerifyMismatch,
+                class: crate::ErrorClass::VerifyMismatch,
                 message: format!(
                     "write and verify: verify mismatch at bytes {}..{} (image data); {}",
                     u64::MAX,

@@ -85,8 +85,8 @@ pub enum Error {
 
 impl Error {
     /// Recording happens after the write: a post-write step failed.
-    pub fn class(&self) -> led::ErrorClass {
-        led::ErrorClass::PostWrite
+    pub fn class(&self) -> crate::ErrorClass {
+        crate::ErrorClass::PostWrite
     }
 }
 
@@ -229,7 +229,7 @@ pub fn attempt_started(base: &UnitRecord) -> UnitRecord {
         result: Outcome::Error {
             // The likeliest reason for a missing result is the target's I/O
             // hanging (watchdog reset) or a power cut during the write.
-            class: led::ErrorClass::WriteIo,
+            class: crate::ErrorClass::WriteIo,
             message: "attempt started; no result follows if the run was cut short (watchdog reset on a hang, power cut)".into(),
         },
         attempt_started: true,
@@ -289,7 +289,7 @@ pub enum Outcome {
     Ok,
     Error {
         /// Blink-code error class (1..=8, see the LED docs; a number in JSON).
-        class: led::ErrorClass,
+        class: crate::ErrorClass,
         /// The error as shown on the console.
         message: String,
     },
@@ -301,7 +301,7 @@ pub enum Outcome {
 #[derive(Deserialize)]
 struct RawOutcome {
     status: String,
-    class: Option<led::ErrorClass>,
+    class: Option<crate::ErrorClass>,
     message: Option<String>,
 }
 
@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(
             e,
             Outcome::Error {
-                class: led::ErrorClass::VerifyMismatch,
+                class: crate::ErrorClass::VerifyMismatch,
                 message: "m".into()
             }
         );
@@ -591,7 +591,7 @@ mod tests {
                 Outcome::Ok
             } else {
                 Outcome::Error {
-                    class: led::ErrorClass::VerifyMismatch,
+                    class: crate::ErrorClass::VerifyMismatch,
                     message: format!("verify mismatch at bytes {i}..{}", i + 4096),
                 }
             },
@@ -694,7 +694,7 @@ mod tests {
         let mut dev = Cursor::new(vec![0u8; cap as usize]);
         let mut long = sample(1);
         long.result = Outcome::Error {
-            class: led::ErrorClass::WriteIo,
+            class: crate::ErrorClass::WriteIo,
             message: "x".repeat(2000),
         };
         append(&mut dev, cap, &long).unwrap();
@@ -742,7 +742,7 @@ mod tests {
     fn oversized_record_is_refused() {
         let mut r = sample(1);
         r.result = Outcome::Error {
-            class: led::ErrorClass::Internal,
+            class: crate::ErrorClass::Internal,
             message: "y".repeat(MAX_BODY as usize),
         };
         let mut dev = Cursor::new(vec![0u8; 4 * MAX_BODY as usize]);
@@ -788,7 +788,7 @@ mod tests {
             ("[0-9a-f]{64}", any::<u64>()),
             proptest::collection::vec(("[a-z]{1,10}", any::<u64>()), 0..6),
             proptest::option::of((
-                proptest::sample::select(led::ErrorClass::ALL.to_vec()),
+                proptest::sample::select(crate::ErrorClass::ALL.to_vec()),
                 "\\PC{0,200}",
             )),
         )
@@ -875,7 +875,7 @@ mod tests {
         };
         let failed = UnitRecord {
             result: Outcome::Error {
-                class: led::ErrorClass::WriteIo,
+                class: crate::ErrorClass::WriteIo,
                 message: "x".into(),
             },
             ..sample(1)

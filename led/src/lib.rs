@@ -1,11 +1,13 @@
-//! LED feedback: the phase vocabulary an operator sees, patterns as timelines of
-//! steps, an animator thread, and the backends that drive real or fake LEDs.
+//! LED feedback: patterns as timelines of steps for the phases and error
+//! classes of `flasher_format`, an animator thread, and the backends that drive
+//! real or fake LEDs.
 //!
 //! This crate knows nothing about boards or pipelines (see ARCHITECTURE.md).
 //!
 //! Typical use on the board:
 //! ```no_run
-//! use led::{Animator, LedConfig, Phase};
+//! use flasher_format::Phase;
+//! use led::{Animator, LedConfig};
 //! let config = LedConfig::default(); // from the board file's [leds] table
 //! let leds = led::open(std::path::Path::new("/"), &config, None);
 //! let animator = Animator::start(leds, &config);
@@ -17,18 +19,18 @@
 
 pub mod animator;
 pub mod backend;
-pub mod class;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod pattern;
-pub mod phase;
 
 pub use animator::{Animator, Engine};
 pub use backend::{open, open_report, Announcement, Led, Leds, Opened, Warning};
-pub use class::ErrorClass;
 pub use clock::{Clock, FakeClock, FakeClockControl, SystemClock};
 pub use config::{LedConfig, LedSpec};
 pub use error::{Error, Result};
 pub use pattern::{Pattern, PatternSpec, Step};
-pub use phase::Phase;
+
+// The vocabulary is the host↔board contract's (`flasher_format`); LED code
+// names it through these private imports.
+use flasher_format::Phase;

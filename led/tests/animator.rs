@@ -5,8 +5,9 @@
 mod common;
 
 use common::*;
+use flasher_format::Phase;
 use led::backend::{Recording, RecordingLeds};
-use led::{Animator, Announcement, FakeClock, FakeClockControl, LedConfig, Phase};
+use led::{Animator, Announcement, FakeClock, FakeClockControl, LedConfig};
 use std::time::Duration;
 
 fn ms(n: u64) -> Duration {

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use led::{Animator, FakeClock, Leds, Phase};
+use flasher_format::Phase;
+use led::{Animator, FakeClock, Leds};
 use std::path::Path;
 
 /// Show `phase` on the beaglebone-black LEDs under `root` and stop.

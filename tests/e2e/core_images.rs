@@ -181,9 +181,9 @@ fn real_image_raw_and_compressed_flash_bit_exact() {
     assert_eq!(
         rec.phases(),
         vec![
-            led::Phase::Writing,
-            led::Phase::Verifying,
-            led::Phase::Finishing
+            flasher_format::Phase::Writing,
+            flasher_format::Phase::Verifying,
+            flasher_format::Phase::Finishing
         ]
     );
     assert_flashed(&img, &target, &report);
@@ -408,10 +408,10 @@ fn bundle_in_a_larger_partition_with_trailing_garbage_flashes() {
     let target = dir.path().join("t.img");
     garbage_file(&target, IMAGE_SIZE);
     // Through the CLI entry points: `flasher write`.
-    flasher::cmd::write::run(flasher::cmd::write::Args {
+    mkflasher::flasher_cli::write::run(mkflasher::flasher_cli::write::Args {
         payload: part,
         target: target.clone(),
-        verify: pipeline::Verify::Full,
+        verify: mkflasher::flasher_cli::write::VerifyArg::Full,
         expand_data: false,
         no_direct: false,
         image_digest: true,

@@ -5,7 +5,7 @@
 
 mod qemu_common;
 
-use mkflasher::qemu::VirtualBoard;
+use flasher_qemu::VirtualBoard;
 use qemu_common::*;
 
 #[test]
@@ -28,11 +28,11 @@ fn a_blank_disk_does_not_boot() {
         .unwrap();
     let _g = vm_lock();
     // OVMF finds nothing to boot and falls back to its shell; the harness stops there.
-    let found = mkflasher::qemu::boot_disk(
+    let found = flasher_qemu::boot_disk(
         VirtualBoard::Nuc,
         &blank,
         std::time::Duration::from_secs(300),
-        mkflasher::qemu::DEMO_MARKER,
+        flasher_qemu::DEMO_MARKER,
     )
     .unwrap();
     assert!(!found);

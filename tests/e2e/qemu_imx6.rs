@@ -10,7 +10,7 @@
 
 mod qemu_common;
 
-use mkflasher::qemu::{Fault, QemuOutcome, VirtualBoard};
+use flasher_qemu::{Fault, QemuOutcome, VirtualBoard};
 use qemu_common::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -193,10 +193,10 @@ fn write_error_fails_closed() {
 #[test]
 fn card_for_another_board_is_refused_by_the_device_tree() {
     let f = fixture();
-    let cache = mkflasher::locate::debian_parts();
+    let cache = flasher_qemu::locate::debian_parts();
     let arch = boards::Arch::Armv7;
-    let kernel = mkflasher::locate::qemu_kernel_for(&cache, arch).unwrap();
-    let modules = mkflasher::locate::qemu_modules_dir_for(&cache, arch).unwrap();
+    let kernel = flasher_qemu::locate::qemu_kernel_for(&cache, arch).unwrap();
+    let modules = flasher_qemu::locate::qemu_modules_dir_for(&cache, arch).unwrap();
     let card = f.path("card-hummingboard.img");
     mkflasher(&[
         "build",
@@ -264,8 +264,8 @@ fn power_cut_at_half_then_a_second_run_succeeds_bit_exact() {
 fn debian_uboot_boots_the_card_through_extlinux() {
     use std::io::BufRead;
     let f = fixture();
-    let imx = mkflasher::locate::uboot_file(
-        &mkflasher::locate::debian_parts(),
+    let imx = flasher_qemu::locate::uboot_file(
+        &flasher_qemu::locate::debian_parts(),
         "mx6qsabrelite/u-boot-dtb.imx",
     );
     let bytes = std::fs::read(&imx).unwrap();

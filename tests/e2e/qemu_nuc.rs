@@ -5,7 +5,7 @@
 
 mod qemu_common;
 
-use mkflasher::qemu::{Fault, VirtualBoard};
+use flasher_qemu::{Fault, VirtualBoard};
 use qemu_common::*;
 
 const NUC: VirtualBoard = VirtualBoard::Nuc;
@@ -23,7 +23,7 @@ fn happy_path_flashes_verifies_and_the_nvme_boots() {
     // Parsed by the harness's rules: OVMF's own output comes first on the same
     // port; from the flasher's first event on, every line is an event.
     let (saved, bad) =
-        mkflasher::qemu::parse_events(&std::fs::read(f.path("nuc-happy.events")).unwrap());
+        flasher_qemu::parse_events(&std::fs::read(f.path("nuc-happy.events")).unwrap());
     assert!(bad.is_empty(), "not event lines: {bad:?}");
     assert_eq!(saved, out.events);
     assert!(saved

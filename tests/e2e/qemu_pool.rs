@@ -13,10 +13,10 @@ mod qemu_common;
 use std::fs::File;
 use std::path::Path;
 
-use flasher::init::card::{first_fat, read_file, slice};
+use flasher_disk::fat::{first_fat, read_file};
 use flasher_format::pool;
 use flasher_format::record::{self, Outcome, UnitRecord, UnitRow};
-use mkflasher::qemu::VirtualBoard;
+use flasher_qemu::VirtualBoard;
 use qemu_common::*;
 
 const SD: VirtualBoard = VirtualBoard::Sd;
@@ -42,9 +42,12 @@ fn unit_files(dir: &Path) {
 fn target_file(target: &Path, name: &str) -> Vec<u8> {
     let mut t = File::open(target).unwrap();
     let span = first_fat(&mut t).unwrap().expect("a FAT boot partition");
-    read_file(slice(&mut t, span), name)
-        .unwrap()
-        .unwrap_or_else(|| panic!("{name} is not on {}", target.display()))
+    read_file(
+        flasher_disk::PartitionSlice::new(&mut t, span.0, span.1),
+        name,
+    )
+    .unwrap()
+    .unwrap_or_else(|| panic!("{name} is not on {}", target.display()))
 }
 
 /// The unit records on the card's flasher-log partition.

@@ -7,7 +7,7 @@
 mod qemu_common;
 
 use flasher_format::event::Body;
-use mkflasher::qemu::{Fault, VirtualBoard};
+use flasher_qemu::{Fault, VirtualBoard};
 use qemu_common::*;
 
 const SD: VirtualBoard = VirtualBoard::Sd;
@@ -163,7 +163,7 @@ fn signed_payload_flashes_and_unsigned_is_refused_untouched() {
     let out = run(&o);
     out.check(o.timeout, None).unwrap();
     assert_target_equals_image(&target, &f.os);
-    let unsigned_warning = |out: &mkflasher::qemu::QemuOutcome| {
+    let unsigned_warning = |out: &flasher_qemu::QemuOutcome| {
         out.events.iter().any(|e| {
             matches!(&e.body, Body::Message { message } if message.contains("bundle is unsigned"))
         })

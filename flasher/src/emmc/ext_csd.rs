@@ -368,7 +368,7 @@ mod tests {
             ),
             "{err:?}"
         );
-        assert_eq!(err.class(), led::ErrorClass::PostWrite);
+        assert_eq!(err.class(), flasher_format::ErrorClass::PostWrite);
         assert!(err.to_string().contains("0x08"), "{err}");
 
         let ignore = FakeExtCsd::new(0x00, Behaviour::IgnoreSwitch);

@@ -23,7 +23,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use flasher_format::bundle::{
     self, decode_chunk, ChunkReader, ExtentKind, Manifest, Opened, RawChunk,
 };
-use led::Phase;
+use flasher_format::Phase;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::Path;

@@ -529,9 +529,9 @@ fn refusals_leave_the_target_untouched() {
         assert!(ok, "{name}: {e:?}");
         let class = match &e {
             CrateError::Pipeline(p) => p.class(),
-            _ => led::ErrorClass::Internal,
+            _ => flasher_format::ErrorClass::Internal,
         };
-        assert_eq!(class, led::ErrorClass::PayloadInvalid, "{name}");
+        assert_eq!(class, flasher_format::ErrorClass::PayloadInvalid, "{name}");
         assert!(t.data == old, "{name}: the target was written");
     }
 }

@@ -16,7 +16,7 @@ pub use engine::{write_opened, write_to};
 use crate::blockdev::{self, Device};
 use crate::progress::Observer;
 use flasher_format::bundle;
-use led::ErrorClass;
+use flasher_format::ErrorClass;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -131,13 +131,12 @@ pub fn human(bytes: u64) -> String {
     if bytes < 1024 {
         format!("{bytes} bytes")
     } else {
-        crate::units::iec(bytes)
+        flasher_format::units::iec(bytes)
     }
 }
 
 /// Whether to read the device back after writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Verify {
     /// Read back every written or zeroed byte, bypassing the page cache.
     #[default]

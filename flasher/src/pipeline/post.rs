@@ -43,7 +43,7 @@ pub fn target_fat<T: Read + Seek>(
     t: &mut T,
     commit: &TableCommit,
 ) -> io::Result<Option<(u64, u64)>> {
-    crate::init::card::first_fat(&mut commit.view(t))
+    flasher_disk::fat::first_fat(&mut commit.view(t))
 }
 
 /// Copy the config from `card` (the card's boot FAT), and the unit's row from

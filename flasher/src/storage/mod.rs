@@ -91,8 +91,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn class(&self) -> led::ErrorClass {
-        use led::ErrorClass as C;
+    pub fn class(&self) -> flasher_format::ErrorClass {
+        use flasher_format::ErrorClass as C;
         match self {
             Error::NoMatch { .. } | Error::Ambiguous { .. } | Error::MultiplePayloads { .. } => {
                 C::NoStorage
@@ -227,7 +227,7 @@ impl Disk {
             "{}: {} {}",
             self.name,
             self.kind(),
-            crate::units::si(self.size_bytes)
+            flasher_format::units::si(self.size_bytes)
         );
         if let Some(c) = &self.controller {
             s.push_str(" on ");
@@ -812,8 +812,8 @@ fn rank(board: &Board, disk: &Disk) -> Result<usize, String> {
         if disk.size_bytes < min {
             return Err(format!(
                 "too small: {} < {}",
-                crate::units::si(disk.size_bytes),
-                crate::units::si(min)
+                flasher_format::units::si(disk.size_bytes),
+                flasher_format::units::si(min)
             ));
         }
     }

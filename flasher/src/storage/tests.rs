@@ -121,7 +121,7 @@ fn beaglebone_without_emmc_refuses() {
     scenarios::beaglebone(t.path(), None).unwrap();
     let err = pick(t.path(), "beaglebone-black").unwrap_err();
     assert!(matches!(err, Error::NoMatch { .. }), "{err:?}");
-    assert_eq!(err.class(), led::ErrorClass::NoStorage);
+    assert_eq!(err.class(), flasher_format::ErrorClass::NoStorage);
     // The message says what was seen and what was expected.
     let msg = err.to_string();
     assert!(
@@ -220,7 +220,7 @@ fn beaglebone_mounted_or_read_only_emmc_is_refused() {
     r.set_ro(&emmc, true).unwrap();
     let err = pick(t.path(), "beaglebone-black").unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err:?}");
-    assert_eq!(err.class(), led::ErrorClass::TargetRefused);
+    assert_eq!(err.class(), flasher_format::ErrorClass::TargetRefused);
 }
 
 #[test]
@@ -452,9 +452,9 @@ fn malformed_sysfs_is_an_error() {
 
 #[test]
 fn sizes_read_like_labels() {
-    assert_eq!(crate::units::si(15_931_539_456), "15.9 GB");
-    assert_eq!(crate::units::si(512), "512 B");
-    assert_eq!(crate::units::si(256 << 20), "268.4 MB");
+    assert_eq!(flasher_format::units::si(15_931_539_456), "15.9 GB");
+    assert_eq!(flasher_format::units::si(512), "512 B");
+    assert_eq!(flasher_format::units::si(256 << 20), "268.4 MB");
 }
 
 #[test]

@@ -157,8 +157,8 @@ pub enum Error {
 
 impl Error {
     /// Every bundle error means the payload is invalid.
-    pub fn class(&self) -> led::ErrorClass {
-        led::ErrorClass::PayloadInvalid
+    pub fn class(&self) -> crate::ErrorClass {
+        crate::ErrorClass::PayloadInvalid
     }
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

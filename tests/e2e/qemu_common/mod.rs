@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 pub use flasher_format::event::{Event, SCHEMA_VERSION};
-pub use led::{ErrorClass, Phase};
-use mkflasher::qemu::{self, QemuOptions, QemuOutcome, VirtualBoard};
+pub use flasher_format::{ErrorClass, Phase};
+use flasher_qemu::{self as qemu, QemuOptions, QemuOutcome, VirtualBoard};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -264,7 +264,7 @@ pub fn assert_fault_fails_closed(board: VirtualBoard, name: &str, offset: u64, f
     let offset = if from_end { image_len - offset } else { offset };
     let target = blank_target(f, name, 64 << 20);
     let mut o = options(board, &f.card(board), Some(target.clone()));
-    o.faults = vec![mkflasher::qemu::Fault::IoError { offset }];
+    o.faults = vec![flasher_qemu::Fault::IoError { offset }];
     let out = run(&o);
     assert!(
         !out.succeeded(),

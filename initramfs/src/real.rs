@@ -1,0 +1,1488 @@
+//! The real [`Steps`]: the kernel, the board's hardware, and the other parts of
+//! the library (boards, storage, pipeline, record, LEDs), all under one root path.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use flasher_format::Phase;
+
+use super::card;
+use super::console::{open_events, Console};
+use super::modules::{self, Finit, RealClock};
+use super::mounts::{self, Nix, EARLY};
+use super::power::{self, After, Power, System};
+use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
+use super::watchdog::{Disarm, Feeder, Liveness, Monotonic, Watchdog};
+use super::Error;
+use boards::Placement;
+use flasher::blockdev::{self, Device};
+use flasher::config_inject::UnitData;
+use flasher::pipeline::commit::TableCommit;
+use flasher::pipeline::{self, post, WriteOptions, WriteReport};
+use flasher::progress::{Event, Observer, RecordResult};
+use flasher::storage::{self, BootMedium, Disk};
+use flasher_format::bundle::{self, Trust};
+use flasher_format::card as card_layout;
+use flasher_format::cmdline::{Options, Verify};
+use flasher_format::pool::{self, Pool};
+use flasher_format::record::{
+    self, PhaseTiming, StorageHealth, TargetIdentity, UnitRecord, UnitRow,
+};
+
+/// Opens the EXT_CSD access of a whole-disk eMMC node (the ioctl; a fake in tests).
+pub type ExtCsdOpener =
+    Box<dyn FnMut(&Path) -> std::io::Result<Box<dyn flasher::emmc::ext_csd::ExtCsd>> + Send>;
+
+/// Observers that can be added to after they were handed out (the panic hook gets
+/// this before the events path and the LEDs are known).
+///
+/// Until the event stream is attached ([`Sinks::add_stream`]) the events shown so
+/// far are kept, so the stream still starts with `/init`'s first event: a reader
+/// times the run from it (boot to first write, docs/events.md).
+pub struct Sinks {
+    observers: RwLock<Vec<Box<dyn Observer>>>,
+    backlog: Mutex<Option<Vec<Event>>>,
+}
+
+/// Events kept for the stream before it is attached: the start, the mounts and
+/// the command-line warnings are a handful; a bound keeps a runaway note from
+/// growing without limit on a card whose command line names no stream.
+const BACKLOG: usize = 64;
+
+impl Default for Sinks {
+    fn default() -> Self {
+        Sinks {
+            observers: RwLock::default(),
+            backlog: Mutex::new(Some(Vec::new())),
+        }
+    }
+}
+
+impl Sinks {
+    pub fn add(&self, o: Box<dyn Observer>) {
+        self.observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(o);
+    }
+
+    /// Add the event stream, first replaying the events it missed.
+    pub fn add_stream(&self, o: Box<dyn Observer>) {
+        for e in self.take_backlog() {
+            o.event(&e);
+        }
+        self.add(o);
+    }
+
+    /// Stop keeping events for a stream (there is none, or it is attached).
+    pub fn take_backlog(&self) -> Vec<Event> {
+        let mut b = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        b.take().unwrap_or_default()
+    }
+}
+
+impl Observer for Sinks {
+    fn event(&self, e: &Event) {
+        if let Some(b) = self
+            .backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .filter(|b| b.len() < BACKLOG)
+        {
+            b.push(e.clone());
+        }
+        for o in self
+            .observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            o.event(e);
+        }
+    }
+}
+
+/// How often the block-device wait looks at /sys/block.
+const POLL: Duration = Duration::from_millis(100);
+/// How often the watchdog is fed; well under the usual timeouts (10 to 60 s).
+const FEED_EVERY: Duration = Duration::from_secs(2);
+/// How long the success pattern shows before power-off, unless the board says.
+const SUCCESS_HOLD: Duration = Duration::from_secs(3);
+/// The card's boot FAT partition name.
+pub const FLASH_BOOT: &str = "flash-boot";
+/// A board-supplied (or user-supplied) board file that overrides the built-in one.
+pub const BOARD_OVERRIDE: &str = flasher_format::card::initramfs::BOARD_FILE;
+
+/// The real steps.
+pub struct Real {
+    root: PathBuf,
+    pid1: bool,
+    sinks: Arc<Sinks>,
+    watchdog: Option<Feeder<File>>,
+    /// When the run last made progress; the watchdog feeder reads it.
+    liveness: Option<Arc<Liveness>>,
+    board: Option<boards::Board>,
+    /// What the storage scan saw, and the boot medium among it.
+    disks: Vec<Disk>,
+    boot: Option<BootMedium>,
+    /// The boot medium's payload and log partitions (device nodes).
+    payload: Option<PathBuf>,
+    log: Option<PathBuf>,
+    /// The card's flash-boot FAT partition (config and bootloader files).
+    card_boot: Option<PathBuf>,
+    /// The chosen target's device node and identity.
+    target: Option<PathBuf>,
+    identity: TargetIdentity,
+    /// The target's eMMC health as read by the gate (none on other storage).
+    health: Option<StorageHealth>,
+    report: Option<WriteReport>,
+    /// The board's bootloader files, read from the card before the first write.
+    boot_files: Vec<(String, Vec<u8>)>,
+    /// Who signed the payload ("unsigned", a key fingerprint), for the record.
+    signer: String,
+    /// The row claimed from the card's per-unit data pool, with its files.
+    unit: Option<UnitData>,
+    succeeded: bool,
+    /// `reboot(2)` and friends; a fake in tests.
+    power: Box<dyn Power + Send>,
+    /// Overrides the success hold before power-off (tests use zero).
+    hold: Option<Duration>,
+    /// EXT_CSD access for `emmc.boot_enable`.
+    ext_csd: ExtCsdOpener,
+}
+
+impl Real {
+    /// `pid1`: whether this really is the board's init. When false, the steps that
+    /// would disturb a host (mounts, console takeover, reboot) are skipped.
+    pub fn new(root: &Path, pid1: bool) -> Self {
+        let sinks = Arc::new(Sinks::default());
+        // Before the console is attached this is the kernel's initial stderr,
+        // which is /dev/console too; after `mount` fd 2 is the console we opened.
+        sinks.add(Box::new(Console::new(std::io::stderr())));
+        Real {
+            root: root.to_path_buf(),
+            pid1,
+            sinks,
+            watchdog: None,
+            liveness: None,
+            board: None,
+            disks: Vec::new(),
+            boot: None,
+            payload: None,
+            log: None,
+            card_boot: None,
+            target: None,
+            identity: TargetIdentity::default(),
+            health: None,
+            report: None,
+            boot_files: Vec::new(),
+            signer: String::new(),
+            unit: None,
+            succeeded: false,
+            power: if pid1 {
+                Box::new(System)
+            } else {
+                Box::new(NotPid1)
+            },
+            hold: None,
+            ext_csd: Box::new(|dev| {
+                Ok(Box::new(flasher::emmc::ext_csd::MmcIoctl::open(dev)?)
+                    as Box<dyn flasher::emmc::ext_csd::ExtCsd>)
+            }),
+        }
+    }
+
+    /// Use another EXT_CSD access (tests: a fake register).
+    pub fn with_ext_csd(mut self, open: ExtCsdOpener) -> Self {
+        self.ext_csd = open;
+        self
+    }
+
+    /// Use another power backend and success hold (tests: a recorder and zero).
+    pub fn with_power(mut self, power: Box<dyn Power + Send>, hold: Duration) -> Self {
+        self.power = power;
+        self.hold = Some(hold);
+        self
+    }
+
+    /// The event sinks (console, events, LEDs), for the panic hook.
+    pub fn observer(&self) -> Arc<dyn Observer> {
+        self.sinks.clone()
+    }
+
+    fn note(&self, phase: Phase, msg: String) {
+        self.sinks.event(&Event::message(phase, msg));
+    }
+
+    /// The card's `flasher-log` partition when the run failed before the payload
+    /// search: poll for the boot medium for up to [`LATE_LOG_WAIT`].
+    fn late_log(&self) -> Option<PathBuf> {
+        let deadline = std::time::Instant::now() + LATE_LOG_WAIT;
+        loop {
+            let found = storage::scan(&self.root)
+                .ok()
+                .and_then(|disks| storage::find_boot_medium(&disks, None).ok().flatten())
+                .and_then(|boot| boot.log.map(|l| l.dev_path));
+            if found.is_some() || std::time::Instant::now() >= deadline {
+                return found;
+            }
+            self.alive();
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn board(&self) -> crate::Result<&boards::Board> {
+        self.board
+            .as_ref()
+            .ok_or_else(|| missing("a detected board"))
+    }
+
+    /// Open the watchdog at `path` under the root and start feeding it while the
+    /// run makes progress (no progress for `stall`: feeding stops).
+    pub fn start_watchdog_at(&mut self, path: &Path, stall: Duration) -> Result<(), Error> {
+        let wd = Watchdog::open(&self.root, path)?;
+        let live = Arc::new(Liveness::new(Box::new(Monotonic::default()), stall));
+        self.sinks.add(Box::new(live.clone()));
+        self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY, live.clone()));
+        self.liveness = Some(live);
+        Ok(())
+    }
+
+    /// The run is alive though it emits no event (a poll loop going round).
+    fn alive(&self) {
+        if let Some(l) = &self.liveness {
+            l.touch();
+        }
+    }
+
+    /// `flasher.target=NAME`: that disk, but never the boot medium (rule 1,
+    /// compared by major:minor) and never a disk in use or read-only.
+    fn named_target(&self, name: &str) -> crate::Result<Disk> {
+        let name = name.trim_start_matches("/dev/");
+        let seen = || {
+            self.disks
+                .iter()
+                .map(|d| d.summary(self.boot.as_ref()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let Some(disk) = self.disks.iter().find(|d| d.name == name) else {
+            return Err(Error::TargetRefused {
+                name: name.to_string(),
+                why: "no such disk".into(),
+                seen: seen(),
+            });
+        };
+        let why = if self.boot.as_ref().is_some_and(|b| b.dev == disk.dev) {
+            Some("it is the boot medium holding the payload".to_string())
+        } else if !disk.uses.is_empty() {
+            Some(format!("it is in use ({})", disk.uses.join(", ")))
+        } else if disk.read_only {
+            Some("it is read-only".to_string())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(Error::TargetRefused {
+                name: name.to_string(),
+                why,
+                seen: seen(),
+            }),
+            None => Ok(disk.clone()),
+        }
+    }
+
+    /// Use these devices instead of storage discovery (the payload and log
+    /// partitions on the boot medium, and the target disk).
+    pub fn set_devices(
+        &mut self,
+        payload: PathBuf,
+        log: Option<PathBuf>,
+        card_boot: Option<PathBuf>,
+        target: PathBuf,
+    ) {
+        self.payload = Some(payload);
+        self.log = log;
+        self.card_boot = card_boot;
+        self.target = Some(target);
+    }
+
+    /// Open the target for the post-write steps with O_DIRECT, so every
+    /// read-back comes from the medium, not the page cache.
+    fn open_device(&self) -> crate::Result<Device> {
+        let target = self.target.clone().ok_or_else(|| missing("a target"))?;
+        Ok(Device::open(
+            &target,
+            blockdev::OpenOptions {
+                write: true,
+                direct: true,
+                exclusive: true,
+            },
+        )?)
+    }
+
+    /// The table commit the write step left for the end of the run.
+    fn pending_commit(&self) -> crate::Result<TableCommit> {
+        self.report
+            .as_ref()
+            .and_then(|r| r.commit.clone())
+            .ok_or_else(|| missing("a pending partition-table commit"))
+    }
+
+    /// A bootloader file read before the write.
+    fn boot_file(&self, file: &str) -> crate::Result<&[u8]> {
+        self.boot_files
+            .iter()
+            .find(|(f, _)| f == file)
+            .map(|(_, d)| d.as_slice())
+            .ok_or_else(|| missing("the bootloader file read before the write"))
+    }
+
+    /// Whether the card carries config to inject (so the image needs a boot FAT).
+    fn card_has_config(&self) -> crate::Result<bool> {
+        let Some(card) = self.card_boot.as_ref() else {
+            return Ok(false);
+        };
+        let f = File::open(card).map_err(|e| {
+            flasher::Error::io(format!("open card partition {}", card.display()), e)
+        })?;
+        card::has_config(f).map_err(|e| {
+            flasher::Error::io(format!("read the FAT on {}", card.display()), e).into()
+        })
+    }
+
+    /// Refuse before the first write when the unit log cannot take two more
+    /// records (the attempt-started one, which carries a pool claim, and the
+    /// result), so a flashed board always gets its record; `row_bytes` is room
+    /// for the pool row each of them carries. Warns when the log is nearly full.
+    /// Returns the records read, for the attempt count and the claim.
+    fn check_log_room(&self, row_bytes: u64) -> crate::Result<Vec<UnitRecord>> {
+        let Some(log) = self.log.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let (scan, capacity) = scan_log(log)?;
+        // A record with a long failure message stays well under 4 KiB.
+        let needed = 2 * (record::FRAME_OVERHEAD + RECORD_ROOM + row_bytes);
+        let free = capacity.saturating_sub(scan.end);
+        if free < needed {
+            return Err(record::Error::LogFull {
+                used: scan.end,
+                capacity,
+                needed,
+            }
+            .into());
+        }
+        if let Some(w) = log_warning(scan.end, capacity, needed) {
+            self.note(Phase::Searching, w);
+        }
+        Ok(scan.records.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The card's per-unit data pool, if it has one: parsed, and pinned by
+    /// the manifest when keys are trusted (the pool is the same on every
+    /// unit, so it can be signed; it pins the `units/` files in turn).
+    /// Returns the pool and its digest.
+    fn card_pool(
+        &self,
+        trust: &Trust,
+        manifest: &bundle::Manifest,
+    ) -> crate::Result<Option<(Pool, String)>> {
+        let Some(data) = self.card_read(pool::POOL_FILE, pool::MAX_POOL_BYTES)? else {
+            return Ok(None);
+        };
+        trust.check_file(manifest, pool::POOL_FILE, &data)?;
+        let p = Pool::parse(&data)?;
+        Ok(Some((p, pool::digest(&data))))
+    }
+
+    /// The next row of `pool` for this run and its files from the card's
+    /// `units/`, each checked against the pool (so against the pin). Nothing
+    /// is written yet: [`Real::begin_attempt`] records the claim.
+    fn pick_row(
+        &self,
+        pool: &Pool,
+        digest: &str,
+        records: &[UnitRecord],
+    ) -> crate::Result<UnitData> {
+        if self.log.is_none() {
+            return Err(Error::PoolWithoutLog);
+        }
+        let row = pool.claim(records, digest)?;
+        let mut files = Vec::new();
+        for name in pool.row_files(row.index) {
+            let path = format!("{}/{name}", pool::UNITS_DIR);
+            let data =
+                self.card_read(&path, pool::MAX_UNIT_FILE)?
+                    .ok_or(pool::Error::FileMissing {
+                        name: name.clone(),
+                        row: row.index,
+                    })?;
+            pool.check_file(&name, &data)?;
+            files.push((name, data));
+        }
+        Ok(UnitData { row, files })
+    }
+
+    /// The config files the card would copy onto the target.
+    fn card_config_files(&self) -> crate::Result<Vec<(String, Vec<u8>)>> {
+        let card = self
+            .card_boot
+            .as_ref()
+            .ok_or_else(|| missing("the card's boot partition"))?;
+        let f = OpenOptions::new().read(true).open(card).map_err(|e| {
+            flasher::Error::io(format!("open card partition {}", card.display()), e)
+        })?;
+        Ok(flasher::config_inject::card_files(f)?)
+    }
+
+    /// Read `file` from the card's flash-boot FAT.
+    fn card_file(&self, file: &str) -> crate::Result<Vec<u8>> {
+        let not_there = || Error::BootloaderFile {
+            file: file.to_string(),
+            card: self.card_boot.clone(),
+        };
+        if self.card_boot.is_none() {
+            return Err(not_there());
+        }
+        self.card_read(file, u64::MAX)?.ok_or_else(not_there)
+    }
+
+    /// Read `path` (at most `max` bytes) from the card's flash-boot FAT;
+    /// `None` when the card has no such file or no flash-boot partition.
+    fn card_read(&self, path: &str, max: u64) -> crate::Result<Option<Vec<u8>>> {
+        let Some(card) = self.card_boot.as_ref() else {
+            return Ok(None);
+        };
+        let f = File::open(card).map_err(|e| {
+            flasher::Error::io(format!("open card partition {}", card.display()), e)
+        })?;
+        flasher_disk::fat::read_file_max(f, path, max).map_err(|e| {
+            flasher::Error::io(format!("read {path} from {}", card.display()), e).into()
+        })
+    }
+}
+
+impl Real {
+    /// The eMMC health gate (docs/factory.md): on an eMMC target, read its
+    /// wear from sysfs for the record, and refuse it (before any write) when
+    /// pre-EOL is urgent or a life-time estimate is past the board's limit,
+    /// unless `flasher.health=off`. Other targets pass ungated.
+    fn health_gate(&mut self, o: &Options) -> crate::Result<()> {
+        use flasher::emmc::health;
+        let name = self.identity.device.clone();
+        if !health::is_emmc(&self.root, &name) {
+            self.health = None;
+            return Ok(());
+        }
+        let reading = health::read(&self.root, &name);
+        let limit = self
+            .board
+            .as_ref()
+            .map(boards::Board::life_time_limit_percent)
+            .unwrap_or(boards::DEFAULT_LIFE_TIME_LIMIT_PERCENT);
+        let verdict = health::assess(&reading, limit);
+        self.health = Some(reading.health);
+        self.note(
+            Phase::Searching,
+            format!("eMMC health of {name}: {}", verdict.summary),
+        );
+        for n in &verdict.notes {
+            self.note(Phase::Searching, format!("eMMC health: {n}; passing"));
+        }
+        for w in &verdict.warnings {
+            self.note(Phase::Searching, format!("warning: {w}"));
+        }
+        let Some(worn) = verdict.refusal else {
+            return Ok(());
+        };
+        if !o.health {
+            self.note(
+                Phase::Searching,
+                format!("warning: {worn}; flasher.health=off, so flashing it anyway"),
+            );
+            return Ok(());
+        }
+        Err(flasher::emmc::Error::Worn {
+            device: name,
+            identity: self.identity.to_string(),
+            worn,
+        }
+        .into())
+    }
+
+    /// `emmc.boot_enable`: after the bootloader is on the eMMC, make it the
+    /// partition the eMMC boots from (EXT_CSD PARTITION_CONFIG), read back.
+    /// Runs before the table goes live, so a refusal leaves nothing bootable.
+    fn enable_boot_partition(&mut self) -> crate::Result<()> {
+        let Some(emmc) = self.board()?.emmc else {
+            return Ok(());
+        };
+        let Some(enable) = emmc.boot_enable else {
+            return Ok(());
+        };
+        let dev = self.target.clone().ok_or_else(|| missing("a target"))?;
+        let mut regs = (self.ext_csd)(&dev).map_err(|source| flasher::emmc::Error::ExtCsdRead {
+            device: dev.display().to_string(),
+            source,
+        })?;
+        let c = flasher::emmc::ext_csd::enable_boot(&mut *regs, &dev, enable, emmc.boot_ack)?;
+        let ack = if c.after & flasher::emmc::ext_csd::BOOT_ACK != 0 {
+            "on"
+        } else {
+            "off"
+        };
+        let how = if c.before == c.after {
+            "already set".to_string()
+        } else {
+            format!("0x{:02x} -> 0x{:02x}, read back", c.before, c.after)
+        };
+        self.note(
+            Phase::Finishing,
+            format!(
+                "eMMC boots from {enable} (BOOT_ACK {ack}): PARTITION_CONFIG {how} on {}",
+                dev.display()
+            ),
+        );
+        Ok(())
+    }
+
+    /// Before the first write: refuse a unit with [`record::MAX_ATTEMPTS`] failed
+    /// or unfinished attempts in the unit log (unless `flasher.retry-unit`), else
+    /// log an attempt-started record for it, so a reset mid-run leaves evidence
+    /// and a unit that hangs the run cannot reset-loop forever. `records` is the
+    /// log as [`Real::check_log_room`] just read it. The record carries `claim`,
+    /// the pool row this run takes: once it is on the card, the row is used,
+    /// whatever happens next. A target without CID or serial still claims.
+    fn begin_attempt(
+        &mut self,
+        o: &Options,
+        records: &[UnitRecord],
+        claim: Option<UnitRow>,
+    ) -> crate::Result<()> {
+        let Some(log) = self.log.clone() else {
+            self.note(
+                Phase::Searching,
+                "no unit log: attempts on this unit are not counted".into(),
+            );
+            return Ok(());
+        };
+        let countable = self.identity.is_countable();
+        if !countable {
+            self.note(
+                Phase::Searching,
+                format!(
+                    "target {} has no CID or serial: attempts on it are not counted",
+                    self.identity.device
+                ),
+            );
+            if claim.is_none() {
+                return Ok(());
+            }
+        }
+        let attempts = if countable {
+            record::failed_attempts(records, &self.identity)
+        } else {
+            0
+        };
+        if attempts >= record::MAX_ATTEMPTS && !o.retry_unit {
+            return Err(Error::UnitAttempts {
+                identity: self.identity.to_string(),
+                attempts,
+                log,
+                last: record::last_failure(records, &self.identity).map(str::to_string),
+            });
+        }
+        if attempts > 0 {
+            self.note(
+                Phase::Searching,
+                format!(
+                    "this unit had {attempts} failed or unfinished attempt(s){}",
+                    if attempts >= record::MAX_ATTEMPTS {
+                        "; flasher.retry-unit given: trying again"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        let run = RunRecord {
+            board: self.board.as_ref().map(|b| b.name.clone()),
+            target: None,
+            write: None,
+            failure: None,
+        };
+        let mut base = unit_record(&run, &self.identity, SystemTime::now());
+        base.health = self.health.clone();
+        let mut started = record::attempt_started(&base);
+        started.unit_row = claim;
+        append_to(&log, &started)?;
+        Ok(())
+    }
+}
+
+/// Every intact record in the unit log at `path`.
+pub fn read_log(path: &Path) -> crate::Result<Vec<UnitRecord>> {
+    Ok(scan_log(path)?
+        .0
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// Scan the unit log at `path`: its records and where they end, and its size.
+fn scan_log(path: &Path) -> crate::Result<(record::Scan, u64)> {
+    let ctx = |what: &str| format!("{what} unit log {}", path.display());
+    let mut f = File::open(path).map_err(|e| flasher::Error::io(ctx("open"), e))?;
+    let capacity = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| flasher::Error::io(ctx("size of"), e))?;
+    Ok((record::scan(&mut f, capacity)?, capacity))
+}
+
+/// An earlier step did not leave what this one needs (only reachable if the
+/// sequence in `run.rs` changes).
+fn missing(what: &'static str) -> crate::Error {
+    Error::NotAvailable {
+        what,
+        detail: "an earlier step did not provide it".into(),
+    }
+}
+
+/// One sysfs attribute, trimmed; `None` if absent or empty.
+fn attr(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The target's identity for the unit record, from `root/sys/block/NAME`:
+/// eMMC `device/cid`, `device/serial`, `device/name`; disks `device/serial`,
+/// `device/model` (or `device/wwid`).
+pub fn target_identity(root: &Path, name: &str) -> TargetIdentity {
+    let dev = root.join("sys/block").join(name);
+    let size_bytes = attr(&dev.join("size"))
+        .and_then(|s| s.parse::<u64>().ok())
+        // sysfs `size` counts 512-byte sectors whatever the logical block size.
+        .map(|s| s * 512)
+        .unwrap_or(0);
+    TargetIdentity {
+        device: name.to_string(),
+        size_bytes,
+        cid: attr(&dev.join("device/cid")),
+        serial: attr(&dev.join("device/serial")).or_else(|| attr(&dev.join("device/wwid"))),
+        model: attr(&dev.join("device/model")).or_else(|| attr(&dev.join("device/name"))),
+    }
+}
+
+/// The target's identity for the unit record, from the storage scan.
+pub fn disk_identity(d: &Disk) -> TargetIdentity {
+    TargetIdentity {
+        device: d.name.clone(),
+        size_bytes: d.size_bytes,
+        cid: d.cid.clone(),
+        serial: d.serial.clone(),
+        model: d.model.clone(),
+    }
+}
+
+/// The unit record for a run.
+pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) -> UnitRecord {
+    // Boards without a real-time clock start in 1970; only a plausible time is kept.
+    const PLAUSIBLE: u64 = 1_577_836_800; // 2020-01-01
+    let timestamp_unix_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+        .filter(|s| *s >= PLAUSIBLE);
+    let (image_digest, bytes_written, phases) = match &r.write {
+        Some(w) => (
+            w.image_digest.clone(),
+            w.bytes_written,
+            w.phases
+                .iter()
+                .map(|(p, d)| PhaseTiming {
+                    phase: p.clone(),
+                    duration_ms: d.as_millis() as u64,
+                })
+                .collect(),
+        ),
+        None => (String::new(), 0, Vec::new()),
+    };
+    UnitRecord {
+        attempt_started: false,
+        unit_row: None,
+        health: None,
+        seq: 0,
+        timestamp_unix_s,
+        flasher_version: env!("CARGO_PKG_VERSION").to_string(),
+        board: r.board.clone().unwrap_or_default(),
+        target: identity.clone(),
+        image_digest,
+        signer: String::new(),
+        bytes_written,
+        phases,
+        result: match &r.failure {
+            None => record::Outcome::Ok,
+            Some((_, class, message)) => record::Outcome::Error {
+                class: *class,
+                message: message.clone(),
+            },
+        },
+    }
+}
+
+/// Append `rec` to the log partition (or file) at `path`; returns the record's
+/// byte offset in the log.
+/// Append `rec` to the log at `path`: its byte offset and sequence number.
+pub fn append_to(path: &Path, rec: &UnitRecord) -> crate::Result<(u64, u64)> {
+    let ctx = |what: &str| format!("{what} unit log {}", path.display());
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| flasher::Error::io(ctx("open"), e))?;
+    let capacity = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| flasher::Error::io(ctx("size of"), e))?;
+    let appended = record::append_numbered(&mut f, capacity, rec)?;
+    f.sync_all()
+        .map_err(|e| flasher::Error::io(ctx("sync"), e))?;
+    Ok(appended)
+}
+
+/// The write step's summary from the pipeline's report.
+pub fn summary(r: &WriteReport) -> WriteSummary {
+    let d = &r.durations;
+    WriteSummary {
+        image_digest: r.image_sha256.clone(),
+        bytes_written: r.bytes_written + r.bytes_zeroed,
+        phases: vec![
+            ("preflight".into(), d.preflight),
+            ("write".into(), d.write),
+            ("verify".into(), d.verify),
+            ("finish".into(), d.finish),
+        ],
+    }
+}
+
+impl Steps for Real {
+    fn mount(&mut self) -> crate::Result<()> {
+        if !self.pid1 {
+            return Ok(());
+        }
+        // Ctrl-Alt-Del mid-flash must not reboot the board: with CAD off the
+        // kernel sends SIGINT to PID 1 instead, which has no handler and is ignored.
+        let _ = nix::sys::reboot::set_cad_enabled(false);
+        for (m, r) in mounts::mount_all(&self.root, EARLY, &mut Nix)? {
+            if r == mounts::Mounted::Already {
+                eprintln!("flasher: {m}: already mounted");
+            }
+        }
+        match mounts::open_console(&self.root) {
+            Ok(c) => mounts::attach(&c, &[0, 1, 2])?,
+            // Keep the kernel's initial stdout/stderr: the console on most boards.
+            Err(e) => eprintln!("flasher: {e}"),
+        }
+        Ok(())
+    }
+
+    fn options(&mut self) -> crate::Result<Options> {
+        let path = self.root.join("proc/cmdline");
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })?;
+        let o = Options::parse(&text).map_err(Error::from)?;
+        if let Some(path) = &o.events {
+            match open_events(&self.root, path) {
+                Ok(j) => self.sinks.add_stream(Box::new(j)),
+                // The console still shows everything; not worth failing the flash.
+                Err(e) => self.note(Phase::Starting, format!("warning: {e}")),
+            }
+        }
+        // Stop keeping events: a no-op after `add_stream` (which took the
+        // backlog), and the end of it when there is no stream or it failed to
+        // open; otherwise it would grow for the whole run.
+        self.sinks.take_backlog();
+        Ok(o)
+    }
+
+    fn load_modules(&mut self, _o: &Options) -> crate::Result<()> {
+        let order = modules::load_order(&self.root)?;
+        let r = modules::load_all(&order, &mut Finit);
+        for (name, errno) in &r.failed {
+            self.note(
+                Phase::Starting,
+                format!("warning: module {name} failed to load: {errno}"),
+            );
+        }
+        if !order.is_empty() {
+            self.note(
+                Phase::Starting,
+                format!(
+                    "modules: {} loaded, {} already present, {} failed",
+                    r.loaded.len(),
+                    r.already.len(),
+                    r.failed.len()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn wait_for_storage(&mut self, o: &Options) -> crate::Result<()> {
+        let target = o
+            .target
+            .as_deref()
+            .map(|t| t.trim_start_matches("/dev/").to_string());
+        // Each poll is the run going round, not a hang: the wait is bounded by
+        // `flasher.timeout`, which may be longer than the board's stall interval.
+        let seen = modules::wait_for_block_devices(
+            &self.root,
+            |names| {
+                self.alive();
+                match &target {
+                    Some(t) => names.iter().any(|n| n == t),
+                    None => modules::any_real_disk(names),
+                }
+            },
+            o.timeout,
+            POLL,
+            &mut RealClock::default(),
+        )?;
+        // Disks probe at different speeds (the USB stick long after the NVMe): the
+        // first disk is not the whole picture. Wait, within the same timeout, until
+        // the payload and a target are both visible. If they never are, carry on:
+        // the next steps fail with the precise reason and every disk they saw.
+        let boot_disk = o.boot_disk.clone();
+        let board = self.board.clone();
+        let settled = modules::wait_for_block_devices(
+            &self.root,
+            |_| {
+                self.alive();
+                storage_settled(
+                    &self.root,
+                    board.as_ref(),
+                    boot_disk.as_deref(),
+                    target.as_deref(),
+                )
+            },
+            o.timeout,
+            POLL,
+            &mut RealClock::default(),
+        );
+        let seen = settled.unwrap_or(seen);
+        self.note(
+            Phase::Searching,
+            format!("block devices: {}", seen.join(", ")),
+        );
+        Ok(())
+    }
+
+    fn detect_board(&mut self, o: &Options) -> crate::Result<String> {
+        let mut all = boards::builtin()?;
+        let extra = self.root.join(BOARD_OVERRIDE);
+        // The initramfs's board file names the board the card was built for:
+        // a device tree or DMI saying otherwise is refused here, before any write.
+        let mut built_for = None;
+        if extra.is_file() {
+            let b = boards::load_file(&extra)?;
+            built_for = Some(b.name.clone());
+            all = boards::with_override(all, b);
+        }
+        let d = boards::detect_for(&self.root, o.board.as_deref(), built_for.as_deref(), &all)?;
+        let how = match &o.board {
+            Some(_) => "flasher.board= on the kernel command line".to_string(),
+            None => d.how.to_string(),
+        };
+        self.note(
+            Phase::Starting,
+            format!(
+                "board {} ({}), selected by {how}",
+                d.board.name, d.board.description
+            ),
+        );
+        // The LEDs follow the event stream from here on, and report each pattern
+        // back into it as a `led` event, so boards without LEDs (and the QEMU
+        // harness) still see what an operator would.
+        let leds = led::open(&self.root, &d.board.leds, None);
+        let stream = Arc::downgrade(&self.sinks);
+        let leds = Box::new(flasher::progress::AnnouncingLeds::new(leds, stream));
+        self.sinks.add(Box::new(flasher::progress::LedObserver(
+            led::Animator::start(leds, &d.board.leds),
+        )));
+        let name = d.board.name.clone();
+        self.board = Some(d.board);
+        Ok(name)
+    }
+
+    fn start_watchdog(&mut self) -> crate::Result<()> {
+        let board = self.board()?;
+        let Some(path) = board.watchdog.clone() else {
+            return Ok(());
+        };
+        let stall = board.watchdog_stall();
+        if let Err(e) = self.start_watchdog_at(Path::new(&path), stall) {
+            // Flashing without the watchdog beats not flashing: it only guards hangs.
+            self.note(
+                Phase::Searching,
+                format!("warning: {e}; flashing without it"),
+            );
+        }
+        Ok(())
+    }
+
+    fn find_payload(&mut self, o: &Options) -> crate::Result<()> {
+        if self.payload.is_some() {
+            // Given with `set_devices`.
+            return Ok(());
+        }
+        self.disks = storage::scan(&self.root)?;
+        let seen = || {
+            self.disks
+                .iter()
+                .map(|d| d.summary(None))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let boot = storage::find_boot_medium(&self.disks, o.boot_disk.as_deref())?;
+        let Some(boot) = boot else {
+            return Err(Error::NoPayload {
+                disk: None,
+                seen: seen(),
+            });
+        };
+        let Some(payload) = &boot.payload else {
+            return Err(Error::NoPayload {
+                disk: Some(boot.disk.clone()),
+                seen: seen(),
+            });
+        };
+        self.note(
+            Phase::Searching,
+            format!(
+                "boot medium {}: payload {} ({}), log {}",
+                boot.disk,
+                payload.name,
+                flasher_format::units::si(payload.size_bytes),
+                boot.log
+                    .as_ref()
+                    .map(|l| l.name.as_str())
+                    .unwrap_or("none (no unit record will be kept)")
+            ),
+        );
+        self.payload = Some(payload.dev_path.clone());
+        self.log = boot.log.as_ref().map(|l| l.dev_path.clone());
+        // GPT cards name it; MBR cards (U-Boot boards) have it first.
+        self.card_boot = self
+            .disks
+            .iter()
+            .find(|d| d.name == boot.disk)
+            .and_then(|d| {
+                d.partition_named(FLASH_BOOT)
+                    .or_else(|| d.partitions.iter().find(|p| p.number == 1))
+            })
+            .map(|p| p.dev_path.clone());
+        self.boot = Some(boot);
+        Ok(())
+    }
+
+    fn choose_target(&mut self, o: &Options) -> crate::Result<TargetInfo> {
+        if let Some(device) = self.target.clone().filter(|_| self.disks.is_empty()) {
+            // Given with `set_devices`: identity from sysfs by name.
+            let name = device
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.identity = target_identity(&self.root, &name);
+        } else {
+            let disk = match o.target.as_deref() {
+                Some(name) => self.named_target(name)?,
+                None => {
+                    let board = self.board()?;
+                    let choice = storage::choose_target(board, &self.disks, self.boot.as_ref())?;
+                    for r in &choice.rejected {
+                        self.note(
+                            Phase::Searching,
+                            format!("not the target: {} ({})", r.disk, r.why),
+                        );
+                    }
+                    self.note(
+                        Phase::Searching,
+                        format!("target {}: {}", choice.disk.name, choice.reason),
+                    );
+                    choice.disk
+                }
+            };
+            self.identity = disk_identity(&disk);
+            self.target = Some(disk.dev_path.clone());
+        }
+        self.health_gate(o)?;
+        let device = self.target.clone().ok_or_else(|| missing("a target"))?;
+        Ok(TargetInfo {
+            device,
+            identity: self.identity.to_string(),
+            size_bytes: self.identity.size_bytes,
+        })
+    }
+
+    fn write(&mut self, o: &Options) -> crate::Result<WriteSummary> {
+        let payload = self
+            .payload
+            .clone()
+            .ok_or_else(|| missing("the payload partition"))?;
+        let target = self.target.clone().ok_or_else(|| missing("a target"))?;
+        let file = File::open(&payload).map_err(|e| {
+            flasher::Error::io(format!("open payload partition {}", payload.display()), e)
+        })?;
+        let mut reader = BufReader::new(file);
+        // Everything that can be checked before the first write (rule 2): the
+        // bundle's manifest and signature against the initramfs's trusted keys,
+        // the board's bootloader files are on the card and pinned by the
+        // manifest, so is the config to copy, the unit log has room; the engine
+        // checks the fix-ups and the boot FAT in the image's table.
+        let opened = bundle::read_manifest(&mut reader)?;
+        let trust = Trust::from_dir(&self.root.join(card_layout::initramfs::TRUSTED_DIR))?;
+        let signer = trust.check(&opened)?;
+        let mut boot_files = Vec::new();
+        for p in &self.board()?.bootloader {
+            let file = match p {
+                Placement::Raw { file, .. } | Placement::EmmcBoot { file, .. } => file,
+            };
+            let data = self.card_file(file)?;
+            trust.check_file(&opened.manifest, file, &data)?;
+            boot_files.push((file.clone(), data));
+        }
+        self.boot_files = boot_files;
+        let has_config = self.card_has_config()?;
+        if has_config {
+            for (name, data) in self.card_config_files()? {
+                trust.check_file(&opened.manifest, &name, &data)?;
+            }
+        }
+        let pool = self.card_pool(&trust, &opened.manifest)?;
+        if signer == bundle::Signer::Unsigned {
+            self.note(Phase::Searching, bundle::UNSIGNED_WARNING.into());
+        }
+        self.signer = signer.to_string();
+        let row_bytes = match &pool {
+            Some(_) => pool::MAX_ROW_BYTES,
+            None => 0,
+        };
+        let records = self.check_log_room(row_bytes)?;
+        // Which row this run takes (an exhausted pool stops here, unwritten).
+        self.unit = match &pool {
+            Some((p, digest)) => Some(self.pick_row(p, digest, &records)?),
+            None => None,
+        };
+        // Counted only once the card-side checks passed: a card missing a file
+        // is not this unit's fault. The claim is recorded here, before the
+        // first write.
+        let claim = self.unit.as_ref().map(|u| u.row.clone());
+        self.begin_attempt(o, &records, claim)?;
+        if let Some((p, _)) = &pool {
+            if let Some(u) = &self.unit {
+                self.note(Phase::Searching, claimed_message(u, p.rows.len()));
+            }
+        }
+        let opts = WriteOptions {
+            verify: match o.verify {
+                Verify::Full => pipeline::Verify::Full,
+                Verify::None => pipeline::Verify::None,
+            },
+            expand_data: o.expand_data,
+            skip_equal: o.skip_equal,
+            root: self.root.clone(),
+            // Bootloader and config come after the image; the table goes live
+            // after them, in `commit_table`.
+            defer_commit: true,
+            require_boot_fat: has_config || self.unit.is_some(),
+            trust,
+            ..WriteOptions::default()
+        };
+        let report = pipeline::write_bundle(&opened, reader, &target, &opts, &*self.sinks)?;
+        let s = summary(&report);
+        self.report = Some(report);
+        Ok(s)
+    }
+
+    fn fixups(&mut self, _o: &Options) -> crate::Result<()> {
+        // The pipeline fixes up the partition table as its last step (backup GPT
+        // at the real end, optional growth), so this step reports what it did.
+        let report = self
+            .report
+            .as_ref()
+            .ok_or_else(|| missing("a write report"))?;
+        let msg = match &report.fixup {
+            Some(f) => format!("partition table: {f}"),
+            None => "partition table: no fix-up needed".to_string(),
+        };
+        self.note(Phase::Finishing, msg);
+        Ok(())
+    }
+
+    fn bootloader(&mut self, _o: &Options) -> crate::Result<()> {
+        let placements = self.board()?.bootloader.clone();
+        for p in &placements {
+            match p {
+                Placement::Raw { offset, file } => {
+                    let data = self.boot_file(file)?.to_vec();
+                    let commit = self.pending_commit()?;
+                    let mut dev = self.open_device()?;
+                    post::place_raw(&mut dev, &commit, *offset, &data, file)?;
+                    self.note(
+                        Phase::Finishing,
+                        format!(
+                            "bootloader: wrote and read back {file} ({} bytes) at byte {offset} of {}",
+                            data.len(),
+                            dev.path().display()
+                        ),
+                    );
+                }
+                Placement::EmmcBoot {
+                    partition,
+                    offset,
+                    file,
+                } => {
+                    let data = self.boot_file(file)?.to_vec();
+                    let part = format!("{}{}", self.identity.device, partition.suffix());
+                    flasher::emmc::write_boot_partition(&self.root, &part, &data, *offset)?;
+                    self.note(
+                        Phase::Finishing,
+                        format!(
+                            "bootloader: wrote and read back {file} ({} bytes) to {part} at byte {offset}",
+                            data.len()
+                        ),
+                    );
+                }
+            }
+        }
+        self.enable_boot_partition()
+    }
+
+    fn copy_config(&mut self, _o: &Options) -> crate::Result<()> {
+        let Some(card) = self.card_boot.clone() else {
+            self.note(
+                Phase::Finishing,
+                "config: no flash-boot partition on the card".into(),
+            );
+            return Ok(());
+        };
+        let open_card = || {
+            File::open(&card).map_err(|e| {
+                flasher::Error::io(format!("open card partition {}", card.display()), e)
+            })
+        };
+        let has = card::has_config(open_card()?)
+            .map_err(|e| flasher::Error::io(format!("read the FAT on {}", card.display()), e))?;
+        if !has && self.unit.is_none() {
+            self.note(Phase::Finishing, "config: none on the card".into());
+            return Ok(());
+        }
+        let commit = self.pending_commit()?;
+        let mut dev = self.open_device()?;
+        let target = dev.path().to_path_buf();
+        // The table is not live yet: find the boot FAT in the table to be committed.
+        let span = post::target_fat(&mut dev, &commit)
+            .map_err(|e| {
+                flasher::Error::io(
+                    format!("read the partition table of {}", target.display()),
+                    e,
+                )
+            })?
+            .ok_or_else(|| Error::NoTargetBoot {
+                target: target.clone(),
+            })?;
+        let report = post::inject_config(&mut dev, span, open_card()?, self.unit.as_ref())?;
+        let files: Vec<&str> = report.files.iter().map(|(n, _)| n.as_str()).collect();
+        self.note(
+            Phase::Finishing,
+            format!(
+                "config: copied {} onto {}",
+                files.join(", "),
+                target.display()
+            ),
+        );
+        Ok(())
+    }
+
+    fn commit_table(&mut self, _o: &Options) -> crate::Result<()> {
+        let commit = self.pending_commit()?;
+        let mut dev = self.open_device()?;
+        commit.apply(&mut dev)?;
+        let what: Vec<&str> = commit.sectors.iter().map(|s| s.2).collect();
+        self.note(
+            Phase::Finishing,
+            format!(
+                "partition table live: wrote, flushed and read back {}",
+                what.join(", then ")
+            ),
+        );
+        Ok(())
+    }
+
+    fn append_record(&mut self, r: &RunRecord) -> crate::Result<()> {
+        // A failure before the payload search (bad flasher.board=, say) still
+        // deserves a record: look for the card's log partition now.
+        let Some(log) = self.log.clone().or_else(|| self.late_log()) else {
+            return Err(Error::NoLog);
+        };
+        let mut rec = unit_record(r, &self.identity, SystemTime::now());
+        rec.signer = self.signer.clone();
+        rec.unit_row = self.unit.as_ref().map(|u| u.row.clone());
+        rec.health = self.health.clone();
+        let (offset, seq) = append_to(&log, &rec)?;
+        let (phase, result) = match &r.failure {
+            // After a failure the run stays in the failure phase.
+            Some(_) => (Phase::Failure, RecordResult::Error),
+            None => (Phase::Finishing, RecordResult::Ok),
+        };
+        self.sinks.event(&Event::record(
+            phase,
+            seq,
+            result,
+            log.display().to_string(),
+            offset,
+        ));
+        Ok(())
+    }
+
+    fn show(&mut self, e: &Event) {
+        if e.phase == Phase::Success {
+            self.succeeded = true;
+        }
+        self.sinks.event(e);
+    }
+
+    fn finish(&mut self, after: After) {
+        let board_power = self.board.as_ref().map(|b| b.power_off);
+        // "Power off" means the board's own way of ending, where it cannot cut power.
+        let after = match (after, board_power.map(|p| p.method)) {
+            (After::PowerOff, Some(boards::PowerOffMethod::Reboot)) => After::Reboot,
+            (After::PowerOff, Some(boards::PowerOffMethod::Halt)) => After::Halt,
+            (a, _) => a,
+        };
+        if self.succeeded && after != After::Wait {
+            // Let the operator see "all LEDs solid" before the board goes dark.
+            let hold = self.hold.unwrap_or_else(|| {
+                board_power
+                    .and_then(|p| p.hold_secs)
+                    .map(|s| Duration::from_secs(s.into()))
+                    .unwrap_or(SUCCESS_HOLD)
+            });
+            std::thread::sleep(hold);
+        }
+        let wd = self.watchdog.as_mut().map(|w| w as &mut dyn Disarm);
+        power::finish(after, wd, self.power.as_mut());
+    }
+}
+
+/// When not PID 1: say what would happen instead of rebooting the host, then park.
+struct NotPid1;
+
+impl Power for NotPid1 {
+    fn sync(&mut self) {
+        nix::unistd::sync();
+    }
+    fn reboot(&mut self, how: After) -> Result<(), nix::errno::Errno> {
+        eprintln!("flasher: not PID 1, so not calling reboot(2) for {how}");
+        Err(nix::errno::Errno::EPERM)
+    }
+    fn park(&mut self) {
+        System.park()
+    }
+}
+
+/// Room kept for one unit record in the log, checked before the first write.
+const RECORD_ROOM: u64 = 4096;
+
+/// The warning event when the unit log will be nearly full after this run
+/// (`needed` bytes): less than a tenth of it free.
+fn log_warning(used: u64, capacity: u64, needed: u64) -> Option<String> {
+    let left = capacity.saturating_sub(used).saturating_sub(needed);
+    (left < capacity / 10).then(|| {
+        format!(
+            "warning: unit log nearly full: {used} of {capacity} bytes used, room for about {} more runs after this one; copy the records off the card (mkflasher inspect) and use a card with a new log",
+            left / (2 * pool::RECORD_ESTIMATE)
+        )
+    })
+}
+
+/// The console line for a claimed row: its index, the pool's size, and the
+/// host name when the row has one.
+fn claimed_message(u: &UnitData, rows: usize) -> String {
+    let host = u
+        .row
+        .values
+        .get("hostname")
+        .map(|h| format!(", hostname {h}"))
+        .unwrap_or_default();
+    format!(
+        "unit data: claimed row {} of {rows}{host}, {} file(s); recorded in the unit log before writing",
+        u.row.index,
+        u.files.len()
+    )
+}
+
+/// How long a failed run waits for the card to show up so it can still record.
+const LATE_LOG_WAIT: Duration = Duration::from_secs(10);
+
+/// True once the boot medium with its payload is visible and a target can be
+/// chosen (or the named target exists): what the storage wait waits for.
+fn storage_settled(
+    root: &Path,
+    board: Option<&boards::Board>,
+    boot_disk: Option<&str>,
+    target: Option<&str>,
+) -> bool {
+    let Ok(disks) = storage::scan(root) else {
+        return false;
+    };
+    let Ok(Some(boot)) = storage::find_boot_medium(&disks, boot_disk) else {
+        return false;
+    };
+    if boot.payload.is_none() {
+        return false;
+    }
+    match (target, board) {
+        (Some(t), _) => disks.iter().any(|d| d.name == t),
+        (None, Some(b)) => storage::choose_target(b, &disks, Some(&boot)).is_ok(),
+        (None, None) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Step;
+
+    #[test]
+    fn identity_from_fake_sysfs() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("sys/block/mmcblk1");
+        std::fs::create_dir_all(dev.join("device")).unwrap();
+        std::fs::write(dev.join("size"), "7634944\n").unwrap();
+        std::fs::write(dev.join("device/cid"), "150100414a544434520a32e4c0ab4a00\n").unwrap();
+        std::fs::write(dev.join("device/serial"), "0x32e4c0ab\n").unwrap();
+        std::fs::write(dev.join("device/name"), "AJTD4R\n").unwrap();
+        let id = target_identity(root.path(), "mmcblk1");
+        assert_eq!(id.size_bytes, 7634944 * 512);
+        assert_eq!(id.cid.as_deref(), Some("150100414a544434520a32e4c0ab4a00"));
+        assert_eq!(id.serial.as_deref(), Some("0x32e4c0ab"));
+        assert_eq!(id.model.as_deref(), Some("AJTD4R"));
+        assert_eq!(
+            id.to_string(),
+            "model AJTD4R, serial 0x32e4c0ab, CID 150100414a544434520a32e4c0ab4a00"
+        );
+        let none = target_identity(root.path(), "sda");
+        assert_eq!(none.size_bytes, 0);
+        assert_eq!(none.to_string(), "no identity in sysfs");
+    }
+
+    #[test]
+    fn records_append_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, vec![0u8; 64 << 10]).unwrap();
+        let ok = RunRecord {
+            board: Some("qemu-x86_64-sd".into()),
+            target: None,
+            write: Some(WriteSummary {
+                image_digest: "ab".repeat(32),
+                bytes_written: 1 << 20,
+                phases: vec![("write".into(), Duration::from_millis(1500))],
+            }),
+            failure: None,
+        };
+        let failed = RunRecord {
+            failure: Some((
+                Step::Write,
+                flasher_format::ErrorClass::VerifyMismatch,
+                "write and verify: verify failed".into(),
+            )),
+            ..ok.clone()
+        };
+        let id = TargetIdentity {
+            device: "mmcblk1".into(),
+            size_bytes: 4 << 30,
+            ..Default::default()
+        };
+        // 2023-11-14: a plausible clock is kept; 1970 (no RTC) is not.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            append_to(&log, &unit_record(&ok, &id, now)).unwrap(),
+            (0, 1)
+        );
+        let (offset, seq) =
+            append_to(&log, &unit_record(&failed, &id, SystemTime::UNIX_EPOCH)).unwrap();
+        assert!(offset > 0);
+        assert_eq!(seq, 2);
+        let mut f = File::open(&log).unwrap();
+        let recs = record::read_all(&mut f, 64 << 10).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!((recs[0].seq, recs[1].seq), (1, 2));
+        assert_eq!(recs[0].board, "qemu-x86_64-sd");
+        assert_eq!(recs[0].timestamp_unix_s, Some(1_700_000_000));
+        assert_eq!(recs[0].bytes_written, 1 << 20);
+        assert_eq!(recs[0].phases[0].duration_ms, 1500);
+        assert_eq!(recs[0].result, record::Outcome::Ok);
+        assert_eq!(recs[1].timestamp_unix_s, None);
+        assert_eq!(
+            recs[1].result,
+            record::Outcome::Error {
+                class: flasher_format::ErrorClass::VerifyMismatch,
+                message: "write and verify: verify failed".into()
+            }
+        );
+    }
+
+    /// Item 2 of issue 14: a warning once less than a tenth of the log would
+    /// be free after this run's records; none before.
+    #[test]
+    fn nearly_full_log_warns() {
+        let cap = 15 << 20;
+        assert_eq!(log_warning(1 << 20, cap, 8192), None);
+        let w = log_warning(cap - (1 << 20), cap, 8192).expect("a warning");
+        assert!(w.starts_with("warning: unit log nearly full"), "{w}");
+        assert!(w.contains(&format!("of {cap} bytes used")), "{w}");
+        // Right at the edge: exactly a tenth left is no warning yet.
+        assert_eq!(log_warning(cap - cap / 10 - 8192, cap, 8192), None);
+        assert!(log_warning(cap - cap / 10 - 8191, cap, 8192).is_some());
+    }
+
+    #[test]
+    fn sinks_reach_observers_added_later() {
+        let sinks = Arc::new(Sinks::default());
+        let handed_out: Arc<dyn Observer> = sinks.clone();
+        let rec = Arc::new(flasher::progress::Recorder::default());
+        sinks.add(Box::new(rec.clone()));
+        handed_out.event(&Event::phase(Phase::Writing));
+        assert_eq!(rec.phases(), [Phase::Writing]);
+    }
+
+    /// The event stream, attached once the command line is read, still starts
+    /// with the events shown before it; later observers get no replay, and
+    /// nothing is kept once the stream is attached.
+    #[test]
+    fn the_stream_gets_the_events_before_it() {
+        let sinks = Sinks::default();
+        let early = Arc::new(flasher::progress::Recorder::default());
+        sinks.add(Box::new(early.clone()));
+        sinks.event(&Event::phase(Phase::Starting));
+        let stream = Arc::new(flasher::progress::Recorder::default());
+        sinks.add_stream(Box::new(stream.clone()));
+        sinks.event(&Event::phase(Phase::Searching));
+        let leds = Arc::new(flasher::progress::Recorder::default());
+        sinks.add(Box::new(leds.clone()));
+        sinks.event(&Event::phase(Phase::Writing));
+        assert_eq!(
+            stream.phases(),
+            [Phase::Starting, Phase::Searching, Phase::Writing]
+        );
+        assert_eq!(leds.phases(), [Phase::Writing]);
+        assert!(sinks.take_backlog().is_empty());
+    }
+}

@@ -1,0 +1,42 @@
+//! `mkflasher demo`: build a demo OS, bundle it, build the flasher card for
+//! `qemu-x86_64-nuc`, flash a virtual NVMe in QEMU with live progress, then boot
+//! the NVMe alone and show the demo OS's marker. See [`crate::demo`].
+
+use crate::demo::{self, DemoOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the demo's files go (demo OS image, bundle, card, NVMe, logs).
+    #[arg(long, default_value = "out/demo")]
+    pub work: PathBuf,
+    /// Size of the virtual NVMe.
+    #[arg(long, default_value = "64M")]
+    pub nvme_size: String,
+    /// Seconds each VM run may take.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Also stream the guest console while flashing.
+    #[arg(long)]
+    pub console: bool,
+}
+
+pub fn run(args: Args) -> crate::Result<()> {
+    let mkflasher = std::env::current_exe()
+        .map_err(|e| crate::Error::io("locating the mkflasher binary", e))?;
+    let report = demo::run(&DemoOptions {
+        work: args.work,
+        mkflasher,
+        nvme_size: flasher_qemu::parse_size(&args.nvme_size)?,
+        timeout: Duration::from_secs(args.timeout),
+        console: args.console,
+    })?;
+    println!(
+        "demo: done. The demo OS was flashed onto {} and booted from it.\n  card: {}\n  events: {}",
+        report.nvme.display(),
+        report.card.display(),
+        report.nvme.with_file_name("events.jsonl").display()
+    );
+    Ok(())
+}
