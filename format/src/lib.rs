@@ -8,6 +8,7 @@
 //! - [`pool`]: the per-unit data pool (`units.json`) and how runs claim rows.
 //! - [`cmdline`]: the `flasher.*` kernel command-line options.
 //! - [`event`]: the event stream's JSON lines (docs/events.md).
+//! - [`io`]: the one way to attach context to an I/O error (`IoError`).
 //! - [`units`]: byte counts for people (the one formatter; integer arithmetic).
 //! - [`phase`] and [`class`]: the shared vocabulary: the phases of a flash and
 //!   the error classes the LEDs blink (docs/leds.md).
@@ -17,6 +18,7 @@ pub mod card;
 pub mod class;
 pub mod cmdline;
 pub mod event;
+pub mod io;
 pub mod phase;
 pub mod pool;
 pub mod record;
