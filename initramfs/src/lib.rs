@@ -18,6 +18,7 @@
 pub mod card;
 
 pub mod console;
+pub mod emmc;
 pub mod log;
 pub mod modules;
 pub mod mounts;
@@ -25,6 +26,8 @@ pub mod panic;
 pub mod power;
 pub mod real;
 pub mod run;
+pub mod sinks;
+pub mod unit_log;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};

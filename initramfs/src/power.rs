@@ -50,6 +50,22 @@ impl Power for System {
     }
 }
 
+/// When not PID 1: say what would happen instead of rebooting the host, then park.
+pub(crate) struct NotPid1;
+
+impl Power for NotPid1 {
+    fn sync(&mut self) {
+        nix::unistd::sync();
+    }
+    fn reboot(&mut self, how: After) -> Result<(), nix::errno::Errno> {
+        eprintln!("flasher: not PID 1, so not calling reboot(2) for {how}");
+        Err(nix::errno::Errno::EPERM)
+    }
+    fn park(&mut self) {
+        System.park()
+    }
+}
+
 /// End the run without ever letting the watchdog reset the board into a second
 /// flash. `wait` (the default after a failure): keep the watchdog fed while the
 /// board parks showing its result; feeding also holds on kernels built with
