@@ -17,7 +17,7 @@ use flasher_format::Phase;
 
 use super::card;
 use super::console::{open_events, Console};
-use super::modules::{self, Finit, RealClock};
+use super::modules::{self, Finit};
 use super::mounts::{self, Nix, EARLY};
 use super::power::{self, After, NotPid1, Power, System};
 use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
@@ -25,7 +25,7 @@ use super::sinks::Sinks;
 use super::unit_log::{
     append_to, claimed_message, disk_identity, summary, target_identity, unit_record,
 };
-use super::watchdog::{Disarm, Feeder, Liveness, Monotonic, Watchdog};
+use super::watchdog::{Disarm, Feeder, Liveness, Watchdog};
 use super::Error;
 use boards::Placement;
 use flasher::blockdev::{self, Device};
@@ -184,7 +184,7 @@ impl Real {
     /// run makes progress (no progress for `stall`: feeding stops).
     pub fn start_watchdog_at(&mut self, path: &Path, stall: Duration) -> Result<(), Error> {
         let wd = Watchdog::open(&self.root, path)?;
-        let live = Arc::new(Liveness::new(Box::new(Monotonic::default()), stall));
+        let live = Arc::new(Liveness::new(Box::new(led::SystemClock::new()), stall));
         self.sinks.add(Box::new(live.clone()));
         self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY, live.clone()));
         self.liveness = Some(live);
@@ -467,7 +467,7 @@ impl Steps for Real {
             },
             o.timeout,
             POLL,
-            &mut RealClock::default(),
+            &led::SystemClock::new(),
         )?;
         // Disks probe at different speeds (the USB stick long after the NVMe): the
         // first disk is not the whole picture. Wait, within the same timeout, until
@@ -488,7 +488,7 @@ impl Steps for Real {
             },
             o.timeout,
             POLL,
-            &mut RealClock::default(),
+            &led::SystemClock::new(),
         );
         let seen = settled.unwrap_or(seen);
         self.note(
