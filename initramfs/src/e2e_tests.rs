@@ -1,7 +1,10 @@
-//! The real steps end to end on a fake, kernel-shaped root (the QEMU board
-//! `qemu-x86_64-sd`): storage scan, payload on the card, target choice, the
-//! pipeline, config copy, the unit record, events and the power call. Only
-//! `reboot(2)` is faked.
+//! The real steps end to end on a fake, kernel-shaped root, as the QEMU board
+//! `qemu-x86_64-sd` unless a test says otherwise: storage scan, payload on the
+//! card, target choice, the pipeline, config copy, the unit log (records,
+//! attempt counting, the per-unit data pool), signed and unsigned payloads, a
+//! card for another board, the watchdog, events and the power call. Only the
+//! system calls are faked: `reboot(2)` here, and the eMMC's EXT_CSD ioctl in
+//! `e2e_tests/emmc.rs`.
 
 use std::io::{Cursor, Read};
 use std::path::Path;

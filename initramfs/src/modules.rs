@@ -1,7 +1,8 @@
-//! Kernel modules and the wait for block devices. The initramfs builder resolves
-//! the board's module closure and writes `/lib/modules/load-order`, one module
-//! path per line with dependencies first; PID 1 loads them in that order with
-//! `finit_module(2)` and then polls `/sys/block` until the storage it needs shows up.
+//! Kernel modules and the wait for block devices. The initramfs builder
+//! (`mkflasher initramfs`, `mkflasher build`) resolves the board's module
+//! closure and writes `/lib/modules/load-order`, one module path per line with
+//! dependencies first; PID 1 loads them in that order with `finit_module(2)` and
+//! then polls `/sys/block` until the storage it needs shows up.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! How a PID-1 run ends: disarm the watchdog, sync, then `reboot(2)` with the
-//! chosen mode; or keep the watchdog fed, sync and park forever. The system calls sit behind [`Power`] so tests
-//! record the sequence instead of switching the machine off.
+//! chosen mode; or keep the watchdog fed, sync and park forever. The system
+//! calls sit behind [`Power`] so tests record the sequence instead of switching
+//! the machine off; off PID 1 (`flasher-init` run by hand on a workstation),
+//! `NotPid1` says what it would do instead of rebooting the host.
 
 use std::time::Duration;
 

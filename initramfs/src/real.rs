@@ -5,7 +5,7 @@
 //! (bootloader files, config, the per-unit data pool). The rest lives beside
 //! it: the event fan-out in [`sinks`](crate::sinks), the unit log and the
 //! records in [`unit_log`](crate::unit_log), the eMMC health gate and boot
-//! enable in [`emmc`](crate::emmc), how the run ends in [`power`](crate::power).
+//! enable in [`emmc`](crate::emmc), how the run ends in [`power`].
 
 use std::fs::{File, OpenOptions};
 use std::io::BufReader;
@@ -198,8 +198,9 @@ impl Real {
         }
     }
 
-    /// `flasher.target=NAME`: that disk, but never the boot medium (rule 1,
-    /// compared by major:minor) and never a disk in use or read-only.
+    /// `flasher.target=NAME`: that disk, but never the boot medium
+    /// (docs/architecture.md rule 1, compared by major:minor) and never a disk
+    /// in use or read-only.
     fn named_target(&self, name: &str) -> crate::Result<Disk> {
         let name = name.trim_start_matches("/dev/");
         let seen = || {
@@ -655,11 +656,12 @@ impl Steps for Real {
             flasher::Error::io(format!("open payload partition {}", payload.display()), e)
         })?;
         let mut reader = BufReader::new(file);
-        // Everything that can be checked before the first write (rule 2): the
-        // bundle's manifest and signature against the initramfs's trusted keys,
-        // the board's bootloader files are on the card and pinned by the
-        // manifest, so is the config to copy, the unit log has room; the engine
-        // checks the fix-ups and the boot FAT in the image's table.
+        // Everything that can be checked before the first write
+        // (docs/architecture.md rule 2): the bundle's manifest and signature
+        // against the initramfs's trusted keys, the board's bootloader files
+        // are on the card and pinned by the manifest, so is the config to copy,
+        // the unit log has room; the engine checks the fix-ups and the boot FAT
+        // in the image's table.
         let opened = bundle::read_manifest(&mut reader)?;
         let trust = Trust::from_dir(&self.root.join(card_layout::initramfs::TRUSTED_DIR))?;
         let signer = trust.check(&opened)?;
