@@ -1,7 +1,8 @@
 //! What PID 1 shows: readable progress lines on the console, and optionally one
 //! JSON object per line (a serialized [`Event`]) to the `flasher.events=` path, a
 //! serial tty such as `/dev/ttyS1` or a file. Both are [`Observer`]s of the same
-//! event stream (ARCHITECTURE rule 7).
+//! event stream (docs/architecture.md rule 7), which
+//! [`Sinks`](crate::sinks::Sinks) fans out to them.
 
 use std::fs::File;
 use std::io::Write;

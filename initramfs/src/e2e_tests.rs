@@ -1,7 +1,10 @@
-//! The real steps end to end on a fake, kernel-shaped root (the QEMU board
-//! `qemu-x86_64-sd`): storage scan, payload on the card, target choice, the
-//! pipeline, config copy, the unit record, events and the power call. Only
-//! `reboot(2)` is faked.
+//! The real steps end to end on a fake, kernel-shaped root, as the QEMU board
+//! `qemu-x86_64-sd` unless a test says otherwise: storage scan, payload on the
+//! card, target choice, the pipeline, config copy, the unit log (records,
+//! attempt counting, the per-unit data pool), signed and unsigned payloads, a
+//! card for another board, the watchdog, events and the power call. Only the
+//! system calls are faked: `reboot(2)` here, and the eMMC's EXT_CSD ioctl in
+//! `e2e_tests/emmc.rs`.
 
 use std::io::{Cursor, Read};
 use std::path::Path;
@@ -359,12 +362,12 @@ fn a_unit_that_keeps_resetting_is_refused_after_three_attempts() {
     let root = dir.path();
     let image = os_image();
     board(root, 32 << 20, &image);
-    let target = super::real::target_identity(root, "mmcblk1");
+    let target = super::unit_log::target_identity(root, "mmcblk1");
     assert!(target.is_countable(), "the fake eMMC has a CID: {target}");
     let base = blank_record(target);
     let log = root.join("dev/mmcblk0p3");
     for _ in 0..record::MAX_ATTEMPTS {
-        super::real::append_to(&log, &record::attempt_started(&base)).unwrap();
+        super::unit_log::append_to(&log, &record::attempt_started(&base)).unwrap();
     }
     let (r, calls) = run(root);
     let f = r.unwrap_err();
@@ -809,11 +812,11 @@ mod unit_pool {
         for attr in ["cid", "serial"] {
             let _ = std::fs::remove_file(root.join("sys/block/mmcblk1/device").join(attr));
         }
-        assert!(!super::super::real::target_identity(root, "mmcblk1").is_countable());
+        assert!(!super::super::unit_log::target_identity(root, "mmcblk1").is_countable());
         // What a run cut off after its claim leaves: the claim and nothing else.
         let mut claim = record::attempt_started(&super::blank_record(Default::default()));
         claim.unit_row = p.row(0, &digest);
-        super::super::real::append_to(&root.join("dev/mmcblk0p3"), &claim).unwrap();
+        super::super::unit_log::append_to(&root.join("dev/mmcblk0p3"), &claim).unwrap();
         let (r, _) = run(root);
         r.unwrap_or_else(|f| panic!("run failed: {f}"));
         let unit: record::UnitRow =

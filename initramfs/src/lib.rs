@@ -1,23 +1,32 @@
-//! PID-1 mode: `flasher` as the board's `/init`. Owns the early mounts, the kernel
-//! command line options, module loading, the watchdog, power-off, the console and
-//! event output, the panic hook, and the orchestration of a whole flash.
+//! The board's PID 1: the library behind `flasher-init`, the only binary that
+//! runs as `/init` (in the initramfs of a flasher card). Owns the early mounts,
+//! module loading, the watchdog, power-off, the console and event output, the
+//! unit log, the panic hook, and the orchestration of a whole flash. The
+//! `flasher.*` kernel command line options are parsed by
+//! `flasher_format::cmdline`; the flash itself (storage, pipeline, eMMC) is the
+//! engine's, the `flasher` crate.
 //!
 //! Each piece takes a root path or an injected backend, so all of it is tested
-//! without being PID 1 (ARCHITECTURE rule 6); real boots run in the QEMU tests.
+//! without being PID 1 (docs/architecture.md rule 6); real boots run in the QEMU
+//! tests.
 //!
+//! - [`run`]: the sequence over the [`run::Steps`] trait; [`real`] implements it.
 //! - [`mounts`]: the early mount table, the console.
-//! - [`cmdline`]: `flasher.*` options.
 //! - [`modules`]: `finit_module` in load order, waiting for block devices.
-//! - [`watchdog`]: feeding and the magic close.
+//! - [`watchdog`]: feeding while the run makes progress, and the magic close.
 //! - [`power`]: sync and `reboot(2)`, or park forever.
 //! - [`card`]: the target's boot FAT, files on the card's flash-boot FAT.
+//! - [`emmc`]: the eMMC health gate and the boot-partition enable.
+//! - [`unit_log`]: the unit log on the card: room, attempt counting, records.
+//! - [`sinks`]: the event fan-out to the console, event lines, watchdog and LEDs.
 //! - [`console`]: readable lines and JSON event lines.
-//! - [`panic`]: the panic hook (error class 8).
-//! - [`run`]: the sequence over the [`run::Steps`] trait; [`real`] implements it.
+//! - [`log`]: library `tracing` lines on the console.
+//! - [`panic`](mod@panic): the panic hook (error class 8).
 
 pub mod card;
 
 pub mod console;
+pub mod emmc;
 pub mod log;
 pub mod modules;
 pub mod mounts;
@@ -25,6 +34,8 @@ pub mod panic;
 pub mod power;
 pub mod real;
 pub mod run;
+pub mod sinks;
+pub mod unit_log;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +48,7 @@ pub use flasher_format::cmdline::After;
 pub use flasher_format::cmdline::Options;
 pub use run::{drive, Outcome, Step, Steps};
 
-/// Errors from PID-1 mode.
+/// Errors of the board's PID 1.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{command} failed: {errno}; is the kernel built with this filesystem?")]
@@ -215,8 +226,8 @@ impl Step {
 /// reboot, or parking forever.
 ///
 /// The root is `/`, or `$FLASHER_ROOT` for trying the sequence on a fake tree. When
-/// not PID 1 (`flasher init` on a workstation) the early mounts, the console
-/// takeover and `reboot(2)` are skipped: they would disturb the host.
+/// not PID 1 (`flasher-init` run by hand on a workstation) the early mounts, the
+/// console takeover and `reboot(2)` are skipped: they would disturb the host.
 pub fn main() -> ! {
     let root = std::env::var_os("FLASHER_ROOT")
         .map(PathBuf::from)

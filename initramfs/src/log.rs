@@ -1,8 +1,9 @@
 //! Library log lines (`tracing` events, e.g. the pipeline's O_DIRECT fallback)
 //! on the console, as `LEVEL message key=value`, for the board binary.
 //!
-//! The host CLI uses `tracing-subscriber`; `/init` needs none of its span
-//! machinery or filters, and this is a few hundred bytes instead of tens of KiB.
+//! The host tools (`mkflasher`, `flasher`) use `tracing-subscriber`; `/init`
+//! needs none of its span machinery or filters, and this is a few hundred bytes
+//! instead of tens of KiB.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;

@@ -1,12 +1,14 @@
-//! Kernel modules and the wait for block devices. The initramfs builder resolves
-//! the board's module closure and writes `/lib/modules/load-order`, one module
-//! path per line with dependencies first; PID 1 loads them in that order with
-//! `finit_module(2)` and then polls `/sys/block` until the storage it needs shows up.
+//! Kernel modules and the wait for block devices. The initramfs builder
+//! (`mkflasher initramfs`, `mkflasher build`) resolves the board's module
+//! closure and writes `/lib/modules/load-order`, one module path per line with
+//! dependencies first; PID 1 loads them in that order with `finit_module(2)` and
+//! then polls `/sys/block` until the storage it needs shows up.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use led::Clock;
 use nix::errno::Errno;
 use nix::kmod::ModuleInitFlags;
 
@@ -104,31 +106,6 @@ pub fn load_all(paths: &[PathBuf], loader: &mut dyn Loader) -> LoadReport {
     r
 }
 
-/// Time, injected so tests do not sleep.
-pub trait Clock {
-    /// Time since some fixed start.
-    fn now(&mut self) -> Duration;
-    fn sleep(&mut self, d: Duration);
-}
-
-/// The real clock.
-pub struct RealClock(Instant);
-
-impl Default for RealClock {
-    fn default() -> Self {
-        RealClock(Instant::now())
-    }
-}
-
-impl Clock for RealClock {
-    fn now(&mut self) -> Duration {
-        self.0.elapsed()
-    }
-    fn sleep(&mut self, d: Duration) {
-        std::thread::sleep(d)
-    }
-}
-
 /// The names under `root/sys/block`, sorted.
 pub fn block_devices(root: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(root.join("sys/block"))
@@ -144,13 +121,14 @@ pub fn block_devices(root: &Path) -> Vec<String> {
 
 /// Poll `root/sys/block` every `poll` until `ready` accepts the list of devices, or
 /// `timeout` passes. Returns the devices seen when ready; on timeout the error lists
-/// what was seen, so the console says which disk never came.
+/// what was seen, so the console says which disk never came. Time is `clock`'s
+/// (`led::SystemClock` on the board), so tests do not sleep.
 pub fn wait_for_block_devices(
     root: &Path,
     mut ready: impl FnMut(&[String]) -> bool,
     timeout: Duration,
     poll: Duration,
-    clock: &mut dyn Clock,
+    clock: &impl Clock,
 ) -> Result<Vec<String>, Error> {
     let start = clock.now();
     loop {
@@ -180,6 +158,8 @@ pub fn any_real_disk(names: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use led::clock::Wake;
+    use std::cell::{Cell, RefCell};
 
     #[test]
     fn reads_load_order_relative_to_root() {
@@ -242,18 +222,25 @@ mod tests {
 
     /// A clock that only moves when slept, and runs a hook on each sleep.
     struct FakeClock<F: FnMut(u32)> {
-        now: Duration,
-        sleeps: u32,
-        on_sleep: F,
+        now: Cell<Duration>,
+        sleeps: Cell<u32>,
+        on_sleep: RefCell<F>,
     }
-    impl<F: FnMut(u32)> Clock for FakeClock<F> {
-        fn now(&mut self) -> Duration {
-            self.now
+    impl<F: FnMut(u32) + Send + 'static> Clock for FakeClock<F> {
+        fn now(&self) -> Duration {
+            self.now.get()
         }
-        fn sleep(&mut self, d: Duration) {
-            self.now += d;
-            self.sleeps += 1;
-            (self.on_sleep)(self.sleeps);
+        /// A sleep jumps to its deadline (`Clock::sleep` asks for `now + d`).
+        fn sleep_until<T: Send>(
+            &self,
+            deadline: Option<Duration>,
+            _: &crossbeam_channel::Receiver<T>,
+        ) -> Wake<T> {
+            let deadline = deadline.expect("the block-device wait always has a deadline");
+            self.now.set(deadline);
+            self.sleeps.set(self.sleeps.get() + 1);
+            (self.on_sleep.borrow_mut())(self.sleeps.get());
+            Wake::Deadline
         }
     }
 
@@ -263,43 +250,43 @@ mod tests {
         let block = root.path().join("sys/block");
         std::fs::create_dir_all(block.join("ram0")).unwrap();
         let b = block.clone();
-        let mut clock = FakeClock {
-            now: Duration::ZERO,
-            sleeps: 0,
-            on_sleep: move |n| {
+        let clock = FakeClock {
+            now: Cell::new(Duration::ZERO),
+            sleeps: Cell::new(0),
+            on_sleep: RefCell::new(move |n| {
                 if n == 3 {
                     std::fs::create_dir(b.join("mmcblk0")).unwrap();
                 }
-            },
+            }),
         };
         let seen = wait_for_block_devices(
             root.path(),
             any_real_disk,
             Duration::from_secs(10),
             Duration::from_millis(100),
-            &mut clock,
+            &clock,
         )
         .unwrap();
         assert_eq!(seen, ["mmcblk0", "ram0"]);
-        assert_eq!(clock.sleeps, 3);
-        assert_eq!(clock.now, Duration::from_millis(300));
+        assert_eq!(clock.sleeps.get(), 3);
+        assert_eq!(clock.now.get(), Duration::from_millis(300));
     }
 
     #[test]
     fn times_out_listing_what_it_saw() {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("sys/block/loop0")).unwrap();
-        let mut clock = FakeClock {
-            now: Duration::ZERO,
-            sleeps: 0,
-            on_sleep: |_| {},
+        let clock = FakeClock {
+            now: Cell::new(Duration::ZERO),
+            sleeps: Cell::new(0),
+            on_sleep: RefCell::new(|_| {}),
         };
         let r = wait_for_block_devices(
             root.path(),
             |names| names.iter().any(|n| n == "nvme0n1"),
             Duration::from_secs(1),
             Duration::from_millis(300),
-            &mut clock,
+            &clock,
         );
         match r {
             Err(Error::NoBlockDevices { waited, seen }) => {
@@ -309,6 +296,6 @@ mod tests {
             other => panic!("expected timeout, got {other:?}"),
         }
         // 300 + 300 + 300 + the last 100 up to the timeout.
-        assert_eq!(clock.sleeps, 4);
+        assert_eq!(clock.sleeps.get(), 4);
     }
 }

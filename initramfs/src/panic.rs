@@ -1,6 +1,6 @@
 //! The panic hook for PID 1. A panic anywhere (any thread) shows the failure, with
 //! error class 8 (internal error), on the console, the event stream and the LEDs.
-//! It never exits: `init::main` catches the unwind and parks, so the kernel never
+//! It never exits: [`crate::main`] catches the unwind and parks, so the kernel never
 //! sees PID 1 die (which would be a kernel panic and a dark, silent board).
 
 use std::any::Any;

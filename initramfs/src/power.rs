@@ -1,6 +1,8 @@
 //! How a PID-1 run ends: disarm the watchdog, sync, then `reboot(2)` with the
-//! chosen mode; or keep the watchdog fed, sync and park forever. The system calls sit behind [`Power`] so tests
-//! record the sequence instead of switching the machine off.
+//! chosen mode; or keep the watchdog fed, sync and park forever. The system
+//! calls sit behind [`Power`] so tests record the sequence instead of switching
+//! the machine off; off PID 1 (`flasher-init` run by hand on a workstation),
+//! `NotPid1` says what it would do instead of rebooting the host.
 
 use std::time::Duration;
 
@@ -47,6 +49,22 @@ impl Power for System {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
+    }
+}
+
+/// When not PID 1: say what would happen instead of rebooting the host, then park.
+pub(crate) struct NotPid1;
+
+impl Power for NotPid1 {
+    fn sync(&mut self) {
+        nix::unistd::sync();
+    }
+    fn reboot(&mut self, how: After) -> Result<(), nix::errno::Errno> {
+        eprintln!("flasher: not PID 1, so not calling reboot(2) for {how}");
+        Err(nix::errno::Errno::EPERM)
+    }
+    fn park(&mut self) {
+        System.park()
     }
 }
 

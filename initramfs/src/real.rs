@@ -1,21 +1,31 @@
-//! The real [`Steps`]: the kernel, the board's hardware, and the other parts of
-//! the library (boards, storage, pipeline, record, LEDs), all under one root path.
+//! The real [`Steps`]: [`Real`] carries a run's state from step to step and does
+//! each step on the kernel and the board's hardware, all under one root path,
+//! through the engine (`flasher`: storage, pipeline, eMMC), the board data
+//! (`boards`) and the LEDs (`led`). It reads the card's `flash-boot` FAT here
+//! (bootloader files, config, the per-unit data pool). The rest lives beside
+//! it: the event fan-out in [`sinks`](crate::sinks), the unit log and the
+//! records in [`unit_log`](crate::unit_log), the eMMC health gate and boot
+//! enable in [`emmc`](crate::emmc), how the run ends in [`power`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use flasher_format::Phase;
 
 use super::card;
 use super::console::{open_events, Console};
-use super::modules::{self, Finit, RealClock};
+use super::modules::{self, Finit};
 use super::mounts::{self, Nix, EARLY};
-use super::power::{self, After, Power, System};
+use super::power::{self, After, NotPid1, Power, System};
 use super::run::{RunRecord, Steps, TargetInfo, WriteSummary};
-use super::watchdog::{Disarm, Feeder, Liveness, Monotonic, Watchdog};
+use super::sinks::Sinks;
+use super::unit_log::{
+    append_to, claimed_message, disk_identity, summary, target_identity, unit_record,
+};
+use super::watchdog::{Disarm, Feeder, Liveness, Watchdog};
 use super::Error;
 use boards::Placement;
 use flasher::blockdev::{self, Device};
@@ -28,83 +38,11 @@ use flasher_format::bundle::{self, Trust};
 use flasher_format::card as card_layout;
 use flasher_format::cmdline::{Options, Verify};
 use flasher_format::pool::{self, Pool};
-use flasher_format::record::{
-    self, PhaseTiming, StorageHealth, TargetIdentity, UnitRecord, UnitRow,
-};
+use flasher_format::record::{StorageHealth, TargetIdentity, UnitRecord};
 
 /// Opens the EXT_CSD access of a whole-disk eMMC node (the ioctl; a fake in tests).
 pub type ExtCsdOpener =
     Box<dyn FnMut(&Path) -> std::io::Result<Box<dyn flasher::emmc::ext_csd::ExtCsd>> + Send>;
-
-/// Observers that can be added to after they were handed out (the panic hook gets
-/// this before the events path and the LEDs are known).
-///
-/// Until the event stream is attached ([`Sinks::add_stream`]) the events shown so
-/// far are kept, so the stream still starts with `/init`'s first event: a reader
-/// times the run from it (boot to first write, docs/events.md).
-pub struct Sinks {
-    observers: RwLock<Vec<Box<dyn Observer>>>,
-    backlog: Mutex<Option<Vec<Event>>>,
-}
-
-/// Events kept for the stream before it is attached: the start, the mounts and
-/// the command-line warnings are a handful; a bound keeps a runaway note from
-/// growing without limit on a card whose command line names no stream.
-const BACKLOG: usize = 64;
-
-impl Default for Sinks {
-    fn default() -> Self {
-        Sinks {
-            observers: RwLock::default(),
-            backlog: Mutex::new(Some(Vec::new())),
-        }
-    }
-}
-
-impl Sinks {
-    pub fn add(&self, o: Box<dyn Observer>) {
-        self.observers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(o);
-    }
-
-    /// Add the event stream, first replaying the events it missed.
-    pub fn add_stream(&self, o: Box<dyn Observer>) {
-        for e in self.take_backlog() {
-            o.event(&e);
-        }
-        self.add(o);
-    }
-
-    /// Stop keeping events for a stream (there is none, or it is attached).
-    pub fn take_backlog(&self) -> Vec<Event> {
-        let mut b = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
-        b.take().unwrap_or_default()
-    }
-}
-
-impl Observer for Sinks {
-    fn event(&self, e: &Event) {
-        if let Some(b) = self
-            .backlog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .filter(|b| b.len() < BACKLOG)
-        {
-            b.push(e.clone());
-        }
-        for o in self
-            .observers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            o.event(e);
-        }
-    }
-}
 
 /// How often the block-device wait looks at /sys/block.
 const POLL: Duration = Duration::from_millis(100);
@@ -117,28 +55,29 @@ pub const FLASH_BOOT: &str = "flash-boot";
 /// A board-supplied (or user-supplied) board file that overrides the built-in one.
 pub const BOARD_OVERRIDE: &str = flasher_format::card::initramfs::BOARD_FILE;
 
-/// The real steps.
+/// The real steps. The fields the `impl Real` blocks of [`emmc`](crate::emmc) and
+/// [`unit_log`](crate::unit_log) use are `pub(crate)`.
 pub struct Real {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     pid1: bool,
     sinks: Arc<Sinks>,
     watchdog: Option<Feeder<File>>,
     /// When the run last made progress; the watchdog feeder reads it.
     liveness: Option<Arc<Liveness>>,
-    board: Option<boards::Board>,
+    pub(crate) board: Option<boards::Board>,
     /// What the storage scan saw, and the boot medium among it.
     disks: Vec<Disk>,
     boot: Option<BootMedium>,
     /// The boot medium's payload and log partitions (device nodes).
     payload: Option<PathBuf>,
-    log: Option<PathBuf>,
+    pub(crate) log: Option<PathBuf>,
     /// The card's flash-boot FAT partition (config and bootloader files).
     card_boot: Option<PathBuf>,
     /// The chosen target's device node and identity.
-    target: Option<PathBuf>,
-    identity: TargetIdentity,
+    pub(crate) target: Option<PathBuf>,
+    pub(crate) identity: TargetIdentity,
     /// The target's eMMC health as read by the gate (none on other storage).
-    health: Option<StorageHealth>,
+    pub(crate) health: Option<StorageHealth>,
     report: Option<WriteReport>,
     /// The board's bootloader files, read from the card before the first write.
     boot_files: Vec<(String, Vec<u8>)>,
@@ -152,7 +91,7 @@ pub struct Real {
     /// Overrides the success hold before power-off (tests use zero).
     hold: Option<Duration>,
     /// EXT_CSD access for `emmc.boot_enable`.
-    ext_csd: ExtCsdOpener,
+    pub(crate) ext_csd: ExtCsdOpener,
 }
 
 impl Real {
@@ -214,7 +153,7 @@ impl Real {
         self.sinks.clone()
     }
 
-    fn note(&self, phase: Phase, msg: String) {
+    pub(crate) fn note(&self, phase: Phase, msg: String) {
         self.sinks.event(&Event::message(phase, msg));
     }
 
@@ -235,7 +174,7 @@ impl Real {
         }
     }
 
-    fn board(&self) -> crate::Result<&boards::Board> {
+    pub(crate) fn board(&self) -> crate::Result<&boards::Board> {
         self.board
             .as_ref()
             .ok_or_else(|| missing("a detected board"))
@@ -245,7 +184,7 @@ impl Real {
     /// run makes progress (no progress for `stall`: feeding stops).
     pub fn start_watchdog_at(&mut self, path: &Path, stall: Duration) -> Result<(), Error> {
         let wd = Watchdog::open(&self.root, path)?;
-        let live = Arc::new(Liveness::new(Box::new(Monotonic::default()), stall));
+        let live = Arc::new(Liveness::new(Box::new(led::SystemClock::new()), stall));
         self.sinks.add(Box::new(live.clone()));
         self.watchdog = Some(Feeder::spawn(wd, FEED_EVERY, live.clone()));
         self.liveness = Some(live);
@@ -259,8 +198,9 @@ impl Real {
         }
     }
 
-    /// `flasher.target=NAME`: that disk, but never the boot medium (rule 1,
-    /// compared by major:minor) and never a disk in use or read-only.
+    /// `flasher.target=NAME`: that disk, but never the boot medium
+    /// (docs/architecture.md rule 1, compared by major:minor) and never a disk
+    /// in use or read-only.
     fn named_target(&self, name: &str) -> crate::Result<Disk> {
         let name = name.trim_start_matches("/dev/");
         let seen = || {
@@ -355,33 +295,6 @@ impl Real {
         })
     }
 
-    /// Refuse before the first write when the unit log cannot take two more
-    /// records (the attempt-started one, which carries a pool claim, and the
-    /// result), so a flashed board always gets its record; `row_bytes` is room
-    /// for the pool row each of them carries. Warns when the log is nearly full.
-    /// Returns the records read, for the attempt count and the claim.
-    fn check_log_room(&self, row_bytes: u64) -> crate::Result<Vec<UnitRecord>> {
-        let Some(log) = self.log.as_ref() else {
-            return Ok(Vec::new());
-        };
-        let (scan, capacity) = scan_log(log)?;
-        // A record with a long failure message stays well under 4 KiB.
-        let needed = 2 * (record::FRAME_OVERHEAD + RECORD_ROOM + row_bytes);
-        let free = capacity.saturating_sub(scan.end);
-        if free < needed {
-            return Err(record::Error::LogFull {
-                used: scan.end,
-                capacity,
-                needed,
-            }
-            .into());
-        }
-        if let Some(w) = log_warning(scan.end, capacity, needed) {
-            self.note(Phase::Searching, w);
-        }
-        Ok(scan.records.into_iter().map(|(_, r)| r).collect())
-    }
-
     /// The card's per-unit data pool, if it has one: parsed, and pinned by
     /// the manifest when keys are trusted (the pool is the same on every
     /// unit, so it can be signed; it pins the `units/` files in turn).
@@ -466,308 +379,12 @@ impl Real {
     }
 }
 
-impl Real {
-    /// The eMMC health gate (docs/factory.md): on an eMMC target, read its
-    /// wear from sysfs for the record, and refuse it (before any write) when
-    /// pre-EOL is urgent or a life-time estimate is past the board's limit,
-    /// unless `flasher.health=off`. Other targets pass ungated.
-    fn health_gate(&mut self, o: &Options) -> crate::Result<()> {
-        use flasher::emmc::health;
-        let name = self.identity.device.clone();
-        if !health::is_emmc(&self.root, &name) {
-            self.health = None;
-            return Ok(());
-        }
-        let reading = health::read(&self.root, &name);
-        let limit = self
-            .board
-            .as_ref()
-            .map(boards::Board::life_time_limit_percent)
-            .unwrap_or(boards::DEFAULT_LIFE_TIME_LIMIT_PERCENT);
-        let verdict = health::assess(&reading, limit);
-        self.health = Some(reading.health);
-        self.note(
-            Phase::Searching,
-            format!("eMMC health of {name}: {}", verdict.summary),
-        );
-        for n in &verdict.notes {
-            self.note(Phase::Searching, format!("eMMC health: {n}; passing"));
-        }
-        for w in &verdict.warnings {
-            self.note(Phase::Searching, format!("warning: {w}"));
-        }
-        let Some(worn) = verdict.refusal else {
-            return Ok(());
-        };
-        if !o.health {
-            self.note(
-                Phase::Searching,
-                format!("warning: {worn}; flasher.health=off, so flashing it anyway"),
-            );
-            return Ok(());
-        }
-        Err(flasher::emmc::Error::Worn {
-            device: name,
-            identity: self.identity.to_string(),
-            worn,
-        }
-        .into())
-    }
-
-    /// `emmc.boot_enable`: after the bootloader is on the eMMC, make it the
-    /// partition the eMMC boots from (EXT_CSD PARTITION_CONFIG), read back.
-    /// Runs before the table goes live, so a refusal leaves nothing bootable.
-    fn enable_boot_partition(&mut self) -> crate::Result<()> {
-        let Some(emmc) = self.board()?.emmc else {
-            return Ok(());
-        };
-        let Some(enable) = emmc.boot_enable else {
-            return Ok(());
-        };
-        let dev = self.target.clone().ok_or_else(|| missing("a target"))?;
-        let mut regs = (self.ext_csd)(&dev).map_err(|source| flasher::emmc::Error::ExtCsdRead {
-            device: dev.display().to_string(),
-            source,
-        })?;
-        let c = flasher::emmc::ext_csd::enable_boot(&mut *regs, &dev, enable, emmc.boot_ack)?;
-        let ack = if c.after & flasher::emmc::ext_csd::BOOT_ACK != 0 {
-            "on"
-        } else {
-            "off"
-        };
-        let how = if c.before == c.after {
-            "already set".to_string()
-        } else {
-            format!("0x{:02x} -> 0x{:02x}, read back", c.before, c.after)
-        };
-        self.note(
-            Phase::Finishing,
-            format!(
-                "eMMC boots from {enable} (BOOT_ACK {ack}): PARTITION_CONFIG {how} on {}",
-                dev.display()
-            ),
-        );
-        Ok(())
-    }
-
-    /// Before the first write: refuse a unit with [`record::MAX_ATTEMPTS`] failed
-    /// or unfinished attempts in the unit log (unless `flasher.retry-unit`), else
-    /// log an attempt-started record for it, so a reset mid-run leaves evidence
-    /// and a unit that hangs the run cannot reset-loop forever. `records` is the
-    /// log as [`Real::check_log_room`] just read it. The record carries `claim`,
-    /// the pool row this run takes: once it is on the card, the row is used,
-    /// whatever happens next. A target without CID or serial still claims.
-    fn begin_attempt(
-        &mut self,
-        o: &Options,
-        records: &[UnitRecord],
-        claim: Option<UnitRow>,
-    ) -> crate::Result<()> {
-        let Some(log) = self.log.clone() else {
-            self.note(
-                Phase::Searching,
-                "no unit log: attempts on this unit are not counted".into(),
-            );
-            return Ok(());
-        };
-        let countable = self.identity.is_countable();
-        if !countable {
-            self.note(
-                Phase::Searching,
-                format!(
-                    "target {} has no CID or serial: attempts on it are not counted",
-                    self.identity.device
-                ),
-            );
-            if claim.is_none() {
-                return Ok(());
-            }
-        }
-        let attempts = if countable {
-            record::failed_attempts(records, &self.identity)
-        } else {
-            0
-        };
-        if attempts >= record::MAX_ATTEMPTS && !o.retry_unit {
-            return Err(Error::UnitAttempts {
-                identity: self.identity.to_string(),
-                attempts,
-                log,
-                last: record::last_failure(records, &self.identity).map(str::to_string),
-            });
-        }
-        if attempts > 0 {
-            self.note(
-                Phase::Searching,
-                format!(
-                    "this unit had {attempts} failed or unfinished attempt(s){}",
-                    if attempts >= record::MAX_ATTEMPTS {
-                        "; flasher.retry-unit given: trying again"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-        }
-        let run = RunRecord {
-            board: self.board.as_ref().map(|b| b.name.clone()),
-            target: None,
-            write: None,
-            failure: None,
-        };
-        let mut base = unit_record(&run, &self.identity, SystemTime::now());
-        base.health = self.health.clone();
-        let mut started = record::attempt_started(&base);
-        started.unit_row = claim;
-        append_to(&log, &started)?;
-        Ok(())
-    }
-}
-
-/// Every intact record in the unit log at `path`.
-pub fn read_log(path: &Path) -> crate::Result<Vec<UnitRecord>> {
-    Ok(scan_log(path)?
-        .0
-        .records
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect())
-}
-
-/// Scan the unit log at `path`: its records and where they end, and its size.
-fn scan_log(path: &Path) -> crate::Result<(record::Scan, u64)> {
-    let ctx = |what: &str| format!("{what} unit log {}", path.display());
-    let mut f = File::open(path).map_err(|e| flasher::Error::io(ctx("open"), e))?;
-    let capacity = f
-        .seek(SeekFrom::End(0))
-        .map_err(|e| flasher::Error::io(ctx("size of"), e))?;
-    Ok((record::scan(&mut f, capacity)?, capacity))
-}
-
 /// An earlier step did not leave what this one needs (only reachable if the
 /// sequence in `run.rs` changes).
-fn missing(what: &'static str) -> crate::Error {
+pub(crate) fn missing(what: &'static str) -> crate::Error {
     Error::NotAvailable {
         what,
         detail: "an earlier step did not provide it".into(),
-    }
-}
-
-/// One sysfs attribute, trimmed; `None` if absent or empty.
-fn attr(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-/// The target's identity for the unit record, from `root/sys/block/NAME`:
-/// eMMC `device/cid`, `device/serial`, `device/name`; disks `device/serial`,
-/// `device/model` (or `device/wwid`).
-pub fn target_identity(root: &Path, name: &str) -> TargetIdentity {
-    let dev = root.join("sys/block").join(name);
-    let size_bytes = attr(&dev.join("size"))
-        .and_then(|s| s.parse::<u64>().ok())
-        // sysfs `size` counts 512-byte sectors whatever the logical block size.
-        .map(|s| s * 512)
-        .unwrap_or(0);
-    TargetIdentity {
-        device: name.to_string(),
-        size_bytes,
-        cid: attr(&dev.join("device/cid")),
-        serial: attr(&dev.join("device/serial")).or_else(|| attr(&dev.join("device/wwid"))),
-        model: attr(&dev.join("device/model")).or_else(|| attr(&dev.join("device/name"))),
-    }
-}
-
-/// The target's identity for the unit record, from the storage scan.
-pub fn disk_identity(d: &Disk) -> TargetIdentity {
-    TargetIdentity {
-        device: d.name.clone(),
-        size_bytes: d.size_bytes,
-        cid: d.cid.clone(),
-        serial: d.serial.clone(),
-        model: d.model.clone(),
-    }
-}
-
-/// The unit record for a run.
-pub fn unit_record(r: &RunRecord, identity: &TargetIdentity, now: SystemTime) -> UnitRecord {
-    // Boards without a real-time clock start in 1970; only a plausible time is kept.
-    const PLAUSIBLE: u64 = 1_577_836_800; // 2020-01-01
-    let timestamp_unix_s = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs())
-        .filter(|s| *s >= PLAUSIBLE);
-    let (image_digest, bytes_written, phases) = match &r.write {
-        Some(w) => (
-            w.image_digest.clone(),
-            w.bytes_written,
-            w.phases
-                .iter()
-                .map(|(p, d)| PhaseTiming {
-                    phase: p.clone(),
-                    duration_ms: d.as_millis() as u64,
-                })
-                .collect(),
-        ),
-        None => (String::new(), 0, Vec::new()),
-    };
-    UnitRecord {
-        attempt_started: false,
-        unit_row: None,
-        health: None,
-        seq: 0,
-        timestamp_unix_s,
-        flasher_version: env!("CARGO_PKG_VERSION").to_string(),
-        board: r.board.clone().unwrap_or_default(),
-        target: identity.clone(),
-        image_digest,
-        signer: String::new(),
-        bytes_written,
-        phases,
-        result: match &r.failure {
-            None => record::Outcome::Ok,
-            Some((_, class, message)) => record::Outcome::Error {
-                class: *class,
-                message: message.clone(),
-            },
-        },
-    }
-}
-
-/// Append `rec` to the log partition (or file) at `path`; returns the record's
-/// byte offset in the log.
-/// Append `rec` to the log at `path`: its byte offset and sequence number.
-pub fn append_to(path: &Path, rec: &UnitRecord) -> crate::Result<(u64, u64)> {
-    let ctx = |what: &str| format!("{what} unit log {}", path.display());
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| flasher::Error::io(ctx("open"), e))?;
-    let capacity = f
-        .seek(SeekFrom::End(0))
-        .map_err(|e| flasher::Error::io(ctx("size of"), e))?;
-    let appended = record::append_numbered(&mut f, capacity, rec)?;
-    f.sync_all()
-        .map_err(|e| flasher::Error::io(ctx("sync"), e))?;
-    Ok(appended)
-}
-
-/// The write step's summary from the pipeline's report.
-pub fn summary(r: &WriteReport) -> WriteSummary {
-    let d = &r.durations;
-    WriteSummary {
-        image_digest: r.image_sha256.clone(),
-        bytes_written: r.bytes_written + r.bytes_zeroed,
-        phases: vec![
-            ("preflight".into(), d.preflight),
-            ("write".into(), d.write),
-            ("verify".into(), d.verify),
-            ("finish".into(), d.finish),
-        ],
     }
 }
 
@@ -851,7 +468,7 @@ impl Steps for Real {
             },
             o.timeout,
             POLL,
-            &mut RealClock::default(),
+            &led::SystemClock::new(),
         )?;
         // Disks probe at different speeds (the USB stick long after the NVMe): the
         // first disk is not the whole picture. Wait, within the same timeout, until
@@ -872,7 +489,7 @@ impl Steps for Real {
             },
             o.timeout,
             POLL,
-            &mut RealClock::default(),
+            &led::SystemClock::new(),
         );
         let seen = settled.unwrap_or(seen);
         self.note(
@@ -1039,11 +656,12 @@ impl Steps for Real {
             flasher::Error::io(format!("open payload partition {}", payload.display()), e)
         })?;
         let mut reader = BufReader::new(file);
-        // Everything that can be checked before the first write (rule 2): the
-        // bundle's manifest and signature against the initramfs's trusted keys,
-        // the board's bootloader files are on the card and pinned by the
-        // manifest, so is the config to copy, the unit log has room; the engine
-        // checks the fix-ups and the boot FAT in the image's table.
+        // Everything that can be checked before the first write
+        // (docs/architecture.md rule 2): the bundle's manifest and signature
+        // against the initramfs's trusted keys, the board's bootloader files
+        // are on the card and pinned by the manifest, so is the config to copy,
+        // the unit log has room; the engine checks the fix-ups and the boot FAT
+        // in the image's table.
         let opened = bundle::read_manifest(&mut reader)?;
         let trust = Trust::from_dir(&self.root.join(card_layout::initramfs::TRUSTED_DIR))?;
         let signer = trust.check(&opened)?;
@@ -1280,53 +898,6 @@ impl Steps for Real {
     }
 }
 
-/// When not PID 1: say what would happen instead of rebooting the host, then park.
-struct NotPid1;
-
-impl Power for NotPid1 {
-    fn sync(&mut self) {
-        nix::unistd::sync();
-    }
-    fn reboot(&mut self, how: After) -> Result<(), nix::errno::Errno> {
-        eprintln!("flasher: not PID 1, so not calling reboot(2) for {how}");
-        Err(nix::errno::Errno::EPERM)
-    }
-    fn park(&mut self) {
-        System.park()
-    }
-}
-
-/// Room kept for one unit record in the log, checked before the first write.
-const RECORD_ROOM: u64 = 4096;
-
-/// The warning event when the unit log will be nearly full after this run
-/// (`needed` bytes): less than a tenth of it free.
-fn log_warning(used: u64, capacity: u64, needed: u64) -> Option<String> {
-    let left = capacity.saturating_sub(used).saturating_sub(needed);
-    (left < capacity / 10).then(|| {
-        format!(
-            "warning: unit log nearly full: {used} of {capacity} bytes used, room for about {} more runs after this one; copy the records off the card (mkflasher inspect) and use a card with a new log",
-            left / (2 * pool::RECORD_ESTIMATE)
-        )
-    })
-}
-
-/// The console line for a claimed row: its index, the pool's size, and the
-/// host name when the row has one.
-fn claimed_message(u: &UnitData, rows: usize) -> String {
-    let host = u
-        .row
-        .values
-        .get("hostname")
-        .map(|h| format!(", hostname {h}"))
-        .unwrap_or_default();
-    format!(
-        "unit data: claimed row {} of {rows}{host}, {} file(s); recorded in the unit log before writing",
-        u.row.index,
-        u.files.len()
-    )
-}
-
 /// How long a failed run waits for the card to show up so it can still record.
 const LATE_LOG_WAIT: Duration = Duration::from_secs(10);
 
@@ -1351,138 +922,5 @@ fn storage_settled(
         (Some(t), _) => disks.iter().any(|d| d.name == t),
         (None, Some(b)) => storage::choose_target(b, &disks, Some(&boot)).is_ok(),
         (None, None) => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::run::Step;
-
-    #[test]
-    fn identity_from_fake_sysfs() {
-        let root = tempfile::tempdir().unwrap();
-        let dev = root.path().join("sys/block/mmcblk1");
-        std::fs::create_dir_all(dev.join("device")).unwrap();
-        std::fs::write(dev.join("size"), "7634944\n").unwrap();
-        std::fs::write(dev.join("device/cid"), "150100414a544434520a32e4c0ab4a00\n").unwrap();
-        std::fs::write(dev.join("device/serial"), "0x32e4c0ab\n").unwrap();
-        std::fs::write(dev.join("device/name"), "AJTD4R\n").unwrap();
-        let id = target_identity(root.path(), "mmcblk1");
-        assert_eq!(id.size_bytes, 7634944 * 512);
-        assert_eq!(id.cid.as_deref(), Some("150100414a544434520a32e4c0ab4a00"));
-        assert_eq!(id.serial.as_deref(), Some("0x32e4c0ab"));
-        assert_eq!(id.model.as_deref(), Some("AJTD4R"));
-        assert_eq!(
-            id.to_string(),
-            "model AJTD4R, serial 0x32e4c0ab, CID 150100414a544434520a32e4c0ab4a00"
-        );
-        let none = target_identity(root.path(), "sda");
-        assert_eq!(none.size_bytes, 0);
-        assert_eq!(none.to_string(), "no identity in sysfs");
-    }
-
-    #[test]
-    fn records_append_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log");
-        std::fs::write(&log, vec![0u8; 64 << 10]).unwrap();
-        let ok = RunRecord {
-            board: Some("qemu-x86_64-sd".into()),
-            target: None,
-            write: Some(WriteSummary {
-                image_digest: "ab".repeat(32),
-                bytes_written: 1 << 20,
-                phases: vec![("write".into(), Duration::from_millis(1500))],
-            }),
-            failure: None,
-        };
-        let failed = RunRecord {
-            failure: Some((
-                Step::Write,
-                flasher_format::ErrorClass::VerifyMismatch,
-                "write and verify: verify failed".into(),
-            )),
-            ..ok.clone()
-        };
-        let id = TargetIdentity {
-            device: "mmcblk1".into(),
-            size_bytes: 4 << 30,
-            ..Default::default()
-        };
-        // 2023-11-14: a plausible clock is kept; 1970 (no RTC) is not.
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(
-            append_to(&log, &unit_record(&ok, &id, now)).unwrap(),
-            (0, 1)
-        );
-        let (offset, seq) =
-            append_to(&log, &unit_record(&failed, &id, SystemTime::UNIX_EPOCH)).unwrap();
-        assert!(offset > 0);
-        assert_eq!(seq, 2);
-        let mut f = File::open(&log).unwrap();
-        let recs = record::read_all(&mut f, 64 << 10).unwrap();
-        assert_eq!(recs.len(), 2);
-        assert_eq!((recs[0].seq, recs[1].seq), (1, 2));
-        assert_eq!(recs[0].board, "qemu-x86_64-sd");
-        assert_eq!(recs[0].timestamp_unix_s, Some(1_700_000_000));
-        assert_eq!(recs[0].bytes_written, 1 << 20);
-        assert_eq!(recs[0].phases[0].duration_ms, 1500);
-        assert_eq!(recs[0].result, record::Outcome::Ok);
-        assert_eq!(recs[1].timestamp_unix_s, None);
-        assert_eq!(
-            recs[1].result,
-            record::Outcome::Error {
-                class: flasher_format::ErrorClass::VerifyMismatch,
-                message: "write and verify: verify failed".into()
-            }
-        );
-    }
-
-    /// Item 2 of issue 14: a warning once less than a tenth of the log would
-    /// be free after this run's records; none before.
-    #[test]
-    fn nearly_full_log_warns() {
-        let cap = 15 << 20;
-        assert_eq!(log_warning(1 << 20, cap, 8192), None);
-        let w = log_warning(cap - (1 << 20), cap, 8192).expect("a warning");
-        assert!(w.starts_with("warning: unit log nearly full"), "{w}");
-        assert!(w.contains(&format!("of {cap} bytes used")), "{w}");
-        // Right at the edge: exactly a tenth left is no warning yet.
-        assert_eq!(log_warning(cap - cap / 10 - 8192, cap, 8192), None);
-        assert!(log_warning(cap - cap / 10 - 8191, cap, 8192).is_some());
-    }
-
-    #[test]
-    fn sinks_reach_observers_added_later() {
-        let sinks = Arc::new(Sinks::default());
-        let handed_out: Arc<dyn Observer> = sinks.clone();
-        let rec = Arc::new(flasher::progress::Recorder::default());
-        sinks.add(Box::new(rec.clone()));
-        handed_out.event(&Event::phase(Phase::Writing));
-        assert_eq!(rec.phases(), [Phase::Writing]);
-    }
-
-    /// The event stream, attached once the command line is read, still starts
-    /// with the events shown before it; later observers get no replay, and
-    /// nothing is kept once the stream is attached.
-    #[test]
-    fn the_stream_gets_the_events_before_it() {
-        let sinks = Sinks::default();
-        let early = Arc::new(flasher::progress::Recorder::default());
-        sinks.add(Box::new(early.clone()));
-        sinks.event(&Event::phase(Phase::Starting));
-        let stream = Arc::new(flasher::progress::Recorder::default());
-        sinks.add_stream(Box::new(stream.clone()));
-        sinks.event(&Event::phase(Phase::Searching));
-        let leds = Arc::new(flasher::progress::Recorder::default());
-        sinks.add(Box::new(leds.clone()));
-        sinks.event(&Event::phase(Phase::Writing));
-        assert_eq!(
-            stream.phases(),
-            [Phase::Starting, Phase::Searching, Phase::Writing]
-        );
-        assert_eq!(leds.phases(), [Phase::Writing]);
-        assert!(sinks.take_backlog().is_empty());
     }
 }

@@ -1,8 +1,9 @@
 //! The PID-1 sequence as an orchestration over [`Steps`], one method per step of
-//! ARCHITECTURE.md's data flow. The order, the failure path (blink code, console
+//! the data flow on the board (docs/init.md, "Sequence"; docs/architecture.md,
+//! "The path of one byte"). The order, the failure path (blink code, console
 //! message, record, wait) and the ending (record, success, watchdog disarm, power
 //! off) live here and are tested with a fake that records calls; the real steps
-//! live in `real.rs`.
+//! are [`Real`](crate::real::Real)'s.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;

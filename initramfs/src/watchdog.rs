@@ -14,7 +14,7 @@
 //! `CONFIG_WATCHDOG_NOWAYOUT`, which ignore the magic close).
 //!
 //! Generic over [`Write`] so tests feed a file or a buffer and check the bytes, and
-//! over [`Now`] so tests move time by hand instead of sleeping.
+//! over the time ([`led::Clock`]) so tests move time by hand instead of sleeping.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use flasher_format::Phase;
+use led::Clock;
 
 use super::Error;
 use flasher::progress::{Event, Observer};
@@ -39,32 +40,12 @@ pub trait Disarm {
     fn keep_feeding(&mut self);
 }
 
-/// Monotonic time since some fixed start; injected so tests never sleep.
-pub trait Now: Send + Sync + 'static {
-    fn now(&self) -> Duration;
-}
-
-/// The real monotonic clock.
-pub struct Monotonic(Instant);
-
-impl Default for Monotonic {
-    fn default() -> Self {
-        Monotonic(Instant::now())
-    }
-}
-
-impl Now for Monotonic {
-    fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-}
-
 /// Whether the run is alive: when it last made progress, and whether it has
 /// ended (success or failure shown) so the feeder must feed regardless.
 /// Written by the event stream (it is an [`Observer`]), read by the [`Feeder`].
 pub struct Liveness {
-    clock: Box<dyn Now>,
-    /// [`Now::now`] at the last progress, in milliseconds.
+    clock: Box<dyn Clock + Sync>,
+    /// [`Clock::now`] at the last progress, in milliseconds.
     last_ms: AtomicU64,
     /// The run shows its result: feed without looking at progress.
     signalling: AtomicBool,
@@ -79,7 +60,7 @@ pub struct Liveness {
 impl Liveness {
     /// Progress counts from now; no progress for longer than `stall` stops the
     /// feeding.
-    pub fn new(clock: Box<dyn Now>, stall: Duration) -> Self {
+    pub fn new(clock: Box<dyn Clock + Sync>, stall: Duration) -> Self {
         let now = clock.now().as_millis() as u64;
         Liveness {
             clock,
@@ -385,9 +366,16 @@ mod tests {
             self.0.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
         }
     }
-    impl Now for FakeNow {
+    impl Clock for FakeNow {
         fn now(&self) -> Duration {
             Duration::from_millis(self.0.load(Ordering::SeqCst))
+        }
+        fn sleep_until<T: Send>(
+            &self,
+            _: Option<Duration>,
+            _: &crossbeam_channel::Receiver<T>,
+        ) -> led::clock::Wake<T> {
+            unreachable!("the watchdog only reads the time")
         }
     }
 

@@ -1,6 +1,10 @@
-//! Time, injected. The animator never calls `Instant::now` or `sleep` itself: it
-//! asks a [`Clock`], so tests drive pattern timing step by step with a
-//! [`FakeClock`] and never sleep.
+//! Time, injected: the one [`Clock`] trait of the LEDs and of the board's
+//! `/init`. Code that measures or waits never calls `Instant::now` or `sleep`
+//! itself: the LED animator sleeps on a [`Clock`] between steps, the init's
+//! watchdog stamps progress with one (`flasher_init::watchdog::Liveness`) and
+//! its block-device wait polls on one (`flasher_init::modules`). Production
+//! code uses [`SystemClock`]; tests move time by hand, with [`FakeClock`] here
+//! or a fake of their own, and never sleep.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -17,13 +21,29 @@ pub enum Wake<T> {
     Closed,
 }
 
-/// A monotonic clock the animator sleeps on. Times are durations since the clock's
-/// own start.
+/// A monotonic clock. Times are durations since the clock's own start.
+///
+/// `dyn Clock` has only [`now`](Clock::now) (the watchdog's liveness reads the
+/// time through one); the sleeps need a concrete clock.
 pub trait Clock: Send + 'static {
     fn now(&self) -> Duration;
+
     /// Sleep until `deadline` (forever if `None`) or until a message arrives on
     /// `inbox`, whichever is first.
-    fn sleep_until<T: Send>(&self, deadline: Option<Duration>, inbox: &Receiver<T>) -> Wake<T>;
+    fn sleep_until<T: Send>(&self, deadline: Option<Duration>, inbox: &Receiver<T>) -> Wake<T>
+    where
+        Self: Sized;
+
+    /// Sleep for `d`, with nothing to wake up early for.
+    fn sleep(&self, d: Duration)
+    where
+        Self: Sized,
+    {
+        let _ = self.sleep_until(
+            Some(self.now().saturating_add(d)),
+            &crossbeam_channel::never::<()>(),
+        );
+    }
 }
 
 /// The real monotonic clock.
@@ -61,6 +81,10 @@ impl Clock for SystemClock {
             Err(RecvTimeoutError::Timeout) => Wake::Deadline,
             Err(RecvTimeoutError::Disconnected) => Wake::Closed,
         }
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
     }
 }
 
