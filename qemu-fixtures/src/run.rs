@@ -100,6 +100,37 @@ fn prepare_target(opts: &QemuOptions, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a card's boot FAT gives a board the harness boots directly: the
+/// kernel and initramfs, written into the work directory, and the card's
+/// kernel arguments.
+struct BootFiles {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+}
+
+/// Take the kernel, initramfs and command line from `card`'s boot FAT (see
+/// [`card::boot_spec`]) and write the two files into `work`, where QEMU's
+/// `-kernel`/`-initrd` read them: the harness playing U-Boot.
+fn extract_boot_files(work: &Work, card: &Path) -> Result<BootFiles> {
+    let spec = card::boot_spec(card)?;
+    let kernel = work.path("kernel");
+    std::fs::write(&kernel, &spec.kernel).map_err(|e| Error::io("writing the kernel", e))?;
+    let initrd = match &spec.initrd {
+        Some(i) => {
+            let p = work.path("initrd");
+            std::fs::write(&p, i).map_err(|e| Error::io("writing the initramfs", e))?;
+            Some(p)
+        }
+        None => None,
+    };
+    Ok(BootFiles {
+        kernel,
+        initrd,
+        cmdline: spec.cmdline,
+    })
+}
+
 /// Boot `opts.card` on the virtual board against `opts.target`, and report.
 ///
 /// Returns Ok with the outcome whatever the flasher did; Err only when the VM
@@ -142,21 +173,10 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
         .as_deref()
         .map(|t| blockdev("t0", t, blkdebug.as_deref(), false));
 
-    let (card_used, kernel, initrd, vars, dtb);
+    let (card_used, files, vars, dtb);
     let boot = match opts.board {
         VirtualBoard::Sd | VirtualBoard::Imx6 => {
-            let spec = card::boot_spec(&opts.card)?;
-            kernel = work.path("kernel");
-            std::fs::write(&kernel, &spec.kernel)
-                .map_err(|e| Error::io("writing the kernel", e))?;
-            initrd = match &spec.initrd {
-                Some(i) => {
-                    let p = work.path("initrd");
-                    std::fs::write(&p, i).map_err(|e| Error::io("writing the initramfs", e))?;
-                    Some(p)
-                }
-                None => None,
-            };
+            files = extract_boot_files(&work, &opts.card)?;
             let size = file_size(&opts.card)?;
             card_used = if opts.board == VirtualBoard::Imx6 || size.is_power_of_two() {
                 // The twin's card is a USB stick: any size.
@@ -180,9 +200,9 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
                 _ => None,
             };
             Boot::Direct {
-                kernel: &kernel,
-                initrd: initrd.as_deref(),
-                append: direct_append(opts.board, &spec.cmdline, &opts.append),
+                kernel: &files.kernel,
+                initrd: files.initrd.as_deref(),
+                append: direct_append(opts.board, &files.cmdline, &opts.append),
                 dtb: dtb.as_deref(),
             }
         }
@@ -296,7 +316,7 @@ pub fn boot_disk_log(board: VirtualBoard, disk: &Path, timeout: Duration) -> Res
     check_tools(board)?;
     let work = Work::new(None)?;
     let events = work.path("events");
-    let (kernel, initrd, vars);
+    let (files, vars);
     let mut disk_used = disk.to_path_buf();
     let boot = match board {
         VirtualBoard::Nuc => {
@@ -305,18 +325,7 @@ pub fn boot_disk_log(board: VirtualBoard, disk: &Path, timeout: Duration) -> Res
             Boot::Ovmf { vars: &vars }
         }
         VirtualBoard::Sd | VirtualBoard::Imx6 => {
-            let spec = card::boot_spec(disk)?;
-            kernel = work.path("kernel");
-            std::fs::write(&kernel, &spec.kernel)
-                .map_err(|e| Error::io("writing the kernel", e))?;
-            initrd = match &spec.initrd {
-                Some(i) => {
-                    let p = work.path("initrd");
-                    std::fs::write(&p, i).map_err(|e| Error::io("writing the initramfs", e))?;
-                    Some(p)
-                }
-                None => None,
-            };
+            files = extract_boot_files(&work, disk)?;
             let size = file_size(disk)?;
             if !size.is_power_of_two() {
                 disk_used = work.path("disk-sd.img");
@@ -324,9 +333,9 @@ pub fn boot_disk_log(board: VirtualBoard, disk: &Path, timeout: Duration) -> Res
                 grow(&disk_used, size.next_power_of_two())?;
             }
             Boot::Direct {
-                kernel: &kernel,
-                initrd: initrd.as_deref(),
-                append: format!("console=ttyS0 panic=-1 {}", spec.cmdline),
+                kernel: &files.kernel,
+                initrd: files.initrd.as_deref(),
+                append: format!("console=ttyS0 panic=-1 {}", files.cmdline),
                 dtb: None,
             }
         }
