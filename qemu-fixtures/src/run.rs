@@ -6,10 +6,10 @@ use crate::args::{blockdev, direct_append, machine_args, on_failure, Boot};
 use crate::board::{check_tools, imx6_dtb, EVENTS_TTY, OVMF_VARS};
 use crate::events::EventHook;
 use crate::process::{qemu_error, spawn, supervise};
-use crate::size::human;
 use crate::work::{copy, file_size, grow, Work};
 use crate::{card, fault, Error, Fault, QemuOutcome, Result, VirtualBoard};
 use flasher_format::cmdline;
+use flasher_format::units::iec;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ fn prepare_target(opts: &QemuOptions, target: &Path) -> Result<()> {
             .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
         f.set_len(size)
             .map_err(|e| Error::io(format!("sizing {} to {size} bytes", target.display()), e))?;
-        tracing::info!("created target {} ({})", target.display(), human(size));
+        tracing::info!("created target {} ({})", target.display(), iec(size));
     }
     if matches!(opts.board, VirtualBoard::Sd | VirtualBoard::Imx6) {
         let size = file_size(target)?;
@@ -90,9 +90,9 @@ fn prepare_target(opts: &QemuOptions, target: &Path) -> Result<()> {
             tracing::warn!(
                 "target {} is {}; QEMU's sd-card needs a power-of-two size, so the file grows to {} (the flasher sees {})",
                 target.display(),
-                human(size),
-                human(grown),
-                human(grown)
+                iec(size),
+                iec(grown),
+                iec(grown)
             );
             grow(target, grown)?;
         }
@@ -190,8 +190,8 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
                 tracing::info!(
                     "card {} is {}: booting a copy padded to {} (QEMU's sd-card needs a power of two)",
                     opts.card.display(),
-                    human(size),
-                    human(size.next_power_of_two())
+                    iec(size),
+                    iec(size.next_power_of_two())
                 );
                 c
             };

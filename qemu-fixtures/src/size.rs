@@ -1,5 +1,6 @@
 //! Sizes as people type them (`64M`, `1G`, `32MiB`) for `--target-size`, the
-//! demo's disks and fault offsets, and as the harness prints them.
+//! demo's disks and fault offsets. Printing a size is
+//! `flasher_format::units::iec`, the project's one byte formatter.
 
 use crate::{Error, Result};
 
@@ -20,16 +21,6 @@ pub fn parse_size(text: &str) -> Result<u64> {
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
     n.checked_mul(1u64 << shift).ok_or_else(bad)
-}
-
-pub(crate) fn human(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
-        format!("{} GiB", bytes >> 30)
-    } else if bytes >= 1 << 20 {
-        format!("{} MiB", flasher_format::units::tenths(bytes, 1 << 20))
-    } else {
-        format!("{bytes} bytes")
-    }
 }
 
 #[cfg(test)]
