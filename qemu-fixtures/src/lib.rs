@@ -1,6 +1,8 @@
 //! The QEMU harness: three virtual boards that boot a flasher card against a
 //! virtual target disk, stream the console, collect the flasher's JSON events
-//! from a second serial port, and inject faults (blkdebug I/O errors, power cuts).
+//! from a serial port of their own, and inject faults (blkdebug I/O errors,
+//! power cuts). Used by `mkflasher qemu`, `mkflasher demo` and the QEMU
+//! scenarios in `tests/e2e`.
 //!
 //! - `qemu-x86_64-sd`: q35, the card as an SD card on `sdhci-pci` at 05.0 and the
 //!   target "eMMC" as an SD card at 06.0. No firmware reads the card, so the
