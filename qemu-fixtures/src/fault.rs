@@ -1,5 +1,6 @@
-//! Fault injection specs for `mkflasher qemu --fault`: I/O errors through QEMU's
-//! blkdebug block driver, and a power cut when the writing phase passes a percentage.
+//! Fault injection specs (`mkflasher qemu --fault`, [`crate::QemuOptions::faults`]):
+//! I/O errors through QEMU's blkdebug block driver, and a power cut when the
+//! writing phase passes a percentage (the harness kills QEMU, see docs/qemu.md).
 
 use super::Error;
 use std::fmt::Write as _;

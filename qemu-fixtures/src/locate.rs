@@ -1,10 +1,11 @@
-//! Where `mkflasher` finds what it was not given on the command line: the static
-//! board binaries (`flasher-init`, `demo-os-init`), the QEMU fixture cache
-//! (Debian's amd64 kernel, its modules, systemd-boot) that `qemu-fixtures/setup`
-//! fills, and the Debian parts cache (the armhf armmp kernel, its modules and
-//! device trees, U-Boot from `u-boot-omap`/`u-boot-imx`) that
-//! `scripts/fetch-debian-parts` fills. Board binaries and kernels are per
-//! architecture: the board file's `arch` picks them.
+//! Where the host side (`mkflasher`, this harness, the tests) finds what it was
+//! not given on the command line: the static board binaries (`flasher-init`,
+//! `demo-os-init`), the QEMU fixture cache (Debian's amd64 kernel, its
+//! modules, systemd-boot) that `qemu-fixtures/setup` fills, and the Debian
+//! parts cache (the armhf armmp kernel, its modules and device trees, U-Boot
+//! from `u-boot-omap`/`u-boot-imx`) that `scripts/fetch-debian-parts` fills
+//! (docs/qemu.md, "Set-up"). Board binaries and kernels are per architecture:
+//! the board file's `arch` picks them.
 //!
 //! Lookups happen at run time only (environment, the running executable's
 //! folder, the source checkout around the current directory); no build-machine
