@@ -1,4 +1,4 @@
-//! Progress as a stream of events (ARCHITECTURE rule 7). The pipeline emits events
+//! Progress as a stream of events (docs/architecture.md rule 7). The pipeline emits events
 //! into an [`Observer`]; the console, LEDs, host progress bars and JSON event lines
 //! each subscribe. None of them is wired into the pipeline itself.
 

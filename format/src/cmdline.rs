@@ -96,7 +96,7 @@ impl FromStr for After {
 /// How much of the written image is read back and compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Verify {
-    /// Read back and compare every byte written or zeroed (ARCHITECTURE rule 4).
+    /// Read back and compare every byte written or zeroed (docs/architecture.md rule 4).
     #[default]
     Full,
     /// Skip the read-back (faster; for development only).

@@ -1,4 +1,4 @@
-//! The event stream's one type (ARCHITECTURE rule 7): what `/init` writes as JSON
+//! The event stream's one type (docs/architecture.md rule 7): what `/init` writes as JSON
 //! lines to `flasher.events=`, what the console, LEDs and host progress bars
 //! observe, and what the QEMU harness, the demo and the tests parse back.
 //! docs/events.md is the schema for people; this module is the schema for code.

@@ -1,6 +1,6 @@
 //! The unit log: one checksummed record per flashed unit, appended to the card's raw
 //! `flasher-log` partition (the only thing ever written to the card on a board,
-//! ARCHITECTURE rule 10).
+//! docs/architecture.md rule 10).
 //!
 //! ## On-disk format (version 1)
 //!

@@ -12,7 +12,7 @@ pub struct LedConfig {
     #[serde(default)]
     pub leds: Vec<LedSpec>,
     /// Per-phase pattern overrides, e.g. `success = "solid"`. Phases not listed
-    /// use the defaults from ARCHITECTURE.md's LED language table.
+    /// use the defaults of docs/leds.md.
     #[serde(default)]
     pub phases: std::collections::BTreeMap<crate::Phase, String>,
 }

@@ -2,7 +2,7 @@
 //! classes of `flasher_format`, an animator thread, and the backends that drive
 //! real or fake LEDs.
 //!
-//! This crate knows nothing about boards or pipelines (see ARCHITECTURE.md).
+//! This crate knows nothing about boards or pipelines (docs/architecture.md).
 //!
 //! Typical use on the board:
 //! ```no_run

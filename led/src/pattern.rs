@@ -1,7 +1,7 @@
 //! Patterns as data: a timeline of steps, each giving every LED a brightness and
 //! holding it for a while, either looping or shown once. Also the named built-in
 //! patterns a board file can pick per phase, and the default phase → pattern map
-//! (ARCHITECTURE.md, "LED language").
+//! (docs/leds.md, "What each phase shows").
 //!
 //! Timings are chosen to be told apart at a glance from across a room: the slow
 //! blink (1 Hz) and fast blink (5 Hz) differ by 5×, the heartbeat is a double
@@ -311,7 +311,7 @@ impl PatternSpec {
         PatternSpec::ALL.into_iter().find(|p| p.name() == name)
     }
 
-    /// The default for a phase, from ARCHITECTURE.md's LED language table.
+    /// The default for a phase, from the LED language table in docs/leds.md.
     pub fn default_for(phase: Phase) -> PatternSpec {
         match phase {
             Phase::Starting | Phase::Searching => PatternSpec::Heartbeat,
