@@ -2,12 +2,13 @@
 //! from a protective MBR and from a filesystem boot sector (FAT/NTFS/exFAT also end in
 //! 55 AA), patching one entry's size, and writing a fresh table with `mbrman`.
 //!
-//! Reading is hand-rolled over the 512 bytes of sector 0 (callers often have them in
-//! memory already, and `mbrman::MBR::read_from` also follows extended partitions,
-//! which none of our callers want). Writing uses `mbrman`, which round-trips the
-//! boot code and all four entries.
+//! Reading and patching are hand-rolled over the 512 bytes of sector 0 (callers
+//! often have them in memory already, and `mbrman::MBR::read_from` also follows
+//! extended partitions, which none of our callers want); the board binary uses
+//! nothing else, so it links no `mbrman` (with `bincode` and `bitvec`, 13 KB
+//! there: docs/building.md). Writing a fresh table (the host) uses `mbrman`.
 
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 
 use crate::{le32, put32, Error, Result};
 
@@ -112,18 +113,30 @@ pub fn looks_like_mbr(sector0: &[u8]) -> bool {
     used > 0
 }
 
-/// Cylinder/head/sector bytes for an LBA with the usual 255-head, 63-sector geometry,
+/// Cylinder/head/sector for an LBA with the usual 255-head, 63-sector geometry,
 /// saturating to 1023/254/63 like fdisk does for LBAs that CHS cannot address.
 pub fn chs(lba: u64) -> mbrman::CHS {
+    let (c, h, s) = chs_parts(lba);
+    mbrman::CHS::new(c, h, s)
+}
+
+/// [`chs`] as the three bytes of an entry: head, sector with the cylinder's two
+/// high bits on top, the cylinder's low byte.
+pub fn chs_bytes(lba: u64) -> [u8; 3] {
+    let (c, h, s) = chs_parts(lba);
+    [h, s | ((c >> 2) as u8 & 0xC0), c as u8]
+}
+
+fn chs_parts(lba: u64) -> (u16, u8, u8) {
     let (heads, sectors) = (255u64, 63u64);
     let c = lba / (heads * sectors);
     if c > 1023 {
-        return mbrman::CHS::new(1023, 254, 63);
+        return (1023, 254, 63);
     }
     let h = (lba / sectors) % heads;
     let s = lba % sectors + 1;
     // In range by construction: c <= 1023, h < 255, s <= 63.
-    mbrman::CHS::new(c as u16, h as u8, s as u8)
+    (c as u16, h as u8, s as u8)
 }
 
 /// Set the protective entry `number` (1-based) of `sector0` to cover LBA 1 to the
@@ -145,27 +158,38 @@ pub fn fit_protective(sector0: &mut [u8], number: u32, total_lbas: u64) -> bool 
 }
 
 /// Grow entry `number` (1-based) of the MBR in sector 0 of `dev` to `sectors`,
-/// with its end CHS recomputed. Boot code and the other entries are kept (mbrman's
-/// sector-0 header model round-trips them).
+/// with its end CHS recomputed. Boot code and the other entries are kept: only
+/// the entry's last CHS and size bytes change. Refused, as `mbrman` refuses it,
+/// without the 0x55AA signature or with a boot flag other than 0x00 or 0x80.
 pub fn set_sectors<D: Read + Write + Seek>(dev: &mut D, number: u32, sectors: u32) -> Result<()> {
-    let merr = |what: &'static str| {
-        move |e: mbrman::Error| match e {
-            mbrman::Error::Io(source) => Error::Io {
-                context: what.into(),
-                source,
-            },
-            other => Error::MbrCrate(format!("{what}: {other}")),
+    let io = |what: &'static str| {
+        move |source| Error::Io {
+            context: what.into(),
+            source,
         }
     };
-    let mut header = mbrman::MBRHeader::read_from(dev).map_err(merr("read MBR"))?;
-    let Some(entry) = header.get_mut(number as usize) else {
+    let mut s0 = [0u8; 512];
+    dev.seek(SeekFrom::Start(0)).map_err(io("read MBR"))?;
+    dev.read_exact(&mut s0).map_err(io("read MBR"))?;
+    let Some(es) = entries(&s0) else {
+        return Err(Error::MbrCrate("read MBR: invalid MBR signature".into()));
+    };
+    if es.iter().any(|e| e.boot != 0 && e.boot != ACTIVE) {
+        return Err(Error::MbrCrate(
+            "read MBR: partition has invalid boot flag".into(),
+        ));
+    }
+    let Some(entry) = (number as usize).checked_sub(1).and_then(|i| es.get(i)) else {
         return Err(Error::MbrCrate(format!(
             "no MBR entry {number}; entries are 1..=4"
         )));
     };
-    entry.sectors = sectors;
-    entry.last_chs = chs((u64::from(entry.starting_lba) + u64::from(sectors)).saturating_sub(1));
-    header.write_into(dev).map_err(merr("write MBR"))?;
+    let at = ENTRIES_OFFSET + 16 * (number as usize - 1);
+    let last = (u64::from(entry.start_lba) + u64::from(sectors)).saturating_sub(1);
+    s0[at + 5..at + 8].copy_from_slice(&chs_bytes(last));
+    put32(&mut s0, at + 12, sectors);
+    dev.seek(SeekFrom::Start(0)).map_err(io("write MBR"))?;
+    dev.write_all(&s0).map_err(io("write MBR"))?;
     Ok(())
 }
 

@@ -465,6 +465,50 @@ proptest! {
 }
 
 #[test]
+fn set_sectors_writes_what_mbrman_reads_and_refuses_what_it_refuses() {
+    let mut dev = Cursor::new(vec![0u8; MIB as usize]);
+    let part = |start_lba, sectors| mbr::NewPartition {
+        sys: 0x83,
+        bootable: false,
+        start_lba,
+        sectors,
+    };
+    mbr::write_new(
+        &mut dev,
+        512,
+        [1, 2, 3, 4],
+        &[part(63, 1000), part(2048, 8)],
+    )
+    .unwrap();
+    // Sizes whose last sector has every CHS field (and the cylinder's high bits) in play.
+    for sectors in [1u32, 16_065 * 300, 16_065 * 1023, u32::MAX - 2048] {
+        mbr::set_sectors(&mut dev, 2, sectors).unwrap();
+        let h = mbrman::MBRHeader::read_from(&mut dev).unwrap();
+        let last = 2048 + u64::from(sectors) - 1;
+        assert_eq!(h.partition_2.sectors, sectors);
+        assert_eq!(h.partition_2.last_chs, mbr::chs(last), "{sectors}");
+        assert_eq!(h.partition_1.sectors, 1000);
+    }
+    for n in [0, 5] {
+        assert!(matches!(
+            mbr::set_sectors(&mut dev, n, 1),
+            Err(Error::MbrCrate(_))
+        ));
+    }
+    dev.get_mut()[446] = 0x01; // entry 1's boot flag
+    assert!(matches!(
+        mbr::set_sectors(&mut dev, 2, 1),
+        Err(Error::MbrCrate(_))
+    ));
+    dev.get_mut()[446] = 0x80;
+    dev.get_mut()[511] = 0;
+    assert!(matches!(
+        mbr::set_sectors(&mut dev, 2, 1),
+        Err(Error::MbrCrate(_))
+    ));
+}
+
+#[test]
 fn chs_saturates_like_fdisk() {
     let c = mbr::chs(1 << 30);
     assert_eq!((c.cylinder, c.head, c.sector), (1023, 254, 63));

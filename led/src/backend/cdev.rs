@@ -1,18 +1,19 @@
 //! An LED on a GPIO character-device line (`/dev/gpiochipN`, line L), driven
-//! through linux-embedded-hal's `CdevPin`.
+//! through the kernel's line-handle ioctls (GPIO chardev ABI v1, Linux 4.8+, the
+//! ABI the `gpio-cdev` crate speaks; that crate pins `nix` 0.27, a second copy of
+//! `nix` in the board binary, so the three ioctls are here: docs/building.md).
 //!
 //! Active-low is handled here, not by the kernel: the line is requested without
 //! the ACTIVE_LOW flag and we compute the physical level ourselves
-//! ([`physical_high`]). `CdevPin::set_high` always means "physical high" (it undoes
-//! the kernel's own inversion when the line info says active-low), so this stays
-//! right whatever the device tree says about the line. A line has no brightness:
-//! at or above half brightness it is on.
+//! ([`physical_high`]). Should the line info still say active-low, the value
+//! written is inverted back, so "high" is always the physical level whatever the
+//! device tree says about the line. A line has no brightness: at or above half
+//! brightness it is on.
 
 use super::Led;
 use crate::{Error, Result};
-use embedded_hal::digital::OutputPin;
-use linux_embedded_hal::gpio_cdev::{Chip, LineRequestFlags};
-use linux_embedded_hal::CdevPin;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 /// The consumer name the kernel shows for our lines (`gpioinfo`).
@@ -37,12 +38,80 @@ pub fn is_on(brightness: f32) -> bool {
     brightness >= 0.5
 }
 
+/// The v1 line-handle ABI of `<linux/gpio.h>`.
+// The casts are no-ops where the ioctl request type is u64 (glibc) but not on
+// musl (c_int), so they stay.
+#[allow(clippy::unnecessary_cast)]
+mod abi {
+    /// GPIOHANDLES_MAX.
+    pub const MAX: usize = 64;
+    pub const REQUEST_OUTPUT: u32 = 1 << 1;
+    pub const LINE_FLAG_ACTIVE_LOW: u32 = 1 << 2;
+
+    /// struct gpiochip_info.
+    #[repr(C)]
+    pub struct ChipInfo {
+        pub name: [u8; 32],
+        pub label: [u8; 32],
+        pub lines: u32,
+    }
+
+    /// struct gpioline_info.
+    #[repr(C)]
+    pub struct LineInfo {
+        pub line_offset: u32,
+        pub flags: u32,
+        pub name: [u8; 32],
+        pub consumer: [u8; 32],
+    }
+
+    /// struct gpiohandle_request.
+    #[repr(C)]
+    pub struct HandleRequest {
+        pub lineoffsets: [u32; MAX],
+        pub flags: u32,
+        pub default_values: [u8; MAX],
+        pub consumer_label: [u8; 32],
+        pub lines: u32,
+        pub fd: libc::c_int,
+    }
+
+    /// struct gpiohandle_data.
+    #[repr(C)]
+    pub struct HandleData {
+        pub values: [u8; MAX],
+    }
+
+    pub const GET_CHIPINFO: u64 = nix::request_code_read!(0xB4, 0x01, size_of::<ChipInfo>()) as u64;
+    pub const GET_LINEINFO: u64 =
+        nix::request_code_readwrite!(0xB4, 0x02, size_of::<LineInfo>()) as u64;
+    pub const GET_LINEHANDLE: u64 =
+        nix::request_code_readwrite!(0xB4, 0x03, size_of::<HandleRequest>()) as u64;
+    pub const SET_LINE_VALUES: u64 =
+        nix::request_code_readwrite!(0xB4, 0x09, size_of::<HandleData>()) as u64;
+}
+
+/// `ioctl(fd, req, arg)`, the error as the OS gave it.
+fn ioctl<T>(fd: &impl AsRawFd, req: u64, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: every call site passes the `abi` struct its request is declared
+    // with, borrowed mutably for the call; the kernel writes at most its size.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// One LED on a GPIO character-device line.
 pub struct CdevLed {
     chip: PathBuf,
     line: u32,
     active_low: bool,
-    pin: CdevPin,
+    /// The line handle: values are set through it.
+    handle: File,
+    /// The line info said active-low after the request: write inverted values.
+    kernel_inverts: bool,
     last: Option<bool>,
 }
 
@@ -60,22 +129,39 @@ impl CdevLed {
         if !chip_path.exists() {
             return Err(err("no such GPIO chip".into()));
         }
-        let mut dev = Chip::new(&chip_path).map_err(|e| err(e.to_string()))?;
-        let handle = dev
-            .get_line(line)
-            .map_err(|e| err(e.to_string()))?
-            .request(
-                LineRequestFlags::OUTPUT,
-                u8::from(physical_high(false, active_low)),
-                CONSUMER,
-            )
-            .map_err(|e| err(e.to_string()))?;
-        let pin = CdevPin::new(handle).map_err(|e| err(e.to_string()))?;
+        let dev = File::open(&chip_path).map_err(|e| err(e.to_string()))?;
+        // SAFETY (all three structs): plain integers and byte arrays, for which
+        // all zeroes is a valid value.
+        let mut info: abi::ChipInfo = unsafe { std::mem::zeroed() };
+        ioctl(&dev, abi::GET_CHIPINFO, &mut info)
+            .map_err(|e| err(format!("not a GPIO chip (GPIO_GET_CHIPINFO_IOCTL): {e}")))?;
+        if line >= info.lines {
+            return Err(err(format!(
+                "the chip has {} lines (0 to {})",
+                info.lines,
+                info.lines.saturating_sub(1)
+            )));
+        }
+        let mut req: abi::HandleRequest = unsafe { std::mem::zeroed() };
+        req.lineoffsets[0] = line;
+        req.flags = abi::REQUEST_OUTPUT;
+        req.default_values[0] = u8::from(physical_high(false, active_low));
+        req.consumer_label[..CONSUMER.len()].copy_from_slice(CONSUMER.as_bytes());
+        req.lines = 1;
+        ioctl(&dev, abi::GET_LINEHANDLE, &mut req)
+            .map_err(|e| err(format!("GPIO_GET_LINEHANDLE_IOCTL: {e}")))?;
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        let handle = unsafe { File::from_raw_fd(req.fd) };
+        let mut info: abi::LineInfo = unsafe { std::mem::zeroed() };
+        info.line_offset = line;
+        ioctl(&dev, abi::GET_LINEINFO, &mut info)
+            .map_err(|e| err(format!("GPIO_GET_LINEINFO_IOCTL: {e}")))?;
         Ok(CdevLed {
             chip: chip_path,
             line,
             active_low,
-            pin,
+            handle,
+            kernel_inverts: info.flags & abi::LINE_FLAG_ACTIVE_LOW != 0,
             last: Some(false),
         })
     }
@@ -87,12 +173,11 @@ impl Led for CdevLed {
         if self.last == Some(on) {
             return Ok(());
         }
-        let result = if physical_high(on, self.active_low) {
-            self.pin.set_high()
-        } else {
-            self.pin.set_low()
-        };
-        result.map_err(|e| Error::Gpio {
+        let high = physical_high(on, self.active_low);
+        // SAFETY: plain bytes.
+        let mut data: abi::HandleData = unsafe { std::mem::zeroed() };
+        data.values[0] = u8::from(high != self.kernel_inverts);
+        ioctl(&self.handle, abi::SET_LINE_VALUES, &mut data).map_err(|e| Error::Gpio {
             chip: self.chip.clone(),
             line: self.line,
             message: e.to_string(),
@@ -109,6 +194,16 @@ impl Led for CdevLed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ioctl_numbers_and_struct_sizes_match_linux_gpio_h() {
+        // The values <linux/gpio.h> gives on every Linux architecture with the
+        // generic _IOC layout (x86, ARM).
+        assert_eq!(abi::GET_CHIPINFO, 0x8044_b401);
+        assert_eq!(abi::GET_LINEINFO, 0xc048_b402);
+        assert_eq!(abi::GET_LINEHANDLE, 0xc16c_b403);
+        assert_eq!(abi::SET_LINE_VALUES, 0xc040_b409);
+    }
 
     #[test]
     fn active_low_inverts_the_physical_level() {

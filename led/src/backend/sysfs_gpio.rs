@@ -1,57 +1,19 @@
 //! An LED on a legacy sysfs GPIO (`/sys/class/gpio/gpioN`), for old kernels.
 //!
-//! On a real root (`/`) this goes through the `sysfs_gpio` crate. That crate has
-//! fixed `/sys` paths and cannot take a root, so under any other root (fake trees in
-//! tests) the same three operations (export, direction, value) are done by
-//! [`RootedPin`] on `ROOT/sys/class/gpio`, with the same file formats. Active-low
-//! is handled here (we write the physical level), never through the kernel's
-//! `active_low` attribute, so a previous user's setting cannot invert us.
+//! The three operations (export, direction, value) are file writes under
+//! `ROOT/sys/class/gpio` ([`RootedPin`]), the same on the board (root `/`) and on
+//! the fake trees of the tests. (The `sysfs_gpio` crate does the same writes on
+//! fixed `/sys` paths, but it pins `nix` 0.23, a second copy of `nix` in the board
+//! binary: docs/building.md.) Active-low is handled here (we write the physical
+//! level), never through the kernel's `active_low` attribute, so a previous
+//! user's setting cannot invert us.
 
 use super::cdev::{is_on, physical_high};
 use super::Led;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// The three operations the backend needs from a sysfs GPIO.
-trait Pin: Send {
-    fn export(&self) -> Result<()>;
-    /// Make the pin an output driving `high` (the kernel's "high"/"low"
-    /// directions set the level in the same step, with no glitch).
-    fn output(&self, high: bool) -> Result<()>;
-    fn set(&self, high: bool) -> Result<()>;
-}
-
-struct CratePin {
-    pin: sysfs_gpio::Pin,
-}
-
-impl CratePin {
-    fn err(&self, e: sysfs_gpio::Error) -> Error {
-        Error::SysfsGpio {
-            number: self.pin.get_pin_num(),
-            message: e.to_string(),
-        }
-    }
-}
-
-impl Pin for CratePin {
-    fn export(&self) -> Result<()> {
-        self.pin.export().map_err(|e| self.err(e))
-    }
-    fn output(&self, high: bool) -> Result<()> {
-        let dir = if high {
-            sysfs_gpio::Direction::High
-        } else {
-            sysfs_gpio::Direction::Low
-        };
-        self.pin.set_direction(dir).map_err(|e| self.err(e))
-    }
-    fn set(&self, high: bool) -> Result<()> {
-        self.pin.set_value(u8::from(high)).map_err(|e| self.err(e))
-    }
-}
-
-/// The same operations on `ROOT/sys/class/gpio`.
+/// One GPIO under `ROOT/sys/class/gpio`.
 pub struct RootedPin {
     base: PathBuf,
     number: u64,
@@ -72,9 +34,7 @@ impl RootedPin {
     fn write(&self, path: PathBuf, value: &str) -> Result<()> {
         std::fs::write(&path, value).map_err(|e| Error::io(path, e))
     }
-}
 
-impl Pin for RootedPin {
     fn export(&self) -> Result<()> {
         if !self.dir().is_dir() {
             self.write(self.base.join("export"), &self.number.to_string())?;
@@ -88,6 +48,8 @@ impl Pin for RootedPin {
             })
         }
     }
+    /// Make the pin an output driving `high` (the kernel's "high"/"low"
+    /// directions set the level in the same step, with no glitch).
     fn output(&self, high: bool) -> Result<()> {
         self.write(
             self.dir().join("direction"),
@@ -103,20 +65,14 @@ impl Pin for RootedPin {
 pub struct SysfsGpioLed {
     number: u64,
     active_low: bool,
-    pin: Box<dyn Pin>,
+    pin: RootedPin,
     last: Option<bool>,
 }
 
 impl SysfsGpioLed {
     /// Export GPIO `number` and make it an output, initially off.
     pub fn open(root: &Path, number: u64, active_low: bool) -> Result<SysfsGpioLed> {
-        let pin: Box<dyn Pin> = if root == Path::new("/") {
-            Box::new(CratePin {
-                pin: sysfs_gpio::Pin::new(number),
-            })
-        } else {
-            Box::new(RootedPin::new(root, number))
-        };
+        let pin = RootedPin::new(root, number);
         pin.export()?;
         pin.output(physical_high(false, active_low))?;
         Ok(SysfsGpioLed {
