@@ -60,10 +60,10 @@ pub fn cmdline_board(root: &Path) -> Result<Option<String>> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(Error::Io {
-                context: format!("read {}", path.display()),
+            return Err(Error::Io(flasher_format::io::IoError::new(
+                format!("read {}", path.display()),
                 source,
-            })
+            )))
         }
     };
     // The kernel lets a later parameter override an earlier one; do the same.
@@ -91,10 +91,10 @@ pub fn read_compatible(root: &Path) -> Result<Vec<String>> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => {
-                return Err(Error::Io {
-                    context: format!("read {}", path.display()),
+                return Err(Error::Io(flasher_format::io::IoError::new(
+                    format!("read {}", path.display()),
                     source,
-                })
+                )))
             }
         }
     }
@@ -110,10 +110,10 @@ pub fn read_dmi(root: &Path) -> Result<Vec<(&'static str, String)>> {
             Ok(v) => out.push((field, v.trim().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(Error::Io {
-                    context: format!("read {}", path.display()),
+                return Err(Error::Io(flasher_format::io::IoError::new(
+                    format!("read {}", path.display()),
                     source,
-                })
+                )))
             }
         }
     }

@@ -14,6 +14,7 @@ mod schema;
 pub use detect::{cmdline_board, detect, detect_for, read_compatible, read_dmi, Detected, How};
 pub use schema::*;
 
+use flasher_format::io::IoContext;
 use std::path::{Path, PathBuf};
 
 /// Errors from parsing board files and detecting the board.
@@ -36,12 +37,8 @@ pub enum Error {
     TomlUnsupported { file: String },
     #[error("board file {file}: {reason}")]
     Invalid { file: String, reason: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
     #[error("unknown board {name:?}; known boards: {}", known.join(", "))]
     UnknownBoard { name: String, known: Vec<String> },
     #[error("board not detected: device-tree compatible [{}], DMI [{dmi}] match no board file; \
@@ -350,10 +347,8 @@ pub fn find_in<'a>(boards: &'a [Board], name: &str) -> Result<&'a Board> {
 /// Read and parse a board file given at run time. Its name need not match the file
 /// name (users keep variants like `my-bbb.toml` that still say `name = "beaglebone-black"`).
 pub fn load_file(path: &Path) -> Result<Board> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        context: format!("read board file {}", path.display()),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read board file {}", path.display()))?;
     let label = path.display().to_string();
     let board: Board = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_slice(text.as_bytes()).map_err(|source| Error::ParseJson {

@@ -49,12 +49,8 @@ pub enum Error {
     MbrCrate(String),
     #[error("FAT volume: {reason}; the partition does not hold a usable FAT filesystem")]
     BadFat { reason: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,7 +60,7 @@ impl From<Error> for io::Error {
     /// reachable through `get_ref`/`into_inner`.
     fn from(e: Error) -> io::Error {
         let kind = match &e {
-            Error::Io { source, .. } => source.kind(),
+            Error::Io(flasher_format::io::IoError { source, .. }) => source.kind(),
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)

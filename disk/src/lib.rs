@@ -20,6 +20,7 @@ pub use error::{Error, Result};
 pub use slice::PartitionSlice;
 pub use table::{Kind, PartType, Partition, Table};
 
+use flasher_format::io::IoContext;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// Read exactly `len` bytes at `offset`; `what` names the read in the error.
@@ -33,10 +34,7 @@ pub fn read_at<D: Read + Seek + ?Sized>(
     let mut buf = vec![0u8; len];
     dev.seek(SeekFrom::Start(offset))
         .and_then(|_| dev.read_exact(&mut buf))
-        .map_err(|source| Error::Io {
-            context: format!("{what} ({len} bytes at byte {offset})"),
-            source,
-        })?;
+        .with_context(|| format!("{what} ({len} bytes at byte {offset})"))?;
     Ok(buf)
 }
 
@@ -47,12 +45,10 @@ pub fn write_at<D: Write + Seek + ?Sized>(
     data: &[u8],
     what: &str,
 ) -> Result<()> {
-    dev.seek(SeekFrom::Start(offset))
+    Ok(dev
+        .seek(SeekFrom::Start(offset))
         .and_then(|_| dev.write_all(data))
-        .map_err(|source| Error::Io {
-            context: format!("{what} ({} bytes at byte {offset})", data.len()),
-            source,
-        })
+        .with_context(|| format!("{what} ({} bytes at byte {offset})", data.len()))?)
 }
 
 pub(crate) fn le16(b: &[u8], at: usize) -> u16 {

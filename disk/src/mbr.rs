@@ -163,10 +163,7 @@ pub fn fit_protective(sector0: &mut [u8], number: u32, total_lbas: u64) -> bool 
 /// without the 0x55AA signature or with a boot flag other than 0x00 or 0x80.
 pub fn set_sectors<D: Read + Write + Seek>(dev: &mut D, number: u32, sectors: u32) -> Result<()> {
     let io = |what: &'static str| {
-        move |source| Error::Io {
-            context: what.into(),
-            source,
-        }
+        move |source| Error::Io(flasher_format::io::IoError::new(what, source))
     };
     let mut s0 = [0u8; 512];
     dev.seek(SeekFrom::Start(0)).map_err(io("read MBR"))?;

@@ -3,6 +3,7 @@
 //! ranges. Reading probes GPT at 512- and 4096-byte sectors (falling back to the
 //! backup header at the disk's end when the primary is damaged), then MBR.
 
+use flasher_format::io::IoContext;
 use std::io::{Cursor, Read, Seek, Write};
 
 use crate::{gpt, mbr, read_at, Error, Result};
@@ -107,10 +108,7 @@ impl Table {
     /// 512- or 4096-byte sectors (primary checked, backup at the disk's end used if
     /// the primary is damaged), else an MBR. [`Error::NoTable`] when neither.
     pub fn read<D: Read + Seek + ?Sized>(dev: &mut D) -> Result<Table> {
-        let size = crate::device_size(dev).map_err(|source| Error::Io {
-            context: "find the disk size".into(),
-            source,
-        })?;
+        let size = crate::device_size(dev).context("find the disk size")?;
         for ss in [512u64, 4096] {
             if size < 2 * ss {
                 continue;
@@ -145,10 +143,7 @@ impl Table {
     /// Read a GPT for a known sector size (no MBR, no probing).
     pub fn read_gpt<D: Read + Seek + ?Sized>(dev: &mut D, sector_size: u64) -> Result<Table> {
         gpt::check_sector_size(sector_size)?;
-        let size = crate::device_size(dev).map_err(|source| Error::Io {
-            context: "find the disk size".into(),
-            source,
-        })?;
+        let size = crate::device_size(dev).context("find the disk size")?;
         read_gpt(dev, sector_size, size)
     }
 

@@ -23,6 +23,7 @@
 //! FAT access (opening, the read-only wrapper, the fatfs dot-entry repair) and
 //! [`PartitionSlice`] live in `flasher_disk`; they are re-exported here for callers.
 
+use flasher_format::io::IoContext;
 use serde_json::value::RawValue;
 use std::io::{self, Read, Seek, Write};
 
@@ -75,12 +76,8 @@ pub enum Error {
     ConfigNotObject { found: &'static str },
     #[error("{path} on the card is {size} bytes, over the {max}-byte limit")]
     TooLarge { path: String, size: u64, max: u64 },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -172,21 +169,19 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
                 Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     created_dir = true;
-                    dst.create_dir(CONNECTIONS_DIR).map_err(io_ctx(format!(
-                        "create {CONNECTIONS_DIR}/ on {}",
-                        Side::Target
-                    )))?
+                    dst.create_dir(CONNECTIONS_DIR)
+                        .with_context(|| format!("create {CONNECTIONS_DIR}/ on {}", Side::Target))?
                 }
                 Err(e) => {
-                    return Err(io_ctx(format!(
-                        "open {CONNECTIONS_DIR}/ on {}",
-                        Side::Target
-                    ))(e))
+                    return Err(Error::Io(flasher_format::io::IoError::new(
+                        format!("open {CONNECTIONS_DIR}/ on {}", Side::Target),
+                        e,
+                    )))
                 }
             };
             for entry in conns.iter() {
                 let entry =
-                    entry.map_err(io_ctx(format!("list {CONNECTIONS_DIR}/ on {}", Side::Card)))?;
+                    entry.with_context(|| format!("list {CONNECTIONS_DIR}/ on {}", Side::Card))?;
                 let name = entry.file_name();
                 if name == "." || name == ".." {
                     continue;
@@ -205,7 +200,12 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_ctx(format!("open {CONNECTIONS_DIR}/ on {}", Side::Card))(e)),
+        Err(e) => {
+            return Err(Error::Io(flasher_format::io::IoError::new(
+                format!("open {CONNECTIONS_DIR}/ on {}", Side::Card),
+                e,
+            )))
+        }
     }
 
     let row_host = unit.and_then(|u| u.row.values.get("hostname"));
@@ -217,7 +217,12 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
         }
         Ok(mut f) => write_file(&dst, "hostname", &mut f, &mut report)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_ctx(format!("open hostname on {}", Side::Card))(e)),
+        Err(e) => {
+            return Err(Error::Io(flasher_format::io::IoError::new(
+                format!("open hostname on {}", Side::Card),
+                e,
+            )))
+        }
     }
 
     if let Some(u) = unit {
@@ -230,9 +235,14 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     created_dir = true;
                     dst.create_dir(UNITS_DIR)
-                        .map_err(io_ctx(format!("create {UNITS_DIR}/ on {}", Side::Target)))?
+                        .with_context(|| format!("create {UNITS_DIR}/ on {}", Side::Target))?
                 }
-                Err(e) => return Err(io_ctx(format!("open {UNITS_DIR}/ on {}", Side::Target))(e)),
+                Err(e) => {
+                    return Err(Error::Io(flasher_format::io::IoError::new(
+                        format!("open {UNITS_DIR}/ on {}", Side::Target),
+                        e,
+                    )))
+                }
             };
             for (name, data) in &u.files {
                 write_file(&dir, name, &mut data.as_slice(), &mut report)?;
@@ -246,14 +256,14 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
     drop((src, dst));
     target
         .unmount()
-        .map_err(io_ctx(format!("flush {}", Side::Target)))?;
+        .with_context(|| format!("flush {}", Side::Target))?;
     if created_dir {
         fat::repair_dot_entries(&mut target_boot)
-            .map_err(io_ctx(format!("repair new directory on {}", Side::Target)))?;
+            .with_context(|| format!("repair new directory on {}", Side::Target))?;
     }
     target_boot
         .flush()
-        .map_err(io_ctx(format!("flush {}", Side::Target)))?;
+        .with_context(|| format!("flush {}", Side::Target))?;
     Ok(report)
 }
 
@@ -273,7 +283,7 @@ pub fn card_files<S: Read + Write + Seek>(card_boot: S) -> Result<Vec<(String, V
         Ok(conns) => {
             for entry in conns.iter() {
                 let entry =
-                    entry.map_err(io_ctx(format!("list {CONNECTIONS_DIR}/ on {}", Side::Card)))?;
+                    entry.with_context(|| format!("list {CONNECTIONS_DIR}/ on {}", Side::Card))?;
                 let name = entry.file_name();
                 if entry.is_file() {
                     if let Some(b) = read_small(&conns, &name, MAX_CONFIG_JSON)? {
@@ -283,7 +293,12 @@ pub fn card_files<S: Read + Write + Seek>(card_boot: S) -> Result<Vec<(String, V
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_ctx(format!("open {CONNECTIONS_DIR}/ on {}", Side::Card))(e)),
+        Err(e) => {
+            return Err(Error::Io(flasher_format::io::IoError::new(
+                format!("open {CONNECTIONS_DIR}/ on {}", Side::Card),
+                e,
+            )))
+        }
     }
     Ok(out)
 }
@@ -313,12 +328,17 @@ fn read_small<D: Read + Write + Seek>(
     let file = match dir.open_file(name) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_ctx(format!("open {name} on {}", Side::Card))(e)),
+        Err(e) => {
+            return Err(Error::Io(flasher_format::io::IoError::new(
+                format!("open {name} on {}", Side::Card),
+                e,
+            )))
+        }
     };
     let mut buf = Vec::new();
     file.take(max + 1)
         .read_to_end(&mut buf)
-        .map_err(io_ctx(format!("read {name} on {}", Side::Card)))?;
+        .with_context(|| format!("read {name} on {}", Side::Card))?;
     if buf.len() as u64 > max {
         return Err(Error::TooLarge {
             path: name.into(),
@@ -337,18 +357,14 @@ fn write_file<D: Read + Write + Seek>(
     report: &mut ConfigReport,
 ) -> Result<()> {
     let ctx = || format!("write {name} to {}", Side::Target);
-    let mut f = dir.create_file(name).map_err(io_ctx(ctx()))?;
+    let mut f = dir.create_file(name).with_context(ctx)?;
     // create_file opens an existing file without truncating: cut it first so a shorter
     // new file leaves no old tail behind.
-    f.truncate().map_err(io_ctx(ctx()))?;
-    let n = io::copy(src, &mut f).map_err(io_ctx(ctx()))?;
-    f.flush().map_err(io_ctx(ctx()))?;
+    f.truncate().with_context(ctx)?;
+    let n = io::copy(src, &mut f).with_context(ctx)?;
+    f.flush().with_context(ctx)?;
     report.files.push((name.to_string(), n));
     Ok(())
-}
-
-fn io_ctx(context: String) -> impl FnOnce(io::Error) -> Error {
-    move |source| Error::Io { context, source }
 }
 
 /// What a valid JSON text is, from its first character.
@@ -656,7 +672,7 @@ mod tests {
         let mut target = fat(MIB);
         let e = copy_config(&mut card, &mut target).unwrap_err();
         assert!(
-            matches!(&e, Error::Io { context, .. } if context.contains("hostname")),
+            matches!(&e, Error::Io(flasher_format::io::IoError { context, .. }) if context.contains("hostname")),
             "{e}"
         );
     }

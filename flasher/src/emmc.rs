@@ -13,18 +13,15 @@
 pub mod ext_csd;
 pub mod health;
 
+use flasher_format::io::IoContext;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Errors from `emmc`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
     #[error("{name:?} is not an eMMC boot partition (expected mmcblkNboot0 or mmcblkNboot1)")]
     NotBootPartition { name: String },
     #[error("{path}: unexpected force_ro value {value:?} (expected 0 or 1)")]
@@ -124,10 +121,7 @@ impl ForceRoGuard {
         check_boot_partition_name(part)?;
         let path = sys_path(root, part, "force_ro");
         let old = std::fs::read_to_string(&path)
-            .map_err(|source| Error::Io {
-                context: format!("read {}", path.display()),
-                source,
-            })?
+            .with_context(|| format!("read {}", path.display()))?
             .trim()
             .to_string();
         if old != "0" && old != "1" {
@@ -143,10 +137,8 @@ impl ForceRoGuard {
             old,
             armed: true,
         };
-        std::fs::write(&guard.path, "0").map_err(|source| Error::Io {
-            context: format!("write 0 to {}", guard.path.display()),
-            source,
-        })?;
+        std::fs::write(&guard.path, "0")
+            .with_context(|| format!("write 0 to {}", guard.path.display()))?;
         Ok(guard)
     }
 
@@ -211,15 +203,14 @@ pub fn write_boot_partition(root: &Path, part: &str, data: &[u8], offset: u64) -
     check_boot_partition_name(part)?;
     let size_path = sys_path(root, part, "size");
     let sectors: u64 = std::fs::read_to_string(&size_path)
-        .map_err(|source| Error::Io {
-            context: format!("read {}", size_path.display()),
-            source,
-        })?
+        .with_context(|| format!("read {}", size_path.display()))?
         .trim()
         .parse()
-        .map_err(|e| Error::Io {
-            context: format!("parse {}", size_path.display()),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        .map_err(|e| {
+            Error::Io(flasher_format::io::IoError::new(
+                format!("parse {}", size_path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            ))
         })?;
     let size = sectors * 512;
     let len = data.len() as u64;
@@ -237,27 +228,19 @@ pub fn write_boot_partition(root: &Path, part: &str, data: &[u8], offset: u64) -
         .write(true)
         .read(true)
         .open(&dev)
-        .map_err(|source| Error::Io {
-            context: format!("open {}", dev.display()),
-            source,
-        })
+        .with_context(|| format!("open {}", dev.display()))
+        .map_err(Error::from)
         .and_then(|mut f| {
             // Written, flushed and read back past the page cache; retried once.
             for attempt in 0..2 {
                 write_at(&mut f, data, offset)
                     // Reach the device, not the cache, before force_ro goes back on.
                     .and_then(|()| f.sync_all())
-                    .map_err(|source| Error::Io {
-                        context: format!(
+                    .with_context(|| format!(
                             "write {len} bytes at offset {offset} to {}",
                             dev.display()
-                        ),
-                        source,
-                    })?;
-                if read_back_matches(&mut f, data, offset).map_err(|source| Error::Io {
-                    context: format!("read back {len} bytes at offset {offset} of {}", dev.display()),
-                    source,
-                })? {
+                        ))?;
+                if read_back_matches(&mut f, data, offset).with_context(|| format!("read back {len} bytes at offset {offset} of {}", dev.display()))? {
                     return Ok(());
                 }
                 if attempt == 0 {
@@ -325,7 +308,7 @@ mod tests {
         // The device node is missing: open fails after force_ro was cleared.
         std::fs::remove_file(t.path().join("dev/mmcblk1boot0")).unwrap();
         let err = write_boot_partition(t.path(), "mmcblk1boot0", b"x", 0).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert!(matches!(err, Error::Io(_)), "{err:?}");
         assert_eq!(force_ro(t.path(), "mmcblk1boot0"), "1");
     }
 
@@ -348,10 +331,7 @@ mod tests {
         let (t, _r) = emmc_root();
         let outcome = (|| -> Result<()> {
             let _g = ForceRoGuard::clear(t.path(), "mmcblk1boot0")?;
-            write_at(&mut Failing, b"data", 0).map_err(|source| Error::Io {
-                context: "test".into(),
-                source,
-            })?;
+            write_at(&mut Failing, b"data", 0).context("test")?;
             Ok(())
         })();
         assert!(outcome.is_err());

@@ -24,12 +24,8 @@ pub enum Error {
     ConfigInject(#[from] crate::config_inject::Error),
     #[error(transparent)]
     Board(#[from] boards::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
     #[error("{0}")]
     Usage(String),
 }
@@ -51,15 +47,7 @@ impl Error {
             Error::Record(e) => e.class(),
             Error::Pool(e) => e.class(),
             Error::Fixup(_) | Error::ConfigInject(_) => C::PostWrite,
-            Error::Io { .. } | Error::Usage(_) => C::Internal,
-        }
-    }
-
-    /// Wrap an I/O error with what was being done, e.g. "open /dev/mmcblk1".
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
+            Error::Io(_) | Error::Usage(_) => C::Internal,
         }
     }
 }
@@ -89,10 +77,10 @@ mod tests {
 
     #[test]
     fn each_cause_once() {
-        let e = Error::io(
+        let e = Error::Io(flasher_format::io::IoError::new(
             "open /dev/mmcblk1",
             std::io::Error::other("Input/output error"),
-        );
+        ));
         assert_eq!(report(&e), "open /dev/mmcblk1: Input/output error");
         // A wrapper whose message does not include its source gets it appended.
         #[derive(Debug, thiserror::Error)]

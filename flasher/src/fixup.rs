@@ -25,8 +25,9 @@
 //! every GPT reader repairs from the primary.
 
 use flasher_disk::{gpt, mbr};
+use flasher_format::io::IoContext;
 use flasher_format::units::iec as human;
-use std::io::{self, Read, Seek, Write};
+use std::io::{Read, Seek, Write};
 
 /// Errors from `fixup`.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +57,8 @@ pub enum Error {
     },
     #[error("cannot grow partition {number}: {reason}")]
     ExpandUnsupported { number: u32, reason: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -387,10 +384,7 @@ fn fix_mbr<D: Read + Write + Seek>(
 }
 
 fn flush<D: Write>(dev: &mut D) -> Result<()> {
-    dev.flush().map_err(|source| Error::Io {
-        context: "flush partition table".into(),
-        source,
-    })
+    Ok(dev.flush().context("flush partition table")?)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! converts it:
 //!
 //! ```
-//! use flasher_format::io::{IoContext, IoError};
+//! use crate::io::{IoContext, IoError};
 //!
 //! #[derive(Debug, thiserror::Error)]
 //! enum Error {

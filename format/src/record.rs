@@ -75,12 +75,8 @@ pub enum Error {
     },
     #[error("cannot encode unit record: {0}")]
     Encode(#[source] serde_json::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io::IoError),
 }
 
 impl Error {
@@ -410,7 +406,7 @@ pub fn append_numbered<D: Read + Write + Seek>(
             needed,
         });
     }
-    let io = |context: String| move |source| Error::Io { context, source };
+    let io = |context: String| move |source| Error::Io(crate::io::IoError::new(context, source));
     dev.seek(SeekFrom::Start(offset))
         .and_then(|_| dev.write_all(&frame))
         .map_err(io(format!(
@@ -452,9 +448,11 @@ fn scan_frames<R: Read + Seek>(dev: &mut R, capacity: u64) -> Result<Frames> {
     let mut bodies = Vec::new();
     let mut offset = 0u64;
     let io = |offset: u64| {
-        move |source| Error::Io {
-            context: format!("read unit log at byte {offset}"),
-            source,
+        move |source| {
+            Error::Io(crate::io::IoError::new(
+                format!("read unit log at byte {offset}"),
+                source,
+            ))
         }
     };
     dev.seek(SeekFrom::Start(0)).map_err(io(0))?;

@@ -143,6 +143,7 @@ macro_rules! via_engine {
     };
 }
 via_engine!(
+    flasher_format::io::IoError,
     flasher_format::bundle::Error,
     flasher_format::record::Error,
     flasher_format::pool::Error,
@@ -212,7 +213,7 @@ impl Step {
             Error::Panic(_) => ErrorClass::Internal,
             _ if self.is_post_write() => ErrorClass::PostWrite,
             Error::NotAvailable { .. }
-            | crate::Error::Engine(flasher::Error::Io { .. })
+            | crate::Error::Engine(flasher::Error::Io(_))
             | crate::Error::Engine(flasher::Error::Usage(_)) => self.class(),
             i if !matches!(i, Error::Engine(_)) && i.class() == ErrorClass::Internal => {
                 self.class()
@@ -292,7 +293,10 @@ mod tests {
             Step::Write.classify(&init(Error::Panic("x".into()))),
             C::Internal
         );
-        let io = flasher::Error::io("write /dev/mmcblk1", std::io::Error::other("EIO"));
+        let io = flasher::Error::Io(flasher_format::io::IoError::new(
+            "write /dev/mmcblk1",
+            std::io::Error::other("EIO"),
+        ));
         assert_eq!(io.class(), C::Internal);
         let io = init(io);
         assert_eq!(Step::Write.classify(&io), C::WriteIo);

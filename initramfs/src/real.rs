@@ -7,6 +7,7 @@
 //! records in [`unit_log`](crate::unit_log), the eMMC health gate and boot
 //! enable in [`emmc`](crate::emmc), how the run ends in [`power`].
 
+use flasher_format::io::IoContext;
 use std::fs::{File, OpenOptions};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -288,10 +289,17 @@ impl Real {
             return Ok(false);
         };
         let f = File::open(card).map_err(|e| {
-            flasher::Error::io(format!("open card partition {}", card.display()), e)
+            flasher::Error::Io(flasher_format::io::IoError::new(
+                format!("open card partition {}", card.display()),
+                e,
+            ))
         })?;
         card::has_config(f).map_err(|e| {
-            flasher::Error::io(format!("read the FAT on {}", card.display()), e).into()
+            flasher::Error::Io(flasher_format::io::IoError::new(
+                format!("read the FAT on {}", card.display()),
+                e,
+            ))
+            .into()
         })
     }
 
@@ -347,7 +355,10 @@ impl Real {
             .as_ref()
             .ok_or_else(|| missing("the card's boot partition"))?;
         let f = OpenOptions::new().read(true).open(card).map_err(|e| {
-            flasher::Error::io(format!("open card partition {}", card.display()), e)
+            flasher::Error::Io(flasher_format::io::IoError::new(
+                format!("open card partition {}", card.display()),
+                e,
+            ))
         })?;
         Ok(flasher::config_inject::card_files(f)?)
     }
@@ -371,10 +382,17 @@ impl Real {
             return Ok(None);
         };
         let f = File::open(card).map_err(|e| {
-            flasher::Error::io(format!("open card partition {}", card.display()), e)
+            flasher::Error::Io(flasher_format::io::IoError::new(
+                format!("open card partition {}", card.display()),
+                e,
+            ))
         })?;
         flasher_disk::fat::read_file_max(f, path, max).map_err(|e| {
-            flasher::Error::io(format!("read {path} from {}", card.display()), e).into()
+            flasher::Error::Io(flasher_format::io::IoError::new(
+                format!("read {path} from {}", card.display()),
+                e,
+            ))
+            .into()
         })
     }
 }
@@ -653,7 +671,10 @@ impl Steps for Real {
             .ok_or_else(|| missing("the payload partition"))?;
         let target = self.target.clone().ok_or_else(|| missing("a target"))?;
         let file = File::open(&payload).map_err(|e| {
-            flasher::Error::io(format!("open payload partition {}", payload.display()), e)
+            flasher::Error::Io(flasher_format::io::IoError::new(
+                format!("open payload partition {}", payload.display()),
+                e,
+            ))
         })?;
         let mut reader = BufReader::new(file);
         // Everything that can be checked before the first write
@@ -791,11 +812,14 @@ impl Steps for Real {
         };
         let open_card = || {
             File::open(&card).map_err(|e| {
-                flasher::Error::io(format!("open card partition {}", card.display()), e)
+                flasher::Error::Io(flasher_format::io::IoError::new(
+                    format!("open card partition {}", card.display()),
+                    e,
+                ))
             })
         };
         let has = card::has_config(open_card()?)
-            .map_err(|e| flasher::Error::io(format!("read the FAT on {}", card.display()), e))?;
+            .with_context(|| format!("read the FAT on {}", card.display()))?;
         if !has && self.unit.is_none() {
             self.note(Phase::Finishing, "config: none on the card".into());
             return Ok(());
@@ -806,10 +830,10 @@ impl Steps for Real {
         // The table is not live yet: find the boot FAT in the table to be committed.
         let span = post::target_fat(&mut dev, &commit)
             .map_err(|e| {
-                flasher::Error::io(
+                flasher::Error::Io(flasher_format::io::IoError::new(
                     format!("read the partition table of {}", target.display()),
                     e,
-                )
+                ))
             })?
             .ok_or_else(|| Error::NoTargetBoot {
                 target: target.clone(),

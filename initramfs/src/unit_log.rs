@@ -6,6 +6,7 @@
 //! (the target's identity, the write summary, the outcome). The record format
 //! itself is `flasher_format::record`.
 
+use flasher_format::io::IoContext;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
@@ -39,10 +40,8 @@ pub fn read_log(path: &Path) -> crate::Result<Vec<UnitRecord>> {
 /// Scan the unit log at `path`: its records and where they end, and its size.
 fn scan_log(path: &Path) -> crate::Result<(record::Scan, u64)> {
     let ctx = |what: &str| format!("{what} unit log {}", path.display());
-    let mut f = File::open(path).map_err(|e| flasher::Error::io(ctx("open"), e))?;
-    let capacity = f
-        .seek(SeekFrom::End(0))
-        .map_err(|e| flasher::Error::io(ctx("size of"), e))?;
+    let mut f = File::open(path).with_context(|| ctx("open"))?;
+    let capacity = f.seek(SeekFrom::End(0)).with_context(|| ctx("size of"))?;
     Ok((record::scan(&mut f, capacity)?, capacity))
 }
 
@@ -54,13 +53,10 @@ pub fn append_to(path: &Path, rec: &UnitRecord) -> crate::Result<(u64, u64)> {
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|e| flasher::Error::io(ctx("open"), e))?;
-    let capacity = f
-        .seek(SeekFrom::End(0))
-        .map_err(|e| flasher::Error::io(ctx("size of"), e))?;
+        .with_context(|| ctx("open"))?;
+    let capacity = f.seek(SeekFrom::End(0)).with_context(|| ctx("size of"))?;
     let appended = record::append_numbered(&mut f, capacity, rec)?;
-    f.sync_all()
-        .map_err(|e| flasher::Error::io(ctx("sync"), e))?;
+    f.sync_all().with_context(|| ctx("sync"))?;
     Ok(appended)
 }
 

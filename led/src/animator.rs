@@ -487,10 +487,10 @@ mod tests {
         }
         fn set(&mut self, _: usize, _: f32) -> Result<()> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Err(crate::Error::Io {
-                path: "/sys/class/leds/x/brightness".into(),
-                source: std::io::Error::from_raw_os_error(5),
-            })
+            Err(crate::Error::Io(flasher_format::io::IoError::new(
+                "/sys/class/leds/x/brightness",
+                std::io::Error::from_raw_os_error(5),
+            )))
         }
     }
 

@@ -9,13 +9,9 @@ pub enum Error {
     /// None of an LED's alternative names exists under the LED class directory.
     #[error("no LED named {} under {}; check the board's [leds] names against `ls {}`", names.join(" or "), dir.display(), dir.display())]
     LedMissing { names: Vec<String>, dir: PathBuf },
-    /// A sysfs file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A sysfs file could not be read or written (the context names the path).
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
     /// A sysfs file held something we could not parse (e.g. `max_brightness`).
     #[error("{}: expected {expected}, found {found:?}", path.display())]
     Parse {
@@ -42,12 +38,3 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
-    }
-}

@@ -13,6 +13,7 @@
 //!   `flasher-payload` (the bundle, byte for byte) and `flasher-log` (zeroed,
 //!   for the unit records).
 
+use flasher_format::io::IoContext;
 use std::path::{Path, PathBuf};
 
 use flasher_format::cmdline;
@@ -486,24 +487,24 @@ fn write_raw(out: &Path, board: &str, raw: &[(u64, PathBuf)]) -> crate::Result<(
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(out)
-        .map_err(|e| crate::Error::io(format!("opening {}", out.display()), e))?;
+        .with_context(|| format!("opening {}", out.display()))?;
     for (offset, file) in raw {
         let data = read(file)?;
         f.seek(SeekFrom::Start(*offset))
             .and_then(|_| f.write_all(&data))
             .map_err(|e| {
-                crate::Error::io(
+                crate::Error::Io(flasher_format::io::IoError::new(
                     format!(
                         "writing {} at byte {offset} of {}",
                         file.display(),
                         out.display()
                     ),
                     e,
-                )
+                ))
             })?;
     }
-    f.sync_all()
-        .map_err(|e| crate::Error::io(format!("syncing {}", out.display()), e))
+    Ok(f.sync_all()
+        .with_context(|| format!("syncing {}", out.display()))?)
 }
 
 /// Open the flash-boot FAT of a card image for reading and writing.
@@ -512,7 +513,7 @@ pub fn open_boot(card: &Path) -> crate::Result<disk::PartitionSlice<std::fs::Fil
         .read(true)
         .write(true)
         .open(card)
-        .map_err(|e| crate::Error::io(format!("opening {}", card.display()), e))?;
+        .with_context(|| format!("opening {}", card.display()))?;
     let (slice, _) = disk::open_partition(f, BOOT_NAME, Some(BOOT_NUMBER))?;
     Ok(slice)
 }

@@ -15,6 +15,7 @@ use crate::cpio::{self, CpioSink};
 use crate::disk::{self, Contents, PartKind, PartSpec, Table};
 use crate::fat::{self, FatFile};
 use flasher_format::event::{Body, Event, RecordResult};
+use flasher_format::io::IoContext;
 use flasher_qemu::locate;
 use flasher_qemu::{self as qemu, QemuOptions, VirtualBoard};
 use std::path::{Path, PathBuf};
@@ -39,20 +40,11 @@ pub enum Error {
     Disk(#[from] disk::Error),
     #[error("building the demo OS initramfs: {0}")]
     Cpio(#[from] cpio::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
 
 /// Debian's kernel from the fixture cache.
 pub fn fixture_kernel(cache: &Path) -> Result<PathBuf> {
@@ -113,7 +105,7 @@ pub fn build_demo_os(
     init: &Path,
     extra_options: &str,
 ) -> Result<disk::DiskReport> {
-    let read = |p: &Path| std::fs::read(p).map_err(io(format!("reading {}", p.display())));
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let initrd = demo_initramfs(&read(init)?)?;
     let entry = format!(
         "title Flasher demo OS\nlinux /vmlinuz\ninitrd /initrd\noptions console=ttyS0 panic=-1 quiet {extra_options}\n"
@@ -158,7 +150,7 @@ fn mkflasher(mkflasher_bin: &Path, step: &str, args: &[&std::ffi::OsStr]) -> Res
         .arg(step)
         .args(args)
         .status()
-        .map_err(io(format!("running {} {step}", mkflasher_bin.display())))?;
+        .with_context(|| format!("running {} {step}", mkflasher_bin.display()))?;
     if status.success() {
         Ok(())
     } else {
@@ -228,7 +220,7 @@ pub struct DemoOptions {
 /// The whole demo. See the module docs.
 pub fn run(opts: &DemoOptions) -> crate::Result<DemoReport> {
     let w = &opts.work;
-    std::fs::create_dir_all(w).map_err(io(format!("creating {}", w.display())))?;
+    std::fs::create_dir_all(w).with_context(|| format!("creating {}", w.display()))?;
     let demo_os = w.join("demo-os.img");
     let bundle = w.join("demo-os.bundle");
     let card = w.join("flasher-card.img");
@@ -270,7 +262,7 @@ pub fn run(opts: &DemoOptions) -> crate::Result<DemoReport> {
     );
     let flash = qemu::run(&q)?;
     std::fs::write(w.join("flash-console.log"), &flash.console_log)
-        .map_err(io("writing flash-console.log"))?;
+        .context("writing flash-console.log")?;
     flash.check(q.timeout, None)?;
     eprintln!(
         "demo: flashed in {:.0} s; phases {}",
@@ -280,7 +272,7 @@ pub fn run(opts: &DemoOptions) -> crate::Result<DemoReport> {
     eprintln!("demo: booting the NVMe alone (OVMF → systemd-boot → demo OS)");
     let boot_log = qemu::boot_disk_log(VirtualBoard::Nuc, &nvme, opts.timeout)?;
     let log_path = w.join("boot-console.log");
-    std::fs::write(&log_path, &boot_log).map_err(io("writing boot-console.log"))?;
+    std::fs::write(&log_path, &boot_log).context("writing boot-console.log")?;
     match boot_log.lines().find(|l| l.contains(qemu::DEMO_MARKER)) {
         Some(line) => eprintln!("demo: the flashed OS says: {}", line.trim()),
         None => {

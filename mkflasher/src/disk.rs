@@ -9,6 +9,7 @@
 //! GUIDs and the MBR disk signature are derived from the layout, so the same
 //! inputs give the same image, byte for byte.
 
+use flasher_format::io::IoContext;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -55,20 +56,11 @@ pub enum Error {
     NoSuchPartition { name: String, seen: String },
     #[error(transparent)]
     Table(#[from] flasher_disk::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
@@ -143,7 +135,7 @@ fn contents_len(c: &Contents) -> Result<u64> {
     Ok(match c {
         Contents::Bytes(b) => b.len() as u64,
         Contents::File(p) => std::fs::metadata(p)
-            .map_err(io(format!("reading the size of {}", p.display())))?
+            .with_context(|| format!("reading the size of {}", p.display()))?
             .len(),
         Contents::Zero => 0,
     })
@@ -240,17 +232,12 @@ pub fn write_disk_sized(
         .create(true)
         .truncate(true)
         .open(out)
-        .map_err(io(format!("creating {}", out.display())))?;
-    f.set_len(report.size).map_err(io(format!(
-        "sizing {} to {} bytes",
-        out.display(),
-        report.size
-    )))?;
+        .with_context(|| format!("creating {}", out.display()))?;
+    f.set_len(report.size)
+        .with_context(|| format!("sizing {} to {} bytes", out.display(), report.size))?;
     for ((name, off, _), p) in report.partitions.iter().zip(parts) {
-        write_contents(&mut f, *off, &p.contents).map_err(io(format!(
-            "writing partition {name:?} into {}",
-            out.display()
-        )))?;
+        write_contents(&mut f, *off, &p.contents)
+            .with_context(|| format!("writing partition {name:?} into {}", out.display()))?;
     }
     let seed = layout_seed(&report, parts);
     match table {
@@ -258,7 +245,7 @@ pub fn write_disk_sized(
         Table::Mbr => write_mbr(&mut f, &report, parts, &seed)?,
     }
     f.sync_all()
-        .map_err(io(format!("flushing {}", out.display())))?;
+        .with_context(|| format!("flushing {}", out.display()))?;
     Ok(report)
 }
 

@@ -12,6 +12,7 @@
 
 use boards::Transport;
 use flasher::storage::{self, DevNum, Disk};
+use flasher_format::io::IoContext;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -115,10 +116,7 @@ impl Context {
     /// The context for writing `image`: which device holds it.
     pub fn for_image(image: &Path) -> Result<Context> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let meta = std::fs::metadata(image).map_err(|source| Error::Io {
-            context: format!("stat {}", image.display()),
-            source,
-        })?;
+        let meta = std::fs::metadata(image).with_context(|| format!("stat {}", image.display()))?;
         let raw = if meta.file_type().is_block_device() {
             meta.rdev()
         } else {
@@ -192,10 +190,10 @@ fn system_devices(
         }
         // On the live system, not knowing the system disk is not safe.
         Err(source) => {
-            return Err(Error::Io {
-                context: format!("read {} (is /proc mounted?)", path.display()),
+            return Err(Error::Io(flasher_format::io::IoError::new(
+                format!("read {} (is /proc mounted?)", path.display()),
                 source,
-            })
+            )))
         }
     };
     let mut out = Vec::new();
@@ -315,10 +313,7 @@ pub fn survey(root: &Path, ctx: &Context) -> Result<Vec<Drive>> {
     let known: BTreeSet<&str> = disks.iter().map(|d| d.name.as_str()).collect();
     let sys_block = under(root, "/sys/block");
     let mut others: Vec<String> = std::fs::read_dir(&sys_block)
-        .map_err(|source| Error::Io {
-            context: format!("list {}", sys_block.display()),
-            source,
-        })?
+        .with_context(|| format!("list {}", sys_block.display()))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !known.contains(n.as_str()))

@@ -33,26 +33,15 @@ pub enum Error {
     /// Boxed: it carries a target path next to a whole `flasher::Error`.
     #[error(transparent)]
     Write(Box<crate::hostwrite::Error>),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
     #[error("{0}")]
     Usage(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
+impl Error {}
 
 impl From<crate::hostwrite::Error> for Error {
     fn from(e: crate::hostwrite::Error) -> Self {

@@ -6,6 +6,7 @@
 //! directory entry carries the DOS epoch (1980-01-01 00:00) instead of the
 //! current time, so the same inputs give the same bytes.
 
+use flasher_format::io::IoContext;
 use std::io::{Cursor, Read, Seek, Write};
 
 use fatfs::{
@@ -37,20 +38,11 @@ pub enum Error {
     NotFound { path: String },
     #[error("{path:?} in the FAT volume is a directory, not a file")]
     IsDirectory { path: String },
-    #[error("FAT volume: {context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("FAT volume: {0}")]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
 
 /// One file to place in a new volume. Parent directories are created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,20 +173,22 @@ pub fn format_into<D: Read + Write + Seek>(
         .total_sectors(sectors)
         .volume_id(volume_id(label))
         .volume_label(label_bytes(label));
-    fatfs::format_volume(&mut dev, opts).map_err(io("formatting"))?;
-    dev.rewind().map_err(io("rewinding"))?;
-    let fs = FileSystem::new(&mut dev, fs_options()).map_err(io("opening the new volume"))?;
+    fatfs::format_volume(&mut dev, opts).context("formatting")?;
+    dev.rewind().context("rewinding")?;
+    let fs = FileSystem::new(&mut dev, fs_options()).context("opening the new volume")?;
     for f in files {
         put(&fs, &f.path, &f.data).map_err(|e| match e {
-            Error::Io { source, .. } if is_no_space(&source) => Error::NoSpace {
-                size,
-                needed: files.iter().map(|f| f.data.len() as u64).sum(),
-                files: files.len(),
-            },
+            Error::Io(flasher_format::io::IoError { source, .. }) if is_no_space(&source) => {
+                Error::NoSpace {
+                    size,
+                    needed: files.iter().map(|f| f.data.len() as u64).sum(),
+                    files: files.len(),
+                }
+            }
             e => e,
         })?;
     }
-    fs.unmount().map_err(io("closing the volume"))?;
+    fs.unmount().context("closing the volume")?;
     repair(&mut dev)
 }
 
@@ -224,7 +218,7 @@ fn put<T: fatfs::ReadWriteSeek>(fs: &FileSystem<T>, path: &str, data: &[u8]) -> 
             Ok(sub) => sub,
             Err(_) => dir
                 .create_dir(d)
-                .map_err(io(format!("creating directory {d:?} for {path:?}")))?,
+                .with_context(|| format!("creating directory {d:?} for {path:?}"))?,
         };
     }
     if let Some(e) = dir
@@ -240,16 +234,18 @@ fn put<T: fatfs::ReadWriteSeek>(fs: &FileSystem<T>, path: &str, data: &[u8]) -> 
     }
     let mut f = dir
         .create_file(name)
-        .map_err(io(format!("creating {path:?}")))?;
-    f.truncate().map_err(io(format!("truncating {path:?}")))?;
-    f.write_all(data).map_err(io(format!("writing {path:?}")))?;
-    f.flush().map_err(io(format!("flushing {path:?}")))?;
+        .with_context(|| format!("creating {path:?}"))?;
+    f.truncate()
+        .with_context(|| format!("truncating {path:?}"))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {path:?}"))?;
+    f.flush().with_context(|| format!("flushing {path:?}"))?;
     Ok(())
 }
 
 /// Open a volume; fatfs insists on starting at position 0.
 fn open<D: Read + Write + Seek>(img: D) -> Result<FileSystem<D>> {
-    flasher_disk::fat::open(img, fs_options()).map_err(io("opening the volume (is it FAT?)"))
+    Ok(flasher_disk::fat::open(img, fs_options()).context("opening the volume (is it FAT?)")?)
 }
 
 /// Read one file from a FAT volume (`img` is the volume, not a whole disk;
@@ -281,7 +277,7 @@ pub fn read_file<D: Read + Write + Seek>(img: D, path: &str) -> Result<Vec<u8>> 
     entry
         .to_file()
         .read_to_end(&mut out)
-        .map_err(io(format!("reading {path:?}")))?;
+        .with_context(|| format!("reading {path:?}"))?;
     Ok(out)
 }
 
@@ -289,7 +285,7 @@ pub fn read_file<D: Read + Write + Seek>(img: D, path: &str) -> Result<Vec<u8>> 
 pub fn write_file<D: Read + Write + Seek>(mut img: D, path: &str, data: &[u8]) -> Result<()> {
     let fs = open(&mut img)?;
     put(&fs, path, data)?;
-    fs.unmount().map_err(io("closing the volume"))?;
+    fs.unmount().context("closing the volume")?;
     repair(&mut img)
 }
 
@@ -309,7 +305,7 @@ fn walk<T: fatfs::ReadWriteSeek>(
     let mut entries: Vec<_> = dir
         .iter()
         .collect::<std::io::Result<Vec<_>>>()
-        .map_err(io(format!("listing {prefix:?}")))?;
+        .with_context(|| format!("listing {prefix:?}"))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name();
@@ -342,8 +338,8 @@ pub fn describe<D: Read + Write + Seek>(img: D) -> Result<(String, FatType)> {
 /// What fatfs 0.3 leaves for fsck.vfat to complain about (misplaced `.`/`..`
 /// entries, an unset FAT32 FSInfo count), put right by the shared FAT layer.
 fn repair<D: Read + Write + Seek>(dev: &mut D) -> Result<()> {
-    flasher_disk::fat::repair_dot_entries(dev).map_err(io("repairing directory dot entries"))?;
-    flasher_disk::fat::sync_fsinfo(dev).map_err(io("updating the FAT32 FSInfo sector"))?;
+    flasher_disk::fat::repair_dot_entries(dev).context("repairing directory dot entries")?;
+    flasher_disk::fat::sync_fsinfo(dev).context("updating the FAT32 FSInfo sector")?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! compared with '-' and '_' treated as equal, as the kernel does. Modules the
 //! kernel has built in (`modules.builtin`) are satisfied without a file.
 
+use flasher_format::io::IoContext;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,20 +27,11 @@ pub enum Error {
     },
     #[error("{dir} is not a kernel module tree (no kernel/ directory and no .ko files); give lib/modules/VERSION")]
     NotAModuleTree { dir: PathBuf },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
 
 /// Kernel module names treat '-' and '_' as the same character.
 pub fn normalise(name: &str) -> String {
@@ -146,20 +138,20 @@ pub fn parse_modinfo(ko: &[u8]) -> ModInfo {
 
 /// Read a module file, decompressing `.xz`, `.zst` and `.gz` modules.
 pub fn read_module(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let ctx = || format!("decompressing {}", path.display());
     let name = path.to_string_lossy();
     let mut out = Vec::new();
     if name.ends_with(".xz") {
         xz2::read::XzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(io(ctx()))?;
+            .with_context(ctx)?;
     } else if name.ends_with(".zst") {
-        out = zstd::stream::decode_all(&raw[..]).map_err(io(ctx()))?;
+        out = zstd::stream::decode_all(&raw[..]).with_context(ctx)?;
     } else if name.ends_with(".gz") {
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(io(ctx()))?;
+            .with_context(ctx)?;
     } else {
         out = raw;
     }
@@ -201,11 +193,13 @@ impl ModuleTree {
         let mut files = BTreeMap::new();
         let mut stack = vec![root];
         while let Some(d) = stack.pop() {
-            let rd = std::fs::read_dir(&d).map_err(io(format!("listing {}", d.display())))?;
+            let rd = std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
             for e in rd {
-                let e = e.map_err(io(format!("listing {}", d.display())))?;
+                let e = e.with_context(|| format!("listing {}", d.display()))?;
                 let p = e.path();
-                let ft = e.file_type().map_err(io(format!("stat {}", p.display())))?;
+                let ft = e
+                    .file_type()
+                    .with_context(|| format!("stat {}", p.display()))?;
                 if ft.is_dir() {
                     stack.push(p);
                 } else if let Some(n) = p

@@ -9,6 +9,7 @@
 //! extra kernel arguments.
 
 use super::Error;
+use flasher_format::io::IoContext;
 use std::fs::File;
 use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -46,13 +47,12 @@ pub fn partitions<R: Read + Seek>(img: &mut R) -> io::Result<Vec<Part>> {
 /// The boot partition: the one named `flash-boot`, else the ESP, else the first
 /// FAT-typed one, else the first.
 pub fn boot_partition(path: &Path) -> Result<Part, Error> {
-    let mut f =
-        File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let parts = partitions(&mut f).map_err(|e| {
-        Error::io(
+        Error::Io(flasher_format::io::IoError::new(
             format!("reading the partition table of {}", path.display()),
             e,
-        )
+        ))
     })?;
     parts
         .iter()
@@ -69,10 +69,10 @@ pub fn boot_partition(path: &Path) -> Result<Part, Error> {
 
 fn read_part(path: &Path, part: &Part) -> Result<Vec<u8>, Error> {
     let ctx = |e| {
-        Error::io(
+        Error::Io(flasher_format::io::IoError::new(
             format!("reading the boot partition of {}", path.display()),
             e,
-        )
+        ))
     };
     let mut f = File::open(path).map_err(ctx)?;
     f.seek(SeekFrom::Start(part.offset)).map_err(ctx)?;
@@ -237,10 +237,10 @@ pub fn boot_spec(path: &Path) -> Result<BootSpec, Error> {
 pub fn append_loader_options(path: &Path, extra: &str) -> Result<usize, Error> {
     let part = boot_partition(path)?;
     let ctx = |e| {
-        Error::io(
+        Error::Io(flasher_format::io::IoError::new(
             format!("patching the loader entries of {}", path.display()),
             e,
-        )
+        ))
     };
     let file = std::fs::OpenOptions::new()
         .read(true)

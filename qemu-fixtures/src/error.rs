@@ -28,12 +28,8 @@ pub enum Error {
     TargetMissing { path: PathBuf },
     #[error("QEMU failed ({status}): {stderr}")]
     QemuFailed { status: String, stderr: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
     #[error("the flasher reported failure: {message}")]
     FlashFailed { message: String },
     #[error(
@@ -50,13 +46,6 @@ pub enum Error {
     BadEvents { reason: String },
 }
 
-impl Error {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
+impl Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

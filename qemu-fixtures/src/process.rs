@@ -6,6 +6,7 @@
 use crate::events::{drain_events, writing_fraction, BadLine, EventHook};
 use crate::{Error, Result};
 use flasher_format::event::Event;
+use flasher_format::io::IoContext;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -41,7 +42,10 @@ pub(crate) fn spawn(qemu: &str, args: &[String], stream: bool) -> Result<Running
             std::io::ErrorKind::NotFound => Error::QemuMissing {
                 binary: qemu.into(),
             },
-            _ => Error::io(format!("starting {qemu}"), e),
+            _ => Error::Io(flasher_format::io::IoError::new(
+                format!("starting {qemu}"),
+                e,
+            )),
         })?;
     let console = Arc::new(Mutex::new(Vec::new()));
     let mut readers = Vec::new();
@@ -131,10 +135,7 @@ pub(crate) fn supervise(
     let (mut timed_out, mut power_cut, mut gave_up) = (false, false, false);
     let mut guest_stopped = false;
     let status = loop {
-        let st = run
-            .child
-            .try_wait()
-            .map_err(|e| Error::io("waiting for QEMU", e))?;
+        let st = run.child.try_wait().context("waiting for QEMU")?;
         let before = events.len();
         read_new(&mut offset, &mut pending);
         drain_events(&mut pending, &mut events, &mut bad_lines, hook);

@@ -9,6 +9,7 @@ use crate::process::{qemu_error, spawn, supervise};
 use crate::work::{copy, file_size, grow, Work};
 use crate::{card, fault, Error, Fault, QemuOutcome, Result, VirtualBoard};
 use flasher_format::cmdline;
+use flasher_format::io::IoContext;
 use flasher_format::units::iec;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,9 +79,9 @@ fn prepare_target(opts: &QemuOptions, target: &Path) -> Result<()> {
             path: target.into(),
         })?;
         let f = std::fs::File::create(target)
-            .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+            .with_context(|| format!("creating {}", target.display()))?;
         f.set_len(size)
-            .map_err(|e| Error::io(format!("sizing {} to {size} bytes", target.display()), e))?;
+            .with_context(|| format!("sizing {} to {size} bytes", target.display()))?;
         tracing::info!("created target {} ({})", target.display(), iec(size));
     }
     if matches!(opts.board, VirtualBoard::Sd | VirtualBoard::Imx6) {
@@ -115,11 +116,11 @@ struct BootFiles {
 fn extract_boot_files(work: &Work, card: &Path) -> Result<BootFiles> {
     let spec = card::boot_spec(card)?;
     let kernel = work.path("kernel");
-    std::fs::write(&kernel, &spec.kernel).map_err(|e| Error::io("writing the kernel", e))?;
+    std::fs::write(&kernel, &spec.kernel).context("writing the kernel")?;
     let initrd = match &spec.initrd {
         Some(i) => {
             let p = work.path("initrd");
-            std::fs::write(&p, i).map_err(|e| Error::io("writing the initramfs", e))?;
+            std::fs::write(&p, i).context("writing the initramfs")?;
             Some(p)
         }
         None => None,
@@ -154,16 +155,15 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
         .unwrap_or_else(|| work.path("events.jsonl"));
     if let Some(parent) = events_path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
-            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     // QEMU opens the serial file itself; start from empty so old events never count.
     std::fs::write(&events_path, b"")
-        .map_err(|e| Error::io(format!("creating {}", events_path.display()), e))?;
+        .with_context(|| format!("creating {}", events_path.display()))?;
     let blkdebug = match fault::blkdebug_config(&opts.faults) {
         Some(cfg) => {
             let p = work.path("blkdebug.conf");
-            std::fs::write(&p, cfg)
-                .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+            std::fs::write(&p, cfg).with_context(|| format!("writing {}", p.display()))?;
             Some(p)
         }
         None => None,

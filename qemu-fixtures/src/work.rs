@@ -1,7 +1,8 @@
 //! Scratch space for a run: the work directory (removed afterwards unless the
 //! caller gave it) and the file helpers that copy and pad cards and targets.
 
-use crate::{Error, Result};
+use crate::Result;
+use flasher_format::io::IoContext;
 use std::path::{Path, PathBuf};
 
 /// A scratch directory, removed on drop unless the caller supplied it.
@@ -23,8 +24,7 @@ impl Work {
                 )
             }
         };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Work { dir, owned })
     }
     pub(crate) fn path(&self, name: &str) -> PathBuf {
@@ -45,19 +45,19 @@ pub(crate) fn grow(path: &Path, size: u64) -> Result<()> {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    f.set_len(size)
-        .map_err(|e| Error::io(format!("growing {} to {size} bytes", path.display()), e))
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(f.set_len(size)
+        .with_context(|| format!("growing {} to {size} bytes", path.display()))?)
 }
 
 pub(crate) fn file_size(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path)
-        .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))?
+        .with_context(|| format!("reading the size of {}", path.display()))?
         .len())
 }
 
 pub(crate) fn copy(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to)
+    Ok(std::fs::copy(from, to)
         .map(|_| ())
-        .map_err(|e| Error::io(format!("copying {} to {}", from.display(), to.display()), e))
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?)
 }

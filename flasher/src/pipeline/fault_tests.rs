@@ -298,7 +298,12 @@ fn full_run<T: Staged>(t: &mut T, bundle: &[u8], card: &[u8], expand: bool) -> c
     post::place_raw(t, &c, BL_OFF, &blob(), "u-boot.bin")?;
     t.stage(Stage::Config);
     let span = post::target_fat(t, &c)
-        .map_err(|e| CrateError::io("read the table to be committed", e))?
+        .map_err(|e| {
+            CrateError::Io(flasher_format::io::IoError::new(
+                "read the table to be committed",
+                e,
+            ))
+        })?
         .ok_or_else(|| CrateError::Usage("no FAT in the table to be committed".into()))?;
     assert_eq!(span, P1);
     post::inject_config(t, span, Cursor::new(card.to_vec()), None)?;

@@ -43,12 +43,8 @@ impl fmt::Display for Seen {
 /// Errors from `storage`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
     #[error("{path}: {what}")]
     Malformed { path: String, what: String },
     #[error("boot disk {name:?} not found; saw {seen}")]
@@ -101,7 +97,7 @@ impl Error {
                 C::TargetRefused
             }
             Error::BootDiskNotFound { .. } => C::BoardConfig,
-            Error::Io { .. } | Error::Malformed { .. } => C::Internal,
+            Error::Io(_) | Error::Malformed { .. } => C::Internal,
         }
     }
 }
@@ -311,7 +307,7 @@ fn under(root: &Path, abs: &str) -> PathBuf {
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context, source }
+    move |source| Error::Io(flasher_format::io::IoError::new(context, source))
 }
 
 fn read_trim(path: &Path) -> Result<String> {
@@ -352,10 +348,10 @@ fn read_flag_or_false(path: &Path) -> Result<bool> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(s.trim() == "1"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(Error::Io {
-            context: format!("read {}", path.display()),
+        Err(source) => Err(Error::Io(flasher_format::io::IoError::new(
+            format!("read {}", path.display()),
             source,
-        }),
+        ))),
     }
 }
 
@@ -467,10 +463,10 @@ fn read_uses(root: &Path) -> Result<Uses> {
         // Fail closed on the live system: without mountinfo we cannot tell
         // whether a disk is in use.
         Err(source) => {
-            return Err(Error::Io {
-                context: format!("read {} (is /proc mounted?)", path.display()),
+            return Err(Error::Io(flasher_format::io::IoError::new(
+                format!("read {} (is /proc mounted?)", path.display()),
                 source,
-            })
+            )))
         }
     };
     let mut mounts: HashMap<DevNum, Vec<String>> = HashMap::new();

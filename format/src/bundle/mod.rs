@@ -20,6 +20,7 @@ pub use sign::{
 };
 pub use writer::{BundleWriter, WriterOptions};
 
+use crate::io::IoContext;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -147,24 +148,14 @@ pub enum Error {
     UnpinnedFile { name: String },
     #[error("bundle writer misuse: {0}")]
     Writer(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io::IoError),
 }
 
 impl Error {
     /// Every bundle error means the payload is invalid.
     pub fn class(&self) -> crate::ErrorClass {
         crate::ErrorClass::PayloadInvalid
-    }
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
     }
 }
 
@@ -755,7 +746,12 @@ pub(crate) fn read_full(
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(format!("read {}", what()), e)),
+            Err(e) => {
+                return Err(Error::Io(crate::io::IoError::new(
+                    format!("read {}", what()),
+                    e,
+                )))
+            }
         }
     }
     Ok(())
@@ -825,8 +821,7 @@ pub fn read_manifest(r: &mut impl Read) -> Result<Opened> {
 
 /// Read the manifest of a bundle file (for `mkflasher inspect`).
 pub fn read_manifest_file(path: &std::path::Path) -> Result<Opened> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| Error::io(format!("open bundle {}", path.display()), e))?;
+    let f = std::fs::File::open(path).with_context(|| format!("open bundle {}", path.display()))?;
     read_manifest(&mut std::io::BufReader::new(f))
 }
 

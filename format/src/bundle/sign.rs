@@ -9,6 +9,7 @@
 //! one signature over the manifest covers everything that reaches the target.
 
 use super::{hex_digest, Error, Manifest, Opened, Result};
+use crate::io::IoContext;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
@@ -143,8 +144,8 @@ pub fn read_secret_key(path: &std::path::Path) -> Result<SecretKey> {
 }
 
 fn read_key_file<T>(path: &std::path::Path, what: &str, parse: fn(&str) -> Result<T>) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("read {what} {}", path.display()), e))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read {what} {}", path.display()))?;
     parse(&text).map_err(|e| match e {
         Error::KeyFile { reason, .. } => Error::KeyFile {
             what: format!("{what} {}", path.display()),
@@ -251,16 +252,15 @@ impl Trust {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Trust::default()),
             Err(e) => {
-                return Err(Error::io(
+                return Err(Error::Io(crate::io::IoError::new(
                     format!("read trusted keys in {}", dir.display()),
                     e,
-                ))
+                )))
             }
         };
         let mut paths = Vec::new();
         for e in entries {
-            let e =
-                e.map_err(|e| Error::io(format!("read trusted keys in {}", dir.display()), e))?;
+            let e = e.with_context(|| format!("read trusted keys in {}", dir.display()))?;
             let p = e.path();
             if p.extension().is_some_and(|x| x == "pub") {
                 paths.push(p);

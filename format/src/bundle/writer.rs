@@ -11,6 +11,7 @@ use super::{
     Chunk, ChunkDigest, Error, Extent, ExtentKind, Header, Manifest, PinnedFile, Result, SecretKey,
     SourceInfo, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
+use crate::io::IoContext;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
@@ -98,9 +99,7 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
                 opts.chunk_size
             )));
         }
-        spool
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io("rewind spool", e))?;
+        spool.seek(SeekFrom::Start(0)).context("rewind spool")?;
         let (tx, rx) = bounded::<Job>(opts.workers.max(1) * 2);
         let workers = (0..opts.workers.max(1))
             .map(|_| {
@@ -228,10 +227,10 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
         let (compressed, digest, xxh3) = rx
             .recv()
             .map_err(|_| Error::Writer("compression worker died".into()))?
-            .map_err(|e| Error::io(format!("compress chunk at image offset {offset}"), e))?;
+            .with_context(|| format!("compress chunk at image offset {offset}"))?;
         self.spool
             .write_all(&compressed)
-            .map_err(|e| Error::io("write chunk spool", e))?;
+            .context("write chunk spool")?;
         self.chunks.push(Chunk {
             xxh3,
             ..Chunk::new(
@@ -299,23 +298,22 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
             manifest_sha256: Sha256::digest(&json).into(),
         };
         out.write_all(&header.to_bytes())
-            .map_err(|e| Error::io("write bundle header", e))?;
-        out.write_all(&json)
-            .map_err(|e| Error::io("write bundle manifest", e))?;
+            .context("write bundle header")?;
+        out.write_all(&json).context("write bundle manifest")?;
         out.write_all(&signature)
-            .map_err(|e| Error::io("write bundle signature", e))?;
+            .context("write bundle signature")?;
         self.spool
             .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io("rewind spool", e))?;
+            .context("rewind spool")?;
         let copied = std::io::copy(&mut (&mut self.spool).take(header.data_len), out)
-            .map_err(|e| Error::io("copy chunks into bundle", e))?;
+            .context("copy chunks into bundle")?;
         if copied != header.data_len {
             return Err(Error::Writer(format!(
                 "spool held {copied} bytes, expected {}",
                 header.data_len
             )));
         }
-        out.flush().map_err(|e| Error::io("flush bundle", e))?;
+        out.flush().context("flush bundle")?;
         Ok(manifest)
     }
 }

@@ -9,6 +9,7 @@
 
 use super::Led;
 use crate::{Error, Result};
+use flasher_format::io::IoContext;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,9 +61,9 @@ pub struct ClassLed {
 }
 
 fn read_trimmed(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
+    Ok(std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
-        .map_err(|e| Error::io(path, e))
+        .with_context(|| path.display().to_string())?)
 }
 
 impl ClassLed {
@@ -137,7 +138,7 @@ impl ClassLed {
 
     fn write(&self, file: &str, value: &str) -> Result<()> {
         let path = self.dir.join(file);
-        std::fs::write(&path, value).map_err(|e| Error::io(path, e))
+        Ok(std::fs::write(&path, value).with_context(|| path.display().to_string())?)
     }
 
     fn take_manual_control(&mut self) -> Result<()> {

@@ -5,6 +5,7 @@
 
 use super::Announcement;
 use crate::{Error, Result};
+use flasher_format::io::IoContext;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ impl EventSink {
             .append(true)
             .create(!path.starts_with("/dev"))
             .open(path)
-            .map_err(|e| Error::io(path, e))?;
+            .with_context(|| path.display().to_string())?;
         Ok(EventSink {
             path: path.to_path_buf(),
             file,
@@ -44,10 +45,11 @@ impl EventSink {
             message: e.to_string(),
         })?;
         line.push('\n');
-        self.file
+        Ok(self
+            .file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
-            .map_err(|e| Error::io(&self.path, e))
+            .with_context(|| self.path.display().to_string())?)
     }
 }
 
@@ -85,7 +87,7 @@ mod tests {
     #[test]
     fn a_missing_device_is_not_created() {
         let path = Path::new("/dev/flasher-test-no-such-tty");
-        assert!(matches!(EventSink::open(path), Err(Error::Io { .. })));
+        assert!(matches!(EventSink::open(path), Err(Error::Io(_))));
         assert!(!path.exists());
         // An existing device is written as is.
         let mut sink = EventSink::open(Path::new("/dev/null")).unwrap();
@@ -101,6 +103,6 @@ mod tests {
     fn unopenable_path_is_an_io_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("no/such/dir/events");
-        assert!(matches!(EventSink::open(&path), Err(Error::Io { .. })));
+        assert!(matches!(EventSink::open(&path), Err(Error::Io(_))));
     }
 }

@@ -11,6 +11,7 @@
 use super::cdev::{is_on, physical_high};
 use super::Led;
 use crate::{Error, Result};
+use flasher_format::io::IoContext;
 use std::path::{Path, PathBuf};
 
 /// One GPIO under `ROOT/sys/class/gpio`.
@@ -32,7 +33,7 @@ impl RootedPin {
     }
 
     fn write(&self, path: PathBuf, value: &str) -> Result<()> {
-        std::fs::write(&path, value).map_err(|e| Error::io(path, e))
+        Ok(std::fs::write(&path, value).with_context(|| path.display().to_string())?)
     }
 
     fn export(&self) -> Result<()> {
@@ -154,7 +155,7 @@ mod tests {
         let bare = tempfile::tempdir().unwrap();
         assert!(matches!(
             SysfsGpioLed::open(bare.path(), 9, false),
-            Err(Error::Io { .. })
+            Err(Error::Io(_))
         ));
     }
 }

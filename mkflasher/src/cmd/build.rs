@@ -1,5 +1,6 @@
 //! `mkflasher build`: the flasher card image for a board (see `card`).
 
+use flasher_format::io::IoContext;
 use std::path::{Path, PathBuf};
 
 use flasher_format::bundle;
@@ -193,9 +194,7 @@ pub fn spec_from_args(args: &Args) -> crate::Result<CardSpec> {
         None
     };
     let initramfs = match &args.initramfs {
-        Some(p) => {
-            std::fs::read(p).map_err(|e| crate::Error::io(format!("reading {}", p.display()), e))?
-        }
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         None => initrd::build(&ir_spec)?.0,
     };
     Ok(CardSpec {
@@ -244,7 +243,7 @@ fn boot_files(board: &boards::Board, dir: Option<&Path>) -> crate::Result<Vec<(S
         };
         let path = dir.join(file.trim_start_matches('/'));
         let data = std::fs::read(&path)
-            .map_err(|e| crate::Error::io(format!("read bootloader file {}", path.display()), e))?;
+            .with_context(|| format!("read bootloader file {}", path.display()))?;
         out.push((file.clone(), data));
     }
     Ok(out)

@@ -5,6 +5,7 @@
 use crate::source::{self, BundleOptions};
 use flasher::pipeline::human;
 use flasher_format::bundle::{self, ExtentKind, PinnedFile, WriterOptions, DEFAULT_CHUNK_SIZE};
+use flasher_format::io::IoContext;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -140,8 +141,8 @@ pub fn pins(paths: &[PathBuf]) -> crate::Result<Vec<PinnedFile>> {
             crate::card::add_tree(p, "", &mut files)?;
             out.extend(files.iter().map(|f| PinnedFile::new(&f.path, &f.data)));
         } else {
-            let data = std::fs::read(p)
-                .map_err(|e| crate::Error::io(format!("read {} to pin it", p.display()), e))?;
+            let data =
+                std::fs::read(p).with_context(|| format!("read {} to pin it", p.display()))?;
             let name = p.file_name().unwrap_or_default().to_string_lossy();
             out.push(PinnedFile::new(name, &data));
         }
@@ -154,7 +155,7 @@ pub fn pins(paths: &[PathBuf]) -> crate::Result<Vec<PinnedFile>> {
 fn source_error(e: source::Error) -> crate::Error {
     match e {
         source::Error::Bundle(b) => crate::Error::Flasher(flasher::Error::Bundle(b)),
-        source::Error::Io { context, source } => crate::Error::Io { context, source },
+        source::Error::Io(e) => crate::Error::Io(e),
         other => crate::Error::Source(other),
     }
 }

@@ -6,6 +6,7 @@
 //! - `hostname`: the host name on one line (the init copies it as is);
 //! - `system-connections/wifi`: a NetworkManager keyfile for the Wi-Fi network.
 
+use flasher_format::io::IoContext;
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 
@@ -210,7 +211,7 @@ pub fn run(args: Args) -> crate::Result<()> {
 pub fn unpinned_on_signed_card(card_path: &std::path::Path) -> crate::Result<Vec<String>> {
     use flasher_format::{bundle, card as layout};
     let f = std::fs::File::open(card_path)
-        .map_err(|e| crate::Error::io(format!("opening {}", card_path.display()), e))?;
+        .with_context(|| format!("opening {}", card_path.display()))?;
     let (mut payload, _) =
         crate::disk::open_partition(f, layout::PAYLOAD_NAME, Some(layout::PAYLOAD_NUMBER))?;
     let Ok(opened) = bundle::read_manifest(&mut payload) else {

@@ -3,6 +3,7 @@
 //! the NVMe alone and show the demo OS's marker. See [`crate::demo`].
 
 use crate::demo::{self, DemoOptions};
+use flasher_format::io::IoContext;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,8 +24,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
-    let mkflasher = std::env::current_exe()
-        .map_err(|e| crate::Error::io("locating the mkflasher binary", e))?;
+    let mkflasher = std::env::current_exe().context("locating the mkflasher binary")?;
     let report = demo::run(&DemoOptions {
         work: args.work,
         mkflasher,

@@ -10,6 +10,7 @@
 //! - `/dev/console` (char 5:1), `/dev/null` (char 1:3), and the empty mount
 //!   points `/proc /sys /dev /run /mnt /tmp`.
 
+use flasher_format::io::IoContext;
 use std::path::{Path, PathBuf};
 
 use crate::card;
@@ -289,7 +290,7 @@ pub fn run(args: Args) -> crate::Result<()> {
     let spec = spec_from_args(&args)?;
     let (bytes, s) = build(&spec)?;
     std::fs::write(&args.output, &bytes)
-        .map_err(|e| crate::Error::io(format!("writing {}", args.output.display()), e))?;
+        .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
         "initramfs {}: {} bytes ({} uncompressed), board {}, modules: {}",
         args.output.display(),

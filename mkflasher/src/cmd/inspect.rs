@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 fn io_err(ctx: String) -> impl FnOnce(std::io::Error) -> crate::Error {
-    move |e| crate::Error::io(ctx, e)
+    move |e| crate::Error::Io(flasher_format::io::IoError::new(ctx, e))
 }
 
 fn human(n: u64) -> String {

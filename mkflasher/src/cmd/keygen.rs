@@ -3,6 +3,7 @@
 //! key: losing the old secret would strand every card that trusts it.
 
 use flasher_format::bundle::SecretKey;
+use flasher_format::io::IoContext;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ pub fn run(args: Args) -> crate::Result<()> {
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
-        .map_err(|e| crate::Error::io("read 32 random bytes from /dev/urandom", e))?;
+        .context("read 32 random bytes from /dev/urandom")?;
     let key = SecretKey::from_seed(&seed);
     seed.fill(0);
     let comment = args
@@ -67,8 +68,8 @@ fn write_new(path: &Path, mode: u32, bytes: &[u8]) -> crate::Result<()> {
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| crate::Error::io(ctx("create"), e))?;
-    f.write_all(bytes)
+        .with_context(|| ctx("create"))?;
+    Ok(f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| crate::Error::io(ctx("write"), e))
+        .with_context(|| ctx("write"))?)
 }

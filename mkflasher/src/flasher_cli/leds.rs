@@ -154,9 +154,10 @@ pub fn run(args: Args) -> flasher::Result<()> {
     std::thread::sleep(Duration::from_secs_f64(seconds));
     if args.restore {
         animator.restore().map_err(|e| match e {
-            led::Error::Io { path, source } => {
-                flasher::Error::io(format!("restore LED trigger {}", path.display()), source)
-            }
+            led::Error::Io(e) => flasher::Error::Io(flasher_format::io::IoError::new(
+                format!("restore LED trigger {}", e.context),
+                e.source,
+            )),
             other => flasher::Error::Usage(other.to_string()),
         })?;
     } else {

@@ -4,6 +4,7 @@
 
 use flasher::pipeline::{self, human, Verify, WriteOptions};
 use flasher::progress::{Event, Observer};
+use flasher_format::io::IoContext;
 use flasher_format::Phase;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -88,7 +89,7 @@ pub fn run(args: Args) -> flasher::Result<()> {
     };
 
     let f = std::fs::File::open(&args.payload)
-        .map_err(|e| flasher::Error::io(format!("open payload {}", args.payload.display()), e))?;
+        .with_context(|| format!("open payload {}", args.payload.display()))?;
     // Chunk reads larger than the buffer bypass it (no extra copy).
     let payload = std::io::BufReader::with_capacity(256 << 10, f);
     let obs: Box<dyn Observer> = if std::io::stderr().is_terminal() {

@@ -32,6 +32,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use flasher::blockdev::Device;
 use flasher::pipeline::{self, Verify, WriteOptions, WriteReport};
 use flasher_format::bundle::{self, Opened, WriterOptions};
+use flasher_format::io::IoContext;
 use flasher_format::units;
 use serde::Serialize;
 use std::io::{BufRead, Read, Write};
@@ -104,20 +105,11 @@ pub enum Error {
     Source(#[from] source::Error),
     #[error(transparent)]
     Flasher(#[from] flasher::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
 
 /// A fault to inject for tests: after the write, before the read-back of
 /// target `target` (its index), flip the byte at `offset` through a separate
@@ -298,10 +290,10 @@ impl Drop for Input {
 }
 
 fn is_bundle(image: &Path) -> Result<bool> {
-    let mut f = std::fs::File::open(image).map_err(io(format!("open {}", image.display())))?;
+    let mut f = std::fs::File::open(image).with_context(|| format!("open {}", image.display()))?;
     let mut magic = [0u8; 8];
-    let n =
-        source::read_up_to(&mut f, &mut magic).map_err(io(format!("read {}", image.display())))?;
+    let n = source::read_up_to(&mut f, &mut magic)
+        .with_context(|| format!("read {}", image.display()))?;
     Ok(n == magic.len() && magic == bundle::MAGIC)
 }
 
@@ -347,12 +339,17 @@ pub fn check_targets(
     }
     let mut out: Vec<Checked> = Vec::new();
     let mut seen: Vec<(u64, u64, PathBuf)> = Vec::new();
-    let img = std::fs::metadata(image).map_err(io(format!("stat {}", image.display())))?;
+    let img = std::fs::metadata(image).with_context(|| format!("stat {}", image.display()))?;
     for path in targets {
         let meta = match std::fs::metadata(path) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io(format!("stat {}", path.display()))(e)),
+            Err(e) => {
+                return Err(Error::Io(flasher_format::io::IoError::new(
+                    format!("stat {}", path.display()),
+                    e,
+                )))
+            }
         };
         if let Some(m) = &meta {
             let id = if m.file_type().is_block_device() {
@@ -525,7 +522,7 @@ fn confirm(image: &Path, size: u64, targets: &[Checked]) -> Result<()> {
     std::io::stdin()
         .lock()
         .read_line(&mut line)
-        .map_err(io("read the answer"))?;
+        .context("read the answer")?;
     if line.trim().eq_ignore_ascii_case("yes") {
         Ok(())
     } else {
@@ -663,8 +660,8 @@ pub fn write(
     let all = drives::survey(&opts.root, &ctx)?;
     let checked = check_targets(image, targets, &all, &opts.root, opts.allow_non_removable)?;
     let input = prepare(image, &opts.tmp_dir)?;
-    let f =
-        std::fs::File::open(&input.path).map_err(io(format!("open {}", input.path.display())))?;
+    let f = std::fs::File::open(&input.path)
+        .with_context(|| format!("open {}", input.path.display()))?;
     // Open, the spool needs no name: gone even if the run is interrupted.
     drop(input);
     let mut payload = std::io::BufReader::with_capacity(PIECE, f);
@@ -748,14 +745,14 @@ fn grow_file(path: &Path, size: u64) -> Result<()> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(io(format!("create {}", path.display())))?;
+        .with_context(|| format!("create {}", path.display()))?;
     let len = f
         .metadata()
-        .map_err(io(format!("stat {}", path.display())))?
+        .with_context(|| format!("stat {}", path.display()))?
         .len();
     if len < size {
         f.set_len(size)
-            .map_err(io(format!("grow {} to {size} bytes", path.display())))?;
+            .with_context(|| format!("grow {} to {size} bytes", path.display()))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! types are reported as unsupported unless the caller opts to skip checks.
 
 use super::{Error, Result, Seg};
+use flasher_format::io::IoContext;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ struct RangeXml {
 impl Bmap {
     pub fn load(path: &Path, skip_checksums: bool) -> Result<Bmap> {
         let text = std::fs::read_to_string(path)
-            .map_err(super::io(format!("read bmap {}", path.display())))?;
+            .with_context(|| format!("read bmap {}", path.display()))?;
         Self::parse(path, &text, skip_checksums)
     }
 

@@ -11,6 +11,7 @@ mod scan;
 pub use scan::Classifier;
 
 use flasher_format::bundle::{BundleWriter, Manifest, SourceInfo, WriterOptions};
+use flasher_format::io::IoContext;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::io::AsRawFd;
@@ -48,20 +49,11 @@ pub enum Error {
     Empty,
     #[error(transparent)]
     Bundle(#[from] flasher_format::bundle::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
 
 /// How an image file is compressed, from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,10 +169,10 @@ fn data_ranges(f: &File, size: u64) -> Option<Vec<(u64, u64)>> {
 /// Turn an image (raw or compressed, with or without a bmap) into a bundle at
 /// `out`. Returns the manifest.
 pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Manifest> {
-    let mut f = File::open(image).map_err(io(format!("open image {}", image.display())))?;
+    let mut f = File::open(image).with_context(|| format!("open image {}", image.display()))?;
     let mut magic = [0u8; 8];
-    let n = read_up_to(&mut f, &mut magic).map_err(io(format!("read {}", image.display())))?;
-    f.seek(SeekFrom::Start(0)).map_err(io("rewind image"))?;
+    let n = read_up_to(&mut f, &mut magic).with_context(|| format!("read {}", image.display()))?;
+    f.seek(SeekFrom::Start(0)).context("rewind image")?;
     let compression = detect(image, &magic[..n])?;
     let bmap = match &opts.bmap {
         Some(p) => Some(bmap::Bmap::load(p, opts.skip_bmap_checksums)?),
@@ -203,11 +195,11 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
         .create(true)
         .truncate(true)
         .open(&spool_path)
-        .map_err(io(format!("create spool {}", spool_path.display())))?;
+        .with_context(|| format!("create spool {}", spool_path.display()))?;
     // The spool is only needed while this runs; unlink it now so it cannot be left behind.
     let _ = std::fs::remove_file(&spool_path);
     let mut writer = BundleWriter::new(wopts, spool)?;
-    let raw_size = f.metadata().map_err(io("stat image"))?.len();
+    let raw_size = f.metadata().context("stat image")?.len();
     if let (Some(b), Compression::None) = (&bmap, compression) {
         if raw_size != b.image_size {
             return Err(Error::SizeMismatch {
@@ -253,7 +245,7 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
         (None, _) => None,
     };
     // SEEK_DATA/SEEK_HOLE moved the file position.
-    f.seek(SeekFrom::Start(0)).map_err(io("rewind image"))?;
+    f.seek(SeekFrom::Start(0)).context("rewind image")?;
     let size = {
         let mut cls = Classifier::new(&mut writer, opts.min_zero_run);
         let mut reader: Box<dyn Read> = match compression {
@@ -265,7 +257,7 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
                 BufReader::with_capacity(1 << 20, &f),
             )),
             Compression::Zstd => {
-                Box::new(zstd::stream::read::Decoder::new(&f).map_err(io("start zstd decoder"))?)
+                Box::new(zstd::stream::read::Decoder::new(&f).context("start zstd decoder")?)
             }
         };
         let seekable = compression == Compression::None;
@@ -281,9 +273,7 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
                 // Whatever follows the map must not exist (image larger than the bmap says).
                 if let Some(b) = &bmap {
                     let mut probe = [0u8; 1];
-                    if !seekable
-                        && read_up_to(&mut reader, &mut probe).map_err(io("read image"))? > 0
-                    {
+                    if !seekable && read_up_to(&mut reader, &mut probe).context("read image")? > 0 {
                         return Err(Error::SizeMismatch {
                             image: b.image_size + 1,
                             bmap: b.image_size,
@@ -313,19 +303,18 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
     let tmp_out = out.with_extension("partial");
     let mut o = std::io::BufWriter::with_capacity(
         1 << 20,
-        File::create(&tmp_out).map_err(io(format!("create {}", tmp_out.display())))?,
+        File::create(&tmp_out).with_context(|| format!("create {}", tmp_out.display()))?,
     );
     let manifest = writer.finish(&mut o)?;
-    let file = o.into_inner().map_err(|e| Error::Io {
-        context: "flush bundle".into(),
-        source: e.into_error(),
+    let file = o.into_inner().map_err(|e| {
+        Error::Io(flasher_format::io::IoError::new(
+            "flush bundle",
+            e.into_error(),
+        ))
     })?;
-    file.sync_all().map_err(io("sync bundle"))?;
-    std::fs::rename(&tmp_out, out).map_err(io(format!(
-        "rename {} to {}",
-        tmp_out.display(),
-        out.display()
-    )))?;
+    file.sync_all().context("sync bundle")?;
+    std::fs::rename(&tmp_out, out)
+        .with_context(|| format!("rename {} to {}", tmp_out.display(), out.display()))?;
     Ok(manifest)
 }
 

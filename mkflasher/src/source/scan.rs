@@ -2,8 +2,9 @@
 //! granularity, and walking the read plan (file holes, bmap ranges) over a
 //! seekable file or a one-pass decompressor.
 
-use super::{io, Error, Result, Seg};
+use super::{Error, Result, Seg};
 use flasher_format::bundle::BundleWriter;
+use flasher_format::io::IoContext;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -150,7 +151,7 @@ pub(super) fn copy_all<S: Read + Write + Seek>(
 ) -> Result<()> {
     let mut buf = vec![0u8; BATCH];
     loop {
-        let n = super::read_up_to(r, &mut buf).map_err(io("read image"))?;
+        let n = super::read_up_to(r, &mut buf).context("read image")?;
         if n == 0 {
             return Ok(());
         }
@@ -162,17 +163,15 @@ pub(super) fn copy_all<S: Read + Write + Seek>(
 fn skip(r: &mut dyn Read, file: Option<&File>, to: u64, len: u64) -> Result<()> {
     match file {
         Some(mut f) => {
-            f.seek(SeekFrom::Start(to + len))
-                .map_err(io("seek image"))?;
+            f.seek(SeekFrom::Start(to + len)).context("seek image")?;
         }
         None => {
-            let n =
-                std::io::copy(&mut r.take(len), &mut std::io::sink()).map_err(io("read image"))?;
+            let n = std::io::copy(&mut r.take(len), &mut std::io::sink()).context("read image")?;
             if n != len {
-                return Err(Error::Io {
-                    context: format!("image ends at byte {} inside the bmap's range", to + n),
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                });
+                return Err(Error::Io(flasher_format::io::IoError::new(
+                    format!("image ends at byte {} inside the bmap's range", to + n),
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )));
             }
         }
     }
@@ -204,16 +203,16 @@ pub(super) fn apply<S: Read + Write + Seek>(
             let mut left = *len;
             while left > 0 {
                 let want = left.min(buf.len() as u64) as usize;
-                let n = super::read_up_to(r, &mut buf[..want]).map_err(io("read image"))?;
+                let n = super::read_up_to(r, &mut buf[..want]).context("read image")?;
                 if n == 0 {
-                    return Err(Error::Io {
-                        context: format!(
+                    return Err(Error::Io(flasher_format::io::IoError::new(
+                        format!(
                             "image ends at byte {} inside a range that reaches byte {}",
                             off + len - left,
                             off + len
                         ),
-                        source: std::io::ErrorKind::UnexpectedEof.into(),
-                    });
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    )));
                 }
                 if let Some(h) = h.as_mut() {
                     h.update(&buf[..n]);
