@@ -460,7 +460,7 @@ impl Real {
         let f = File::open(card).map_err(|e| {
             flasher::Error::io(format!("open card partition {}", card.display()), e)
         })?;
-        flasher_disk::fat::read_file_max(f, path, max).map_err(|e| {
+        flasher_disk::fat::read_file(f, path, max).map_err(|e| {
             flasher::Error::io(format!("read {path} from {}", card.display()), e).into()
         })
     }

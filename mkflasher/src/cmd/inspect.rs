@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use flasher_format::bundle::{self, ExtentKind};
+use flasher_format::card as layout;
 use flasher_format::record;
 
 use crate::card;
@@ -172,7 +173,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
                         let _ = writeln!(out, "  {:<36} {:>10}", e.path, human(e.size));
                     }
                 }
-                for name in ["cmdline.txt", "config.json"] {
+                for name in [layout::CMDLINE_FILE, layout::CONFIG_JSON] {
                     if let Ok(b) = fat::read_file(&mut vol, name) {
                         let _ = writeln!(out, "  {name}: {}", String::from_utf8_lossy(&b).trim());
                     }
