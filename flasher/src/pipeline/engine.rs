@@ -23,6 +23,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use flasher_format::bundle::{
     self, decode_chunk, ChunkReader, ExtentKind, Manifest, Opened, RawChunk,
 };
+use flasher_format::units::iec;
 use flasher_format::Phase;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -135,8 +136,8 @@ pub fn write_opened<R: Read, T: Target>(
     let t_finish = Instant::now();
     obs.event(&Event::phase(Phase::Finishing).with_message(format!(
         "writing the held-back first {} and last {} of the image",
-        super::human(d.head),
-        super::human(m.image_size - d.tail)
+        iec(d.head),
+        iec(m.image_size - d.tail)
     )));
     let parts = deferred_parts(m, &streamed, &d, &plan.hold);
     write_deferred(&parts, target)?;

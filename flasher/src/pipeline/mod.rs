@@ -16,6 +16,7 @@ pub use engine::{write_opened, write_to};
 use crate::blockdev::{self, Device};
 use crate::progress::Observer;
 use flasher_format::bundle;
+use flasher_format::units::iec;
 use flasher_format::ErrorClass;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use std::time::Duration;
 /// and ioctl errors `blockdev::Error`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("target {path} is {} ({target} bytes), smaller than the image {} ({image} bytes); use a larger disk", human(*target), human(*image))]
+    #[error("target {path} is {} ({target} bytes), smaller than the image {} ({image} bytes); use a larger disk", iec(*target), iec(*image))]
     TargetTooSmall {
         path: PathBuf,
         target: u64,
@@ -123,15 +124,6 @@ pub fn fixed_mmap_threshold() {
     // SAFETY: mallopt only sets an allocator tunable; no pointers.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-    }
-}
-
-/// "3.6 GiB", "12.0 MiB", "4.0 KiB", "17 bytes".
-pub fn human(bytes: u64) -> String {
-    if bytes < 1024 {
-        format!("{bytes} bytes")
-    } else {
-        flasher_format::units::iec(bytes)
     }
 }
 
