@@ -379,7 +379,7 @@ fn write_diff<T: Target>(
                 let have = &buf[b as usize..e as usize];
                 match want {
                     Some(w) => have != &w[(o + b) as usize..(o + e) as usize],
-                    None => !is_zero(have),
+                    None => !bundle::is_zero(have),
                 }
             };
             if differs {
@@ -702,12 +702,6 @@ fn write_loop<T: Target>(
     Ok(out)
 }
 
-fn is_zero(b: &[u8]) -> bool {
-    // SAFETY: every bit pattern is a valid u128.
-    let (p, mid, s) = unsafe { b.align_to::<u128>() };
-    p.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && s.iter().all(|&x| x == 0)
-}
-
 fn read<T: Target>(t: &mut T, off: u64, buf: &mut [u8]) -> Result<(), Error> {
     t.read_at(off, buf).map_err(|source| Error::Read {
         offset: off,
@@ -734,7 +728,7 @@ pub(super) fn check_range<T: Target>(
             read(t, off + o, &mut buf[..])?;
             let good = match want {
                 Some(w) => buf[..] == w[o as usize..o as usize + n],
-                None => is_zero(&buf[..]),
+                None => bundle::is_zero(&buf[..]),
             };
             if !good {
                 return Ok(false);
@@ -838,7 +832,7 @@ fn verify_streamed<T: Target>(
                     for (ci, buf) in full_rx.iter() {
                         let good = match checks[ci] {
                             Check::Chunk(i) => m.readback_matches(i, &buf[..]),
-                            Check::Zero(..) => is_zero(&buf[..]),
+                            Check::Zero(..) => bundle::is_zero(&buf[..]),
                         };
                         if !good {
                             bad.push(ci);
