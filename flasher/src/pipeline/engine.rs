@@ -16,6 +16,7 @@
 //! defers it to after its own writes (bootloader, config).
 
 use super::commit::{self, Plan};
+use super::readback::{check_range, read, write, write_verified, zero};
 use super::{Error, PhaseDurations, Target, Verify, WriteOptions, WriteReport};
 use crate::blockdev::AlignedBuf;
 use crate::progress::{Event, Observer};
@@ -148,7 +149,7 @@ pub fn write_opened<R: Read, T: Target>(
     // The fix-up writes other than the table sectors (backup entry array at the
     // real end, a grown entry array), each read back.
     for (off, data) in &plan.fixup_writes {
-        commit::write_verified(target, *off, data, "partition-table fix-up")?;
+        write_verified(target, *off, data, "partition-table fix-up")?;
         report.bytes_verified += data.len() as u64;
     }
     for n in &plan.fixup.notes {
@@ -329,22 +330,6 @@ impl<'a> Progress<'a> {
                 .event(&Event::progress(self.phase, self.done, self.total, rate));
         }
     }
-}
-
-fn zero<T: Target>(t: &mut T, off: u64, len: u64) -> Result<(), Error> {
-    t.zero_range(off, len).map_err(|source| Error::Zero {
-        offset: off,
-        length: len,
-        source,
-    })
-}
-
-fn write<T: Target>(t: &mut T, off: u64, data: &[u8]) -> Result<(), Error> {
-    t.write_at(off, data).map_err(|source| Error::Write {
-        offset: off,
-        length: data.len() as u64,
-        source,
-    })
 }
 
 /// Compare granularity of `skip_equal`: a block that differs anywhere is
@@ -700,64 +685,6 @@ fn write_loop<T: Target>(
     let dd = out.deferred;
     ensure_planned(&mut out, dd, None, m, target, flags)?;
     Ok(out)
-}
-
-fn read<T: Target>(t: &mut T, off: u64, buf: &mut [u8]) -> Result<(), Error> {
-    t.read_at(off, buf).map_err(|source| Error::Read {
-        offset: off,
-        length: buf.len() as u64,
-        source,
-    })
-}
-
-/// Compare `off..off+len` with `want` (None: zeros). On a mismatch, `redo`
-/// rewrites the range (if we still have its bytes), then it is read once more.
-pub(super) fn check_range<T: Target>(
-    t: &mut T,
-    off: u64,
-    want: Option<&[u8]>,
-    len: u64,
-    buf: &mut AlignedBuf,
-    what: &str,
-) -> Result<(), Error> {
-    let ok = |t: &mut T, buf: &mut AlignedBuf| -> Result<bool, Error> {
-        let mut o = 0u64;
-        while o < len {
-            let n = (len - o).min(buf.capacity() as u64) as usize;
-            buf.set_len(n);
-            read(t, off + o, &mut buf[..])?;
-            let good = match want {
-                Some(w) => buf[..] == w[o as usize..o as usize + n],
-                None => bundle::is_zero(&buf[..]),
-            };
-            if !good {
-                return Ok(false);
-            }
-            o += n as u64;
-        }
-        Ok(true)
-    };
-    if ok(t, buf)? {
-        return Ok(());
-    }
-    tracing::warn!(
-        "verify mismatch at target bytes {off}..{} ({what}); rewriting and reading once more",
-        off + len
-    );
-    match want {
-        Some(w) => write(t, off, &w[..len as usize])?,
-        None => zero(t, off, len)?,
-    }
-    t.sync().map_err(Error::Sync)?;
-    t.drop_cache();
-    if ok(t, buf)? {
-        return Ok(());
-    }
-    Err(Error::VerifyMismatch {
-        offset: off,
-        length: len,
-        what: what.to_string(),
-    })
 }
 
 fn verify_streamed<T: Target>(

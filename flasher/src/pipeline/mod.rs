@@ -2,7 +2,9 @@
 //! kept) ▶ chunk digest ▶ write (O_DIRECT) ▶ flush ▶ read back ▶ compare ▶ first
 //! blocks last ▶ partition-table fix-ups. The engine (`engine`) is generic over a
 //! [`Target`], so it runs on a `Cursor` in tests and on a [`blockdev::Device`] on
-//! the board; pre-write refusals (size, read-only, mounted) are in `preflight`.
+//! the board; pre-write refusals (size, read-only, mounted) are in `preflight`,
+//! the table commit in `commit`, the writes after the image in `post`, and the
+//! read-back they all share in `readback`.
 
 pub mod commit;
 mod engine;
@@ -10,6 +12,7 @@ mod engine;
 mod fault_tests;
 pub mod post;
 pub mod preflight;
+mod readback;
 
 pub use engine::{write_opened, write_to};
 
