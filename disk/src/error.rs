@@ -49,6 +49,23 @@ pub enum Error {
     MbrCrate(String),
     #[error("FAT volume: {reason}; the partition does not hold a usable FAT filesystem")]
     BadFat { reason: String },
+    #[error("invalid path {path:?} in a FAT volume: use '/'-separated names without '..'")]
+    BadPath { path: String },
+    #[error("{path:?} in the FAT volume is a directory, not a file")]
+    IsDirectory { path: String },
+    #[error("{path} in the FAT volume is over the {max}-byte limit")]
+    FileTooLarge {
+        path: String,
+        /// Bytes read before the read stopped: `max + 1`, the file may be larger.
+        size: u64,
+        max: u64,
+    },
+    #[error("{path} in the FAT volume: {source}")]
+    FatFile {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Io(#[from] flasher_format::io::IoError),
 }
@@ -60,7 +77,10 @@ impl From<Error> for io::Error {
     /// reachable through `get_ref`/`into_inner`.
     fn from(e: Error) -> io::Error {
         let kind = match &e {
-            Error::Io(flasher_format::io::IoError { source, .. }) => source.kind(),
+            Error::Io(flasher_format::io::IoError { source, .. })
+            | Error::FatFile { source, .. } => source.kind(),
+            Error::BadPath { .. } => io::ErrorKind::InvalidInput,
+            Error::IsDirectory { .. } => io::ErrorKind::IsADirectory,
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)

@@ -1,7 +1,12 @@
 //! FAT volumes inside a disk image or a device slice: opening one with `fatfs`, the
-//! one boot-sector geometry parser, and the repairs `fatfs` 0.3.6 needs after it
+//! one boot-sector geometry parser, the repairs `fatfs` 0.3.6 needs after it
 //! creates directories (dot entries) or a volume (FAT32 FSInfo), so `fsck.vfat -n`
-//! is clean. Also a read-only wrapper for media that must never be written.
+//! is clean, and a read-only wrapper for media that must never be written.
+//!
+//! The one file API every FAT reader and writer uses: [`read_file`] (with a
+//! size bound), [`write_file`] / [`write_files`] (parent directories created,
+//! dot entries repaired) and [`list`] / [`list_dir`]. Finding the FAT partition
+//! of a disk: [`partitions`], [`first_fat`].
 
 use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -382,7 +387,7 @@ pub fn sync_fsinfo<D: Read + Write + Seek + ?Sized>(dev: &mut D) -> io::Result<b
     Ok(true)
 }
 
-// ---- Finding a FAT volume and reading one file from it ----
+// ---- Finding a FAT volume on a disk ----
 
 /// A partition as (byte offset, byte length) on its disk.
 pub type Span = (u64, u64);
@@ -422,30 +427,251 @@ pub fn first_fat<R: Read + Seek>(dev: &mut R) -> io::Result<Option<Span>> {
     Ok(None)
 }
 
-/// Read `path` from the FAT filesystem `fat` (e.g. the card's flash-boot
-/// partition); `Ok(None)` if it does not exist.
-pub fn read_file<D: Read + Seek>(vol: D, path: &str) -> io::Result<Option<Vec<u8>>> {
-    read_file_max(vol, path, u64::MAX)
+// ---- Files in a FAT volume: the one read, write and list ----
+//
+// Every reader and writer of FAT files (the init's card and target, the host's
+// card builder and `mkflasher configure`, the QEMU harness) goes through these.
+// Each call mounts the volume it is given and unmounts it before returning. The
+// public functions are generic, their bodies are not: they take the volume as a
+// trait object, so a binary carries one copy of `fatfs` for all its volumes.
+
+/// `Read + Seek` as a trait object.
+trait Vol: Read + Seek {}
+impl<T: Read + Seek + ?Sized> Vol for T {}
+
+/// `Read + Write + Seek` as a trait object.
+trait VolMut: Read + Write + Seek {}
+impl<T: Read + Write + Seek + ?Sized> VolMut for T {}
+
+/// One file or directory of a volume (see [`list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// '/'-separated, from the volume's root, e.g. `EFI/BOOT/BOOTX64.EFI`.
+    pub path: String,
+    pub is_dir: bool,
+    /// Bytes; 0 for a directory.
+    pub size: u64,
 }
 
-/// [`read_file`], refusing a file over `max` bytes (`InvalidData`, naming both)
-/// without reading more than that.
-pub fn read_file_max<D: Read + Seek>(vol: D, path: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+impl Entry {
+    /// The last component of [`Entry::path`].
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// The components of a path inside a volume: '/'-separated, a leading '/' and
+/// `.` ignored; empty paths and `..` are refused ([`crate::Error::BadPath`]).
+fn components(path: &str) -> io::Result<Vec<&str>> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() || parts.contains(&"..") {
+        return Err(crate::Error::BadPath {
+            path: path.to_string(),
+        }
+        .into());
+    }
+    Ok(parts)
+}
+
+/// Read `path` from the FAT volume `vol` (a whole volume, e.g. a
+/// [`crate::PartitionSlice`]); `Ok(None)` if there is no such file. A file
+/// over `max` bytes is refused ([`crate::Error::FileTooLarge`]) after reading
+/// at most `max + 1` bytes of it; a directory is [`crate::Error::IsDirectory`].
+/// The volume is opened read-only: nothing is ever written to it.
+pub fn read_file<D: Read + Seek>(mut vol: D, path: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+    read_file_in(&mut vol, path, max)
+}
+
+fn read_file_in(vol: &mut dyn Vol, path: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let rel = components(path)?.join("/");
     let fs = open_read_only(vol, fatfs::FsOptions::new())?;
-    let f = match fs.root_dir().open_file(path.trim_start_matches('/')) {
+    let root = fs.root_dir();
+    let file = match root.open_file(&rel) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(_) if root.open_dir(&rel).is_ok() => {
+            return Err(crate::Error::IsDirectory {
+                path: path.to_string(),
+            }
+            .into())
+        }
         Err(e) => return Err(e),
     };
     let mut data = Vec::new();
-    f.take(max.saturating_add(1)).read_to_end(&mut data)?;
+    file.take(max.saturating_add(1)).read_to_end(&mut data)?;
     if data.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{path} is over the {max}-byte limit"),
-        ));
+        return Err(crate::Error::FileTooLarge {
+            path: path.to_string(),
+            size: data.len() as u64,
+            max,
+        }
+        .into());
     }
     Ok(Some(data))
+}
+
+/// Create or replace `path` in the FAT volume `vol` with `data`, creating its
+/// parent directories; see [`write_files`].
+pub fn write_file<D: Read + Write + Seek>(
+    vol: D,
+    path: &str,
+    data: &[u8],
+    options: fatfs::FsOptions,
+) -> io::Result<()> {
+    write_files(vol, [(path, data)], options)
+}
+
+/// Create or replace each `(path, data)` in the FAT volume `vol`, in order, in
+/// one mount, creating parent directories as needed; a path ending in '/'
+/// names a directory, created if missing (its data must be empty). Then, if a
+/// directory was created, [`repair_dot_entries`], so `fsck.vfat -n` stays
+/// clean. `options` carry the time stamps (the host's reproducible cards use a
+/// fixed clock).
+///
+/// Every path is checked before anything is written ([`crate::Error::BadPath`]);
+/// replacing a directory is [`crate::Error::IsDirectory`]; other failures name
+/// the file ([`crate::Error::FatFile`], with the cause's `ErrorKind`).
+pub fn write_files<'a, D: Read + Write + Seek>(
+    mut vol: D,
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    options: fatfs::FsOptions,
+) -> io::Result<()> {
+    let files: Vec<(&str, &[u8])> = files.into_iter().collect();
+    write_files_in(&mut vol, &files, options)
+}
+
+fn write_files_in(
+    vol: &mut dyn VolMut,
+    files: &[(&str, &[u8])],
+    options: fatfs::FsOptions,
+) -> io::Result<()> {
+    let paths = files
+        .iter()
+        .map(|&(p, data)| match components(p) {
+            Ok(_) if p.ends_with('/') && !data.is_empty() => Err(crate::Error::BadPath {
+                path: p.to_string(),
+            }
+            .into()),
+            parts => parts,
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut created_dir = false;
+    {
+        let fs = open(&mut *vol, options)?;
+        for ((path, data), parts) in files.iter().zip(&paths) {
+            let in_file = |source: io::Error| -> io::Error {
+                crate::Error::FatFile {
+                    path: path.to_string(),
+                    source,
+                }
+                .into()
+            };
+            let (name, dirs) = match parts.split_last() {
+                Some((_, _)) if path.ends_with('/') => (None, &parts[..]),
+                Some((name, dirs)) => (Some(name), dirs),
+                None => continue, // `components` never returns an empty list
+            };
+            let mut dir = fs.root_dir();
+            for d in dirs {
+                dir = match dir.open_dir(d) {
+                    Ok(sub) => sub,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        created_dir = true;
+                        dir.create_dir(d).map_err(in_file)?
+                    }
+                    Err(e) => return Err(in_file(e)),
+                };
+            }
+            let Some(name) = name else {
+                continue; // a directory: there now
+            };
+            if dir.open_dir(name).is_ok() {
+                return Err(crate::Error::IsDirectory {
+                    path: path.to_string(),
+                }
+                .into());
+            }
+            let mut f = dir.create_file(name).map_err(in_file)?;
+            // create_file opens an existing file without truncating it: cut it
+            // first so a shorter file leaves no old tail behind.
+            f.truncate().map_err(in_file)?;
+            f.write_all(data).map_err(in_file)?;
+            f.flush().map_err(in_file)?;
+        }
+        fs.unmount()?;
+    }
+    if created_dir {
+        repair_dot_entries(&mut *vol)?;
+    }
+    vol.flush()
+}
+
+/// Every file and directory in the FAT volume `vol`, depth first, each
+/// directory's entries in the order the directory holds them (`.` and `..`
+/// left out). Sort by path components for a stable listing.
+pub fn list<D: Read + Seek>(mut vol: D) -> io::Result<Vec<Entry>> {
+    Ok(list_in(&mut vol, "", true)?.unwrap_or_default())
+}
+
+/// The files and directories directly in `dir` ("" for the root; not below
+/// it), in the order the directory holds them, with paths from the volume's
+/// root; `Ok(None)` if there is no such directory.
+pub fn list_dir<D: Read + Seek>(mut vol: D, dir: &str) -> io::Result<Option<Vec<Entry>>> {
+    list_in(&mut vol, dir, false)
+}
+
+fn list_in(vol: &mut dyn Vol, dir: &str, recursive: bool) -> io::Result<Option<Vec<Entry>>> {
+    let prefix = if dir.trim_matches('/').is_empty() {
+        String::new()
+    } else {
+        components(dir)?.join("/")
+    };
+    let fs = open_read_only(vol, fatfs::FsOptions::new())?;
+    let start = if prefix.is_empty() {
+        fs.root_dir()
+    } else {
+        match fs.root_dir().open_dir(&prefix) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    walk(&start, &prefix, recursive, &mut out)?;
+    Ok(Some(out))
+}
+
+fn walk<T: fatfs::ReadWriteSeek>(
+    dir: &fatfs::Dir<'_, T>,
+    prefix: &str,
+    recursive: bool,
+    out: &mut Vec<Entry>,
+) -> io::Result<()> {
+    let entries = dir.iter().collect::<io::Result<Vec<_>>>()?;
+    for e in entries {
+        let name = e.file_name();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let path = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let is_dir = e.is_dir();
+        out.push(Entry {
+            path: path.clone(),
+            is_dir,
+            size: if is_dir { 0 } else { e.len() },
+        });
+        if is_dir && recursive {
+            walk(&e.to_dir(), &path, recursive, out)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -542,6 +768,160 @@ mod tests {
             );
             assert_eq!(repair_dot_entries(&mut dev).unwrap(), 0);
         }
+    }
+
+    fn disk_error(e: &io::Error) -> Option<&crate::Error> {
+        e.get_ref().and_then(|i| i.downcast_ref::<crate::Error>())
+    }
+
+    /// `write_files` on FAT12, FAT16 and FAT32: nested directories created in
+    /// one mount, the dot entries repaired (fsck clean), the files read back
+    /// and listed.
+    #[test]
+    fn write_files_makes_fsck_clean_volumes_read_back_and_listed() {
+        for (size, fat_type) in [
+            (2 * MIB, fatfs::FatType::Fat12),
+            (16 * MIB, fatfs::FatType::Fat16),
+            (40 * MIB, fatfs::FatType::Fat32),
+        ] {
+            let mut dev = Cursor::new(vec![0u8; size]);
+            fatfs::format_volume(
+                &mut dev,
+                fatfs::FormatVolumeOptions::new().fat_type(fat_type),
+            )
+            .unwrap();
+            let big = vec![0x4D; 5000];
+            let files: [(&str, &[u8]); 4] = [
+                ("loader/entries/flasher.conf", b"title flasher\n"),
+                ("/EFI/BOOT/BOOTX64.EFI", &big),
+                ("top.txt", b"t"),
+                ("loader/loader.conf", b"timeout 0\n"),
+            ];
+            write_files(&mut dev, files, fatfs::FsOptions::new()).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("fat.img");
+            std::fs::write(&img, dev.get_ref()).unwrap();
+            let (ok, text) = fsck(&img);
+            assert!(ok, "{fat_type:?}: {text}");
+            assert_eq!(repair_dot_entries(&mut dev).unwrap(), 0, "{fat_type:?}");
+            for (path, data) in files {
+                assert_eq!(read_file(&mut dev, path, u64::MAX).unwrap().unwrap(), data);
+            }
+            // Replacing with a shorter file leaves no old tail.
+            write_file(&mut dev, "top.txt", b"", fatfs::FsOptions::new()).unwrap();
+            assert_eq!(read_file(&mut dev, "top.txt", 0).unwrap().unwrap(), b"");
+            let mut all: Vec<(String, bool, u64)> = list(&mut dev)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.path, e.is_dir, e.size))
+                .collect();
+            all.sort_by(|a, b| a.0.split('/').cmp(b.0.split('/')));
+            let want = [
+                ("EFI", true, 0),
+                ("EFI/BOOT", true, 0),
+                ("EFI/BOOT/BOOTX64.EFI", false, 5000),
+                ("loader", true, 0),
+                ("loader/entries", true, 0),
+                ("loader/entries/flasher.conf", false, 14),
+                ("loader/loader.conf", false, 10),
+                ("top.txt", false, 0),
+            ];
+            let want: Vec<_> = want
+                .iter()
+                .map(|(p, d, n)| (p.to_string(), *d, *n))
+                .collect();
+            assert_eq!(all, want, "{fat_type:?}");
+            // A path ending in '/' is a directory, created empty.
+            write_file(&mut dev, "loader/empty/", b"", fatfs::FsOptions::new()).unwrap();
+            assert_eq!(list_dir(&mut dev, "loader/empty").unwrap().unwrap(), []);
+            std::fs::write(&img, dev.get_ref()).unwrap();
+            let (ok, text) = fsck(&img);
+            assert!(ok, "{fat_type:?}: {text}");
+            // Directory order: `empty`, made last, took the two slots the
+            // dot-entry repair freed at the directory's start.
+            let loader = list_dir(&mut dev, "/loader/").unwrap().unwrap();
+            let names: Vec<&str> = loader.iter().map(Entry::name).collect();
+            assert_eq!(names, ["empty", "entries", "loader.conf"]);
+            assert_eq!(loader[2].path, "loader/loader.conf");
+            assert_eq!(list_dir(&mut dev, "nope").unwrap(), None);
+            assert_eq!(list_dir(&mut dev, "").unwrap().unwrap().len(), 3);
+        }
+    }
+
+    /// The size bound: `max` bytes pass, one more is refused after reading
+    /// `max + 1` bytes; missing files are `None`; directories and `..` are
+    /// typed errors; reading never writes.
+    #[test]
+    fn read_file_bounds_and_errors() {
+        let mut dev = Cursor::new(vec![0u8; 2 * MIB]);
+        fatfs::format_volume(&mut dev, fatfs::FormatVolumeOptions::new()).unwrap();
+        write_file(&mut dev, "d/f", &[7; 100], fatfs::FsOptions::new()).unwrap();
+        let before = dev.get_ref().clone();
+        assert_eq!(read_file(&mut dev, "d/f", 100).unwrap().unwrap(), [7; 100]);
+        assert_eq!(read_file(&mut dev, "D/F", 100).unwrap().unwrap(), [7; 100]);
+        let e = read_file(&mut dev, "d/f", 99).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            matches!(
+                disk_error(&e),
+                Some(crate::Error::FileTooLarge {
+                    size: 100,
+                    max: 99,
+                    ..
+                })
+            ),
+            "{e}"
+        );
+        assert_eq!(read_file(&mut dev, "d/g", 10).unwrap(), None);
+        assert_eq!(read_file(&mut dev, "x/f", 10).unwrap(), None);
+        let e = read_file(&mut dev, "d", 10).unwrap_err();
+        assert!(
+            matches!(disk_error(&e), Some(crate::Error::IsDirectory { .. })),
+            "{e}"
+        );
+        let e = read_file(&mut dev, "d/../f", 10).unwrap_err();
+        assert!(
+            matches!(disk_error(&e), Some(crate::Error::BadPath { .. })),
+            "{e}"
+        );
+        assert!(dev.get_ref() == &before, "a read changed the volume");
+        // A read-only medium is enough.
+        let mut ro = ReadOnly(Cursor::new(before));
+        assert_eq!(read_file(&mut ro, "d/f", 100).unwrap().unwrap(), [7; 100]);
+        assert_eq!(list(&mut ro).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn write_files_refuses_bad_paths_before_writing_and_names_the_file() {
+        let mut dev = Cursor::new(vec![0u8; 2 * MIB]);
+        fatfs::format_volume(&mut dev, fatfs::FormatVolumeOptions::new()).unwrap();
+        write_file(&mut dev, "d/f", b"x", fatfs::FsOptions::new()).unwrap();
+        let before = dev.get_ref().clone();
+        let e = write_files(
+            &mut dev,
+            [("a", &b"1"[..]), ("../b", &b"2"[..])],
+            fatfs::FsOptions::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(disk_error(&e), Some(crate::Error::BadPath { path }) if path == "../b"));
+        assert!(dev.get_ref() == &before, "nothing is written");
+        let e = write_file(&mut dev, "dir/", b"x", fatfs::FsOptions::new()).unwrap_err();
+        assert!(
+            matches!(disk_error(&e), Some(crate::Error::BadPath { .. })),
+            "{e}"
+        );
+        let e = write_file(&mut dev, "d", b"x", fatfs::FsOptions::new()).unwrap_err();
+        assert!(
+            matches!(disk_error(&e), Some(crate::Error::IsDirectory { .. })),
+            "{e}"
+        );
+        let e =
+            write_file(&mut dev, "big", &vec![1; 3 * MIB], fatfs::FsOptions::new()).unwrap_err();
+        assert!(
+            matches!(disk_error(&e), Some(crate::Error::FatFile { path, .. }) if path == "big"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("No space"), "{e}");
     }
 
     #[test]

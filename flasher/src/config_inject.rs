@@ -3,7 +3,8 @@
 //! target's boot FAT partition, entirely in user space with the `fatfs` crate (no vfat
 //! module, no mount: the init binary is the whole userspace).
 //!
-//! What is copied (balenaOS boot-partition layout):
+//! What is copied (balenaOS boot-partition layout; the names are
+//! `flasher_format::card`'s):
 //! * `config.json`, with its top-level `installer` section removed: that section
 //!   configures the flasher itself and must not follow the OS onto the device;
 //! * every file in `system-connections/` (NetworkManager connection profiles), into
@@ -17,28 +18,29 @@
 //! `flasher-unit.json`, the row's files into `units/`, and the row's `hostname`
 //! (if it has that column) into `hostname` instead of the card's.
 //!
-//! The card side is opened through a wrapper that refuses every write, so the card stays
-//! pristine (ARCHITECTURE rule 10) even if the FAT library ever decided to touch it.
-//!
-//! FAT access (opening, the read-only wrapper, the fatfs dot-entry repair) and
-//! [`PartitionSlice`] live in `flasher_disk`; they are re-exported here for callers.
+//! Every file goes through `flasher_disk::fat` (the one FAT file API): the card
+//! is only ever read (its reads open it read-only, so the card stays pristine,
+//! docs/architecture.md rule 10), and the target's files are written in one
+//! mount, with the dot-entry repair `fatfs` needs when a directory is created.
+//! [`PartitionSlice`] is re-exported here for callers.
 
 use flasher_format::io::IoContext;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::io::{self, Read, Seek, Write};
 
-use flasher_disk::fat::{self, ReadOnly};
+use flasher_disk::fat;
 pub use flasher_disk::PartitionSlice;
+use flasher_format::card::{CONFIG_JSON, CONNECTIONS_DIR, HOSTNAME_FILE};
 use flasher_format::pool::{UNITS_DIR, UNIT_FILE};
 use flasher_format::record::UnitRow;
 
 /// The largest `config.json` we parse. Real ones are a few KiB; the bound keeps a
-/// corrupt directory entry from making PID 1 allocate gigabytes.
+/// corrupt directory entry from making PID 1 allocate gigabytes. [`card_files`]
+/// holds every card file it returns to the same bound.
 pub const MAX_CONFIG_JSON: u64 = 1 << 20;
 /// Top-level key removed from `config.json` on the way to the target.
 pub const INSTALLER_KEY: &str = "installer";
-/// Directory of NetworkManager connection files on both boot partitions.
-pub const CONNECTIONS_DIR: &str = "system-connections";
 
 /// Which FAT a problem is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +105,7 @@ impl ConfigReport {
 /// (the target's boot FAT). Each argument is a whole FAT filesystem, e.g. a
 /// [`PartitionSlice`] of a device; pass `&mut x` to keep using it afterwards. The card
 /// is never written.
-pub fn copy_config<S: Read + Write + Seek, T: Read + Write + Seek>(
+pub fn copy_config<S: Read + Seek, T: Read + Write + Seek>(
     card_boot: S,
     target_boot: T,
 ) -> Result<ConfigReport> {
@@ -120,25 +122,24 @@ pub struct UnitData {
 }
 
 /// [`copy_config`], and the unit's row when `unit` is given (module docs).
-pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
+pub fn copy_config_with<S: Read + Seek, T: Read + Write + Seek>(
     card_boot: S,
     target_boot: T,
     unit: Option<&UnitData>,
 ) -> Result<ConfigReport> {
-    let mut target_boot = target_boot;
-    let card = open_fat(ReadOnly(card_boot), Side::Card)?;
-    let target = open_fat(&mut target_boot, Side::Target)?;
-    let mut created_dir = false;
-    let (src, dst) = (card.root_dir(), target.root_dir());
+    let (mut card, mut target) = (card_boot, target_boot);
+    check_fat(&mut card, Side::Card)?;
+    check_fat(&mut target, Side::Target)?;
     let mut report = ConfigReport::default();
+    // What goes onto the target, in this order: (path, bytes).
+    let mut out: Vec<(String, Cow<[u8]>)> = Vec::new();
 
-    let card_cfg = read_small(&src, "config.json", MAX_CONFIG_JSON)?;
+    let card_cfg = read(&mut card, Side::Card, CONFIG_JSON, MAX_CONFIG_JSON)?;
     // Without config on the card, a row merges into the image's own.
-    let base = match (&card_cfg, unit) {
-        (Some(raw), _) => Some((raw.clone(), Side::Card)),
-        (None, Some(_)) => {
-            read_small(&dst, "config.json", MAX_CONFIG_JSON)?.map(|raw| (raw, Side::Target))
-        }
+    let base = match (card_cfg, unit) {
+        (Some(raw), _) => Some((raw, Side::Card)),
+        (None, Some(_)) => read(&mut target, Side::Target, CONFIG_JSON, MAX_CONFIG_JSON)?
+            .map(|raw| (raw, Side::Target)),
         (None, None) => None,
     };
     if base.is_some() || unit.is_some() {
@@ -159,109 +160,57 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
                 .map_err(|source| Error::ConfigJson { source })?;
             obj.insert(k.clone(), v);
         }
-        let out = serde_json::to_vec(&obj).map_err(|source| Error::ConfigJson { source })?;
-        write_file(&dst, "config.json", &mut out.as_slice(), &mut report)?;
+        let json = serde_json::to_vec(&obj).map_err(|source| Error::ConfigJson { source })?;
+        out.push((CONFIG_JSON.into(), json.into()));
     }
 
-    match src.open_dir(CONNECTIONS_DIR) {
-        Ok(conns) => {
-            let dst_dir = match dst.open_dir(CONNECTIONS_DIR) {
-                Ok(d) => d,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    created_dir = true;
-                    dst.create_dir(CONNECTIONS_DIR)
-                        .with_context(|| format!("create {CONNECTIONS_DIR}/ on {}", Side::Target))?
-                }
-                Err(e) => {
-                    return Err(Error::Io(flasher_format::io::IoError::new(
-                        format!("open {CONNECTIONS_DIR}/ on {}", Side::Target),
-                        e,
-                    )))
-                }
-            };
-            for entry in conns.iter() {
-                let entry =
-                    entry.with_context(|| format!("list {CONNECTIONS_DIR}/ on {}", Side::Card))?;
-                let name = entry.file_name();
-                if name == "." || name == ".." {
-                    continue;
-                }
-                let path = format!("{CONNECTIONS_DIR}/{name}");
-                if !entry.is_file() {
-                    report.skipped.push(format!("{path}: not a regular file"));
-                    continue;
-                }
-                let mut file = entry.to_file();
-                write_file(&dst_dir, &name, &mut file, &mut report)?;
-                // Report the path from the boot partition's root.
-                if let Some(last) = report.files.last_mut() {
-                    last.0 = path;
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::Io(flasher_format::io::IoError::new(
-                format!("open {CONNECTIONS_DIR}/ on {}", Side::Card),
-                e,
-            )))
+    // The other card files are copied whole, whatever their size: the init
+    // reads them through `card_files`, bounded, before the first write.
+    let conns = connections(&mut card)?;
+    if conns.is_some() {
+        // The directory goes onto the target even when it holds no file.
+        out.push((format!("{CONNECTIONS_DIR}/"), Cow::Borrowed(&[][..])));
+    }
+    for e in conns.into_iter().flatten() {
+        if e.is_dir {
+            report
+                .skipped
+                .push(format!("{}: not a regular file", e.path));
+        } else if let Some(data) = read(&mut card, Side::Card, &e.path, u64::MAX)? {
+            out.push((e.path, data.into()));
         }
     }
 
-    let row_host = unit.and_then(|u| u.row.values.get("hostname"));
-    match src.open_file("hostname") {
+    if let Some(data) = read(&mut card, Side::Card, HOSTNAME_FILE, u64::MAX)? {
         // One identity: the row's host name wins over the card's.
-        Ok(_) if row_host.is_some() => {
-            let line = format!("{}\n", row_host.map(String::as_str).unwrap_or_default());
-            write_file(&dst, "hostname", &mut line.as_bytes(), &mut report)?
-        }
-        Ok(mut f) => write_file(&dst, "hostname", &mut f, &mut report)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::Io(flasher_format::io::IoError::new(
-                format!("open hostname on {}", Side::Card),
-                e,
-            )))
-        }
+        let data = match unit.and_then(|u| u.row.values.get("hostname")) {
+            Some(host) => format!("{host}\n").into_bytes(),
+            None => data,
+        };
+        out.push((HOSTNAME_FILE.into(), data.into()));
     }
 
     if let Some(u) = unit {
         let mut row = serde_json::to_vec(&u.row).map_err(|source| Error::ConfigJson { source })?;
         row.push(b'\n');
-        write_file(&dst, UNIT_FILE, &mut row.as_slice(), &mut report)?;
-        if !u.files.is_empty() {
-            let dir = match dst.open_dir(UNITS_DIR) {
-                Ok(d) => d,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    created_dir = true;
-                    dst.create_dir(UNITS_DIR)
-                        .with_context(|| format!("create {UNITS_DIR}/ on {}", Side::Target))?
-                }
-                Err(e) => {
-                    return Err(Error::Io(flasher_format::io::IoError::new(
-                        format!("open {UNITS_DIR}/ on {}", Side::Target),
-                        e,
-                    )))
-                }
-            };
-            for (name, data) in &u.files {
-                write_file(&dir, name, &mut data.as_slice(), &mut report)?;
-                if let Some(last) = report.files.last_mut() {
-                    last.0 = format!("{UNITS_DIR}/{name}");
-                }
-            }
+        out.push((UNIT_FILE.into(), row.into()));
+        for (name, data) in &u.files {
+            out.push((format!("{UNITS_DIR}/{name}"), data.as_slice().into()));
         }
     }
 
-    drop((src, dst));
-    target
-        .unmount()
-        .with_context(|| format!("flush {}", Side::Target))?;
-    if created_dir {
-        fat::repair_dot_entries(&mut target_boot)
-            .with_context(|| format!("repair new directory on {}", Side::Target))?;
+    if !out.is_empty() {
+        let files = out
+            .iter()
+            .map(|(path, data)| (path.as_str(), data.as_ref()));
+        fat::write_files(&mut target, files, fatfs::FsOptions::new()).map_err(target_write)?;
     }
-    target_boot
+    report.files = out
+        .into_iter()
+        .filter(|(path, _)| !path.ends_with('/'))
+        .map(|(path, data)| (path, data.len() as u64))
+        .collect();
+    target
         .flush()
         .with_context(|| format!("flush {}", Side::Target))?;
     Ok(report)
@@ -269,38 +218,32 @@ pub fn copy_config_with<S: Read + Write + Seek, T: Read + Write + Seek>(
 
 /// The files [`copy_config`] would copy from `card_boot`, as (path from the
 /// partition's root, bytes), so they can be checked against the manifest's
-/// pins before the first write (docs/SECURITY.md). Same size bound as the copy.
-pub fn card_files<S: Read + Write + Seek>(card_boot: S) -> Result<Vec<(String, Vec<u8>)>> {
-    let card = open_fat(ReadOnly(card_boot), Side::Card)?;
-    let src = card.root_dir();
+/// pins before the first write (docs/SECURITY.md). Each is refused over
+/// [`MAX_CONFIG_JSON`] bytes.
+pub fn card_files<S: Read + Seek>(card_boot: S) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut card = card_boot;
+    check_fat(&mut card, Side::Card)?;
     let mut out = Vec::new();
-    for name in ["config.json", "hostname"] {
-        if let Some(b) = read_small(&src, name, MAX_CONFIG_JSON)? {
+    for name in [CONFIG_JSON, HOSTNAME_FILE] {
+        if let Some(b) = read(&mut card, Side::Card, name, MAX_CONFIG_JSON)? {
             out.push((name.to_string(), b));
         }
     }
-    match src.open_dir(CONNECTIONS_DIR) {
-        Ok(conns) => {
-            for entry in conns.iter() {
-                let entry =
-                    entry.with_context(|| format!("list {CONNECTIONS_DIR}/ on {}", Side::Card))?;
-                let name = entry.file_name();
-                if entry.is_file() {
-                    if let Some(b) = read_small(&conns, &name, MAX_CONFIG_JSON)? {
-                        out.push((format!("{CONNECTIONS_DIR}/{name}"), b));
-                    }
-                }
-            }
+    for e in connections(&mut card)?.into_iter().flatten() {
+        if e.is_dir {
+            continue;
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::Io(flasher_format::io::IoError::new(
-                format!("open {CONNECTIONS_DIR}/ on {}", Side::Card),
-                e,
-            )))
+        if let Some(b) = read(&mut card, Side::Card, &e.path, MAX_CONFIG_JSON)? {
+            out.push((e.path, b));
         }
     }
     Ok(out)
+}
+
+/// The card's `system-connections/` entries, `None` without the directory.
+fn connections<D: Read + Seek>(card: &mut D) -> Result<Option<Vec<fat::Entry>>> {
+    Ok(fat::list_dir(card, CONNECTIONS_DIR)
+        .with_context(|| format!("list {CONNECTIONS_DIR}/ on {}", Side::Card))?)
 }
 
 /// The card's `config.json` as an object of raw members.
@@ -315,56 +258,47 @@ fn parse_object(raw: &[u8]) -> Result<std::collections::BTreeMap<String, Box<Raw
     })
 }
 
-fn open_fat<D: Read + Write + Seek>(disk: D, side: Side) -> Result<fatfs::FileSystem<D>> {
-    fat::open(disk, fatfs::FsOptions::new()).map_err(|source| Error::NotFat { side, source })
+/// Refuse a side that holds no FAT filesystem before anything is read or
+/// written (listing the root mounts the volume).
+fn check_fat<D: Read + Seek>(vol: &mut D, side: Side) -> Result<()> {
+    fat::list_dir(vol, "")
+        .map(drop)
+        .map_err(|source| Error::NotFat { side, source })
 }
 
-/// Read a file from the card's root if it exists, refusing anything over `max` bytes.
-fn read_small<D: Read + Write + Seek>(
-    dir: &fatfs::Dir<'_, D>,
-    name: &str,
-    max: u64,
-) -> Result<Option<Vec<u8>>> {
-    let file = match dir.open_file(name) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::Io(flasher_format::io::IoError::new(
-                format!("open {name} on {}", Side::Card),
-                e,
-            )))
-        }
+/// `path` from one side's FAT, `None` if it is not there; a file over `max`
+/// bytes is [`Error::TooLarge`].
+fn read<D: Read + Seek>(vol: &mut D, side: Side, path: &str, max: u64) -> Result<Option<Vec<u8>>> {
+    fat::read_file(vol, path, max).map_err(|source| match disk_error(&source) {
+        Some(flasher_disk::Error::FileTooLarge { path, size, max }) => Error::TooLarge {
+            path: path.clone(),
+            size: *size,
+            max: *max,
+        },
+        _ => Error::Io(flasher_format::io::IoError::new(
+            format!("read {path} on {side}"),
+            source,
+        )),
+    })
+}
+
+/// A failed write on the target, naming the file `flasher_disk` names.
+fn target_write(source: io::Error) -> Error {
+    let file = match disk_error(&source) {
+        Some(
+            flasher_disk::Error::FatFile { path, .. } | flasher_disk::Error::IsDirectory { path },
+        ) => path.clone(),
+        _ => "config".to_string(),
     };
-    let mut buf = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("read {name} on {}", Side::Card))?;
-    if buf.len() as u64 > max {
-        return Err(Error::TooLarge {
-            path: name.into(),
-            size: buf.len() as u64,
-            max,
-        });
-    }
-    Ok(Some(buf))
+    Error::Io(flasher_format::io::IoError::new(
+        format!("write {file} to {}", Side::Target),
+        source,
+    ))
 }
 
-/// Create or replace `name` in `dir` on the target with the bytes of `src`.
-fn write_file<D: Read + Write + Seek>(
-    dir: &fatfs::Dir<'_, D>,
-    name: &str,
-    src: &mut dyn Read,
-    report: &mut ConfigReport,
-) -> Result<()> {
-    let ctx = || format!("write {name} to {}", Side::Target);
-    let mut f = dir.create_file(name).with_context(ctx)?;
-    // create_file opens an existing file without truncating: cut it first so a shorter
-    // new file leaves no old tail behind.
-    f.truncate().with_context(ctx)?;
-    let n = io::copy(src, &mut f).with_context(ctx)?;
-    f.flush().with_context(ctx)?;
-    report.files.push((name.to_string(), n));
-    Ok(())
+/// The typed `flasher_disk` error inside an I/O error, if there is one.
+fn disk_error(e: &io::Error) -> Option<&flasher_disk::Error> {
+    e.get_ref().and_then(|i| i.downcast_ref())
 }
 
 /// What a valid JSON text is, from its first character.
@@ -610,6 +544,26 @@ mod tests {
         assert_eq!(r.files, vec![("system-connections/wired".to_string(), 1)]);
         assert_eq!(r.skipped.len(), 1);
         assert!(r.skipped[0].contains("nested"));
+    }
+
+    /// An empty `system-connections/` on the card (which makes the init
+    /// require a boot FAT) makes the directory on the target, fsck-clean dot
+    /// entries included, and reports no file.
+    #[test]
+    fn an_empty_connections_directory_is_made_on_the_target() {
+        let mut card = fat(4 * MIB);
+        card.set_position(0);
+        {
+            let fs = fatfs::FileSystem::new(&mut card, fatfs::FsOptions::new()).unwrap();
+            fs.root_dir().create_dir("system-connections").unwrap();
+            fs.unmount().unwrap();
+        }
+        let mut target = fat(4 * MIB);
+        let r = copy_config(&mut card, &mut target).unwrap();
+        assert_eq!(r, ConfigReport::default());
+        target.set_position(0);
+        assert!(list(&mut target, "system-connections").is_empty());
+        assert_eq!(fat::repair_dot_entries(&mut target).unwrap(), 0);
     }
 
     #[test]

@@ -26,13 +26,13 @@
 
 use flasher_disk::{gpt, mbr};
 use flasher_format::io::IoContext;
-use flasher_format::units::iec as human;
+use flasher_format::units::iec;
 use std::io::{Read, Seek, Write};
 
 /// Errors from `fixup`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("target is {} ({device_size} bytes), smaller than the image {} ({image_size} bytes); use a larger target", human(*device_size), human(*image_size))]
+    #[error("target is {} ({device_size} bytes), smaller than the image {} ({image_size} bytes); use a larger target", iec(*device_size), iec(*image_size))]
     DeviceSmaller { device_size: u64, image_size: u64 },
     #[error("sector size {sector_size} bytes is not supported; expected 512 or 4096 bytes")]
     BadSectorSize { sector_size: u64 },

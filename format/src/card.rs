@@ -1,6 +1,7 @@
 //! The card layout both sides agree on: partition names and numbers on the
-//! flasher card, and the files `mkflasher` puts into the initramfs for `/init`
-//! (docs/card-format.md).
+//! flasher card, the files on its `flash-boot` partition (kernel, command
+//! line, and the configuration the init copies onto the target), and the files
+//! `mkflasher` puts into the initramfs for `/init` (docs/card-format.md).
 
 /// GPT partition names (partition-table entry names, visible in sysfs as `PARTNAME`).
 pub const BOOT_NAME: &str = "flash-boot";
@@ -24,8 +25,13 @@ pub const DEFAULT_LOG_SIZE: u64 = 15 << 20;
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRAMFS_FILE: &str = "initramfs";
 pub const CMDLINE_FILE: &str = "cmdline.txt";
-/// Copied onto the target's first FAT partition (balenaOS convention).
+/// Configuration on `flash-boot` (written by `mkflasher configure`) that the
+/// init copies onto the target's first FAT partition, under the same names
+/// (balenaOS boot-partition convention): `config.json`, the host name on one
+/// line, and NetworkManager connection profiles in a directory.
 pub const CONFIG_JSON: &str = "config.json";
+pub const HOSTNAME_FILE: &str = "hostname";
+pub const CONNECTIONS_DIR: &str = "system-connections";
 /// The per-unit data pool and its files on flash-boot (see `pool`).
 pub use crate::pool::{POOL_FILE, UNITS_DIR};
 

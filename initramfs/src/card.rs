@@ -1,22 +1,26 @@
 //! Reading what PID 1 needs after the write: the partition that holds the target's
 //! boot FAT (parsed from the table just written, since the kernel's partition nodes
-//! for the target are stale until it re-reads the table), and files on the card's
-//! `flash-boot` FAT (bootloader files, whether any config is there). Read-only on
-//! the card, in user space (no vfat module, no mount).
+//! for the target are stale until it re-reads the table), and whether the card's
+//! `flash-boot` FAT holds configuration to copy. Read-only on the card, in user
+//! space (no vfat module, no mount), through `flasher_disk::fat`.
 
 use std::io::{self, Read, Seek};
 
 use flasher_disk::fat;
+use flasher_format::card::{CONFIG_JSON, CONNECTIONS_DIR, HOSTNAME_FILE};
 
-use flasher::config_inject::{PartitionSlice, CONNECTIONS_DIR};
+use flasher::config_inject::PartitionSlice;
 
-/// Whether the card's flash-boot FAT holds any configuration to copy.
+/// Whether the card's flash-boot FAT holds any configuration to copy: a
+/// `config.json` or `hostname` file, or a `system-connections` directory
+/// (even an empty one: that decides whether the image needs a boot FAT).
 pub fn has_config<D: Read + Seek>(vol: D) -> io::Result<bool> {
-    let fs = fat::open_read_only(vol, fatfs::FsOptions::new())?;
-    let root = fs.root_dir();
-    Ok(root.open_file("config.json").is_ok()
-        || root.open_file("hostname").is_ok()
-        || root.open_dir(CONNECTIONS_DIR).is_ok())
+    let root = fat::list_dir(vol, "")?.unwrap_or_default();
+    let has = |name: &str, is_dir: bool| {
+        root.iter()
+            .any(|e| e.is_dir == is_dir && e.path.eq_ignore_ascii_case(name))
+    };
+    Ok(has(CONFIG_JSON, false) || has(HOSTNAME_FILE, false) || has(CONNECTIONS_DIR, true))
 }
 
 /// `dev` limited to `span`.
@@ -83,8 +87,11 @@ pub(crate) mod tests {
         let span = first_fat(&mut c).unwrap().unwrap();
         assert_eq!(span, (4096 * 512, 8 << 20));
         let mut s = slice(&mut c, span);
-        assert_eq!(read_file(&mut s, "MLO").unwrap().unwrap(), b"mlo bytes");
-        assert_eq!(read_file(&mut s, "u-boot.img").unwrap(), None);
+        assert_eq!(
+            read_file(&mut s, "MLO", u64::MAX).unwrap().unwrap(),
+            b"mlo bytes"
+        );
+        assert_eq!(read_file(&mut s, "u-boot.img", u64::MAX).unwrap(), None);
         assert!(has_config(&mut s).unwrap());
     }
 

@@ -143,21 +143,23 @@ fn flashes_configures_records_and_powers_off() {
     let mut t = Cursor::new(written);
     let span = flasher_disk::fat::first_fat(&mut t).unwrap().unwrap();
     let mut boot = super::card::slice(&mut t, span);
-    let cfg = flasher_disk::fat::read_file(&mut boot, "config.json")
+    let cfg = flasher_disk::fat::read_file(&mut boot, "config.json", u64::MAX)
         .unwrap()
         .unwrap();
     let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
     assert_eq!(cfg["hostname"], "unit");
     assert!(cfg.get("installer").is_none());
     assert_eq!(
-        flasher_disk::fat::read_file(&mut boot, "hostname")
+        flasher_disk::fat::read_file(&mut boot, "hostname", u64::MAX)
             .unwrap()
             .unwrap(),
         b"unit-7\n"
     );
-    assert!(flasher_disk::fat::read_file(&mut boot, "cmdline.txt")
-        .unwrap()
-        .is_some());
+    assert!(
+        flasher_disk::fat::read_file(&mut boot, "cmdline.txt", u64::MAX)
+            .unwrap()
+            .is_some()
+    );
 
     let recs = records(root);
     assert_eq!(recs.len(), 2);
@@ -709,7 +711,7 @@ mod unit_pool {
     fn target_file(root: &Path, name: &str) -> Option<Vec<u8>> {
         let mut t = Cursor::new(std::fs::read(root.join("dev/mmcblk1")).unwrap());
         let span = first_fat(&mut t).unwrap().unwrap();
-        read_file(slice(&mut t, span), name).unwrap()
+        read_file(slice(&mut t, span), name, u64::MAX).unwrap()
     }
 
     fn new_unit(root: &Path, fill: u8) {

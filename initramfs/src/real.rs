@@ -387,7 +387,7 @@ impl Real {
                 e,
             ))
         })?;
-        flasher_disk::fat::read_file_max(f, path, max).map_err(|e| {
+        flasher_disk::fat::read_file(f, path, max).map_err(|e| {
             flasher::Error::Io(flasher_format::io::IoError::new(
                 format!("read {path} from {}", card.display()),
                 e,

@@ -22,8 +22,8 @@ use crate::disk::{self, Contents, PartKind, PartSpec, Table};
 use crate::fat::{self, FatFile};
 
 pub use flasher_format::card::{
-    BOOT_LABEL, BOOT_NAME, BOOT_NUMBER, DEFAULT_LOG_SIZE, LOG_NAME, LOG_NUMBER, PAYLOAD_NAME,
-    PAYLOAD_NUMBER,
+    BOOT_LABEL, BOOT_NAME, BOOT_NUMBER, CMDLINE_FILE, DEFAULT_LOG_SIZE, INITRAMFS_FILE,
+    KERNEL_FILE, LOG_NAME, LOG_NUMBER, PAYLOAD_NAME, PAYLOAD_NUMBER,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -334,7 +334,7 @@ pub fn boot_files(spec: &CardSpec) -> crate::Result<Vec<FatFile>> {
         files.push(FatFile::new(
             "loader/entries/flasher.conf",
             format!(
-                "title Flasher ({})\nlinux /vmlinuz\ninitrd /initramfs\noptions {cmd}\n",
+                "title Flasher ({})\nlinux /{KERNEL_FILE}\ninitrd /{INITRAMFS_FILE}\noptions {cmd}\n",
                 spec.board.name
             ),
         ));
@@ -367,16 +367,16 @@ pub fn boot_files(spec: &CardSpec) -> crate::Result<Vec<FatFile>> {
         files.push(FatFile::new(
             "extlinux/extlinux.conf",
             format!(
-                "DEFAULT flasher\nTIMEOUT 0\nLABEL flasher\n  KERNEL /vmlinuz\n  INITRD /initramfs\n  {fdt}  APPEND {cmd}\n"
+                "DEFAULT flasher\nTIMEOUT 0\nLABEL flasher\n  KERNEL /{KERNEL_FILE}\n  INITRD /{INITRAMFS_FILE}\n  {fdt}  APPEND {cmd}\n"
             ),
         ));
     }
     if let Some(d) = &spec.bootloader_files {
         add_tree(d, "", &mut files)?;
     }
-    files.push(FatFile::new("vmlinuz", read(&spec.kernel)?));
-    files.push(FatFile::new("initramfs", spec.initramfs.clone()));
-    files.push(FatFile::new("cmdline.txt", format!("{cmd}\n")));
+    files.push(FatFile::new(KERNEL_FILE, read(&spec.kernel)?));
+    files.push(FatFile::new(INITRAMFS_FILE, spec.initramfs.clone()));
+    files.push(FatFile::new(CMDLINE_FILE, format!("{cmd}\n")));
     files.extend(spec.unit_files.iter().cloned());
     Ok(files)
 }

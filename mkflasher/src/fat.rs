@@ -1,6 +1,9 @@
-//! FAT volumes in user space: creating the card's `flash-boot` partition and
-//! reading or rewriting single files in it (for `mkflasher configure` and
-//! `inspect`). Nothing here mounts anything or calls mtools.
+//! FAT volumes on the host: creating the card's `flash-boot` partition (type,
+//! size, label, volume id, reproducible time stamps) and, for `mkflasher
+//! configure` and `inspect`, reading, rewriting and listing files in one. The
+//! file access itself is `flasher_disk::fat`'s (the one FAT file API); this
+//! module adds the host's options and its typed errors. Nothing here mounts
+//! anything or calls mtools.
 //!
 //! Volumes are reproducible: the volume id is derived from the label, and every
 //! directory entry carries the DOS epoch (1980-01-01 00:00) instead of the
@@ -12,6 +15,9 @@ use std::io::{Cursor, Read, Seek, Write};
 use fatfs::{
     Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
 };
+use flasher_disk::fat as disk_fat;
+
+pub use flasher_disk::fat::Entry;
 
 /// Everything that can go wrong with a FAT volume.
 #[derive(Debug, thiserror::Error)]
@@ -59,14 +65,6 @@ impl FatFile {
             data: data.into(),
         }
     }
-}
-
-/// One entry of a volume listing (see [`list`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub path: String,
-    pub is_dir: bool,
-    pub size: u64,
 }
 
 /// The smallest volume we create: FAT16 needs 4085 clusters. A boot partition
@@ -138,19 +136,20 @@ fn volume_id(label: &str) -> u32 {
     u32::from_le_bytes([d[0], d[1], d[2], d[3]])
 }
 
-/// Split and check a path: no empty or `..` components.
-fn components(path: &str) -> Result<Vec<&str>> {
-    let parts: Vec<&str> = path
-        .trim_start_matches('/')
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    if parts.is_empty() || parts.contains(&"..") {
-        return Err(Error::BadPath {
-            path: path.to_string(),
-        });
+/// A `flasher_disk` error as this module's: its typed path errors as ours,
+/// anything else as I/O in `context`.
+fn from_disk(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| match source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<flasher_disk::Error>())
+    {
+        Some(flasher_disk::Error::BadPath { path }) => Error::BadPath { path: path.clone() },
+        Some(flasher_disk::Error::IsDirectory { path }) => {
+            Error::IsDirectory { path: path.clone() }
+        }
+        _ => Error::Io(flasher_format::io::IoError::new(context, source)),
     }
-    Ok(parts)
 }
 
 /// Format `dev` (positioned at 0, exactly the volume's size) as FAT and fill it.
@@ -175,21 +174,19 @@ pub fn format_into<D: Read + Write + Seek>(
         .volume_label(label_bytes(label));
     fatfs::format_volume(&mut dev, opts).context("formatting")?;
     dev.rewind().context("rewinding")?;
-    let fs = FileSystem::new(&mut dev, fs_options()).context("opening the new volume")?;
-    for f in files {
-        put(&fs, &f.path, &f.data).map_err(|e| match e {
-            Error::Io(flasher_format::io::IoError { source, .. }) if is_no_space(&source) => {
-                Error::NoSpace {
-                    size,
-                    needed: files.iter().map(|f| f.data.len() as u64).sum(),
-                    files: files.len(),
-                }
+    let paths = files.iter().map(|f| (f.path.as_str(), f.data.as_slice()));
+    disk_fat::write_files(&mut dev, paths, fs_options()).map_err(|e| {
+        if is_no_space(&e) {
+            Error::NoSpace {
+                size,
+                needed: files.iter().map(|f| f.data.len() as u64).sum(),
+                files: files.len(),
             }
-            e => e,
-        })?;
-    }
-    fs.unmount().context("closing the volume")?;
-    repair(&mut dev)
+        } else {
+            from_disk("filling the new volume")(e)
+        }
+    })?;
+    sync_fsinfo(&mut dev)
 }
 
 fn is_no_space(e: &std::io::Error) -> bool {
@@ -206,127 +203,36 @@ pub fn make_fat(size: u64, label: &str, files: &[FatFile]) -> Result<Vec<u8>> {
     Ok(img.into_inner())
 }
 
-/// Create or replace one file, creating its parent directories.
-fn put<T: fatfs::ReadWriteSeek>(fs: &FileSystem<T>, path: &str, data: &[u8]) -> Result<()> {
-    let parts = components(path)?;
-    let (name, dirs) = parts.split_last().ok_or_else(|| Error::BadPath {
-        path: path.to_string(),
-    })?;
-    let mut dir = fs.root_dir();
-    for d in dirs {
-        dir = match dir.open_dir(d) {
-            Ok(sub) => sub,
-            Err(_) => dir
-                .create_dir(d)
-                .with_context(|| format!("creating directory {d:?} for {path:?}"))?,
-        };
-    }
-    if let Some(e) = dir
-        .iter()
-        .flatten()
-        .find(|e| e.file_name().eq_ignore_ascii_case(name))
-    {
-        if e.is_dir() {
-            return Err(Error::IsDirectory {
-                path: path.to_string(),
-            });
-        }
-    }
-    let mut f = dir
-        .create_file(name)
-        .with_context(|| format!("creating {path:?}"))?;
-    f.truncate()
-        .with_context(|| format!("truncating {path:?}"))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {path:?}"))?;
-    f.flush().with_context(|| format!("flushing {path:?}"))?;
-    Ok(())
-}
-
 /// Open a volume; fatfs insists on starting at position 0.
 fn open<D: Read + Write + Seek>(img: D) -> Result<FileSystem<D>> {
-    Ok(flasher_disk::fat::open(img, fs_options()).context("opening the volume (is it FAT?)")?)
+    Ok(disk_fat::open(img, fs_options()).context("opening the volume (is it FAT?)")?)
 }
 
 /// Read one file from a FAT volume (`img` is the volume, not a whole disk;
 /// use `disk::PartitionSlice` for a partition of a card image).
-pub fn read_file<D: Read + Write + Seek>(img: D, path: &str) -> Result<Vec<u8>> {
-    let fs = open(img)?;
-    let parts = components(path)?;
-    let mut dir = fs.root_dir();
-    let (name, dirs) = parts.split_last().ok_or_else(|| Error::BadPath {
-        path: path.to_string(),
-    })?;
-    let not_found = || Error::NotFound {
-        path: path.to_string(),
-    };
-    for d in dirs {
-        dir = dir.open_dir(d).map_err(|_| not_found())?;
-    }
-    let entry = dir
-        .iter()
-        .flatten()
-        .find(|e| e.file_name().eq_ignore_ascii_case(name))
-        .ok_or_else(not_found)?;
-    if entry.is_dir() {
-        return Err(Error::IsDirectory {
+pub fn read_file<D: Read + Seek>(img: D, path: &str) -> Result<Vec<u8>> {
+    disk_fat::read_file(img, path, u64::MAX)
+        .map_err(from_disk(format!("reading {path:?}")))?
+        .ok_or_else(|| Error::NotFound {
             path: path.to_string(),
-        });
-    }
-    let mut out = Vec::with_capacity(entry.len() as usize);
-    entry
-        .to_file()
-        .read_to_end(&mut out)
-        .with_context(|| format!("reading {path:?}"))?;
-    Ok(out)
+        })
 }
 
-/// Create or replace one file in an existing FAT volume, in place.
+/// Create or replace one file in an existing FAT volume, in place, creating
+/// its parent directories.
 pub fn write_file<D: Read + Write + Seek>(mut img: D, path: &str, data: &[u8]) -> Result<()> {
-    let fs = open(&mut img)?;
-    put(&fs, path, data)?;
-    fs.unmount().context("closing the volume")?;
-    repair(&mut img)
+    disk_fat::write_file(&mut img, path, data, fs_options())
+        .map_err(from_disk(format!("writing {path:?}")))?;
+    sync_fsinfo(&mut img)
 }
 
 /// Every file and directory in the volume, depth first, sorted by name.
-pub fn list<D: Read + Write + Seek>(img: D) -> Result<Vec<Entry>> {
-    let fs = open(img)?;
-    let mut out = Vec::new();
-    walk(&fs.root_dir(), "", &mut out)?;
-    Ok(out)
-}
-
-fn walk<T: fatfs::ReadWriteSeek>(
-    dir: &fatfs::Dir<'_, T>,
-    prefix: &str,
-    out: &mut Vec<Entry>,
-) -> Result<()> {
-    let mut entries: Vec<_> = dir
-        .iter()
-        .collect::<std::io::Result<Vec<_>>>()
-        .with_context(|| format!("listing {prefix:?}"))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name();
-        if name == "." || name == ".." {
-            continue;
-        }
-        let path = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        out.push(Entry {
-            path: path.clone(),
-            is_dir: e.is_dir(),
-            size: if e.is_dir() { 0 } else { e.len() },
-        });
-        if e.is_dir() {
-            walk(&e.to_dir(), &path, out)?;
-        }
-    }
-    Ok(())
+pub fn list<D: Read + Seek>(img: D) -> Result<Vec<Entry>> {
+    let mut entries = disk_fat::list(img).map_err(from_disk("listing the volume"))?;
+    // Component by component: each directory's entries by name, a directory
+    // before what is in it.
+    entries.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
+    Ok(entries)
 }
 
 /// Volume label and FAT type of a volume, for `inspect`.
@@ -335,11 +241,10 @@ pub fn describe<D: Read + Write + Seek>(img: D) -> Result<(String, FatType)> {
     Ok((fs.volume_label().trim_end().to_string(), fs.fat_type()))
 }
 
-/// What fatfs 0.3 leaves for fsck.vfat to complain about (misplaced `.`/`..`
-/// entries, an unset FAT32 FSInfo count), put right by the shared FAT layer.
-fn repair<D: Read + Write + Seek>(dev: &mut D) -> Result<()> {
-    flasher_disk::fat::repair_dot_entries(dev).context("repairing directory dot entries")?;
-    flasher_disk::fat::sync_fsinfo(dev).context("updating the FAT32 FSInfo sector")?;
+/// FAT32: the free-cluster count fatfs leaves unset on a volume it formats
+/// (`flasher_disk::fat::sync_fsinfo`), so `fsck.vfat -n` is clean.
+fn sync_fsinfo<D: Read + Write + Seek>(dev: &mut D) -> Result<()> {
+    disk_fat::sync_fsinfo(dev).context("updating the FAT32 FSInfo sector")?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Reading (and, on a copy, patching) the boot configuration of a card or disk
-//! image, in user space: the partition table with `flasher_disk`, the FAT with `fatfs`.
+//! image, in user space: the partition table and the FAT files with
+//! `flasher_disk` (`fat::read_file`, `list_dir`, `write_file`).
 //!
 //! `qemu-x86_64-sd` has no firmware that reads a card, so the harness plays
 //! U-Boot: it takes the kernel, initramfs and command line from the card's
@@ -9,9 +10,11 @@
 //! extra kernel arguments.
 
 use super::Error;
+use flasher_disk::fat;
+use flasher_format::card as layout;
 use flasher_format::io::IoContext;
 use std::fs::File;
-use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
+use std::io::{self, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// One partition: where it is, and what we know of it.
@@ -56,7 +59,7 @@ pub fn boot_partition(path: &Path) -> Result<Part, Error> {
     })?;
     parts
         .iter()
-        .find(|p| p.name == "flash-boot")
+        .find(|p| p.name == layout::BOOT_NAME)
         .or_else(|| parts.iter().find(|p| p.esp))
         .or_else(|| parts.iter().find(|p| p.fat_type))
         .or_else(|| parts.first())
@@ -90,28 +93,23 @@ pub struct BootSpec {
     pub cmdline: String,
 }
 
-fn read_fat_file<T: Read + Write + Seek>(fs: &fatfs::FileSystem<T>, path: &str) -> Option<Vec<u8>> {
-    let mut f = fs.root_dir().open_file(path.trim_start_matches('/')).ok()?;
-    let mut out = Vec::new();
-    f.read_to_end(&mut out).ok()?;
-    Some(out)
+/// The whole of `path` in the volume, `None` if it is missing or unreadable.
+fn read_fat_file<V: Read + Seek>(vol: &mut V, path: &str) -> Option<Vec<u8>> {
+    fat::read_file(vol, path, u64::MAX).ok().flatten()
 }
 
-fn dir_files<T: Read + Write + Seek>(fs: &fatfs::FileSystem<T>, dir: &str) -> Vec<String> {
-    let dir = dir.trim_matches('/');
-    let d = if dir.is_empty() {
-        fs.root_dir()
-    } else {
-        match fs.root_dir().open_dir(dir) {
-            Ok(d) => d,
-            Err(_) => return Vec::new(),
-        }
-    };
-    let mut names: Vec<String> = d
+/// The names of the files directly in `dir`, sorted; empty if there is no
+/// such directory (or it cannot be read).
+fn dir_files<V: Read + Seek>(vol: &mut V, dir: &str) -> Vec<String> {
+    files_in(fat::list_dir(vol, dir).ok().flatten().unwrap_or_default())
+}
+
+/// The names of the files among `entries`, sorted.
+fn files_in(entries: Vec<fat::Entry>) -> Vec<String> {
+    let mut names: Vec<String> = entries
         .iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.is_file())
-        .map(|e| e.file_name())
+        .filter(|e| !e.is_dir)
+        .map(|e| e.name().to_string())
         .collect();
     names.sort();
     names
@@ -130,12 +128,12 @@ fn keyed(text: &str) -> Vec<(String, String)> {
 }
 
 /// The loader entry systemd-boot would pick: loader.conf's `default`, else the first.
-fn default_entry<T: Read + Write + Seek>(fs: &fatfs::FileSystem<T>) -> Option<String> {
-    let entries: Vec<String> = dir_files(fs, "loader/entries")
+fn default_entry<V: Read + Seek>(vol: &mut V) -> Option<String> {
+    let entries: Vec<String> = dir_files(vol, "loader/entries")
         .into_iter()
         .filter(|n| n.to_ascii_lowercase().ends_with(".conf"))
         .collect();
-    let default = read_fat_file(fs, "loader/loader.conf").and_then(|c| {
+    let default = read_fat_file(vol, "loader/loader.conf").and_then(|c| {
         keyed(&String::from_utf8_lossy(&c))
             .into_iter()
             .find(|(k, _)| k == "default")
@@ -154,60 +152,65 @@ fn default_entry<T: Read + Write + Seek>(fs: &fatfs::FileSystem<T>) -> Option<St
 /// Kernel, initramfs and command line from the card's boot FAT.
 pub fn boot_spec(path: &Path) -> Result<BootSpec, Error> {
     let part = boot_partition(path)?;
-    let bytes = read_part(path, &part)?;
-    let fs = flasher_disk::fat::open(Cursor::new(bytes), fatfs::FsOptions::new()).map_err(|e| {
-        Error::Card {
-            path: path.to_path_buf(),
-            reason: format!(
-                "partition at {} bytes is not a readable FAT: {e}",
-                part.offset
-            ),
-        }
+    let mut vol = Cursor::new(read_part(path, &part)?);
+    let root = fat::list_dir(&mut vol, "").map_err(|e| Error::Card {
+        path: path.to_path_buf(),
+        reason: format!(
+            "partition at {} bytes is not a readable FAT: {e}",
+            part.offset
+        ),
     })?;
+    let root = files_in(root.unwrap_or_default());
     let missing = |what: &str| Error::Card {
         path: path.to_path_buf(),
         reason: format!("{what} named by the boot configuration is missing from the FAT"),
     };
     let (mut kernel, mut initrd, mut cmdline) = (None, None, Vec::new());
-    if let Some(entry) = default_entry(&fs) {
-        let text = read_fat_file(&fs, &format!("loader/entries/{entry}")).unwrap_or_default();
+    if let Some(entry) = default_entry(&mut vol) {
+        let text = read_fat_file(&mut vol, &format!("loader/entries/{entry}")).unwrap_or_default();
         for (k, v) in keyed(&String::from_utf8_lossy(&text)) {
             match k.as_str() {
-                "linux" => kernel = Some(read_fat_file(&fs, &v).ok_or_else(|| missing(&v))?),
+                "linux" => kernel = Some(read_fat_file(&mut vol, &v).ok_or_else(|| missing(&v))?),
                 "initrd" if initrd.is_none() => {
-                    initrd = Some(read_fat_file(&fs, &v).ok_or_else(|| missing(&v))?)
+                    initrd = Some(read_fat_file(&mut vol, &v).ok_or_else(|| missing(&v))?)
                 }
                 "options" => cmdline.push(v),
                 _ => {}
             }
         }
-    } else if let Some(text) = read_fat_file(&fs, "extlinux/extlinux.conf") {
+    } else if let Some(text) = read_fat_file(&mut vol, "extlinux/extlinux.conf") {
         for (k, v) in keyed(&String::from_utf8_lossy(&text)) {
             match k.as_str() {
                 "linux" | "kernel" if kernel.is_none() => {
-                    kernel = Some(read_fat_file(&fs, &v).ok_or_else(|| missing(&v))?)
+                    kernel = Some(read_fat_file(&mut vol, &v).ok_or_else(|| missing(&v))?)
                 }
                 "initrd" if initrd.is_none() => {
-                    initrd = Some(read_fat_file(&fs, &v).ok_or_else(|| missing(&v))?)
+                    initrd = Some(read_fat_file(&mut vol, &v).ok_or_else(|| missing(&v))?)
                 }
                 "append" if cmdline.is_empty() => cmdline.push(v),
                 _ => {}
             }
         }
     }
-    let root = dir_files(&fs, "/");
-    let find = |names: &[&str]| {
+    let mut find = |names: &[&str]| {
         names
             .iter()
             .find_map(|n| root.iter().find(|r| r.eq_ignore_ascii_case(n)))
-            .and_then(|n| read_fat_file(&fs, n))
+            .and_then(|n| read_fat_file(&mut vol, n))
     };
     if kernel.is_none() {
-        kernel = find(&["vmlinuz", "bzImage", "linux", "kernel", "Image", "zImage"]);
+        kernel = find(&[
+            layout::KERNEL_FILE,
+            "bzImage",
+            "linux",
+            "kernel",
+            "Image",
+            "zImage",
+        ]);
     }
     if initrd.is_none() {
         initrd = find(&[
-            "initramfs",
+            layout::INITRAMFS_FILE,
             "initramfs.cpio.zst",
             "initramfs.cpio.gz",
             "initramfs.img",
@@ -215,7 +218,7 @@ pub fn boot_spec(path: &Path) -> Result<BootSpec, Error> {
             "initrd.img",
         ]);
     }
-    if let Some(c) = find(&["cmdline.txt", "cmdline"]) {
+    if let Some(c) = find(&[layout::CMDLINE_FILE, "cmdline"]) {
         cmdline.push(String::from_utf8_lossy(&c).trim().to_string());
     }
     let kernel = kernel.ok_or_else(|| Error::Card {
@@ -247,12 +250,12 @@ pub fn append_loader_options(path: &Path, extra: &str) -> Result<usize, Error> {
         .write(true)
         .open(path)
         .map_err(ctx)?;
-    let slice = flasher_disk::PartitionSlice::new(file, part.offset, part.size);
-    let fs = flasher_disk::fat::open(slice, fatfs::FsOptions::new()).map_err(ctx)?;
+    let mut vol = flasher_disk::PartitionSlice::new(file, part.offset, part.size);
+    let entries = fat::list_dir(&mut vol, "loader/entries").map_err(ctx)?;
     let mut changed = 0;
-    for name in dir_files(&fs, "loader/entries") {
+    for name in files_in(entries.unwrap_or_default()) {
         let p = format!("loader/entries/{name}");
-        let Some(text) = read_fat_file(&fs, &p) else {
+        let Some(text) = read_fat_file(&mut vol, &p) else {
             continue;
         };
         let text = String::from_utf8_lossy(&text);
@@ -275,19 +278,16 @@ pub fn append_loader_options(path: &Path, extra: &str) -> Result<usize, Error> {
         if !had_options {
             out.push_str(&format!("options {extra}\n"));
         }
-        let mut f = fs.root_dir().open_file(&p).map_err(ctx)?;
-        f.truncate().map_err(ctx)?;
-        f.write_all(out.as_bytes()).map_err(ctx)?;
-        f.flush().map_err(ctx)?;
+        fat::write_file(&mut vol, &p, out.as_bytes(), fatfs::FsOptions::new()).map_err(ctx)?;
         changed += 1;
     }
-    fs.unmount().map_err(ctx)?;
     Ok(changed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// A GPT image (written by sgdisk-compatible layout, built by hand here) with
     /// one ESP named `flash-boot` holding a FAT made by fatfs.

@@ -45,6 +45,7 @@ fn target_file(target: &Path, name: &str) -> Vec<u8> {
     read_file(
         flasher_disk::PartitionSlice::new(&mut t, span.0, span.1),
         name,
+        u64::MAX,
     )
     .unwrap()
     .unwrap_or_else(|| panic!("{name} is not on {}", target.display()))

@@ -19,6 +19,7 @@
 //! UEFI firmware and Linux ignore a disk whose sector 0 has no (protective)
 //! MBR, so an interruption before the commit leaves nothing bootable.
 
+use super::readback::write_verified;
 use super::{Error, Target};
 use crate::fixup::{FixupReport, TableKind};
 use std::collections::BTreeMap;
@@ -229,25 +230,6 @@ pub fn mask(hold: &[(u64, u64)], off: u64, data: &mut [u8]) {
             data[(a - off) as usize..(b - off) as usize].fill(0);
         }
     }
-}
-
-/// Write `data` at `off`, flush, read back bypassing the cache; on a mismatch
-/// rewrite once, then fail naming the range and `what`.
-pub fn write_verified<T: Target>(
-    t: &mut T,
-    off: u64,
-    data: &[u8],
-    what: &str,
-) -> Result<(), Error> {
-    t.write_at(off, data).map_err(|source| Error::Write {
-        offset: off,
-        length: data.len() as u64,
-        source,
-    })?;
-    t.sync().map_err(Error::Sync)?;
-    t.drop_cache();
-    let mut buf = crate::blockdev::AlignedBuf::zeroed(data.len().clamp(4096, 1 << 20));
-    super::engine::check_range(t, off, Some(data), data.len() as u64, &mut buf, what)
 }
 
 impl TableCommit {

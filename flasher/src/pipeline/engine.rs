@@ -16,6 +16,7 @@
 //! defers it to after its own writes (bootloader, config).
 
 use super::commit::{self, Plan};
+use super::readback::{check_range, read, write, write_verified, zero};
 use super::{Error, PhaseDurations, Target, Verify, WriteOptions, WriteReport};
 use crate::blockdev::AlignedBuf;
 use crate::progress::{Event, Observer};
@@ -23,6 +24,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use flasher_format::bundle::{
     self, decode_chunk, ChunkReader, ExtentKind, Manifest, Opened, RawChunk,
 };
+use flasher_format::units::iec;
 use flasher_format::Phase;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -135,8 +137,8 @@ pub fn write_opened<R: Read, T: Target>(
     let t_finish = Instant::now();
     obs.event(&Event::phase(Phase::Finishing).with_message(format!(
         "writing the held-back first {} and last {} of the image",
-        super::human(d.head),
-        super::human(m.image_size - d.tail)
+        iec(d.head),
+        iec(m.image_size - d.tail)
     )));
     let parts = deferred_parts(m, &streamed, &d, &plan.hold);
     write_deferred(&parts, target)?;
@@ -147,7 +149,7 @@ pub fn write_opened<R: Read, T: Target>(
     // The fix-up writes other than the table sectors (backup entry array at the
     // real end, a grown entry array), each read back.
     for (off, data) in &plan.fixup_writes {
-        commit::write_verified(target, *off, data, "partition-table fix-up")?;
+        write_verified(target, *off, data, "partition-table fix-up")?;
         report.bytes_verified += data.len() as u64;
     }
     for n in &plan.fixup.notes {
@@ -330,22 +332,6 @@ impl<'a> Progress<'a> {
     }
 }
 
-fn zero<T: Target>(t: &mut T, off: u64, len: u64) -> Result<(), Error> {
-    t.zero_range(off, len).map_err(|source| Error::Zero {
-        offset: off,
-        length: len,
-        source,
-    })
-}
-
-fn write<T: Target>(t: &mut T, off: u64, data: &[u8]) -> Result<(), Error> {
-    t.write_at(off, data).map_err(|source| Error::Write {
-        offset: off,
-        length: data.len() as u64,
-        source,
-    })
-}
-
 /// Compare granularity of `skip_equal`: a block that differs anywhere is
 /// rewritten whole (a multiple of every sector size, so the writes stay aligned).
 const SKIP_BLOCK: u64 = 64 << 10;
@@ -378,7 +364,7 @@ fn write_diff<T: Target>(
                 let have = &buf[b as usize..e as usize];
                 match want {
                     Some(w) => have != &w[(o + b) as usize..(o + e) as usize],
-                    None => !is_zero(have),
+                    None => !bundle::is_zero(have),
                 }
             };
             if differs {
@@ -701,70 +687,6 @@ fn write_loop<T: Target>(
     Ok(out)
 }
 
-fn is_zero(b: &[u8]) -> bool {
-    // SAFETY: every bit pattern is a valid u128.
-    let (p, mid, s) = unsafe { b.align_to::<u128>() };
-    p.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && s.iter().all(|&x| x == 0)
-}
-
-fn read<T: Target>(t: &mut T, off: u64, buf: &mut [u8]) -> Result<(), Error> {
-    t.read_at(off, buf).map_err(|source| Error::Read {
-        offset: off,
-        length: buf.len() as u64,
-        source,
-    })
-}
-
-/// Compare `off..off+len` with `want` (None: zeros). On a mismatch, `redo`
-/// rewrites the range (if we still have its bytes), then it is read once more.
-pub(super) fn check_range<T: Target>(
-    t: &mut T,
-    off: u64,
-    want: Option<&[u8]>,
-    len: u64,
-    buf: &mut AlignedBuf,
-    what: &str,
-) -> Result<(), Error> {
-    let ok = |t: &mut T, buf: &mut AlignedBuf| -> Result<bool, Error> {
-        let mut o = 0u64;
-        while o < len {
-            let n = (len - o).min(buf.capacity() as u64) as usize;
-            buf.set_len(n);
-            read(t, off + o, &mut buf[..])?;
-            let good = match want {
-                Some(w) => buf[..] == w[o as usize..o as usize + n],
-                None => is_zero(&buf[..]),
-            };
-            if !good {
-                return Ok(false);
-            }
-            o += n as u64;
-        }
-        Ok(true)
-    };
-    if ok(t, buf)? {
-        return Ok(());
-    }
-    tracing::warn!(
-        "verify mismatch at target bytes {off}..{} ({what}); rewriting and reading once more",
-        off + len
-    );
-    match want {
-        Some(w) => write(t, off, &w[..len as usize])?,
-        None => zero(t, off, len)?,
-    }
-    t.sync().map_err(Error::Sync)?;
-    t.drop_cache();
-    if ok(t, buf)? {
-        return Ok(());
-    }
-    Err(Error::VerifyMismatch {
-        offset: off,
-        length: len,
-        what: what.to_string(),
-    })
-}
-
 fn verify_streamed<T: Target>(
     m: &Manifest,
     checks: &[Check],
@@ -837,7 +759,7 @@ fn verify_streamed<T: Target>(
                     for (ci, buf) in full_rx.iter() {
                         let good = match checks[ci] {
                             Check::Chunk(i) => m.readback_matches(i, &buf[..]),
-                            Check::Zero(..) => is_zero(&buf[..]),
+                            Check::Zero(..) => bundle::is_zero(&buf[..]),
                         };
                         if !good {
                             bad.push(ci);

@@ -2,7 +2,9 @@
 //! kept) ▶ chunk digest ▶ write (O_DIRECT) ▶ flush ▶ read back ▶ compare ▶ first
 //! blocks last ▶ partition-table fix-ups. The engine (`engine`) is generic over a
 //! [`Target`], so it runs on a `Cursor` in tests and on a [`blockdev::Device`] on
-//! the board; pre-write refusals (size, read-only, mounted) are in `preflight`.
+//! the board; pre-write refusals (size, read-only, mounted) are in `preflight`,
+//! the table commit in `commit`, the writes after the image in `post`, and the
+//! read-back they all share in `readback`.
 
 pub mod commit;
 mod engine;
@@ -10,12 +12,14 @@ mod engine;
 mod fault_tests;
 pub mod post;
 pub mod preflight;
+mod readback;
 
 pub use engine::{write_opened, write_to};
 
 use crate::blockdev::{self, Device};
 use crate::progress::Observer;
 use flasher_format::bundle;
+use flasher_format::units::iec;
 use flasher_format::ErrorClass;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +29,7 @@ use std::time::Duration;
 /// and ioctl errors `blockdev::Error`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("target {path} is {} ({target} bytes), smaller than the image {} ({image} bytes); use a larger disk", human(*target), human(*image))]
+    #[error("target {path} is {} ({target} bytes), smaller than the image {} ({image} bytes); use a larger disk", iec(*target), iec(*image))]
     TargetTooSmall {
         path: PathBuf,
         target: u64,
@@ -123,15 +127,6 @@ pub fn fixed_mmap_threshold() {
     // SAFETY: mallopt only sets an allocator tunable; no pointers.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-    }
-}
-
-/// "3.6 GiB", "12.0 MiB", "4.0 KiB", "17 bytes".
-pub fn human(bytes: u64) -> String {
-    if bytes < 1024 {
-        format!("{bytes} bytes")
-    } else {
-        flasher_format::units::iec(bytes)
     }
 }
 

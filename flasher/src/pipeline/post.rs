@@ -4,7 +4,8 @@
 //! back bypassing the cache (retried once, then the range is named), and
 //! neither touches the table sectors, which stay zero until the commit.
 
-use super::commit::{self, TableCommit};
+use super::commit::TableCommit;
+use super::readback::{check_range, write_verified};
 use super::{Error, Target};
 use crate::config_inject::{self, ConfigReport, PartitionSlice, UnitData};
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ pub fn place_raw<T: Target>(
         ))
         .into());
     }
-    commit::write_verified(t, offset, data, &format!("bootloader {file}"))?;
+    write_verified(t, offset, data, &format!("bootloader {file}"))?;
     Ok(())
 }
 
@@ -75,7 +76,7 @@ pub fn inject_config<T: Target, C: Read + Write + Seek>(
         }
     }
     for (off, data) in runs {
-        super::engine::check_range(
+        check_range(
             t,
             off,
             Some(&data),

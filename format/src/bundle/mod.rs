@@ -5,7 +5,8 @@
 //! This module owns the on-disk layout (`Header`), the manifest types and their
 //! validation, reading a manifest alone (`read_manifest`, for `mkflasher inspect`
 //! and for the writer's pre-flight checks), a streaming chunk reader
-//! (`ChunkReader`) and the host-side [`BundleWriter`].
+//! (`ChunkReader`), the host-side [`BundleWriter`], and [`is_zero`], the zero
+//! test both the host's image scan and the board's read-back use.
 
 mod reader;
 mod sign;
@@ -712,6 +713,15 @@ pub struct Opened {
     /// The signature block over `manifest_bytes`, if any. Its format belongs
     /// to the signing work; version 1 bundles are written unsigned.
     pub signature: Option<Vec<u8>>,
+}
+
+/// Whether every byte of `b` is zero: how the host finds must-be-zero runs in
+/// an image (`mkflasher`'s classifier) and how the writer checks them on the
+/// target (read-back, `--skip-equal`). Compares 16 bytes at a time.
+pub fn is_zero(b: &[u8]) -> bool {
+    // SAFETY: every bit pattern is a valid u128.
+    let (p, mid, s) = unsafe { b.align_to::<u128>() };
+    p.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && s.iter().all(|&x| x == 0)
 }
 
 /// A zeroed buffer of `len` bytes, or `OutOfMemory` instead of an abort: a

@@ -608,3 +608,23 @@ fn unpinned_file_errors_name_the_right_flag() {
     assert!(msg("config.json").contains("--pin FILE"));
     assert!(!msg("config.json").contains("--unit-data"));
 }
+
+/// `is_zero` at every alignment and length around the 16-byte words it
+/// compares, with one non-zero byte at each position.
+#[test]
+fn is_zero_at_every_alignment() {
+    let buf = [0u8; 80];
+    for start in 0..17 {
+        for len in 0..48 {
+            let s = &buf[start..start + len];
+            assert!(is_zero(s));
+            for i in 0..len {
+                let mut v = s.to_vec();
+                let mut b = vec![0u8; start];
+                v[i] = 1;
+                b.extend_from_slice(&v);
+                assert!(!is_zero(&b[start..]), "start {start} len {len} at {i}");
+            }
+        }
+    }
+}

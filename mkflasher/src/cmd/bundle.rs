@@ -3,9 +3,9 @@
 //! `source::bundle_image` does the work, a summary out.
 
 use crate::source::{self, BundleOptions};
-use flasher::pipeline::human;
 use flasher_format::bundle::{self, ExtentKind, PinnedFile, WriterOptions, DEFAULT_CHUNK_SIZE};
 use flasher_format::io::IoContext;
+use flasher_format::units::iec;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -110,12 +110,12 @@ pub fn run(args: Args) -> crate::Result<()> {
     }
     tracing::info!(
         "bundled {} ({} bytes, sha256 {}): {} data, {} must-be-zero, {} don't-care, {} chunks; bundle {} (version {}, chunk digest {}, read-back digest {}) is {}",
-        human(m.image_size),
+        iec(m.image_size),
         m.image_size,
         m.image_sha256,
-        human(m.bytes_of(ExtentKind::Data)),
-        human(m.bytes_of(ExtentKind::MustBeZero)),
-        human(m.bytes_of(ExtentKind::DontCare)),
+        iec(m.bytes_of(ExtentKind::Data)),
+        iec(m.bytes_of(ExtentKind::MustBeZero)),
+        iec(m.bytes_of(ExtentKind::DontCare)),
         m.chunks.len(),
         args.output.display(),
         m.version,
@@ -125,7 +125,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         } else {
             &m.readback_digest
         },
-        human(len)
+        iec(len)
     );
     Ok(())
 }

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use sha2::Digest;
 
+use flasher_format::card::{CONFIG_JSON, CONNECTIONS_DIR, HOSTNAME_FILE};
+
 use crate::card;
 use crate::fat;
 
@@ -45,9 +47,11 @@ pub struct Settings {
     pub persistent_logging: Option<bool>,
 }
 
-pub const CONFIG_JSON: &str = "config.json";
-pub const WIFI_CONNECTION: &str = "system-connections/wifi";
-pub const HOSTNAME: &str = "hostname";
+/// The NetworkManager profile `configure` writes, in the card's connections
+/// directory: `system-connections/wifi`.
+pub fn wifi_connection() -> String {
+    format!("{CONNECTIONS_DIR}/wifi")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -169,10 +173,14 @@ pub fn apply<D: Read + Write + Seek>(mut vol: D, s: &Settings) -> crate::Result<
         fat::write_file(&mut vol, CONFIG_JSON, text.as_bytes())?;
     }
     if let Some(h) = &s.hostname {
-        fat::write_file(&mut vol, HOSTNAME, format!("{h}\n").as_bytes())?;
+        fat::write_file(&mut vol, HOSTNAME_FILE, format!("{h}\n").as_bytes())?;
     }
     if let Some((ssid, psk)) = &s.wifi {
-        fat::write_file(&mut vol, WIFI_CONNECTION, nm_keyfile(ssid, psk).as_bytes())?;
+        fat::write_file(
+            &mut vol,
+            &wifi_connection(),
+            nm_keyfile(ssid, psk).as_bytes(),
+        )?;
     }
     Ok(())
 }
@@ -197,7 +205,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         "configured {} (flash-boot: {CONFIG_JSON}{})",
         args.card.display(),
         if s.wifi.is_some() {
-            format!(", {WIFI_CONNECTION}")
+            format!(", {}", wifi_connection())
         } else {
             String::new()
         }
@@ -222,7 +230,8 @@ pub fn unpinned_on_signed_card(card_path: &std::path::Path) -> crate::Result<Vec
     }
     let mut vol = card::open_boot(card_path)?;
     let mut out = Vec::new();
-    for name in [CONFIG_JSON, HOSTNAME, WIFI_CONNECTION] {
+    let wifi = wifi_connection();
+    for name in [CONFIG_JSON, HOSTNAME_FILE, wifi.as_str()] {
         if let Ok(data) = fat::read_file(&mut vol, name) {
             let problem = match bundle::check_pin(&opened.manifest, name, &data) {
                 Ok(true) => continue,
@@ -271,8 +280,9 @@ mod tests {
         assert_eq!(cfg["hostname"], "unit-7");
         assert_eq!(cfg["persistentLogging"], true);
         assert_eq!(cfg["installer"]["x"], 1);
-        assert_eq!(fat::read_file(&mut vol, HOSTNAME).unwrap(), b"unit-7\n");
-        let nm = String::from_utf8(fat::read_file(&mut vol, WIFI_CONNECTION).unwrap()).unwrap();
+        assert_eq!(fat::read_file(&mut vol, "hostname").unwrap(), b"unit-7\n");
+        let nm = String::from_utf8(fat::read_file(&mut vol, "system-connections/wifi").unwrap())
+            .unwrap();
         assert!(nm.contains("ssid=Factory Net\n") && nm.contains("psk=correct horse\n"));
         assert!(nm.contains("key-mgmt=wpa-psk"));
         // Only logging changes: hostname stays.

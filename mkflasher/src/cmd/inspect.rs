@@ -7,7 +7,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use flasher_format::bundle::{self, ExtentKind};
+use flasher_format::card as layout;
 use flasher_format::record;
+use flasher_format::units::iec;
 
 use crate::card;
 use crate::cpio;
@@ -24,10 +26,6 @@ fn io_err(ctx: String) -> impl FnOnce(std::io::Error) -> crate::Error {
     move |e| crate::Error::Io(flasher_format::io::IoError::new(ctx, e))
 }
 
-fn human(n: u64) -> String {
-    flasher_format::units::iec(n)
-}
-
 /// Describe a bundle manifest.
 pub fn describe_bundle(o: &bundle::Opened, out: &mut String) {
     let m = &o.manifest;
@@ -36,24 +34,24 @@ pub fn describe_bundle(o: &bundle::Opened, out: &mut String) {
         out,
         "  image size     {} ({})",
         m.image_size,
-        human(m.image_size)
+        iec(m.image_size)
     );
     let _ = writeln!(out, "  image sha256   {}", m.image_sha256);
     let _ = writeln!(
         out,
         "  data {} / must-be-zero {} / dont-care {}",
-        human(m.bytes_of(ExtentKind::Data)),
-        human(m.bytes_of(ExtentKind::MustBeZero)),
-        human(m.bytes_of(ExtentKind::DontCare))
+        iec(m.bytes_of(ExtentKind::Data)),
+        iec(m.bytes_of(ExtentKind::MustBeZero)),
+        iec(m.bytes_of(ExtentKind::DontCare))
     );
     let _ = writeln!(
         out,
         "  {} extents, {} chunks of {} ({}), {} compressed",
         m.extents.len(),
         m.chunks.len(),
-        human(m.chunk_size),
+        iec(m.chunk_size),
         m.compression,
-        human(m.data_len())
+        iec(m.data_len())
     );
     if let Some(n) = &m.source.name {
         let _ = writeln!(out, "  source         {n}");
@@ -109,7 +107,7 @@ pub fn describe_log<R: Read + Seek>(
             r.seq,
             r.board,
             r.target.device,
-            human(r.target.size_bytes),
+            iec(r.target.size_bytes),
             r.target
                 .serial
                 .as_ref()
@@ -121,7 +119,7 @@ pub fn describe_log<R: Read + Seek>(
             } else {
                 format!(" ({})", r.signer)
             },
-            human(r.bytes_written),
+            iec(r.bytes_written),
             r.unit_row
                 .as_ref()
                 .map(|u| format!(", unit row {}", u.index))
@@ -157,7 +155,7 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
             p.name,
             p.part_type.id(),
             p.offset,
-            human(p.size),
+            iec(p.size),
             if p.bootable { " bootable" } else { "" }
         );
     }
@@ -169,10 +167,10 @@ pub fn describe_card(path: &Path, out: &mut String) -> crate::Result<()> {
                 let _ = writeln!(out, "flash-boot: {ty:?} volume {label:?}");
                 for e in fat::list(&mut vol)? {
                     if !e.is_dir {
-                        let _ = writeln!(out, "  {:<36} {:>10}", e.path, human(e.size));
+                        let _ = writeln!(out, "  {:<36} {:>10}", e.path, iec(e.size));
                     }
                 }
-                for name in ["cmdline.txt", "config.json"] {
+                for name in [layout::CMDLINE_FILE, layout::CONFIG_JSON] {
                     if let Ok(b) = fat::read_file(&mut vol, name) {
                         let _ = writeln!(out, "  {name}: {}", String::from_utf8_lossy(&b).trim());
                     }
@@ -244,7 +242,7 @@ pub fn describe(path: &Path) -> crate::Result<String> {
             "{}: initramfs, {} entries, {} uncompressed",
             path.display(),
             recs.len(),
-            human(raw.len() as u64)
+            iec(raw.len() as u64)
         );
         for r in recs {
             let _ = writeln!(

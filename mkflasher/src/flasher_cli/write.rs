@@ -1,10 +1,11 @@
 //! `flasher write`: write a bundle onto a block device or file and verify it.
 //! Thin: parse, pick a progress display (an indicatif bar when stderr is a
-//! terminal, log lines otherwise), call `pipeline::write`, print the report.
+//! terminal, log lines otherwise), call `pipeline::write_bundle`, print the report.
 
-use flasher::pipeline::{self, human, Verify, WriteOptions};
+use flasher::pipeline::{self, Verify, WriteOptions};
 use flasher::progress::{Event, Observer};
 use flasher_format::io::IoContext;
+use flasher_format::units::iec;
 use flasher_format::Phase;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -106,16 +107,16 @@ pub fn run(args: Args) -> flasher::Result<()> {
     drop(obs);
     tracing::info!(
         "wrote {} ({} bytes, sha256 {}, {}) to {}: {} data, {} zeroed, {} left as it was, {} verified, {} written last; write {:.1}s, verify {:.1}s, finish {:.1}s{}",
-        human(report.image_size),
+        iec(report.image_size),
         report.image_size,
         report.image_sha256,
         report.signer,
         args.target.display(),
-        human(report.bytes_written),
-        human(report.bytes_zeroed),
-        human(report.bytes_skipped),
-        human(report.bytes_verified),
-        human(report.held_back),
+        iec(report.bytes_written),
+        iec(report.bytes_zeroed),
+        iec(report.bytes_skipped),
+        iec(report.bytes_verified),
+        iec(report.held_back),
         report.durations.write.as_secs_f64(),
         report.durations.verify.as_secs_f64(),
         report.durations.finish.as_secs_f64(),
@@ -217,9 +218,9 @@ impl Observer for LogLines {
                 tracing::info!(
                     "{}: {pct}% ({} of {}, {}/s)",
                     e.phase,
-                    human(done),
-                    human(total),
-                    human(rate)
+                    iec(done),
+                    iec(total),
+                    iec(rate)
                 );
                 *g = Some((e.phase, step));
             }

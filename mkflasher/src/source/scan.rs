@@ -3,7 +3,7 @@
 //! seekable file or a one-pass decompressor.
 
 use super::{Error, Result, Seg};
-use flasher_format::bundle::BundleWriter;
+use flasher_format::bundle::{is_zero, BundleWriter};
 use flasher_format::io::IoContext;
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -12,12 +12,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 const BLOCK: usize = 4096;
 /// Data is handed to the bundle writer in batches of this size.
 const BATCH: usize = 4 << 20;
-
-fn is_zero(b: &[u8]) -> bool {
-    // SAFETY: every bit pattern is a valid u128.
-    let (p, mid, s) = unsafe { b.align_to::<u128>() };
-    p.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && s.iter().all(|&x| x == 0)
-}
 
 /// Feeds a [`BundleWriter`] from image bytes in order, turning zero runs of at
 /// least `min_zero_run` bytes into must-be-zero extents.
