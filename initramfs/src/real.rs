@@ -288,19 +288,9 @@ impl Real {
         let Some(card) = self.card_boot.as_ref() else {
             return Ok(false);
         };
-        let f = File::open(card).map_err(|e| {
-            flasher::Error::Io(flasher_format::io::IoError::new(
-                format!("open card partition {}", card.display()),
-                e,
-            ))
-        })?;
-        card::has_config(f).map_err(|e| {
-            flasher::Error::Io(flasher_format::io::IoError::new(
-                format!("read the FAT on {}", card.display()),
-                e,
-            ))
-            .into()
-        })
+        let f =
+            File::open(card).with_context(|| format!("open card partition {}", card.display()))?;
+        Ok(card::has_config(f).with_context(|| format!("read the FAT on {}", card.display()))?)
     }
 
     /// The card's per-unit data pool, if it has one: parsed, and pinned by
@@ -354,12 +344,10 @@ impl Real {
             .card_boot
             .as_ref()
             .ok_or_else(|| missing("the card's boot partition"))?;
-        let f = OpenOptions::new().read(true).open(card).map_err(|e| {
-            flasher::Error::Io(flasher_format::io::IoError::new(
-                format!("open card partition {}", card.display()),
-                e,
-            ))
-        })?;
+        let f = OpenOptions::new()
+            .read(true)
+            .open(card)
+            .with_context(|| format!("open card partition {}", card.display()))?;
         Ok(flasher::config_inject::card_files(f)?)
     }
 
@@ -381,19 +369,10 @@ impl Real {
         let Some(card) = self.card_boot.as_ref() else {
             return Ok(None);
         };
-        let f = File::open(card).map_err(|e| {
-            flasher::Error::Io(flasher_format::io::IoError::new(
-                format!("open card partition {}", card.display()),
-                e,
-            ))
-        })?;
-        flasher_disk::fat::read_file(f, path, max).map_err(|e| {
-            flasher::Error::Io(flasher_format::io::IoError::new(
-                format!("read {path} from {}", card.display()),
-                e,
-            ))
-            .into()
-        })
+        let f =
+            File::open(card).with_context(|| format!("open card partition {}", card.display()))?;
+        Ok(flasher_disk::fat::read_file(f, path, max)
+            .with_context(|| format!("read {path} from {}", card.display()))?)
     }
 }
 
@@ -670,12 +649,8 @@ impl Steps for Real {
             .clone()
             .ok_or_else(|| missing("the payload partition"))?;
         let target = self.target.clone().ok_or_else(|| missing("a target"))?;
-        let file = File::open(&payload).map_err(|e| {
-            flasher::Error::Io(flasher_format::io::IoError::new(
-                format!("open payload partition {}", payload.display()),
-                e,
-            ))
-        })?;
+        let file = File::open(&payload)
+            .with_context(|| format!("open payload partition {}", payload.display()))?;
         let mut reader = BufReader::new(file);
         // Everything that can be checked before the first write
         // (docs/architecture.md rule 2): the bundle's manifest and signature
@@ -810,14 +785,8 @@ impl Steps for Real {
             );
             return Ok(());
         };
-        let open_card = || {
-            File::open(&card).map_err(|e| {
-                flasher::Error::Io(flasher_format::io::IoError::new(
-                    format!("open card partition {}", card.display()),
-                    e,
-                ))
-            })
-        };
+        let open_card =
+            || File::open(&card).with_context(|| format!("open card partition {}", card.display()));
         let has = card::has_config(open_card()?)
             .with_context(|| format!("read the FAT on {}", card.display()))?;
         if !has && self.unit.is_none() {
@@ -829,12 +798,7 @@ impl Steps for Real {
         let target = dev.path().to_path_buf();
         // The table is not live yet: find the boot FAT in the table to be committed.
         let span = post::target_fat(&mut dev, &commit)
-            .map_err(|e| {
-                flasher::Error::Io(flasher_format::io::IoError::new(
-                    format!("read the partition table of {}", target.display()),
-                    e,
-                ))
-            })?
+            .with_context(|| format!("read the partition table of {}", target.display()))?
             .ok_or_else(|| Error::NoTargetBoot {
                 target: target.clone(),
             })?;
