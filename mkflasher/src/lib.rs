@@ -20,6 +20,7 @@ pub mod error;
 pub mod fat;
 pub mod flasher_cli;
 pub mod hostwrite;
+pub mod log;
 pub mod modules;
 pub mod pool;
 pub mod records;

@@ -46,19 +46,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    mkflasher::log::init(cli.verbose);
     let result = match cli.command {
         Command::Bundle(a) => cmd::bundle::run(a),
         Command::Initramfs(a) => cmd::initramfs::run(a),
