@@ -559,3 +559,51 @@ fn oversized_fat_is_refused_without_allocating_it() {
         "{e}"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The promise of `set_sectors` (it replaced an mbrman header round trip to
+    /// keep `/init` small): growing one entry leaves sector 0 exactly as that
+    /// round trip did, whatever the boot code, the disk signature, the other
+    /// entries and the new size are.
+    #[test]
+    fn set_sectors_matches_the_mbrman_round_trip(
+        boot_code in proptest::collection::vec(any::<u8>(), 440),
+        signature in any::<[u8; 4]>(),
+        sizes in proptest::collection::vec(1u64..100_000, 1..=4),
+        pick in 0usize..4,
+        sectors in any::<u32>(),
+        bootable in any::<bool>(),
+    ) {
+        let mut start = 2048u64;
+        let parts: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let p = mbr::NewPartition {
+                    sys: 0x83,
+                    bootable: bootable && i == 0,
+                    start_lba: start,
+                    sectors: n,
+                };
+                start += n;
+                p
+            })
+            .collect();
+        let mut dev = Cursor::new(vec![0u8; 4096]);
+        mbr::write_new(&mut dev, 512, signature, &parts).unwrap();
+        dev.get_mut()[..440].copy_from_slice(&boot_code);
+        let number = (pick % parts.len()) as u32 + 1;
+
+        let mut expected = dev.clone();
+        let mut h = mbrman::MBRHeader::read_from(&mut expected).unwrap();
+        let e = &mut h[number as usize];
+        e.sectors = sectors;
+        e.last_chs = mbr::chs((u64::from(e.starting_lba) + u64::from(sectors)).saturating_sub(1));
+        h.write_into(&mut expected).unwrap();
+
+        mbr::set_sectors(&mut dev, number, sectors).unwrap();
+        prop_assert_eq!(&dev.get_ref()[..512], &expected.get_ref()[..512]);
+    }
+}
