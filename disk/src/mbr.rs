@@ -8,6 +8,7 @@
 //! nothing else, so it links no `mbrman` (with `bincode` and `bitvec`, 13 KB
 //! there: docs/building.md). Writing a fresh table (the host) uses `mbrman`.
 
+use flasher_format::io::IoContext;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use crate::{le32, put32, Error, Result};
@@ -162,12 +163,9 @@ pub fn fit_protective(sector0: &mut [u8], number: u32, total_lbas: u64) -> bool 
 /// the entry's last CHS and size bytes change. Refused, as `mbrman` refuses it,
 /// without the 0x55AA signature or with a boot flag other than 0x00 or 0x80.
 pub fn set_sectors<D: Read + Write + Seek>(dev: &mut D, number: u32, sectors: u32) -> Result<()> {
-    let io = |what: &'static str| {
-        move |source| Error::Io(flasher_format::io::IoError::new(what, source))
-    };
     let mut s0 = [0u8; 512];
-    dev.seek(SeekFrom::Start(0)).map_err(io("read MBR"))?;
-    dev.read_exact(&mut s0).map_err(io("read MBR"))?;
+    dev.seek(SeekFrom::Start(0)).context("read MBR")?;
+    dev.read_exact(&mut s0).context("read MBR")?;
     let Some(es) = entries(&s0) else {
         return Err(Error::MbrCrate("read MBR: invalid MBR signature".into()));
     };
@@ -185,8 +183,8 @@ pub fn set_sectors<D: Read + Write + Seek>(dev: &mut D, number: u32, sectors: u3
     let last = (u64::from(entry.start_lba) + u64::from(sectors)).saturating_sub(1);
     s0[at + 5..at + 8].copy_from_slice(&chs_bytes(last));
     put32(&mut s0, at + 12, sectors);
-    dev.seek(SeekFrom::Start(0)).map_err(io("write MBR"))?;
-    dev.write_all(&s0).map_err(io("write MBR"))?;
+    dev.seek(SeekFrom::Start(0)).context("write MBR")?;
+    dev.write_all(&s0).context("write MBR")?;
     Ok(())
 }
 
