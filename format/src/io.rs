@@ -5,7 +5,7 @@
 //! converts it:
 //!
 //! ```
-//! use crate::io::{IoContext, IoError};
+//! use flasher_format::io::{IoContext, IoError};
 //!
 //! #[derive(Debug, thiserror::Error)]
 //! enum Error {
