@@ -38,6 +38,7 @@
 //! flasher cannot reset-loop forever. A success record for the unit resets its
 //! count. Readers older than this field see an ordinary failed record.
 
+use crate::io::IoContext;
 use serde::{Deserialize, Serialize};
 
 /// CRC-32/ISO-HDLC (the zlib and GPT CRC), with a 1 KiB table.
@@ -406,18 +407,15 @@ pub fn append_numbered<D: Read + Write + Seek>(
             needed,
         });
     }
-    let io = |context: String| move |source| Error::Io(crate::io::IoError::new(context, source));
     dev.seek(SeekFrom::Start(offset))
         .and_then(|_| dev.write_all(&frame))
-        .map_err(io(format!(
-            "write unit record ({needed} bytes at byte {offset})"
-        )))?;
+        .with_context(|| format!("write unit record ({needed} bytes at byte {offset})"))?;
     let after = offset + needed;
     if after + MAGIC.len() as u64 <= capacity {
         dev.write_all(&[0u8; MAGIC.len()])
-            .map_err(io(format!("clear the log tail at byte {after}")))?;
+            .with_context(|| format!("clear the log tail at byte {after}"))?;
     }
-    dev.flush().map_err(io("flush unit log".into()))?;
+    dev.flush().context("flush unit log")?;
     Ok((offset, rec.seq))
 }
 
