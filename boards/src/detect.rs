@@ -265,7 +265,12 @@ fn identify<'a>(root: &Path, boards: &'a [Board]) -> Result<Option<(Vec<&'a Boar
                 && fields.iter().all(|(f, pat)| {
                     // Firmware is inconsistent about case ("intel" from U-Boot's
                     // SMBIOS, "Intel Corporation" from AMI), so DMI ignores it.
-                    value(f).is_some_and(|v| glob_match(&pat.to_lowercase(), &v.to_lowercase()))
+                    // ASCII case only: SMBIOS strings are ASCII in practice,
+                    // and full Unicode folding costs the static /init about
+                    // 4 KB of tables (docs/building.md).
+                    value(f).is_some_and(|v| {
+                        glob_match(&pat.to_ascii_lowercase(), &v.to_ascii_lowercase())
+                    })
                 })
         });
         if let Some(m) = hit {

@@ -624,23 +624,136 @@ pub fn list_dir<D: Read + Seek>(mut vol: D, dir: &str) -> io::Result<Option<Vec<
 }
 
 fn list_in(vol: &mut dyn Vol, dir: &str, recursive: bool) -> io::Result<Option<Vec<Entry>>> {
-    let prefix = if dir.trim_matches('/').is_empty() {
-        String::new()
-    } else {
-        components(dir)?.join("/")
-    };
+    let prefix = dir_prefix(dir)?;
     let fs = open_read_only(vol, fatfs::FsOptions::new())?;
-    let start = if prefix.is_empty() {
-        fs.root_dir()
-    } else {
-        match fs.root_dir().open_dir(&prefix) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        }
+    let Some(start) = open_dir_at(&fs, &prefix)? else {
+        return Ok(None);
     };
     let mut out = Vec::new();
     walk(&start, &prefix, recursive, &mut out)?;
+    Ok(Some(out))
+}
+
+/// `dir` as a path from the root without leading or trailing '/' ("" for
+/// the root itself).
+fn dir_prefix(dir: &str) -> io::Result<String> {
+    if dir.trim_matches('/').is_empty() {
+        Ok(String::new())
+    } else {
+        Ok(components(dir)?.join("/"))
+    }
+}
+
+/// The directory at `prefix` (from [`dir_prefix`]), `None` if there is none.
+fn open_dir_at<'a, T: fatfs::ReadWriteSeek>(
+    fs: &'a fatfs::FileSystem<T>,
+    prefix: &str,
+) -> io::Result<Option<fatfs::Dir<'a, T>>> {
+    if prefix.is_empty() {
+        return Ok(Some(fs.root_dir()));
+    }
+    match fs.root_dir().open_dir(prefix) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The most entries a FAT directory can hold (the FAT specification's
+/// 65,536 32-byte entries, long-name slots included). A directory whose
+/// cluster chain yields more loops or is corrupt: reading it stops there
+/// instead of growing without bound.
+pub const MAX_DIR_ENTRIES: usize = 65_536;
+
+/// The entries of `dir`, refused past [`MAX_DIR_ENTRIES`].
+fn entries<'a, T: fatfs::ReadWriteSeek>(
+    dir: &fatfs::Dir<'a, T>,
+    path: &str,
+) -> io::Result<Vec<fatfs::DirEntry<'a, T>>> {
+    let mut out = Vec::new();
+    for e in dir.iter() {
+        if out.len() == MAX_DIR_ENTRIES {
+            return Err(crate::Error::TooManyEntries {
+                path: path.to_string(),
+                max: MAX_DIR_ENTRIES,
+            }
+            .into());
+        }
+        out.push(e?);
+    }
+    Ok(out)
+}
+
+/// One entry of a directory as the volume holds it (see [`read_dir`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirFile {
+    /// The long name, or the short one when the entry has no long name.
+    pub name: String,
+    /// The 8.3 name, e.g. `CONFIG~1.JSO`; lookups by name match either.
+    pub short_name: String,
+    pub is_dir: bool,
+    /// Bytes as the entry records them; 0 for a directory.
+    pub size: u64,
+    /// The file's bytes, for the files `want` asked for.
+    pub data: Option<Vec<u8>>,
+}
+
+/// The entries directly in `dir` ("" for the root), in directory order, with
+/// both names of each and, for each file whose name `want` accepts, its bytes
+/// read through that entry (not looked up again by name, so a second entry
+/// of the same name can never stand in for it); `Ok(None)` without the
+/// directory. A wanted file over `max` bytes is
+/// [`crate::Error::FileTooLarge`]; a directory past [`MAX_DIR_ENTRIES`]
+/// entries is [`crate::Error::TooManyEntries`]. Read-only.
+pub fn read_dir<D: Read + Seek>(
+    mut vol: D,
+    dir: &str,
+    max: u64,
+    want: &dyn Fn(&str) -> bool,
+) -> io::Result<Option<Vec<DirFile>>> {
+    let vol: &mut dyn Vol = &mut vol;
+    let prefix = dir_prefix(dir)?;
+    let fs = open_read_only(vol, fatfs::FsOptions::new())?;
+    let Some(start) = open_dir_at(&fs, &prefix)? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for e in entries(&start, &prefix)? {
+        let name = e.file_name();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let is_dir = e.is_dir();
+        let data = if !is_dir && want(&name) {
+            let mut data = Vec::new();
+            e.to_file()
+                .take(max.saturating_add(1))
+                .read_to_end(&mut data)?;
+            if data.len() as u64 > max {
+                let path = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                return Err(crate::Error::FileTooLarge {
+                    path,
+                    size: data.len() as u64,
+                    max,
+                }
+                .into());
+            }
+            Some(data)
+        } else {
+            None
+        };
+        out.push(DirFile {
+            short_name: e.short_file_name(),
+            name,
+            is_dir,
+            size: if is_dir { 0 } else { e.len() },
+            data,
+        });
+    }
     Ok(Some(out))
 }
 
@@ -650,7 +763,7 @@ fn walk<T: fatfs::ReadWriteSeek>(
     recursive: bool,
     out: &mut Vec<Entry>,
 ) -> io::Result<()> {
-    let entries = dir.iter().collect::<io::Result<Vec<_>>>()?;
+    let entries = entries(dir, prefix)?;
     for e in entries {
         let name = e.file_name();
         if name == "." || name == ".." {
@@ -681,6 +794,52 @@ mod tests {
     use std::process::Command;
 
     const MIB: usize = 1 << 20;
+
+    /// A directory whose cluster chain points back at itself (a corrupt or
+    /// hostile card) is refused after [`MAX_DIR_ENTRIES`] entries instead of
+    /// being listed, and held in memory, forever.
+    #[test]
+    fn a_looping_directory_is_refused_not_followed_forever() {
+        let mut dev = Cursor::new(vec![0u8; 32 * MIB]);
+        let fmt = fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat16);
+        fatfs::format_volume(&mut dev, fmt).unwrap();
+        let img = dev.get_ref();
+        let u16_at = |o: usize| usize::from(u16::from_le_bytes([img[o], img[o + 1]]));
+        let cluster_bytes = u16_at(11) * usize::from(img[13]);
+        // Exactly one cluster of entries: no end-of-directory marker in it.
+        let names: Vec<String> = (0..cluster_bytes / 32 - 2)
+            .map(|i| format!("loop/F{i:05}.TXT"))
+            .collect();
+        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        put(&mut dev, &files);
+        let img = dev.get_mut();
+        let u16_at = |img: &[u8], o: usize| usize::from(u16::from_le_bytes([img[o], img[o + 1]]));
+        let (bps, reserved, fats) = (u16_at(img, 11), u16_at(img, 14), usize::from(img[16]));
+        let (root_entries, fat_sectors) = (u16_at(img, 17), u16_at(img, 22));
+        let root = (reserved + fats * fat_sectors) * bps;
+        let entry = (0..root_entries)
+            .map(|i| root + i * 32)
+            .find(|&o| &img[o..o + 11] == b"LOOP       ")
+            .expect("the directory's entry");
+        let cluster = u16_at(img, entry + 26);
+        for f in 0..fats {
+            let at = (reserved + f * fat_sectors) * bps + 2 * cluster;
+            img[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+        }
+        for e in [
+            list_dir(&mut dev, "loop").unwrap_err(),
+            list(&mut dev).unwrap_err(),
+            read_dir(&mut dev, "loop", 0, &|_| false).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    e.get_ref().and_then(|i| i.downcast_ref::<crate::Error>()),
+                    Some(crate::Error::TooManyEntries { .. })
+                ),
+                "{e}"
+            );
+        }
+    }
 
     fn put(dev: &mut Cursor<Vec<u8>>, files: &[(&str, &[u8])]) {
         let fs = open(&mut *dev, fatfs::FsOptions::new()).unwrap();

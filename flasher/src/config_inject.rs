@@ -36,7 +36,7 @@ use flasher_format::pool::{UNITS_DIR, UNIT_FILE};
 use flasher_format::record::UnitRow;
 
 /// The largest `config.json` we parse. Real ones are a few KiB; the bound keeps a
-/// corrupt directory entry from making PID 1 allocate gigabytes. [`card_files`]
+/// corrupt directory entry from making PID 1 allocate gigabytes. [`CardConfig::read`]
 /// holds every card file it returns to the same bound.
 pub const MAX_CONFIG_JSON: u64 = 1 << 20;
 /// Top-level key removed from `config.json` on the way to the target.
@@ -78,11 +78,36 @@ pub enum Error {
     ConfigNotObject { found: &'static str },
     #[error("{path} on the card is {size} bytes, over the {max}-byte limit")]
     TooLarge { path: String, size: u64, max: u64 },
+    #[error("card entry {name:?} in {dir} {reason}; a card written by mkflasher never has one: rewrite the card")]
+    BadCardName {
+        dir: String,
+        name: String,
+        reason: &'static str,
+    },
     #[error(transparent)]
     Io(#[from] flasher_format::io::IoError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// What the operator is shown: a card whose config cannot be used is an
+    /// invalid payload (refused before the first write, by [`CardConfig::read`]);
+    /// a failure on the target's side is a post-write failure.
+    pub fn class(&self) -> flasher_format::ErrorClass {
+        use flasher_format::ErrorClass as C;
+        match self {
+            Error::BadCardName { .. }
+            | Error::TooLarge { .. }
+            | Error::ConfigJson { .. }
+            | Error::ConfigNotObject { .. }
+            | Error::NotFat {
+                side: Side::Card, ..
+            } => C::PayloadInvalid,
+            Error::NotFat { .. } | Error::Io(_) => C::PostWrite,
+        }
+    }
+}
 
 /// What was copied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -109,7 +134,7 @@ pub fn copy_config<S: Read + Seek, T: Read + Write + Seek>(
     card_boot: S,
     target_boot: T,
 ) -> Result<ConfigReport> {
-    copy_config_with(card_boot, target_boot, None)
+    copy_config_with(&CardConfig::read(card_boot)?, target_boot, None)
 }
 
 /// A claimed row of the card's per-unit data pool and its files (already
@@ -121,25 +146,163 @@ pub struct UnitData {
     pub files: Vec<(String, Vec<u8>)>,
 }
 
-/// [`copy_config`], and the unit's row when `unit` is given (module docs).
-pub fn copy_config_with<S: Read + Seek, T: Read + Write + Seek>(
-    card_boot: S,
+/// The card's configuration, read once: the bytes checked against the
+/// manifest's pins before the first write are the bytes copied after it
+/// (docs/fail-closed.md). Every entry of the card's root and of
+/// `system-connections/` has a plain, unique name ([`Error::BadCardName`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardConfig {
+    pub config_json: Option<Vec<u8>>,
+    pub hostname: Option<Vec<u8>>,
+    /// `system-connections/`: `None` without the directory, else its files
+    /// as (name, bytes), in directory order.
+    pub connections: Option<Vec<(String, Vec<u8>)>>,
+    /// Entries not copied (sub-directories), with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// The most bytes of card configuration read in all (each file is also held
+/// to [`MAX_CONFIG_JSON`]): a few KiB in practice, a bound on PID 1's memory.
+pub const MAX_CARD_CONFIG: u64 = 16 << 20;
+
+impl CardConfig {
+    /// Read the card's config from its `flash-boot` FAT, refusing odd or
+    /// duplicate names and files over the bounds before anything is copied.
+    pub fn read<S: Read + Seek>(card_boot: S) -> Result<CardConfig> {
+        let mut card = card_boot;
+        check_fat(&mut card, Side::Card)?;
+        let is_config =
+            |n: &str| n.eq_ignore_ascii_case(CONFIG_JSON) || n.eq_ignore_ascii_case(HOSTNAME_FILE);
+        let root = read_dir(&mut card, "", &is_config)?.unwrap_or_default();
+        check_names("the card's root", &root)?;
+        let mut cfg = CardConfig::default();
+        let mut total = 0u64;
+        for e in root {
+            if e.name.eq_ignore_ascii_case(CONNECTIONS_DIR) && e.is_dir {
+                cfg.connections = Some(Vec::new());
+            }
+            let Some(data) = e.data else { continue };
+            total += data.len() as u64;
+            if e.name.eq_ignore_ascii_case(CONFIG_JSON) {
+                // Refused now, before the first write, rather than when copied.
+                parse_object(&data)?;
+                cfg.config_json = Some(data);
+            } else {
+                cfg.hostname = Some(data);
+            }
+        }
+        if cfg.connections.is_some() {
+            let dir = format!("{CONNECTIONS_DIR}/");
+            let entries = read_dir(&mut card, CONNECTIONS_DIR, &|_| true)?.unwrap_or_default();
+            check_names(&dir, &entries)?;
+            let mut files = Vec::new();
+            for e in entries {
+                match e.data {
+                    Some(data) => {
+                        total += data.len() as u64;
+                        if total > MAX_CARD_CONFIG {
+                            return Err(Error::TooLarge {
+                                path: dir,
+                                size: total,
+                                max: MAX_CARD_CONFIG,
+                            });
+                        }
+                        files.push((e.name, data));
+                    }
+                    None => cfg
+                        .skipped
+                        .push(format!("{dir}{}: not a regular file", e.name)),
+                }
+            }
+            cfg.connections = Some(files);
+        }
+        Ok(cfg)
+    }
+
+    /// No config at all: nothing to copy (and no boot FAT needed for it). An
+    /// empty `system-connections/` still counts: it is created on the target.
+    pub fn is_empty(&self) -> bool {
+        self.config_json.is_none() && self.hostname.is_none() && self.connections.is_none()
+    }
+
+    /// Every file, as (path on the card, bytes): what the manifest must pin
+    /// when keys are trusted.
+    pub fn files(&self) -> Vec<(String, &[u8])> {
+        let mut out = Vec::new();
+        if let Some(d) = &self.config_json {
+            out.push((CONFIG_JSON.to_string(), d.as_slice()));
+        }
+        if let Some(d) = &self.hostname {
+            out.push((HOSTNAME_FILE.to_string(), d.as_slice()));
+        }
+        for (name, d) in self.connections.iter().flatten() {
+            out.push((format!("{CONNECTIONS_DIR}/{name}"), d.as_slice()));
+        }
+        out
+    }
+}
+
+/// Refuse names a card written by mkflasher never has: a path separator,
+/// `..`, a control character, or a name equal (ignoring ASCII case) to
+/// another entry's long or short name, which would make "the file named X"
+/// mean two files.
+fn check_names(dir: &str, entries: &[fat::DirFile]) -> Result<()> {
+    let bad = |name: &str, reason| Error::BadCardName {
+        dir: dir.to_string(),
+        name: name.to_string(),
+        reason,
+    };
+    // Every name an entry answers to, lower-cased; sorted below so that equal
+    // names sit side by side (a sort already in /init, not a hash set's code).
+    let mut keys: Vec<String> = Vec::with_capacity(entries.len() * 2);
+    for e in entries {
+        if e.name.contains(['/', '\\']) {
+            return Err(bad(&e.name, "contains a path separator"));
+        }
+        if e.name.contains("..") {
+            return Err(bad(&e.name, "contains `..`"));
+        }
+        if e.name.chars().any(char::is_control) {
+            return Err(bad(&e.name, "contains a control character"));
+        }
+        let long = e.name.to_ascii_lowercase();
+        let short = e.short_name.to_ascii_lowercase();
+        if short != long {
+            keys.push(short);
+        }
+        keys.push(long);
+    }
+    keys.sort_unstable();
+    match keys.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(bad(
+            &w[0],
+            "has the same name as another entry (long and short names, any case)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// [`copy_config`] from config already read, and the unit's row when `unit`
+/// is given (module docs).
+pub fn copy_config_with<T: Read + Write + Seek>(
+    card: &CardConfig,
     target_boot: T,
     unit: Option<&UnitData>,
 ) -> Result<ConfigReport> {
-    let (mut card, mut target) = (card_boot, target_boot);
-    check_fat(&mut card, Side::Card)?;
+    let mut target = target_boot;
     check_fat(&mut target, Side::Target)?;
-    let mut report = ConfigReport::default();
+    let mut report = ConfigReport {
+        skipped: card.skipped.clone(),
+        ..ConfigReport::default()
+    };
     // What goes onto the target, in this order: (path, bytes).
     let mut out: Vec<(String, Cow<[u8]>)> = Vec::new();
 
-    let card_cfg = read(&mut card, Side::Card, CONFIG_JSON, MAX_CONFIG_JSON)?;
     // Without config on the card, a row merges into the image's own.
-    let base = match (card_cfg, unit) {
-        (Some(raw), _) => Some((raw, Side::Card)),
+    let base = match (&card.config_json, unit) {
+        (Some(raw), _) => Some((Cow::Borrowed(raw.as_slice()), Side::Card)),
         (None, Some(_)) => read(&mut target, Side::Target, CONFIG_JSON, MAX_CONFIG_JSON)?
-            .map(|raw| (raw, Side::Target)),
+            .map(|raw| (Cow::Owned(raw), Side::Target)),
         (None, None) => None,
     };
     if base.is_some() || unit.is_some() {
@@ -164,30 +327,21 @@ pub fn copy_config_with<S: Read + Seek, T: Read + Write + Seek>(
         out.push((CONFIG_JSON.into(), json.into()));
     }
 
-    // The other card files are copied whole, whatever their size: the init
-    // reads them through `card_files`, bounded, before the first write.
-    let conns = connections(&mut card)?;
-    if conns.is_some() {
+    if let Some(files) = &card.connections {
         // The directory goes onto the target even when it holds no file.
         out.push((format!("{CONNECTIONS_DIR}/"), Cow::Borrowed(&[][..])));
-    }
-    for e in conns.into_iter().flatten() {
-        if e.is_dir {
-            report
-                .skipped
-                .push(format!("{}: not a regular file", e.path));
-        } else if let Some(data) = read(&mut card, Side::Card, &e.path, u64::MAX)? {
-            out.push((e.path, data.into()));
+        for (name, data) in files {
+            out.push((format!("{CONNECTIONS_DIR}/{name}"), data.as_slice().into()));
         }
     }
 
-    if let Some(data) = read(&mut card, Side::Card, HOSTNAME_FILE, u64::MAX)? {
+    if let Some(data) = &card.hostname {
         // One identity: the row's host name wins over the card's.
         let data = match unit.and_then(|u| u.row.values.get("hostname")) {
-            Some(host) => format!("{host}\n").into_bytes(),
-            None => data,
+            Some(host) => Cow::Owned(format!("{host}\n").into_bytes()),
+            None => Cow::Borrowed(data.as_slice()),
         };
-        out.push((HOSTNAME_FILE.into(), data.into()));
+        out.push((HOSTNAME_FILE.into(), data));
     }
 
     if let Some(u) = unit {
@@ -214,36 +368,6 @@ pub fn copy_config_with<S: Read + Seek, T: Read + Write + Seek>(
         .flush()
         .with_context(|| format!("flush {}", Side::Target))?;
     Ok(report)
-}
-
-/// The files [`copy_config`] would copy from `card_boot`, as (path from the
-/// partition's root, bytes), so they can be checked against the manifest's
-/// pins before the first write (docs/SECURITY.md). Each is refused over
-/// [`MAX_CONFIG_JSON`] bytes.
-pub fn card_files<S: Read + Seek>(card_boot: S) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut card = card_boot;
-    check_fat(&mut card, Side::Card)?;
-    let mut out = Vec::new();
-    for name in [CONFIG_JSON, HOSTNAME_FILE] {
-        if let Some(b) = read(&mut card, Side::Card, name, MAX_CONFIG_JSON)? {
-            out.push((name.to_string(), b));
-        }
-    }
-    for e in connections(&mut card)?.into_iter().flatten() {
-        if e.is_dir {
-            continue;
-        }
-        if let Some(b) = read(&mut card, Side::Card, &e.path, MAX_CONFIG_JSON)? {
-            out.push((e.path, b));
-        }
-    }
-    Ok(out)
-}
-
-/// The card's `system-connections/` entries, `None` without the directory.
-fn connections<D: Read + Seek>(card: &mut D) -> Result<Option<Vec<fat::Entry>>> {
-    Ok(fat::list_dir(card, CONNECTIONS_DIR)
-        .with_context(|| format!("list {CONNECTIONS_DIR}/ on {}", Side::Card))?)
 }
 
 /// The card's `config.json` as an object of raw members.
@@ -282,6 +406,30 @@ fn read<D: Read + Seek>(vol: &mut D, side: Side, path: &str, max: u64) -> Result
     })
 }
 
+/// The entries of `dir` on the card, with the bytes of the files `want`
+/// accepts (each at most [`MAX_CONFIG_JSON`]).
+fn read_dir<D: Read + Seek>(
+    card: &mut D,
+    dir: &str,
+    want: &dyn Fn(&str) -> bool,
+) -> Result<Option<Vec<fat::DirFile>>> {
+    fat::read_dir(card, dir, MAX_CONFIG_JSON, want).map_err(|source| match disk_error(&source) {
+        Some(flasher_disk::Error::FileTooLarge { path, size, max }) => Error::TooLarge {
+            path: path.clone(),
+            size: *size,
+            max: *max,
+        },
+        _ => Error::Io(flasher_format::io::IoError::new(
+            format!(
+                "read {} of {}",
+                if dir.is_empty() { "the root" } else { dir },
+                Side::Card
+            ),
+            source,
+        )),
+    })
+}
+
 /// A failed write on the target, naming the file `flasher_disk` names.
 fn target_write(source: io::Error) -> Error {
     let file = match disk_error(&source) {
@@ -313,8 +461,33 @@ fn json_kind(text: &str) -> &'static str {
     }
 }
 
+/// Card tampering for tests, here and in the init's end-to-end tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    /// Replace the first five characters of a long name in a FAT image
+    /// (they sit together in the name's first long-name slot, UTF-16LE), the
+    /// way a hand-edited card could; the slot's checksum covers the short
+    /// name only, so the entry stays valid.
+    pub fn rename_lfn(img: &mut [u8], from: &str, to: &str) {
+        assert_eq!(from.chars().count(), 5);
+        assert_eq!(to.chars().count(), 5);
+        let utf16 = |s: &str| {
+            s.encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<u8>>()
+        };
+        let (from, to) = (utf16(from), utf16(to));
+        let at = img
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("long name in the image");
+        img[at..at + to.len()].copy_from_slice(&to);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::rename_lfn;
     use super::*;
     use std::io::Cursor;
     use std::process::Command;
@@ -492,7 +665,12 @@ mod tests {
             row: row.clone(),
             files: vec![("dev.key".into(), b"key".to_vec())],
         };
-        let r = copy_config_with(&mut card, &mut target, Some(&unit)).unwrap();
+        let r = copy_config_with(
+            &CardConfig::read(&mut card).unwrap(),
+            &mut target,
+            Some(&unit),
+        )
+        .unwrap();
         let names: Vec<&str> = r.files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["config.json", UNIT_FILE, "units/dev.key"]);
         target.set_position(0);
@@ -619,14 +797,143 @@ mod tests {
         );
     }
 
+    /// Issue 22, finding 2: a second `system-connections/` entry whose long
+    /// name equals the pinned file's was checked under the genuine file's
+    /// bytes and then copied over it. Such cards, and names that lead
+    /// elsewhere, are refused when the card is read, before anything is copied.
+    #[test]
+    fn hostile_card_names_are_refused_when_the_card_is_read() {
+        let genuine = b"[connection]\nid=factory\n".as_slice();
+        let attacker = b"[connection]\nid=attacker\n".as_slice();
+        let cases: [(&str, &str, &str); 5] = [
+            ("wifx.", "wifi.", "same name"),
+            ("wifx.", "w/fx.", "path separator"),
+            ("wifx.", "w\\fx.", "path separator"),
+            ("wifx.", "..fx.", "`..`"),
+            ("wifx.", "wi\u{1}x.", "control character"),
+        ];
+        for (from, to, reason) in cases {
+            let mut card = fat(8 * MIB);
+            put(
+                &mut card,
+                &[
+                    ("system-connections/wifi.nmconnection", genuine),
+                    ("system-connections/wifx.nmconnection", attacker),
+                ],
+            );
+            rename_lfn(card.get_mut(), from, to);
+            let e = CardConfig::read(&mut card).unwrap_err();
+            match &e {
+                Error::BadCardName { dir, reason: r, .. } => {
+                    assert_eq!(dir, "system-connections/");
+                    assert!(r.contains(reason), "{to}: {e}");
+                }
+                e => panic!("{to}: expected BadCardName, got {e}"),
+            }
+            assert_eq!(e.class(), flasher_format::ErrorClass::PayloadInvalid);
+        }
+        // A long name equal to another entry's short name (WIFI~1.NMC), and
+        // a duplicate in the card's root.
+        let mut card = fat(8 * MIB);
+        put(
+            &mut card,
+            &[
+                ("system-connections/wifi.nmconnection", genuine),
+                ("system-connections/abcd~1.nmc", attacker),
+            ],
+        );
+        rename_lfn(card.get_mut(), "abcd~", "wifi~");
+        assert!(matches!(
+            CardConfig::read(&mut card),
+            Err(Error::BadCardName { .. })
+        ));
+        let mut card = fat(8 * MIB);
+        put(&mut card, &[("hostname", b"a\n"), ("hostnamx", b"b\n")]);
+        // The second entry's 8.3 name made HOSTNAME too (its long-name slot's
+        // checksum no longer matches, so readers see the short name alone).
+        let img = card.get_mut();
+        let at = img
+            .windows(11)
+            .position(|w| w == b"HOSTNAMX   ")
+            .expect("short entry");
+        img[at..at + 11].copy_from_slice(b"HOSTNAME   ");
+        let e = CardConfig::read(&mut card).unwrap_err();
+        assert!(
+            matches!(&e, Error::BadCardName { dir, .. } if dir == "the card's root"),
+            "{e}"
+        );
+    }
+
+    /// What is checked is what is copied: the bytes `CardConfig` holds are the
+    /// bytes written, whatever happens to the card in between.
+    #[test]
+    fn the_config_read_once_is_what_is_copied() {
+        let mut card = fat(8 * MIB);
+        put(
+            &mut card,
+            &[
+                ("hostname", b"unit-1\n"),
+                ("system-connections/wifi.nmconnection", b"genuine"),
+            ],
+        );
+        let cfg = CardConfig::read(&mut card).unwrap();
+        assert_eq!(
+            cfg.files(),
+            vec![
+                ("hostname".to_string(), &b"unit-1\n"[..]),
+                (
+                    "system-connections/wifi.nmconnection".to_string(),
+                    &b"genuine"[..]
+                ),
+            ]
+        );
+        // The card changes after the check (a second reader, a swapped card).
+        put(
+            &mut card,
+            &[("system-connections/wifi.nmconnection", b"swapped")],
+        );
+        let mut target = fat(8 * MIB);
+        copy_config_with(&cfg, &mut target, None).unwrap();
+        assert_eq!(
+            fat::read_file(&mut target, "system-connections/wifi.nmconnection", 1 << 20).unwrap(),
+            Some(b"genuine".to_vec())
+        );
+    }
+
+    /// Card files are bounded one by one and in all, before anything is held
+    /// for long (issue 22, finding 4).
+    #[test]
+    fn card_config_is_bounded() {
+        let mut card = fat(8 * MIB);
+        put(&mut card, &[("config.json", &vec![b' '; MIB + 1])]);
+        assert!(matches!(
+            CardConfig::read(&mut card),
+            Err(Error::TooLarge { max, .. }) if max == MAX_CONFIG_JSON
+        ));
+        let mut card = fat(8 * MIB);
+        put(&mut card, &[("config.json", b"[1]")]);
+        let e = CardConfig::read(&mut card).unwrap_err();
+        assert!(matches!(e, Error::ConfigNotObject { .. }), "{e}");
+        assert_eq!(e.class(), flasher_format::ErrorClass::PayloadInvalid);
+    }
+
     #[test]
     fn full_target_is_an_io_error() {
         let mut card = fat(8 * MIB);
-        put(&mut card, &[("hostname", &vec![b'h'; 3 * MIB])]);
+        // Each card file is within its 1 MiB bound; together they overfill
+        // the 1 MiB target.
+        let big = vec![b'h'; 700 << 10];
+        put(
+            &mut card,
+            &[
+                ("system-connections/a.nmconnection", &big),
+                ("system-connections/b.nmconnection", &big),
+            ],
+        );
         let mut target = fat(MIB);
         let e = copy_config(&mut card, &mut target).unwrap_err();
         assert!(
-            matches!(&e, Error::Io(flasher_format::io::IoError { context, .. }) if context.contains("hostname")),
+            matches!(&e, Error::Io(flasher_format::io::IoError { context, .. }) if context.contains(".nmconnection")),
             "{e}"
         );
     }

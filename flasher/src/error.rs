@@ -46,7 +46,8 @@ impl Error {
             Error::Emmc(e) => e.class(),
             Error::Record(e) => e.class(),
             Error::Pool(e) => e.class(),
-            Error::Fixup(_) | Error::ConfigInject(_) => C::PostWrite,
+            Error::ConfigInject(e) => e.class(),
+            Error::Fixup(_) => C::PostWrite,
             Error::Io(_) | Error::Usage(_) => C::Internal,
         }
     }

@@ -1,27 +1,12 @@
 //! Reading what PID 1 needs after the write: the partition that holds the target's
 //! boot FAT (parsed from the table just written, since the kernel's partition nodes
-//! for the target are stale until it re-reads the table), and whether the card's
-//! `flash-boot` FAT holds configuration to copy. Read-only on the card, in user
-//! space (no vfat module, no mount), through `flasher_disk::fat`.
-
-use std::io::{self, Read, Seek};
+//! for the target are stale until it re-reads the table). The card's config is
+//! read by `flasher::config_inject::CardConfig`. Read-only on the card, in
+//! user space (no vfat module, no mount), through `flasher_disk::fat`.
 
 use flasher_disk::fat;
-use flasher_format::card::{CONFIG_JSON, CONNECTIONS_DIR, HOSTNAME_FILE};
 
 use flasher::config_inject::PartitionSlice;
-
-/// Whether the card's flash-boot FAT holds any configuration to copy: a
-/// `config.json` or `hostname` file, or a `system-connections` directory
-/// (even an empty one: that decides whether the image needs a boot FAT).
-pub fn has_config<D: Read + Seek>(vol: D) -> io::Result<bool> {
-    let root = fat::list_dir(vol, "")?.unwrap_or_default();
-    let has = |name: &str, is_dir: bool| {
-        root.iter()
-            .any(|e| e.is_dir == is_dir && e.path.eq_ignore_ascii_case(name))
-    };
-    Ok(has(CONFIG_JSON, false) || has(HOSTNAME_FILE, false) || has(CONNECTIONS_DIR, true))
-}
 
 /// `dev` limited to `span`.
 pub fn slice<D>(dev: D, span: fat::Span) -> PartitionSlice<D> {
@@ -32,7 +17,7 @@ pub fn slice<D>(dev: D, span: fat::Span) -> PartitionSlice<D> {
 pub(crate) mod tests {
     use super::*;
     use flasher_disk::fat::{first_fat, partitions, read_file};
-    use std::io::{Cursor, Write};
+    use std::io::{self, Cursor, Read, Seek, Write};
 
     /// A FAT16 filesystem of `len` bytes holding `files`.
     pub fn fat_with(len: u64, files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -92,7 +77,9 @@ pub(crate) mod tests {
             b"mlo bytes"
         );
         assert_eq!(read_file(&mut s, "u-boot.img", u64::MAX).unwrap(), None);
-        assert!(has_config(&mut s).unwrap());
+        assert!(!flasher::config_inject::CardConfig::read(&mut s)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -125,7 +112,9 @@ pub(crate) mod tests {
         assert!(partitions(&mut c).unwrap().is_empty());
         assert_eq!(first_fat(&mut c).unwrap(), None);
         let empty = fat_with(4 << 20, &[]);
-        assert!(!has_config(Cursor::new(empty)).unwrap());
+        assert!(flasher::config_inject::CardConfig::read(Cursor::new(empty))
+            .unwrap()
+            .is_empty());
     }
 
     /// Counts the bytes read through it: proof that a hostile header did not

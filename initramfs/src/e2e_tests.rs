@@ -565,6 +565,65 @@ mod trust {
         });
     }
 
+    /// Issue 22, finding 2: with a key trusted, a second
+    /// `system-connections/` entry under the pinned file's long name (or a
+    /// name that leads elsewhere) is refused before the first write, the
+    /// target left as it was. Before the card was read once, the pin check
+    /// looked the name up and found the genuine file.
+    #[test]
+    fn a_card_with_a_second_entry_under_a_pinned_name_is_refused_untouched() {
+        use flasher::config_inject::testing::rename_lfn;
+        const WIFI: &[u8] = b"[connection]\nid=factory\n";
+        for to in ["wifi.", "w/fx.", "..fx."] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            let payload = bundle_with(
+                &os_image(),
+                WriterOptions {
+                    sign: Some(key()),
+                    files: vec![
+                        PinnedFile::new("config.json", CONFIG_JSON),
+                        PinnedFile::new("hostname", HOSTNAME),
+                        PinnedFile::new("system-connections/wifi.nmconnection", WIFI),
+                    ],
+                    ..WriterOptions::default()
+                },
+            );
+            board_with(root, 32 << 20, payload);
+            trust_key(root);
+            let mut card = fat_with(
+                8 << 20,
+                &[
+                    ("config.json", CONFIG_JSON),
+                    ("hostname", HOSTNAME),
+                    ("system-connections/wifi.nmconnection", WIFI),
+                    (
+                        "system-connections/wifx.nmconnection",
+                        b"[connection]\nid=attacker\n",
+                    ),
+                ],
+            );
+            rename_lfn(&mut card, "wifx.", to);
+            std::fs::write(root.join("dev/mmcblk0p1"), card).unwrap();
+            std::fs::write(root.join("dev/mmcblk1"), vec![0x5a; 32 << 20]).unwrap();
+            let before = target(root);
+            let (r, _) = run(root);
+            let f = r.expect_err("a tampered card must be refused");
+            assert_eq!(f.step, Step::Write, "{to}: {f}");
+            assert_eq!(f.class, ErrorClass::PayloadInvalid, "{to}: {f}");
+            assert!(
+                matches!(
+                    &f.error,
+                    crate::Error::Engine(flasher::Error::ConfigInject(
+                        flasher::config_inject::Error::BadCardName { .. }
+                    ))
+                ),
+                "{to}: {f}"
+            );
+            assert!(target(root) == before, "{to}: the target was modified");
+        }
+    }
+
     #[test]
     fn signed_payload_flashes_and_the_record_names_the_signer() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,8 @@
 //! work is in the library (`flasher_init`); this binary links none of the host
 //! CLI, so it stays small enough for any board's initramfs.
 
+mod static_libc;
+
 fn main() {
     flasher_init::main()
 }

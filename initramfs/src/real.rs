@@ -8,7 +8,7 @@
 //! enable in [`emmc`](crate::emmc), how the run ends in [`power`].
 
 use flasher_format::io::IoContext;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 
 use flasher_format::Phase;
 
-use super::card;
 use super::console::{open_events, Console};
 use super::modules::{self, Finit};
 use super::mounts::{self, Nix, EARLY};
@@ -30,7 +29,7 @@ use super::watchdog::{Disarm, Feeder, Liveness, Watchdog};
 use super::Error;
 use boards::Placement;
 use flasher::blockdev::{self, Device};
-use flasher::config_inject::UnitData;
+use flasher::config_inject::{CardConfig, UnitData};
 use flasher::pipeline::commit::TableCommit;
 use flasher::pipeline::{self, post, WriteOptions, WriteReport};
 use flasher::progress::{Event, Observer, RecordResult};
@@ -82,6 +81,9 @@ pub struct Real {
     report: Option<WriteReport>,
     /// The board's bootloader files, read from the card before the first write.
     boot_files: Vec<(String, Vec<u8>)>,
+    /// The card's config, read once before the first write: the bytes the
+    /// pins were checked on are the bytes copied (docs/fail-closed.md).
+    card_config: CardConfig,
     /// Who signed the payload ("unsigned", a key fingerprint), for the record.
     signer: String,
     /// The row claimed from the card's per-unit data pool, with its files.
@@ -120,6 +122,7 @@ impl Real {
             health: None,
             report: None,
             boot_files: Vec::new(),
+            card_config: CardConfig::default(),
             signer: String::new(),
             unit: None,
             succeeded: false,
@@ -283,14 +286,15 @@ impl Real {
             .ok_or_else(|| missing("the bootloader file read before the write"))
     }
 
-    /// Whether the card carries config to inject (so the image needs a boot FAT).
-    fn card_has_config(&self) -> crate::Result<bool> {
+    /// The card's config (none without a flash-boot partition), read and
+    /// checked once.
+    fn read_card_config(&self) -> crate::Result<CardConfig> {
         let Some(card) = self.card_boot.as_ref() else {
-            return Ok(false);
+            return Ok(CardConfig::default());
         };
         let f =
             File::open(card).with_context(|| format!("open card partition {}", card.display()))?;
-        Ok(card::has_config(f).with_context(|| format!("read the FAT on {}", card.display()))?)
+        Ok(CardConfig::read(f)?)
     }
 
     /// The card's per-unit data pool, if it has one: parsed, and pinned by
@@ -338,19 +342,6 @@ impl Real {
         Ok(UnitData { row, files })
     }
 
-    /// The config files the card would copy onto the target.
-    fn card_config_files(&self) -> crate::Result<Vec<(String, Vec<u8>)>> {
-        let card = self
-            .card_boot
-            .as_ref()
-            .ok_or_else(|| missing("the card's boot partition"))?;
-        let f = OpenOptions::new()
-            .read(true)
-            .open(card)
-            .with_context(|| format!("open card partition {}", card.display()))?;
-        Ok(flasher::config_inject::card_files(f)?)
-    }
-
     /// Read `file` from the card's flash-boot FAT.
     fn card_file(&self, file: &str) -> crate::Result<Vec<u8>> {
         let not_there = || Error::BootloaderFile {
@@ -360,7 +351,8 @@ impl Real {
         if self.card_boot.is_none() {
             return Err(not_there());
         }
-        self.card_read(file, u64::MAX)?.ok_or_else(not_there)
+        self.card_read(file, MAX_BOOTLOADER_FILE)?
+            .ok_or_else(not_there)
     }
 
     /// Read `path` (at most `max` bytes) from the card's flash-boot FAT;
@@ -671,12 +663,12 @@ impl Steps for Real {
             boot_files.push((file.clone(), data));
         }
         self.boot_files = boot_files;
-        let has_config = self.card_has_config()?;
-        if has_config {
-            for (name, data) in self.card_config_files()? {
-                trust.check_file(&opened.manifest, &name, &data)?;
-            }
+        let card_config = self.read_card_config()?;
+        for (name, data) in card_config.files() {
+            trust.check_file(&opened.manifest, &name, data)?;
         }
+        let has_config = !card_config.is_empty();
+        self.card_config = card_config;
         let pool = self.card_pool(&trust, &opened.manifest)?;
         if signer == bundle::Signer::Unsigned {
             self.note(Phase::Searching, bundle::UNSIGNED_WARNING.into());
@@ -778,18 +770,14 @@ impl Steps for Real {
     }
 
     fn copy_config(&mut self, _o: &Options) -> crate::Result<()> {
-        let Some(card) = self.card_boot.clone() else {
+        if self.card_boot.is_none() {
             self.note(
                 Phase::Finishing,
                 "config: no flash-boot partition on the card".into(),
             );
             return Ok(());
-        };
-        let open_card =
-            || File::open(&card).with_context(|| format!("open card partition {}", card.display()));
-        let has = card::has_config(open_card()?)
-            .with_context(|| format!("read the FAT on {}", card.display()))?;
-        if !has && self.unit.is_none() {
+        }
+        if self.card_config.is_empty() && self.unit.is_none() {
             self.note(Phase::Finishing, "config: none on the card".into());
             return Ok(());
         }
@@ -802,7 +790,7 @@ impl Steps for Real {
             .ok_or_else(|| Error::NoTargetBoot {
                 target: target.clone(),
             })?;
-        let report = post::inject_config(&mut dev, span, open_card()?, self.unit.as_ref())?;
+        let report = post::inject_config(&mut dev, span, &self.card_config, self.unit.as_ref())?;
         let files: Vec<&str> = report.files.iter().map(|(n, _)| n.as_str()).collect();
         self.note(
             Phase::Finishing,
@@ -885,6 +873,11 @@ impl Steps for Real {
         power::finish(after, wd, self.power.as_mut());
     }
 }
+
+/// The most bytes one bootloader file may have on the card (U-Boot with its
+/// SPL is about 1 MiB; an eMMC boot partition is 4 MiB on most boards): a
+/// bound on what PID 1 holds through the write (docs/SECURITY.md).
+const MAX_BOOTLOADER_FILE: u64 = 16 << 20;
 
 /// How long a failed run waits for the card to show up so it can still record.
 const LATE_LOG_WAIT: Duration = Duration::from_secs(10);

@@ -306,7 +306,8 @@ fn full_run<T: Staged>(t: &mut T, bundle: &[u8], card: &[u8], expand: bool) -> c
         })?
         .ok_or_else(|| CrateError::Usage("no FAT in the table to be committed".into()))?;
     assert_eq!(span, P1);
-    post::inject_config(t, span, Cursor::new(card.to_vec()), None)?;
+    let card = crate::config_inject::CardConfig::read(Cursor::new(card.to_vec()))?;
+    post::inject_config(t, span, &card, None)?;
     t.stage(Stage::Commit);
     c.apply(t)?;
     Ok(())

@@ -188,10 +188,7 @@ impl Default for WriteOptions {
             expand_data: false,
             root: PathBuf::from("/"),
             direct: true,
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .clamp(1, 4),
+            workers: usable_cpus().unwrap_or(2).clamp(1, 4),
             image_digest: false,
             defer_commit: false,
             require_boot_fat: false,
@@ -199,6 +196,26 @@ impl Default for WriteOptions {
             trust: Default::default(),
         }
     }
+}
+
+/// How many CPUs this process may run on (its affinity mask), the base of the
+/// default worker count. Not `std::thread::available_parallelism`: that also
+/// reads cgroup CPU quotas from `/proc/self/cgroup` and `/sys/fs/cgroup`,
+/// about 5 KB of the static `/init` (docs/building.md), and the board's PID 1
+/// runs in no cgroup; the host caps the count at 4 anyway.
+pub fn usable_cpus() -> Option<usize> {
+    // SAFETY: cpu_set_t is plain data, for which all-zero is a valid value
+    // (the empty set); sched_getaffinity fills at most size_of::<cpu_set_t>()
+    // bytes of it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size passed is the set's own size.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: `set` was filled by sched_getaffinity above.
+    let n = unsafe { libc::CPU_COUNT(&set) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
 }
 
 /// How long each phase took.
@@ -404,4 +421,27 @@ pub fn open_target(target: &Path, opts: &WriteOptions) -> crate::Result<Device> 
             exclusive: true,
         },
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The affinity count matches the kernel's own account of this process's
+    /// allowed CPUs (`Cpus_allowed_list` in /proc/self/status, e.g. "0-3,8").
+    #[test]
+    fn usable_cpus_counts_the_affinity_mask() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim();
+        let mut expected = 0;
+        for part in list.split(',') {
+            expected += match part.split_once('-') {
+                Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+                None => 1,
+            };
+        }
+        assert_eq!(super::usable_cpus(), Some(expected));
+    }
 }

@@ -7,7 +7,7 @@
 use super::commit::TableCommit;
 use super::readback::{check_range, write_verified};
 use super::{Error, Target};
-use crate::config_inject::{self, ConfigReport, PartitionSlice, UnitData};
+use crate::config_inject::{self, CardConfig, ConfigReport, PartitionSlice, UnitData};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -47,13 +47,14 @@ pub fn target_fat<T: Read + Seek>(
     flasher_disk::fat::first_fat(&mut commit.view(t))
 }
 
-/// Copy the config from `card` (the card's boot FAT), and the unit's row from
-/// the card's pool if one was claimed, onto the FAT at `span` of the target,
-/// then read back every sector written.
-pub fn inject_config<T: Target, C: Read + Write + Seek>(
+/// Copy the card's config (read once, before the write: the bytes the pins
+/// were checked on), and the unit's row from the card's pool if one was
+/// claimed, onto the FAT at `span` of the target, then read back every
+/// sector written.
+pub fn inject_config<T: Target>(
     t: &mut T,
     span: (u64, u64),
-    card: C,
+    card: &CardConfig,
     unit: Option<&UnitData>,
 ) -> crate::Result<ConfigReport> {
     let mut rec = Recorder {
