@@ -148,6 +148,52 @@ impl Header {
                 h.entries_lba, h.first_usable, h.last_usable
             )));
         }
+        // Every LBA the header names, and the entry array's end, must be a
+        // byte offset that fits in 64 bits: the callers multiply by the
+        // sector size (an alternate LBA near 2^55 once wrapped to a small
+        // offset, issue 22).
+        let max_lba = u64::MAX / sector_size;
+        let entries_end = h.entries_lba.saturating_add(h.entry_sectors(sector_size));
+        for (what, v) in [
+            ("alternate (other header's) LBA", h.alternate_lba),
+            ("last usable LBA", h.last_usable),
+            ("entry array's end LBA", entries_end),
+        ] {
+            if v >= max_lba {
+                return Err(bad(format!(
+                    "its {what} {v} is past the largest LBA a disk of {sector_size}-byte sectors can have"
+                )));
+            }
+        }
+        // The UEFI layout: the primary header, its entry array, the usable
+        // LBAs, the backup entry array, the backup header; none overlapping.
+        let primary = lba == 1;
+        let (other_ok, entries_ok) = if primary {
+            (
+                h.alternate_lba > h.last_usable,
+                entries_end <= h.first_usable,
+            )
+        } else {
+            (
+                h.alternate_lba < h.first_usable,
+                h.entries_lba > h.last_usable && entries_end <= lba,
+            )
+        };
+        if !other_ok {
+            return Err(bad(format!(
+                "the other GPT header's LBA {} is not {} the usable LBAs {}..={}",
+                h.alternate_lba,
+                if primary { "after" } else { "before" },
+                h.first_usable,
+                h.last_usable
+            )));
+        }
+        if !entries_ok {
+            return Err(bad(format!(
+                "the entry array at LBAs {}..{} overlaps the usable LBAs {}..={} or the header",
+                h.entries_lba, entries_end, h.first_usable, h.last_usable
+            )));
+        }
         Ok(h)
     }
 

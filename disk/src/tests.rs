@@ -184,6 +184,11 @@ fn header_with(count: u32, size: u32) -> Vec<u8> {
     let mut h = dev.get_ref()[512..1024].to_vec();
     h[80..84].copy_from_slice(&count.to_le_bytes());
     h[84..88].copy_from_slice(&size.to_le_bytes());
+    // The usable LBAs start after the (possibly larger) entry array, as the
+    // header's layout check requires.
+    let entries_end = 2 + (u64::from(count) * u64::from(size)).div_ceil(512);
+    let first_usable = u64::from_le_bytes(h[40..48].try_into().unwrap()).max(entries_end);
+    h[40..48].copy_from_slice(&first_usable.to_le_bytes());
     let crc = gpt::header_crc(&h, 92);
     h[16..20].copy_from_slice(&crc.to_le_bytes());
     h

@@ -163,7 +163,7 @@ pub struct CardConfig {
 
 /// The most bytes of card configuration read in all (each file is also held
 /// to [`MAX_CONFIG_JSON`]): a few KiB in practice, a bound on PID 1's memory.
-pub const MAX_CARD_CONFIG: u64 = 16 << 20;
+pub const MAX_CARD_CONFIG: u64 = 4 << 20;
 
 impl CardConfig {
     /// Read the card's config from its `flash-boot` FAT, refusing odd or

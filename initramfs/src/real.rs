@@ -875,9 +875,10 @@ impl Steps for Real {
 }
 
 /// The most bytes one bootloader file may have on the card (U-Boot with its
-/// SPL is about 1 MiB; an eMMC boot partition is 4 MiB on most boards): a
-/// bound on what PID 1 holds through the write (docs/SECURITY.md).
-const MAX_BOOTLOADER_FILE: u64 = 16 << 20;
+/// SPL is about 1 MiB, Rockchip's idbloader plus u-boot.itb a few MiB; an
+/// eMMC boot partition is 4 MiB on most boards): a bound on what PID 1
+/// holds through the write (docs/SECURITY.md).
+const MAX_BOOTLOADER_FILE: u64 = 8 << 20;
 
 /// How long a failed run waits for the card to show up so it can still record.
 const LATE_LOG_WAIT: Duration = Duration::from_secs(10);

@@ -43,18 +43,25 @@ impl std::str::FromStr for Fault {
 }
 
 /// The blkdebug config for the I/O-error faults, or None when there are none.
-/// Each rule fails every write (`write_aio`) touching its sector, again and
-/// again (`once = "off"`), as a dying medium would.
+/// Each fault fails every write and write-zeroes request touching its sector
+/// (`iotype`), again and again (`once = "off"`), as a dying medium would;
+/// reads of the sector still return what the medium holds. Without `iotype`
+/// a rule, once armed, fails reads too, and QEMU's sd-card model answers a
+/// failed read with its previous transfer buffer and no error: a read-back
+/// that returns what was just written, whatever the medium holds (issue 22,
+/// docs/fail-closed.md, "What a read-back cannot see").
 pub fn blkdebug_config(faults: &[Fault]) -> Option<String> {
     let mut out = String::new();
     for f in faults {
         if let Fault::IoError { offset } = f {
-            // Writing to a String cannot fail.
-            let _ = write!(
-                out,
-                "[inject-error]\nevent = \"write_aio\"\nerrno = \"5\"\nsector = \"{}\"\nonce = \"off\"\n\n",
-                offset / 512
-            );
+            for iotype in ["write", "write-zeroes"] {
+                // Writing to a String cannot fail.
+                let _ = write!(
+                    out,
+                    "[inject-error]\nevent = \"write_aio\"\niotype = \"{iotype}\"\nerrno = \"5\"\nsector = \"{}\"\nonce = \"off\"\n\n",
+                    offset / 512
+                );
+            }
         }
     }
     (!out.is_empty()).then_some(out)
@@ -110,7 +117,11 @@ mod tests {
         .unwrap();
         assert!(cfg.contains("sector = \"40960\""));
         assert!(cfg.contains("event = \"write_aio\""));
-        assert_eq!(cfg.matches("[inject-error]").count(), 1);
+        // Writes and write-zeroes fail; reads are left alone.
+        assert_eq!(cfg.matches("[inject-error]").count(), 2);
+        assert!(cfg.contains("iotype = \"write\""));
+        assert!(cfg.contains("iotype = \"write-zeroes\""));
+        assert!(!cfg.contains("iotype = \"read\""));
         assert_eq!(blkdebug_config(&[Fault::PowerCutAt { percent: 1.0 }]), None);
     }
 

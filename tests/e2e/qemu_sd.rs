@@ -201,3 +201,55 @@ fn signed_payload_flashes_and_unsigned_is_refused_untouched() {
     assert!(msg.contains("unsigned"), "{msg}");
     assert!(all_zero(&target), "the refused target was written");
 }
+
+/// Issue 22, finding 1: on a target full of noise, a write the sd-card model
+/// swallows in a zero-filled range of the image's last MiB (and first MiB)
+/// must never end in a verified success with noise left there.
+#[test]
+fn swallowed_zero_writes_over_noise_never_verify() {
+    let f = fixture();
+    let img = std::fs::read(&f.os).unwrap();
+    let len = img.len() as u64;
+    // Sectors in the held-back regions whose image bytes are zero, away from
+    // the table sectors the fix-up rewrites.
+    let zero_at = |from: u64, to: u64| {
+        (from..to)
+            .step_by(512)
+            .find(|&o| img[o as usize..o as usize + 512].iter().all(|&b| b == 0))
+            .expect("a zero sector")
+    };
+    for (name, offset) in [
+        (
+            "sd-noise-tail.img",
+            zero_at(len - (1 << 20), len - 64 * 512),
+        ),
+        ("sd-noise-head.img", zero_at(64 << 10, 1 << 20)),
+    ] {
+        let target = f.path(name);
+        let noise: Vec<u8> = (0..64u64 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8 | 1)
+            .collect();
+        std::fs::write(&target, &noise).unwrap();
+        let mut o = options(SD, &f.card(SD), Some(target.clone()));
+        o.faults = vec![Fault::IoError { offset }];
+        let out = run(&o);
+        let got = std::fs::read(&target).unwrap();
+        let sector = offset as usize..offset as usize + 512;
+        if out.succeeded() {
+            if got[sector.clone()] != img[sector.clone()] {
+                std::fs::write("/tmp/swallowed-console.log", &out.console_log).unwrap();
+            }
+            assert!(
+                got[sector.clone()] == img[sector],
+                "{name}: success reported with noise at byte {offset} where the image has zeros"
+            );
+        } else {
+            let class = failure_class(&out);
+            assert!(
+                class == Some(ErrorClass::WriteIo) || class == Some(ErrorClass::VerifyMismatch),
+                "{name}: class {class:?}: {:?}",
+                out.failure_message()
+            );
+        }
+    }
+}

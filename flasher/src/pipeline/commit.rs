@@ -178,9 +178,12 @@ pub fn plan(
     }
     hold_lbas.sort_unstable();
     hold_lbas.dedup();
+    // `Header::parse` keeps every LBA below u64::MAX / ss; saturating anyway,
+    // so a header it ever let through could only push a hold past the image
+    // (dropped below), never wrap onto image data.
     let hold = hold_lbas
         .into_iter()
-        .map(|l| (l * ss, ss))
+        .map(|l| (l.saturating_mul(ss), ss))
         .filter(|&(o, _)| o < image_size)
         .map(|(o, l)| (o, l.min(image_size - o)))
         .collect();

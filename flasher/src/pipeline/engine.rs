@@ -140,7 +140,7 @@ pub fn write_opened<R: Read, T: Target>(
         iec(d.head),
         iec(m.image_size - d.tail)
     )));
-    let parts = deferred_parts(m, &streamed, &d, &plan.hold);
+    let parts = deferred_parts(&streamed, &d, &plan.hold);
     write_deferred(&parts, target)?;
     target.sync().map_err(Error::Sync)?;
     if opts.verify == Verify::Full {
@@ -233,10 +233,11 @@ enum Check {
 
 struct Streamed {
     checks: Vec<Check>,
-    /// Chunks touching the held-back regions, kept whole (index, bytes).
+    /// Chunks that straddle an edge of a held-back region, kept whole (index,
+    /// bytes) for the read-back of their streamed part: at most one per edge.
     kept: Vec<Decoded>,
-    /// Must-be-zero ranges inside the held-back regions.
-    deferred_zeros: Vec<(u64, u64)>,
+    /// The image's bytes in the held-back regions.
+    held: Held,
     deferred: Deferred,
     /// Made before the first write to the target.
     plan: Option<Plan>,
@@ -250,8 +251,68 @@ struct Streamed {
     verified_by_compare: u64,
 }
 
-/// Before the first write: plan the table from the image's head (the kept
-/// chunks and `cur`, the chunk about to be written; zeros elsewhere), which
+/// The image's bytes in the held-back head and tail, copied out of their
+/// chunks as they stream by: memory is the regions' size (at most
+/// [`MAX_HEAD`] + [`HOLD`]), whatever the number of chunks there (issue 22:
+/// keeping each chunk whole, page-rounded, let a manifest of thousands of
+/// tiny chunks in the first MiB need over 100 MiB).
+#[derive(Default)]
+struct Held {
+    /// `[0, d.head)` of the image; zero where it is must-be-zero or not set.
+    head: Vec<u8>,
+    /// `[d.tail, image_size)` of the image.
+    tail: Vec<u8>,
+    /// The ranges to write (data and must-be-zero; not dont-care), adjacent
+    /// ones merged.
+    ranges: Ranges,
+}
+
+impl Held {
+    /// Size the buffers for `d` (once).
+    fn init(&mut self, d: Deferred, image_size: u64) {
+        if self.head.is_empty() && self.tail.is_empty() {
+            self.head = vec![0; d.head as usize];
+            self.tail = vec![0; image_size.saturating_sub(d.tail.max(d.head)) as usize];
+        }
+    }
+
+    /// The buffer and index for the held-back range starting at `off`.
+    fn at(&mut self, d: Deferred, off: u64) -> (&mut Vec<u8>, usize) {
+        if off < d.head {
+            (&mut self.head, off as usize)
+        } else {
+            (&mut self.tail, (off - d.tail.max(d.head)) as usize)
+        }
+    }
+
+    /// Record `[off, off+len)` (inside one region) to be written, with
+    /// `bytes` (None: zeros, which the buffers already hold).
+    fn put(&mut self, d: Deferred, off: u64, len: u64, bytes: Option<&[u8]>) {
+        if let Some(b) = bytes {
+            let (buf, i) = self.at(d, off);
+            buf[i..i + len as usize].copy_from_slice(b);
+        }
+        match self.ranges.last_mut() {
+            // Never from the head into the tail (two buffers), even where
+            // the regions touch.
+            Some((o, l)) if *o + *l == off && off != d.head => *l += len,
+            _ => self.ranges.push((off, len)),
+        }
+    }
+
+    /// The bytes of a recorded range.
+    fn bytes(&self, d: Deferred, off: u64, len: u64) -> &[u8] {
+        let (buf, i) = if off < d.head {
+            (&self.head, off as usize)
+        } else {
+            (&self.tail, (off - d.tail.max(d.head)) as usize)
+        };
+        &buf[i..i + len as usize]
+    }
+}
+
+/// Before the first write: plan the table from the image's head (the held
+/// bytes so far and `cur`, the chunk about to be written; zeros elsewhere), which
 /// refuses an image whose fix-ups cannot be done, then wipe the target's first
 /// and last MiB (old tables) and flush, so nothing written later can be paired
 /// with an old table by a volatile write cache.
@@ -266,9 +327,8 @@ fn ensure_planned<T: Target>(
     if out.plan.is_some() {
         return Ok(());
     }
-    let mut head = vec![0u8; d.head as usize];
-    let kept = out.kept.iter().map(|(i, b)| (m.chunks[*i].offset, &b[..]));
-    for (off, b) in kept.chain(cur) {
+    let mut head = out.held.head.clone();
+    if let Some((off, b)) = cur {
         let end = (off + b.len() as u64).min(d.head);
         if off < end {
             head[off as usize..end as usize].copy_from_slice(&b[..(end - off) as usize]);
@@ -578,7 +638,7 @@ fn write_loop<T: Target>(
     let mut out = Streamed {
         checks: Vec::new(),
         kept: Vec::new(),
-        deferred_zeros: Vec::new(),
+        held: Held::default(),
         deferred: Deferred { head: 0, tail },
         plan: None,
         skipped: 0,
@@ -606,6 +666,7 @@ fn write_loop<T: Target>(
                     tail,
                 });
                 hash(HashMsg::Zeros(e.length))?;
+                out.held.init(dd, m.image_size);
                 let (outside, inside) = dd.split(e.offset, e.length);
                 if !outside.is_empty() {
                     ensure_planned(&mut out, dd, None, m, target, flags)?;
@@ -632,7 +693,9 @@ fn write_loop<T: Target>(
                     }
                 }
                 progress.add(inside.iter().map(|r| r.1).sum());
-                out.deferred_zeros.extend(inside);
+                for (off, len) in inside {
+                    out.held.put(dd, off, len, None);
+                }
             }
             ExtentKind::Data => {
                 while ci < m.chunks.len() && m.chunks[ci].offset < e.end() {
@@ -648,10 +711,15 @@ fn write_loop<T: Target>(
                         head: head_len((c.offset == 0).then_some(&buf[..]), m.image_size),
                         tail,
                     });
+                    out.held.init(dd, m.image_size);
                     let (outside, inside) = dd.split(c.offset, c.length);
                     if !outside.is_empty() {
                         let cur = Some((c.offset, &buf[..]));
                         ensure_planned(&mut out, dd, cur, m, target, flags)?;
+                    }
+                    for &(off, len) in &inside {
+                        let a = (off - c.offset) as usize;
+                        out.held.put(dd, off, len, Some(&buf[a..a + len as usize]));
                     }
                     let mut same = 0;
                     for (off, len) in &outside {
@@ -664,7 +732,10 @@ fn write_loop<T: Target>(
                     }
                     out.skipped += same;
                     if !inside.is_empty() {
-                        out.kept.push((ci, buf.clone()));
+                        // Its streamed part is read back against these bytes.
+                        if !outside.is_empty() {
+                            out.kept.push((ci, buf.clone()));
+                        }
                     } else if same == c.length {
                         out.verified_by_compare += same;
                     } else {
@@ -683,6 +754,7 @@ fn write_loop<T: Target>(
     });
     // An image that lies wholly in the held-back regions wrote nothing yet.
     let dd = out.deferred;
+    out.held.init(dd, m.image_size);
     ensure_planned(&mut out, dd, None, m, target, flags)?;
     Ok(out)
 }
@@ -841,24 +913,22 @@ fn verify_streamed<T: Target>(
 type Part = (u64, Vec<u8>, String);
 
 /// The held-back parts in write order: the tail first, the head last.
-fn deferred_parts(m: &Manifest, s: &Streamed, d: &Deferred, hold: &[(u64, u64)]) -> Vec<Part> {
-    let mut parts = Vec::new();
-    for (i, data) in &s.kept {
-        let ch = &m.chunks[*i];
-        for (off, len) in d.split(ch.offset, ch.length).1 {
-            let a = (off - ch.offset) as usize;
-            let mut b = data[a..a + len as usize].to_vec();
+fn deferred_parts(s: &Streamed, d: &Deferred, hold: &[(u64, u64)]) -> Vec<Part> {
+    let mut parts: Vec<Part> = s
+        .held
+        .ranges
+        .iter()
+        .map(|&(off, len)| {
+            let mut b = s.held.bytes(*d, off, len).to_vec();
             commit::mask(hold, off, &mut b);
-            parts.push((off, b, format!("chunk {i}, held-back part")));
-        }
-    }
-    for &(off, len) in &s.deferred_zeros {
-        parts.push((
-            off,
-            vec![0u8; len as usize],
-            "must-be-zero range, held-back part".into(),
-        ));
-    }
+            let what = if off < d.head { "head" } else { "tail" };
+            (
+                off,
+                b,
+                format!("held-back {what}, bytes {off}..{}", off + len),
+            )
+        })
+        .collect();
     parts.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
     parts
 }

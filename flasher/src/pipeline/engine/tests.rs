@@ -707,3 +707,58 @@ fn the_readback_is_compared_with_the_xxh3() {
     let mut t = Plain::new(Cursor::new(vec![0x55u8; 8 << 20])).unwrap();
     write_to(Cursor::new(&good), &mut t, &opts(), &crate::progress::Null).unwrap();
 }
+
+/// Issue 22, finding 3: a primary GPT header with a valid CRC whose other
+/// fields point anywhere (the alternate LBA near 2^55 made `lba * 512` wrap,
+/// and one sector of the image's data was held back as if it were the old
+/// backup header: success with zeros there). Every such header is refused
+/// before the first write: the target is left byte for byte as it was.
+#[test]
+fn a_hostile_gpt_header_is_refused_before_the_first_write() {
+    let img = gpt_like_image(4 << 20);
+    let set = |field: usize, value: u64| {
+        let mut b = img.clone();
+        b[512 + field..512 + field + 8].copy_from_slice(&value.to_le_bytes());
+        let crc = flasher_disk::gpt::header_crc(&b[512..1024], 92);
+        b[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    let last = (4u64 << 20) / 512 - 1;
+    let cases = [
+        ("alternate LBA 2^55 (wraps times 512)", set(32, 1 << 55)),
+        ("alternate LBA u64::MAX", set(32, u64::MAX)),
+        ("alternate LBA inside the usable range", set(32, 3000)),
+        ("last usable LBA 2^60", set(48, 1 << 60)),
+        ("first usable LBA before the entry array ends", set(40, 3)),
+        ("entry array at LBA 2^58", set(72, 1 << 58)),
+        ("entry array inside the usable range", set(72, 2048)),
+        ("alternate LBA 1 (the primary's own)", set(32, 1)),
+    ];
+    for (what, hostile) in cases {
+        assert_ne!(hostile, img, "{what}");
+        let (bundle, _, _) = bundle_of(&[Run::Data(hostile)], 1 << 20);
+        let before = vec![0xeeu8; 8 << 20];
+        let mut t = Plain::new(Cursor::new(before.clone())).unwrap();
+        let r = write_to(
+            Cursor::new(&bundle),
+            &mut t,
+            &opts(),
+            &crate::progress::Null,
+        );
+        assert!(r.is_err(), "{what}: the write succeeded");
+        assert!(
+            t.into_inner().into_inner() == before,
+            "{what}: the target was written before the refusal"
+        );
+    }
+    // The untouched image still writes (last LBA {last} is its backup header).
+    let (bundle, _, _) = bundle_of(&[Run::Data(img.clone())], 1 << 20);
+    let mut t = Plain::new(Cursor::new(vec![0xeeu8; 8 << 20])).unwrap();
+    write_to(
+        Cursor::new(&bundle),
+        &mut t,
+        &opts(),
+        &crate::progress::Null,
+    )
+    .unwrap_or_else(|e| panic!("the genuine image (backup at LBA {last}): {e}"));
+}
