@@ -6,6 +6,8 @@
 //! the table commit in `commit`, the writes after the image in `post`, and the
 //! read-back they all share in `readback`.
 
+#[cfg(test)]
+mod campaign_tests;
 pub mod commit;
 mod engine;
 #[cfg(test)]
