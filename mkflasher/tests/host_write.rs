@@ -388,3 +388,128 @@ fn the_image_itself_and_a_repeated_target_are_refused_before_writing() {
     assert_eq!(std::fs::read(&a).unwrap(), b"old");
     assert!(std::fs::read(&input).unwrap() == img);
 }
+
+// ---------------------------------------------------------------------------
+// Each target is re-identified right before it is opened (issue 22, finding
+// 6): a drive that changed since it was shown (another card in the same slot
+// gets the same name) is refused and nothing is written. docs/host-safety.md.
+
+/// A fake root with a USB stick `sdb` (diskseq 12, model "SD Card") whose
+/// `/dev/sdb` stand-in (a regular file) holds old bytes. Returns the target
+/// as `mkflasher write` checked it, and the stand-in's bytes.
+fn shown_stick(root: &Path) -> (hostwrite::Checked, Vec<u8>) {
+    let mut r = FakeRoot::new(root).unwrap();
+    let sdb = r
+        .usb_stick("pci0000:00/0000:00:14.0", 2, 0, "sdb", 16 * MIB as u64)
+        .unwrap();
+    std::fs::write(sdb.dir.join("diskseq"), "12\n").unwrap();
+    std::fs::write(sdb.dir.join("device/model"), "SD Card\n").unwrap();
+    let old: Vec<u8> = (0..16 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(root.join("dev/sdb"), &old).unwrap();
+    let all = mkflasher::drives::survey(root, &Default::default()).unwrap();
+    let drive = all.into_iter().find(|d| d.name == "sdb").unwrap();
+    assert_eq!(drive.identity.diskseq, Some(12));
+    let checked = hostwrite::Checked {
+        path: root.join("dev/sdb"),
+        drive: Some(drive),
+    };
+    (checked, old)
+}
+
+fn write_opts(root: &Path) -> WriteOptions {
+    WriteOptions {
+        root: root.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_unchanged_target_passes_the_identity_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _) = shown_stick(dir.path());
+    hostwrite::reidentify(dir.path(), &t).unwrap();
+}
+
+#[test]
+fn a_target_changed_since_it_was_shown_is_refused_before_the_open_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (t, old) = shown_stick(root);
+    // Another card in the same slot: same name and number, new diskseq,
+    // another model and size.
+    let sys = std::fs::canonicalize(root.join("sys/block/sdb")).unwrap();
+    std::fs::write(sys.join("diskseq"), "14\n").unwrap();
+    std::fs::write(sys.join("device/model"), "Flash Disk\n").unwrap();
+    std::fs::write(sys.join("size"), "62333952\n").unwrap();
+    let Err(e) = hostwrite::open_checked(root, &t, &write_opts(root)) else {
+        panic!("opened")
+    };
+    match &e {
+        hostwrite::Error::TargetChanged { name, changes, .. } => {
+            assert_eq!(name, "sdb");
+            let got: Vec<(&str, &str, &str)> = changes
+                .iter()
+                .map(|c| (c.what, c.before.as_str(), c.after.as_str()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("diskseq", "12", "14"),
+                    ("size", "16.8 MB", "31.9 GB"),
+                    ("model", "'SD Card'", "'Flash Disk'"),
+                ]
+            );
+        }
+        other => panic!("expected TargetChanged, got {other:?}"),
+    }
+    assert!(e.to_string().contains("nothing was written"), "{e}");
+    assert!(
+        std::fs::read(&t.path).unwrap() == old,
+        "the target was written"
+    );
+}
+
+#[test]
+fn a_target_gone_since_it_was_shown_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (t, old) = shown_stick(root);
+    std::fs::remove_file(root.join("sys/block/sdb")).unwrap();
+    let Err(e) = hostwrite::open_checked(root, &t, &write_opts(root)) else {
+        panic!("opened")
+    };
+    assert!(
+        matches!(&e, hostwrite::Error::TargetGone { name, .. } if name == "sdb"),
+        "{e:?}"
+    );
+    assert!(std::fs::read(&t.path).unwrap() == old);
+}
+
+#[test]
+fn a_target_node_replaced_between_the_check_and_the_open_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // sysfs still shows the same drive, but what opens at the path is not
+    // block device 8:0 (here a regular file: a node swapped behind our back).
+    let (t, old) = shown_stick(root);
+    let Err(e) = hostwrite::open_checked(root, &t, &write_opts(root)) else {
+        panic!("opened")
+    };
+    match &e {
+        hostwrite::Error::TargetSwapped {
+            name,
+            expected,
+            found,
+            ..
+        } => {
+            assert_eq!(name, "sdb");
+            assert_eq!(expected.to_string(), "8:0");
+            assert_eq!(*found, None);
+        }
+        other => panic!("expected TargetSwapped, got {other:?}"),
+    }
+    assert!(
+        std::fs::read(&t.path).unwrap() == old,
+        "the target was written"
+    );
+}

@@ -3,7 +3,7 @@
 
 use crate::drives::{self, Drive};
 use flasher_format::units::si;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +27,17 @@ pub fn list(args: &Args) -> crate::Result<Vec<Drive>> {
         .into_iter()
         .filter(|d| args.all || d.is_candidate())
         .collect())
+}
+
+/// A note for people when the system disk cannot be determined (a root on
+/// ZFS, FUSE, an overlay): then no internal disk is ever offered, and the
+/// table without `--all` would not say why.
+pub fn note(root: &Path) -> crate::Result<Option<String>> {
+    let holds = drives::system_unresolved(root).map_err(flasher::Error::from)?;
+    Ok((!holds.is_empty()).then(|| format!(
+        "note: the system disk cannot be determined ({}); only cards, USB sticks and removable drives are offered, and internal disks are never written (docs/host-safety.md)",
+        holds.join("; ")
+    )))
 }
 
 /// The human table.
@@ -67,6 +78,11 @@ pub fn table(list: &[Drive]) -> String {
 
 pub fn run(args: Args) -> crate::Result<()> {
     let list = list(&args)?;
+    if !args.json {
+        if let Some(n) = note(&args.root)? {
+            eprintln!("{n}");
+        }
+    }
     if args.json {
         let s = serde_json::to_string_pretty(&list)
             .map_err(|e| crate::Error::Usage(format!("drives to JSON: {e}")))?;

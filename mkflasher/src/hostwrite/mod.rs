@@ -8,11 +8,18 @@
 //!    bundled into a temporary spool (`source::bundle_image`, zstd level 1),
 //!    because the core pipeline streams bundles;
 //! 2. every target is judged (`drives`): the system disk and the disk holding
-//!    the input are always refused, virtual and non-removable drives without
-//!    `--allow-non-removable`; partitions, duplicates and too-small drives too;
+//!    the input are always refused (found also through btrfs, device-mapper,
+//!    md and overlays; where they cannot be found, every internal disk is),
+//!    virtual and non-removable drives without `--allow-non-removable`;
+//!    partitions, duplicates and too-small drives too;
 //! 3. confirmation (model, serial, size) unless `--yes`;
-//! 4. mounted partitions of the targets are unmounted, every target is opened
-//!    (O_EXCL on block devices) and its size checked;
+//! 4. each drive is re-identified (`reidentify`: device number, `diskseq`,
+//!    size, model, serial, WWID, CID read again from sysfs and compared with
+//!    what was shown; another card in the same slot is refused), its mounted
+//!    partitions are unmounted, and it is opened (O_EXCL on block devices)
+//!    by `open_checked`, which refuses it unless the opened descriptor is the
+//!    device shown (`fstat`, BLKGETDISKSEQ) and sysfs still agrees; then its
+//!    size is checked (docs/host-safety.md);
 //! 5. one thread reads the bundle once and fans its bytes out over bounded
 //!    channels to one thread per target, each running the core pipeline
 //!    (`flasher::pipeline::write_opened`: aligned direct I/O, zeros written,
@@ -26,11 +33,12 @@ mod tamper;
 pub use display::Display;
 pub use tamper::Tamper;
 
-use crate::drives::{self, Drive, Unsafe};
+use crate::drives::{self, Drive, Identity, Unsafe};
 use crate::source::{self, BundleOptions};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use flasher::blockdev::Device;
 use flasher::pipeline::{self, Verify, WriteOptions, WriteReport};
+use flasher::storage::DevNum;
 use flasher_format::bundle::{self, Opened, WriterOptions};
 use flasher_format::io::IoContext;
 use flasher_format::units;
@@ -53,6 +61,48 @@ pub enum Error {
     SystemDisk { path: PathBuf, holds: String },
     #[error("{path} holds the input image {image}; writing it would destroy the image. Copy the image elsewhere or choose another target")]
     HoldsInput { path: PathBuf, image: PathBuf },
+    /// The system lives on filesystems whose disks cannot be traced (ZFS,
+    /// FUSE, an overlay whose layers are not visible): no internal disk is
+    /// written, whatever the options (docs/host-safety.md).
+    #[error("{path} ({desc}) is not a card, and the system disk cannot be determined: {}; mkflasher then never writes an internal disk, also with --allow-non-removable. Choose a card or USB stick (`mkflasher drives`)", .holds.join("; "))]
+    SystemUnresolved {
+        path: PathBuf,
+        desc: String,
+        holds: Vec<String>,
+    },
+    /// The image lies on a filesystem whose disks cannot be traced.
+    #[error("{path} ({desc}) is not a card, and the disk holding the image {image} cannot be determined: {}; mkflasher then never writes an internal disk, also with --allow-non-removable. Copy the image to another filesystem (ext4, xfs, btrfs, tmpfs) or choose a card or USB stick", .on.join("; "))]
+    InputUnresolved {
+        path: PathBuf,
+        desc: String,
+        image: PathBuf,
+        on: Vec<String>,
+    },
+    /// The drive at `path` is not the one that was listed and confirmed:
+    /// another card in the same slot, a resized or replaced disk.
+    #[error("{name} ({path}) changed since it was shown: {}; nothing was written. Run `mkflasher drives` again and check that it is the drive you mean", changes_text(.changes))]
+    TargetChanged {
+        path: PathBuf,
+        name: String,
+        changes: Vec<drives::Change>,
+    },
+    /// The drive at `path` was removed since it was listed.
+    #[error("{name} ({path}) is gone since it was shown ({sys} is missing); nothing was written. Insert the card again and run `mkflasher drives` again")]
+    TargetGone {
+        path: PathBuf,
+        name: String,
+        sys: PathBuf,
+    },
+    /// What opened at `path` is not block device `expected` (the node was
+    /// replaced between the check and the open); `found`: what it is instead,
+    /// `None` for something that is not a block device.
+    #[error("{path} opened as {}, not as {name} ({expected}) that was shown: the device node changed between the check and the open; nothing was written. Run `mkflasher drives` again", found.map_or_else(|| "something that is not a block device".to_string(), |d| format!("block device {d}")))]
+    TargetSwapped {
+        path: PathBuf,
+        name: String,
+        expected: DevNum,
+        found: Option<DevNum>,
+    },
     #[error("{path} is not removable ({desc}); pass --allow-non-removable if you are sure")]
     NonRemovable { path: PathBuf, desc: String },
     #[error("{path} is a {what} device ({desc}), not a card; pass --allow-non-removable if you are sure")]
@@ -110,6 +160,14 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn changes_text(changes: &[drives::Change]) -> String {
+    changes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A fault to inject for tests: after the write, before the read-back of
 /// target `target` (its index), flip the byte at `offset` through a separate
@@ -447,6 +505,17 @@ pub fn judge(path: &Path, d: &Drive, allow: bool) -> Result<()> {
             path: path.to_owned(),
             image: image.clone(),
         },
+        Unsafe::SystemUnresolved { holds } => Error::SystemUnresolved {
+            path: path.to_owned(),
+            desc,
+            holds: holds.clone(),
+        },
+        Unsafe::InputUnresolved { image, on } => Error::InputUnresolved {
+            path: path.to_owned(),
+            desc,
+            image: image.clone(),
+            on: on.clone(),
+        },
         Unsafe::ReadOnly => Error::ReadOnly {
             path: path.to_owned(),
             desc,
@@ -685,14 +754,14 @@ pub fn write(
     };
     let mut opened_targets = Vec::new();
     for (i, t) in checked.iter().enumerate() {
+        // Still the drive that was shown and confirmed? (Before unmounting
+        // anything: the mount points are those of the drive shown.)
+        reidentify(&opts.root, t)?;
         unmount(&opts.root, t)?;
         if t.drive.is_none() {
             grow_file(&t.path, size)?;
         }
-        let dev: Device = pipeline::open_target(&t.path, &wopts).map_err(|e| Error::Target {
-            path: t.path.clone(),
-            error: Box::new(e),
-        })?;
+        let dev = open_checked(&opts.root, t, &wopts)?;
         let tamper = opts
             .tamper
             .filter(|f| f.target == i)
@@ -718,6 +787,138 @@ pub fn write(
             elapsed,
         })
         .collect())
+}
+
+/// Refuse a drive target that is not the drive that was listed: read its
+/// [`Identity`] again (under `root`) and compare it with the one recorded
+/// when it was shown. Regular-file targets pass.
+pub fn reidentify(root: &Path, t: &Checked) -> Result<()> {
+    let Some(d) = &t.drive else { return Ok(()) };
+    let Some(now) = Identity::read(root, &d.name) else {
+        return Err(Error::TargetGone {
+            path: t.path.clone(),
+            name: d.name.clone(),
+            sys: root.join("sys/block").join(&d.name),
+        });
+    };
+    let changes = d.identity.changes(&now);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(Error::TargetChanged {
+        path: t.path.clone(),
+        name: d.name.clone(),
+        changes,
+    })
+}
+
+/// Open target `t` for writing, for a drive only if it is still the drive
+/// that was shown: its identity is read again right before the open; after
+/// the open, every descriptor the open created must be block device
+/// `drive.dev` (a node replaced between the check and the open is refused),
+/// its `diskseq` as the kernel reports it through the descriptor must be
+/// the one shown, and sysfs is read once more. Nothing is written here; a
+/// refused target is closed again.
+pub fn open_checked(root: &Path, t: &Checked, wopts: &WriteOptions) -> Result<Device> {
+    let target_err = |e: flasher::Error| Error::Target {
+        path: t.path.clone(),
+        error: Box::new(e),
+    };
+    let Some(d) = &t.drive else {
+        return pipeline::open_target(&t.path, wopts).map_err(target_err);
+    };
+    reidentify(root, t)?;
+    let before = own_fds()?;
+    let dev = pipeline::open_target(&t.path, wopts).map_err(target_err)?;
+    let opened: Vec<(i32, Option<DevNum>)> = own_fds()?
+        .into_iter()
+        .filter(|fd| !before.contains(fd))
+        .filter_map(|fd| fd_kind(fd).map(|k| (fd, k)))
+        .collect();
+    let blocks: Vec<(i32, DevNum)> = opened
+        .iter()
+        .filter_map(|(fd, k)| k.map(|n| (*fd, n)))
+        .collect();
+    let seen_by_open = dev.rdev().map(|(major, minor)| DevNum { major, minor });
+    let wrong = blocks
+        .iter()
+        .map(|(_, n)| Some(*n))
+        .chain([seen_by_open])
+        .find(|n| *n != Some(d.dev));
+    if blocks.is_empty() || wrong.is_some() {
+        return Err(Error::TargetSwapped {
+            path: t.path.clone(),
+            name: d.name.clone(),
+            expected: d.dev,
+            found: wrong.flatten(),
+        });
+    }
+    if let Some(want) = d.identity.diskseq {
+        for (fd, _) in &blocks {
+            match fd_diskseq(*fd) {
+                Some(got) if got != want => {
+                    return Err(Error::TargetChanged {
+                        path: t.path.clone(),
+                        name: d.name.clone(),
+                        changes: vec![drives::Change {
+                            what: "diskseq",
+                            before: want.to_string(),
+                            after: got.to_string(),
+                        }],
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+    reidentify(root, t)?;
+    Ok(dev)
+}
+
+/// This process's open descriptors. The process's own table
+/// (`/proc/self/fd`), not hardware, so not under the test root.
+fn own_fds() -> Result<Vec<i32>> {
+    let dir = Path::new("/proc/self/fd");
+    let listed: Vec<i32> = std::fs::read_dir(dir)
+        .with_context(|| format!("list {} (is /proc mounted?)", dir.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own descriptor is closed by now; the next open may get
+    // its number, which must then count as new.
+    Ok(listed
+        .into_iter()
+        .filter(|fd| fd_kind(*fd).is_some())
+        .collect())
+}
+
+/// `Some(Some(dev))` for a descriptor on a block device, `Some(None)` for
+/// any other open file, `None` when `fd` is not open (any more).
+fn fd_kind(fd: i32) -> Option<Option<DevNum>> {
+    // SAFETY: fstat writes only into `st`; an fd that is not open fails
+    // with EBADF and touches nothing.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some(
+        (st.st_mode & libc::S_IFMT == libc::S_IFBLK).then(|| DevNum {
+            major: libc::major(st.st_rdev),
+            minor: libc::minor(st.st_rdev),
+        }),
+    )
+}
+
+/// The disk sequence number of the block device open at `fd`
+/// (BLKGETDISKSEQ, Linux >= 5.15), `None` where the kernel has none.
+fn fd_diskseq(fd: i32) -> Option<u64> {
+    // _IOR(0x12, 128, __u64) from <linux/fs.h>.
+    #[allow(clippy::unnecessary_cast)]
+    const BLKGETDISKSEQ: u64 = nix::request_code_read!(0x12, 128, 8) as u64;
+    let mut seq: u64 = 0;
+    // SAFETY: the request writes one u64 into `seq`, which outlives the call.
+    let r = unsafe { libc::ioctl(fd, BLKGETDISKSEQ as _, &mut seq as *mut u64) };
+    (r == 0).then_some(seq)
 }
 
 /// Refuse a target smaller than the image (the pipeline's own variant).
