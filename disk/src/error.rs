@@ -60,7 +60,7 @@ pub enum Error {
         size: u64,
         max: u64,
     },
-    #[error("directory {path:?} in the FAT volume has over {max} entries (a looping or corrupt cluster chain); rewrite the volume")]
+    #[error("directory {path:?} in the FAT volume has over {max} entries, or lies too deep (a looping or corrupt cluster chain); rewrite the volume")]
     TooManyEntries { path: String, max: usize },
     #[error("{path} in the FAT volume: {source}")]
     FatFile {

@@ -634,6 +634,10 @@ fn list_in(vol: &mut dyn Vol, dir: &str, recursive: bool) -> io::Result<Option<V
     Ok(Some(out))
 }
 
+/// The deepest directory [`list`] descends into (a card's or a boot
+/// partition's tree is a few levels deep; a looping directory is not).
+pub const MAX_DEPTH: usize = 32;
+
 /// `dir` as a path from the root without leading or trailing '/' ("" for
 /// the root itself).
 fn dir_prefix(dir: &str) -> io::Result<String> {
@@ -781,6 +785,15 @@ fn walk<T: fatfs::ReadWriteSeek>(
             size: if is_dir { 0 } else { e.len() },
         });
         if is_dir && recursive {
+            // A directory whose cluster is an ancestor's would recurse
+            // forever: bound the depth and the whole listing.
+            if path.matches('/').count() >= MAX_DEPTH || out.len() > MAX_DIR_ENTRIES {
+                return Err(crate::Error::TooManyEntries {
+                    path,
+                    max: MAX_DIR_ENTRIES,
+                }
+                .into());
+            }
             walk(&e.to_dir(), &path, recursive, out)?;
         }
     }

@@ -20,7 +20,7 @@ use std::io::Cursor;
 
 mod targets;
 
-pub use targets::{bmap, board, bundle, cmdline, disk, record};
+pub use targets::{bmap, board, bundle, card, cmdline, disk, record};
 
 /// A target: one function of the input bytes that panics on a broken invariant.
 pub type Target = fn(&[u8]);
@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cmdline", cmdline),
     ("board", board),
     ("bmap", bmap),
+    ("card", card),
 ];
 
 /// A read-only in-memory device over the input.

@@ -50,7 +50,7 @@ macro_rules! replay_tests {
     )*};
 }
 
-replay_tests!(bundle, disk, record, cmdline, board, bmap);
+replay_tests!(bundle, disk, record, cmdline, board, bmap, card);
 
 /// Every target has a test above, a fuzz binary and a corpus folder.
 #[test]
@@ -131,5 +131,32 @@ fn seeds_are_accepted_by_their_parsers() {
         let text = std::fs::read_to_string(&p).unwrap();
         mkflasher::source::bmap::Bmap::parse(&p, &text, true)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+}
+
+/// The card corpus is what its names say: the plain card's config is read
+/// (so the fuzzer starts from inputs that reach the copy), and each hostile
+/// name is refused as a bad name.
+#[test]
+fn card_seeds_are_read_or_refused_as_named() {
+    use flasher::config_inject::{CardConfig, Error};
+    let dir = fuzz_dir().join("corpus/card");
+    let read = |name: &str| CardConfig::read(std::fs::File::open(dir.join(name)).unwrap());
+    let plain = read("plain-config.img").expect("the plain card");
+    assert_eq!(plain.files().len(), 3, "{:?}", plain.files());
+    assert_eq!(
+        read("empty-connections.img").unwrap().connections,
+        Some(vec![])
+    );
+    for hostile in [
+        "duplicate-long-name.img",
+        "slash-in-name.img",
+        "dotdot-in-name.img",
+        "control-char.img",
+    ] {
+        assert!(
+            matches!(read(hostile), Err(Error::BadCardName { .. })),
+            "{hostile}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 mod bmap;
 mod board;
 mod bundle;
+mod card;
 mod cmdline;
 mod disk;
 mod record;
@@ -11,6 +12,7 @@ mod record;
 pub use bmap::bmap;
 pub use board::board;
 pub use bundle::bundle;
+pub use card::card;
 pub use cmdline::cmdline;
 pub use disk::disk;
 pub use record::record;
