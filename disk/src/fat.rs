@@ -30,12 +30,95 @@ pub fn open<D: Read + Write + Seek>(
     fatfs::FileSystem::new(dev, options)
 }
 
-/// Open a FAT volume that is only ever read: writes through it fail.
+/// Open a FAT volume that is only ever read: writes through it fail. The
+/// volume's table is checked first ([`check_table`]): `fatfs` 0.3 follows a
+/// chain into cluster 0 or 1, or past the last cluster, without a check (its
+/// `cluster - 2` overflows; the fuzz target `card` found it, issue 22).
 pub fn open_read_only<D: Read + Seek>(
-    dev: D,
+    mut dev: D,
     options: fatfs::FsOptions,
 ) -> io::Result<fatfs::FileSystem<ReadOnly<D>>> {
+    check_table(&mut dev)?;
     open(ReadOnly(dev), options)
+}
+
+/// Refuse a FAT volume whose table links a cluster to cluster 1 or past the
+/// volume's last cluster, or whose FAT32 root directory starts outside the
+/// data clusters: what a hostile or corrupt card can hold, and what `fatfs`
+/// would turn into wrapped sector numbers.
+pub fn check_table<D: Read + Seek + ?Sized>(dev: &mut D) -> io::Result<()> {
+    let mut boot = [0u8; 512];
+    dev.seek(SeekFrom::Start(0))?;
+    dev.read_exact(&mut boot)?;
+    let g = Geometry::parse(&boot)?;
+    let fat = g.read_fat(dev)?;
+    let end = g.clusters + 2;
+    if g.fat_bits == 32 {
+        let root = le32(&boot, 44);
+        if root < 2 || root >= end {
+            return Err(bad(format!(
+                "the FAT32 root directory starts at cluster {root}, outside clusters 2..{end}"
+            )));
+        }
+    }
+    // Values that are neither free (0), a link to a data cluster, nor one of
+    // the reserved, bad and end-of-chain markers at the top of the range.
+    let top = match g.fat_bits {
+        12 => 0x0FF0,
+        16 => 0xFFF0,
+        _ => 0x0FFF_FFF0,
+    };
+    for c in 2..end {
+        let v = g.raw(&fat, c).unwrap_or(0);
+        if v != 0 && (v == 1 || (v >= end && v < top)) {
+            return Err(bad(format!(
+                "FAT entry {c} links to cluster {v}, outside clusters 2..{end}"
+            )));
+        }
+    }
+    // Every directory entry's first cluster, in every directory reachable
+    // from the root (each visited once, so a loop ends).
+    let mut seen = HashSet::new();
+    let mut stack = vec![g.root_regions(&fat)?];
+    let mut entries = 0usize;
+    while let Some(regions) = stack.pop() {
+        for (off, len) in regions {
+            let mut buf = vec![0u8; len as usize];
+            dev.seek(SeekFrom::Start(off))?;
+            dev.read_exact(&mut buf)?;
+            for e in buf.chunks_exact(32) {
+                if e[0] == 0 {
+                    break;
+                }
+                entries += 1;
+                if entries > 4 * MAX_DIR_ENTRIES {
+                    return Err(bad(format!(
+                        "over {} directory entries in all",
+                        4 * MAX_DIR_ENTRIES
+                    )));
+                }
+                let attr = e[11];
+                if e[0] == 0xE5 || attr == 0x0F || attr & 0x08 != 0 {
+                    continue; // deleted, long-name slot, volume label
+                }
+                let hi = if g.fat_bits == 32 {
+                    u32::from(le16(e, 20))
+                } else {
+                    0
+                };
+                let cl = hi << 16 | u32::from(le16(e, 26));
+                if cl != 0 && (cl < 2 || cl >= end) {
+                    return Err(bad(format!(
+                        "a directory entry starts at cluster {cl}, outside clusters 2..{end}"
+                    )));
+                }
+                if attr & 0x10 != 0 && e[0] != b'.' && cl != 0 && seen.insert(cl) {
+                    stack.push(g.chain_regions(&fat, cl)?);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Passes reads and seeks through and refuses every write, so a medium that must stay
@@ -198,6 +281,12 @@ impl Geometry {
 
     /// The cluster after `c` in a chain, `None` at its end or on a bad value.
     pub fn next(&self, fat: &[u8], c: u32) -> Option<u32> {
+        let v = self.raw(fat, c)?;
+        (v >= 2 && v < self.clusters + 2).then_some(v)
+    }
+
+    /// FAT entry `c` as stored (28 bits for FAT32), `None` past the table.
+    pub fn raw(&self, fat: &[u8], c: u32) -> Option<u32> {
         let c = c as usize;
         let v = match self.fat_bits {
             12 => {
@@ -215,7 +304,7 @@ impl Geometry {
                 ]) & 0x0FFF_FFFF
             }
         };
-        (v >= 2 && v < self.clusters + 2).then_some(v)
+        Some(v)
     }
 
     /// Byte regions (offset, len) of a cluster chain, bounded against loops.
@@ -839,6 +928,8 @@ mod tests {
             let at = (reserved + f * fat_sectors) * bps + 2 * cluster;
             img[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
         }
+        // Refused when the volume is opened (`check_table` walks every
+        // directory, with a bound on the entries in all) ...
         for e in [
             list_dir(&mut dev, "loop").unwrap_err(),
             list(&mut dev).unwrap_err(),
@@ -847,11 +938,21 @@ mod tests {
             assert!(
                 matches!(
                     e.get_ref().and_then(|i| i.downcast_ref::<crate::Error>()),
-                    Some(crate::Error::TooManyEntries { .. })
+                    Some(crate::Error::BadFat { .. })
                 ),
                 "{e}"
             );
         }
+        // ... and by the listing's own bound, past that check.
+        let fs = open(&mut dev, fatfs::FsOptions::new()).unwrap();
+        let e = entries(&fs.root_dir().open_dir("loop").unwrap(), "loop").unwrap_err();
+        assert!(
+            matches!(
+                e.get_ref().and_then(|i| i.downcast_ref::<crate::Error>()),
+                Some(crate::Error::TooManyEntries { .. })
+            ),
+            "{e}"
+        );
     }
 
     fn put(dev: &mut Cursor<Vec<u8>>, files: &[(&str, &[u8])]) {

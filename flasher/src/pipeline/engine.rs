@@ -112,7 +112,7 @@ pub fn write_opened<R: Read, T: Target>(
     report.bytes_zeroed = m.bytes_of(ExtentKind::MustBeZero);
     report.bytes_skipped = streamed.skipped;
     report.direct_io = target.is_direct();
-    let d = streamed.deferred;
+    let d = streamed.deferred.clone();
     let plan = streamed
         .plan
         .clone()
@@ -140,42 +140,118 @@ pub fn write_opened<R: Read, T: Target>(
         iec(d.head),
         iec(m.image_size - d.tail)
     )));
-    let parts = deferred_parts(&streamed, &d, &plan.hold);
-    write_deferred(&parts, target)?;
-    target.sync().map_err(Error::Sync)?;
-    if opts.verify == Verify::Full {
-        report.bytes_verified += verify_deferred(&parts, target)?;
-    }
-    // The fix-up writes other than the table sectors (backup entry array at the
-    // real end, a grown entry array), each read back.
-    for (off, data) in &plan.fixup_writes {
-        write_verified(target, *off, data, "partition-table fix-up")?;
-        report.bytes_verified += data.len() as u64;
-    }
-    for n in &plan.fixup.notes {
-        tracing::info!("partition-table fix-up: {n}");
-    }
-    report.fixup = Some(plan.fixup.clone());
-    if opts.defer_commit {
-        report.commit = Some(plan.commit);
-    } else {
-        plan.commit.apply(target)?;
+    let (parts, signatures) = deferred_parts(&streamed, &d, &plan.hold, &m.hold);
+    // From here on a failure zeroes the held-back signature ranges again
+    // (best effort), so it leaves nothing that makes the image recognisable.
+    let finished = (|| -> crate::Result<()> {
+        write_deferred(&parts, target)?;
+        // The signatures after the rest of the head and tail (sector 0 and
+        // the GPT headers stay zero in them: the table commit writes those).
+        write_deferred(&signatures, target)?;
+        target.sync().map_err(Error::Sync)?;
+        if opts.verify == Verify::Full {
+            report.bytes_verified += verify_deferred(&parts, target)?;
+            report.bytes_verified += verify_deferred(&signatures, target)?;
+        }
+        // The fix-up writes other than the table sectors (backup entry array at the
+        // real end, a grown entry array), each read back.
+        for (off, data) in &plan.fixup_writes {
+            write_verified(target, *off, data, "partition-table fix-up")?;
+            report.bytes_verified += data.len() as u64;
+        }
+        for n in &plan.fixup.notes {
+            tracing::info!("partition-table fix-up: {n}");
+        }
+        report.fixup = Some(plan.fixup.clone());
+        if opts.defer_commit {
+            report.commit = Some(plan.commit.clone());
+        } else {
+            plan.commit.apply(target)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = finished {
+        unwrite_signatures(&signatures, target);
+        return Err(e);
     }
     report.durations.finish = t_finish.elapsed();
     Ok(report)
 }
 
+/// After a failure: zero the held-back signature ranges again and flush,
+/// best effort (the error being reported is the first one).
+fn unwrite_signatures<T: Target>(signatures: &[Part], t: &mut T) {
+    if signatures.is_empty() {
+        return;
+    }
+    for (off, data, what) in signatures {
+        if let Err(e) = zero(t, *off, data.len() as u64) {
+            tracing::warn!("could not zero the {what} again after the failure: {e}");
+        }
+    }
+    if let Err(e) = t.sync() {
+        tracing::warn!("could not flush the zeroed signature ranges: {e}");
+    }
+}
+
 /// (offset, length) pairs.
 type Ranges = Vec<(u64, u64)>;
 
-/// The held-back regions: `[0, head)` and `[tail, image_size)`.
-#[derive(Debug, Clone, Copy)]
+/// The held-back regions: `[0, head)`, `[tail, image_size)` and the
+/// manifest's `hold` ranges between them.
+#[derive(Debug, Clone)]
 struct Deferred {
     head: u64,
     tail: u64,
+    /// The manifest's held-back signature ranges clipped to `[head, tail)`
+    /// (the head and tail hold the rest): (offset, length, index of their
+    /// first byte in [`Held::extra`]). Sorted and disjoint (validated), at
+    /// most `MAX_HOLD_BYTES` in all.
+    extra: Arc<[(u64, u64, usize)]>,
+}
+
+/// Which buffer of [`Held`] a held-back byte is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Head,
+    Tail,
+    Extra(usize),
 }
 
 impl Deferred {
+    fn new(head: u64, tail: u64, m: &Manifest) -> Deferred {
+        let mid_end = tail.max(head);
+        let mut base = 0usize;
+        let mut extra = Vec::new();
+        for r in &m.hold {
+            let (a, b) = (r.offset.max(head), r.end().min(mid_end));
+            if a < b {
+                extra.push((a, b - a, base));
+                base += (b - a) as usize;
+            }
+        }
+        Deferred {
+            head,
+            tail,
+            extra: extra.into(),
+        }
+    }
+
+    /// The region holding byte `off` (which must be held back) and its
+    /// index in that region's buffer.
+    fn locate(&self, off: u64) -> (Region, usize) {
+        if off < self.head {
+            return (Region::Head, off as usize);
+        }
+        let mid_end = self.tail.max(self.head);
+        if off >= mid_end {
+            return (Region::Tail, (off - mid_end) as usize);
+        }
+        let i = self.extra.partition_point(|&(o, l, _)| o + l <= off);
+        let (o, _, base) = self.extra[i];
+        (Region::Extra(i), base + (off - o) as usize)
+    }
+
     /// Split `[off, off+len)` into the parts outside and inside the held-back regions.
     fn split(&self, off: u64, len: u64) -> (Ranges, Ranges) {
         let end = off + len;
@@ -190,7 +266,17 @@ impl Deferred {
         let mid_b = end.min(self.tail);
         push(&mut inside, off, end.min(self.head));
         if mid_a < mid_b {
-            push(&mut outside, mid_a, mid_b);
+            // The held-back signature ranges in between are held too.
+            let mut a = mid_a;
+            for &(o, l, _) in self.extra.iter() {
+                let (x, y) = (o.max(mid_a), (o + l).min(mid_b));
+                if x < y {
+                    push(&mut outside, a, x);
+                    push(&mut inside, x, y);
+                    a = y;
+                }
+            }
+            push(&mut outside, a, mid_b);
         }
         push(&mut inside, off.max(self.tail).max(self.head), end);
         (outside, inside)
@@ -251,9 +337,9 @@ struct Streamed {
     verified_by_compare: u64,
 }
 
-/// The image's bytes in the held-back head and tail, copied out of their
-/// chunks as they stream by: memory is the regions' size (at most
-/// [`MAX_HEAD`] + [`HOLD`]), whatever the number of chunks there (issue 22:
+/// The image's bytes in the held-back head, tail and signature ranges, copied
+/// out of their chunks as they stream by: memory is the regions' size (at most
+/// [`MAX_HEAD`] + [`HOLD`] + `MAX_HOLD_BYTES`), whatever the number of chunks there (issue 22:
 /// keeping each chunk whole, page-rounded, let a manifest of thousands of
 /// tiny chunks in the first MiB need over 100 MiB).
 #[derive(Default)]
@@ -262,6 +348,9 @@ struct Held {
     head: Vec<u8>,
     /// `[d.tail, image_size)` of the image.
     tail: Vec<u8>,
+    /// The signature ranges of `d.extra`, one after the other.
+    extra: Vec<u8>,
+    ready: bool,
     /// The ranges to write (data and must-be-zero; not dont-care), adjacent
     /// ones merged.
     ranges: Ranges,
@@ -269,45 +358,47 @@ struct Held {
 
 impl Held {
     /// Size the buffers for `d` (once).
-    fn init(&mut self, d: Deferred, image_size: u64) {
-        if self.head.is_empty() && self.tail.is_empty() {
+    fn init(&mut self, d: &Deferred, image_size: u64) {
+        if !self.ready {
+            self.ready = true;
             self.head = vec![0; d.head as usize];
             self.tail = vec![0; image_size.saturating_sub(d.tail.max(d.head)) as usize];
+            self.extra = vec![0; d.extra.iter().map(|r| r.1 as usize).sum()];
         }
     }
 
-    /// The buffer and index for the held-back range starting at `off`.
-    fn at(&mut self, d: Deferred, off: u64) -> (&mut Vec<u8>, usize) {
-        if off < d.head {
-            (&mut self.head, off as usize)
-        } else {
-            (&mut self.tail, (off - d.tail.max(d.head)) as usize)
+    fn buf(&self, r: Region) -> &Vec<u8> {
+        match r {
+            Region::Head => &self.head,
+            Region::Tail => &self.tail,
+            Region::Extra(_) => &self.extra,
         }
     }
 
     /// Record `[off, off+len)` (inside one region) to be written, with
     /// `bytes` (None: zeros, which the buffers already hold).
-    fn put(&mut self, d: Deferred, off: u64, len: u64, bytes: Option<&[u8]>) {
+    fn put(&mut self, d: &Deferred, off: u64, len: u64, bytes: Option<&[u8]>) {
+        let (region, i) = d.locate(off);
         if let Some(b) = bytes {
-            let (buf, i) = self.at(d, off);
+            let buf = match region {
+                Region::Head => &mut self.head,
+                Region::Tail => &mut self.tail,
+                Region::Extra(_) => &mut self.extra,
+            };
             buf[i..i + len as usize].copy_from_slice(b);
         }
         match self.ranges.last_mut() {
-            // Never from the head into the tail (two buffers), even where
-            // the regions touch.
-            Some((o, l)) if *o + *l == off && off != d.head => *l += len,
+            // Never from one region into the next (other buffers, or other
+            // places in one), even where the regions touch.
+            Some((o, l)) if *o + *l == off && d.locate(*o).0 == region => *l += len,
             _ => self.ranges.push((off, len)),
         }
     }
 
     /// The bytes of a recorded range.
-    fn bytes(&self, d: Deferred, off: u64, len: u64) -> &[u8] {
-        let (buf, i) = if off < d.head {
-            (&self.head, off as usize)
-        } else {
-            (&self.tail, (off - d.tail.max(d.head)) as usize)
-        };
-        &buf[i..i + len as usize]
+    fn bytes(&self, d: &Deferred, off: u64, len: u64) -> &[u8] {
+        let (region, i) = d.locate(off);
+        &self.buf(region)[i..i + len as usize]
     }
 }
 
@@ -318,7 +409,7 @@ impl Held {
 /// with an old table by a volatile write cache.
 fn ensure_planned<T: Target>(
     out: &mut Streamed,
-    d: Deferred,
+    d: &Deferred,
     cur: Option<(u64, &[u8])>,
     m: &Manifest,
     target: &mut T,
@@ -639,7 +730,7 @@ fn write_loop<T: Target>(
         checks: Vec::new(),
         kept: Vec::new(),
         held: Held::default(),
-        deferred: Deferred { head: 0, tail },
+        deferred: Deferred::new(0, tail, m),
         plan: None,
         skipped: 0,
         verified_by_compare: 0,
@@ -654,22 +745,18 @@ fn write_loop<T: Target>(
     for e in &m.extents {
         match e.kind {
             ExtentKind::DontCare => {
-                d.get_or_insert(Deferred {
-                    head: head_len(None, m.image_size),
-                    tail,
-                });
+                d.get_or_insert_with(|| Deferred::new(head_len(None, m.image_size), tail, m));
                 hash(HashMsg::Zeros(e.length))?;
             }
             ExtentKind::MustBeZero => {
-                let dd = *d.get_or_insert(Deferred {
-                    head: head_len(None, m.image_size),
-                    tail,
-                });
+                let dd = d
+                    .get_or_insert_with(|| Deferred::new(head_len(None, m.image_size), tail, m))
+                    .clone();
                 hash(HashMsg::Zeros(e.length))?;
-                out.held.init(dd, m.image_size);
+                out.held.init(&dd, m.image_size);
                 let (outside, inside) = dd.split(e.offset, e.length);
                 if !outside.is_empty() {
-                    ensure_planned(&mut out, dd, None, m, target, flags)?;
+                    ensure_planned(&mut out, &dd, None, m, target, flags)?;
                 }
                 for (off, len) in outside {
                     let mut o = off;
@@ -694,7 +781,7 @@ fn write_loop<T: Target>(
                 }
                 progress.add(inside.iter().map(|r| r.1).sum());
                 for (off, len) in inside {
-                    out.held.put(dd, off, len, None);
+                    out.held.put(&dd, off, len, None);
                 }
             }
             ExtentKind::Data => {
@@ -707,19 +794,21 @@ fn write_loop<T: Target>(
                         ))
                         .into());
                     }
-                    let dd = *d.get_or_insert_with(|| Deferred {
-                        head: head_len((c.offset == 0).then_some(&buf[..]), m.image_size),
-                        tail,
-                    });
-                    out.held.init(dd, m.image_size);
+                    let dd = d
+                        .get_or_insert_with(|| {
+                            let first = (c.offset == 0).then_some(&buf[..]);
+                            Deferred::new(head_len(first, m.image_size), tail, m)
+                        })
+                        .clone();
+                    out.held.init(&dd, m.image_size);
                     let (outside, inside) = dd.split(c.offset, c.length);
                     if !outside.is_empty() {
                         let cur = Some((c.offset, &buf[..]));
-                        ensure_planned(&mut out, dd, cur, m, target, flags)?;
+                        ensure_planned(&mut out, &dd, cur, m, target, flags)?;
                     }
                     for &(off, len) in &inside {
                         let a = (off - c.offset) as usize;
-                        out.held.put(dd, off, len, Some(&buf[a..a + len as usize]));
+                        out.held.put(&dd, off, len, Some(&buf[a..a + len as usize]));
                     }
                     let mut same = 0;
                     for (off, len) in &outside {
@@ -748,14 +837,11 @@ fn write_loop<T: Target>(
             }
         }
     }
-    out.deferred = d.unwrap_or(Deferred {
-        head: head_len(None, m.image_size),
-        tail,
-    });
+    out.deferred = d.unwrap_or_else(|| Deferred::new(head_len(None, m.image_size), tail, m));
     // An image that lies wholly in the held-back regions wrote nothing yet.
-    let dd = out.deferred;
-    out.held.init(dd, m.image_size);
-    ensure_planned(&mut out, dd, None, m, target, flags)?;
+    let dd = out.deferred.clone();
+    out.held.init(&dd, m.image_size);
+    ensure_planned(&mut out, &dd, None, m, target, flags)?;
     Ok(out)
 }
 
@@ -912,25 +998,47 @@ fn verify_streamed<T: Target>(
 /// `hold` are zero in it (they are written by the table commit, last).
 type Part = (u64, Vec<u8>, String);
 
-/// The held-back parts in write order: the tail first, the head last.
-fn deferred_parts(s: &Streamed, d: &Deferred, hold: &[(u64, u64)]) -> Vec<Part> {
-    let mut parts: Vec<Part> = s
-        .held
-        .ranges
-        .iter()
-        .map(|&(off, len)| {
-            let mut b = s.held.bytes(*d, off, len).to_vec();
-            commit::mask(hold, off, &mut b);
-            let what = if off < d.head { "head" } else { "tail" };
-            (
-                off,
-                b,
-                format!("held-back {what}, bytes {off}..{}", off + len),
-            )
-        })
-        .collect();
+/// The held-back parts in write order, and apart from them the held-back
+/// signature ranges (the manifest's `hold`, wherever they are: in the head,
+/// the tail or between), which are written after all of them. Each list runs
+/// from the image's end to its start (the tail first, the head last).
+fn deferred_parts(
+    s: &Streamed,
+    d: &Deferred,
+    hold: &[(u64, u64)],
+    signatures: &[bundle::HoldRange],
+) -> (Vec<Part>, Vec<Part>) {
+    let (mut parts, mut sigs) = (Vec::new(), Vec::new());
+    for &(off, len) in &s.held.ranges {
+        let part = |a: u64, b: u64, what: String| -> Part {
+            let start = (a - off) as usize;
+            let mut bytes = s.held.bytes(d, off, len)[start..start + (b - a) as usize].to_vec();
+            commit::mask(hold, a, &mut bytes);
+            (a, bytes, format!("{what}, bytes {a}..{b}"))
+        };
+        let region = match d.locate(off).0 {
+            Region::Head => "held-back head",
+            Region::Tail => "held-back tail",
+            Region::Extra(_) => "held-back range",
+        };
+        let (end, mut a) = (off + len, off);
+        for r in signatures {
+            let (x, y) = (r.offset.max(a), r.end().min(end));
+            if x < y {
+                if a < x {
+                    parts.push(part(a, x, region.into()));
+                }
+                sigs.push(part(x, y, format!("held-back signature ({})", r.what)));
+                a = y;
+            }
+        }
+        if a < end {
+            parts.push(part(a, end, region.into()));
+        }
+    }
     parts.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
-    parts
+    sigs.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
+    (parts, sigs)
 }
 
 fn write_deferred<T: Target>(parts: &[Part], t: &mut T) -> crate::Result<()> {
@@ -949,6 +1057,32 @@ fn verify_deferred<T: Target>(parts: &[Part], t: &mut T) -> crate::Result<u64> {
         n += data.len() as u64;
     }
     Ok(n)
+}
+
+/// `Read`, `Write` and `Seek` for a test target wrapping a `Plain` in its
+/// `inner` field, passed straight through.
+#[cfg(test)]
+macro_rules! io_through_inner {
+    ($t:ty) => {
+        impl std::io::Read for $t {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                self.inner.read(b)
+            }
+        }
+        impl std::io::Write for $t {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.inner.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl std::io::Seek for $t {
+            fn seek(&mut self, p: std::io::SeekFrom) -> std::io::Result<u64> {
+                self.inner.seek(p)
+            }
+        }
+    };
 }
 
 #[cfg(test)]

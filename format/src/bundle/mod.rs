@@ -59,6 +59,17 @@ pub const MAX_IMAGE_SIZE: u64 = 1 << 48;
 pub const MAX_CHUNKS: usize = 1 << 20;
 pub const MAX_EXTENTS: usize = 1 << 20;
 pub const MAX_FILES: usize = 256;
+/// Most held-back signature ranges (`hold`) a manifest may list, and their
+/// total length: the board keeps their bytes in memory until the end of the
+/// write (docs/SECURITY.md's memory bound, docs/fail-closed.md "Held-back
+/// signatures").
+pub const MAX_HOLD_RANGES: usize = 256;
+pub const MAX_HOLD_BYTES: u64 = 1 << 20;
+/// Held-back ranges start on, and are whole multiples of, this many bytes
+/// (the last one may end at the image's end instead).
+pub const HOLD_ALIGN: u64 = 4096;
+/// Longest `what` of a held-back range.
+pub const MAX_HOLD_WHAT: usize = 256;
 
 /// Errors from reading, validating or writing bundles. All are "payload invalid"
 /// (blink class 2) except plain I/O on the output while bundling.
@@ -147,6 +158,13 @@ pub enum Error {
         pin_hint(name)
     )]
     UnpinnedFile { name: String },
+    #[error("bundle manifest's held-back range {index} (image bytes {offset}..{}, {length} bytes) is refused: {reason}", offset.saturating_add(*length))]
+    HoldRange {
+        index: usize,
+        offset: u64,
+        length: u64,
+        reason: String,
+    },
     #[error("bundle writer misuse: {0}")]
     Writer(String),
     #[error(transparent)]
@@ -303,6 +321,88 @@ fn sha256_name() -> String {
     "sha256".into()
 }
 
+/// A byte range of the image that makes it recognisable (a superblock, a
+/// filesystem, swap or LUKS signature, found by `mkflasher bundle` with
+/// libblkid). The board holds its bytes back and writes them only after
+/// everything else is written and read back, and zeroes them again if the
+/// run fails later (docs/fail-closed.md, "Held-back signatures").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRange {
+    pub offset: u64,
+    pub length: u64,
+    /// What is there, for messages ("ext4 superblock in partition 2").
+    #[serde(default)]
+    pub what: String,
+}
+
+impl HoldRange {
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.length)
+    }
+}
+
+/// The ranges a writer puts in a manifest: each rounded out to
+/// [`HOLD_ALIGN`] (the last clipped at `image_size`), sorted, overlapping or
+/// touching ones merged (their `what` joined). Refuses (`Writer`) more than
+/// [`MAX_HOLD_RANGES`] ranges or [`MAX_HOLD_BYTES`] bytes after merging, and
+/// ranges that start at or past the image's end.
+pub fn normalize_hold(ranges: &[HoldRange], image_size: u64) -> Result<Vec<HoldRange>> {
+    let mut v: Vec<HoldRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        if r.length == 0 || r.offset >= image_size {
+            return Err(Error::Writer(format!(
+                "held-back range {}..{} ({}) is empty or starts past the image's {image_size} bytes",
+                r.offset,
+                r.end(),
+                r.what
+            )));
+        }
+        let a = r.offset / HOLD_ALIGN * HOLD_ALIGN;
+        let b = r
+            .end()
+            .div_ceil(HOLD_ALIGN)
+            .saturating_mul(HOLD_ALIGN)
+            .min(image_size);
+        let what = clip_what(&r.what);
+        v.push(HoldRange {
+            offset: a,
+            length: b - a,
+            what,
+        });
+    }
+    v.sort_by_key(|r| r.offset);
+    let mut out: Vec<HoldRange> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(p) if r.offset <= p.end() => {
+                let end = p.end().max(r.end());
+                p.length = end - p.offset;
+                if !r.what.is_empty() && !p.what.contains(&r.what) {
+                    p.what = clip_what(&format!("{}; {}", p.what, r.what));
+                }
+            }
+            _ => out.push(r),
+        }
+    }
+    let total: u64 = out.iter().map(|r| r.length).sum();
+    if out.len() > MAX_HOLD_RANGES || total > MAX_HOLD_BYTES {
+        return Err(Error::Writer(format!(
+            "{} held-back ranges of {total} bytes in all, at most {MAX_HOLD_RANGES} ranges and {MAX_HOLD_BYTES} bytes are accepted",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// `s` cut to at most [`MAX_HOLD_WHAT`] bytes, on a character boundary.
+fn clip_what(s: &str) -> String {
+    let mut n = s.len().min(MAX_HOLD_WHAT);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    s[..n].to_owned()
+}
+
 /// Where the image came from; informational only.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceInfo {
@@ -353,6 +453,15 @@ pub struct Manifest {
     /// read back with the chunk digest (docs/bundle-format.md).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub readback_digest: String,
+    /// Held-back signature ranges ([`HoldRange`]): sorted, disjoint, 4 KiB
+    /// aligned, inside the image, at most [`MAX_HOLD_RANGES`] and
+    /// [`MAX_HOLD_BYTES`] in all. Absent in older bundles, which keep the
+    /// held-back head and tail only. A flasher that predates the field
+    /// ignores it (serde skips unknown fields) and writes those bytes while
+    /// streaming, as before: the signature covers the list, but only a
+    /// flasher that knows it honours it (docs/bundle-format.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hold: Vec<HoldRange>,
 }
 
 /// How to pin an unpinned card file: the unit pool is pinned by
@@ -566,6 +675,7 @@ impl Manifest {
                 self.chunks.len()
             ));
         }
+        self.validate_hold()?;
         match self.readback_digest.as_str() {
             "" => {}
             READBACK_XXH3 if self.version >= 2 => {
@@ -584,6 +694,73 @@ impl Manifest {
                     self.version
                 ))
             }
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// The `hold` list's rules (see the field).
+    fn validate_hold(&self) -> Result<()> {
+        if self.hold.len() > MAX_HOLD_RANGES {
+            let (o, l) = self.hold.last().map_or((0, 0), |r| (r.offset, r.length));
+            return Err(Error::HoldRange {
+                index: self.hold.len() - 1,
+                offset: o,
+                length: l,
+                reason: format!(
+                    "{} ranges are listed, at most {MAX_HOLD_RANGES} are accepted",
+                    self.hold.len()
+                ),
+            });
+        }
+        let mut total = 0u64;
+        let mut prev_end = 0u64;
+        for (index, r) in self.hold.iter().enumerate() {
+            let refuse = |reason: String| {
+                Err(Error::HoldRange {
+                    index,
+                    offset: r.offset,
+                    length: r.length,
+                    reason,
+                })
+            };
+            let Some(end) = r.offset.checked_add(r.length) else {
+                return refuse("its end overflows".into());
+            };
+            if r.length == 0 {
+                return refuse("it is empty".into());
+            }
+            if end > self.image_size {
+                return refuse(format!(
+                    "it ends past the image's {} bytes",
+                    self.image_size
+                ));
+            }
+            if r.offset % HOLD_ALIGN != 0 || (r.length % HOLD_ALIGN != 0 && end != self.image_size)
+            {
+                return refuse(format!(
+                    "it is not {HOLD_ALIGN}-byte aligned (offset and length; the last may end at the image's end)"
+                ));
+            }
+            if index > 0 && r.offset < prev_end {
+                return refuse(format!(
+                    "it starts before the previous range ends at {prev_end}: ranges must be sorted and disjoint"
+                ));
+            }
+            if r.what.len() > MAX_HOLD_WHAT {
+                return refuse(format!(
+                    "its description is {} bytes, at most {MAX_HOLD_WHAT} are accepted",
+                    r.what.len()
+                ));
+            }
+            total += r.length;
+            if total > MAX_HOLD_BYTES {
+                return refuse(format!(
+                    "the ranges up to this one hold {total} bytes, at most {MAX_HOLD_BYTES} are accepted"
+                ));
+            }
+            prev_end = end;
         }
         Ok(())
     }

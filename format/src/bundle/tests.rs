@@ -628,3 +628,148 @@ fn is_zero_at_every_alignment() {
         }
     }
 }
+
+fn held(offset: u64, length: u64, what: &str) -> HoldRange {
+    HoldRange {
+        offset,
+        length,
+        what: what.into(),
+    }
+}
+
+/// A bundle of the 300 000-byte sample image with `hold` asked of the writer.
+fn sample_holding(hold: Vec<HoldRange>) -> Vec<u8> {
+    let mut w =
+        BundleWriter::new(WriterOptions { hold, ..opts() }, Cursor::new(Vec::new())).unwrap();
+    w.push_data(&[7u8; 300_000]).unwrap();
+    let mut out = Vec::new();
+    w.finish(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn held_back_ranges_round_trip_rounded_out_and_merged() {
+    let bundle = sample_holding(vec![
+        held(70_000, 2, "swap signature"),
+        held(1024, 1024, "ext4 superblock"),
+        held(4096, 10, "ext4 backup"),
+        // The last block is partial: clipped at the image's end.
+        held(299_990, 4, "tail magic"),
+    ]);
+    let m = read_manifest(&mut Cursor::new(&bundle)).unwrap().manifest;
+    assert_eq!(
+        m.hold,
+        vec![
+            held(0, 8192, "ext4 superblock; ext4 backup"),
+            held(69_632, 4096, "swap signature"),
+            held(299_008, 992, "tail magic"),
+        ]
+    );
+    // Signed with the rest: the JSON carries it.
+    let json = String::from_utf8_lossy(&bundle);
+    assert!(json.contains("\"hold\""), "no hold list in the manifest");
+}
+
+#[test]
+fn old_bundles_have_no_hold_list_and_still_read() {
+    let (bundle, _) = sample();
+    let json = String::from_utf8_lossy(&bundle);
+    assert!(!json.contains("\"hold\""), "an empty list is not written");
+    let m = read_manifest(&mut Cursor::new(&bundle)).unwrap().manifest;
+    assert!(m.hold.is_empty());
+}
+
+#[test]
+fn an_old_reader_ignores_the_hold_list() {
+    // What a flasher built before the field does: its Manifest has no
+    // `hold`, and serde skips unknown fields (no deny_unknown_fields).
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct OldManifest {
+        version: u32,
+        image_size: u64,
+        extents: Vec<Extent>,
+    }
+    let bundle = sample_holding(vec![held(8192, 4096, "x")]);
+    let opened = read_manifest(&mut Cursor::new(&bundle)).unwrap();
+    let old: OldManifest = serde_json::from_slice(&opened.manifest_bytes).unwrap();
+    assert_eq!(old.image_size, 300_000);
+}
+
+#[test]
+fn hostile_hold_lists_are_refused_with_their_numbers() {
+    let bundle = sample_holding(vec![held(8192, 4096, "ok")]);
+    let m = read_manifest(&mut Cursor::new(&bundle)).unwrap().manifest;
+    m.validate().unwrap();
+    let refused = |hold: Vec<HoldRange>, index: usize, needle: &str| {
+        let mut bad = m.clone();
+        bad.hold = hold;
+        match bad.validate() {
+            Err(e @ Error::HoldRange { index: i, .. }) => {
+                let msg = e.to_string();
+                assert_eq!(i, index, "{msg}");
+                assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
+            }
+            other => panic!("expected HoldRange with {needle:?}, got {other:?}"),
+        }
+    };
+    refused(vec![held(4096, 0, "")], 0, "empty");
+    refused(vec![held(1024, 4096, "")], 0, "aligned");
+    refused(vec![held(4096, 100, "")], 0, "aligned");
+    refused(
+        vec![held(299_008, 4096, "")],
+        0,
+        "ends past the image's 300000 bytes",
+    );
+    refused(vec![held(u64::MAX - 4095, 8192, "")], 0, "overflows");
+    refused(
+        vec![held(8192, 8192, ""), held(12_288, 4096, "")],
+        1,
+        "previous range ends at 16384",
+    );
+    refused(
+        vec![held(8192, 4096, ""), held(4096, 4096, "")],
+        1,
+        "sorted",
+    );
+    refused(
+        vec![held(0, 4096, &"x".repeat(MAX_HOLD_WHAT + 1))],
+        0,
+        "description",
+    );
+    // Too many: 257 ranges of one block each (the image is big enough).
+    let mut big = m.clone();
+    big.image_size = MAX_IMAGE_SIZE;
+    big.extents = vec![Extent {
+        kind: ExtentKind::DontCare,
+        offset: 0,
+        length: MAX_IMAGE_SIZE,
+    }];
+    big.chunks.clear();
+    big.hold = (0..MAX_HOLD_RANGES as u64 + 1)
+        .map(|i| held(i * 8192, 4096, ""))
+        .collect();
+    let e = big.validate().unwrap_err().to_string();
+    assert!(e.contains("257 ranges are listed, at most 256"), "{e}");
+    // Too many bytes: 2 MiB in one range.
+    big.hold = vec![held(0, 2 << 20, "")];
+    let e = big.validate().unwrap_err().to_string();
+    assert!(e.contains("2097152 bytes, at most 1048576"), "{e}");
+}
+
+#[test]
+fn the_writer_refuses_a_hold_list_past_the_bounds() {
+    let many: Vec<HoldRange> = (0..MAX_HOLD_RANGES as u64 + 1)
+        .map(|i| held(i * 8192, 1, "sb"))
+        .collect();
+    let e = normalize_hold(&many, 1 << 30).unwrap_err().to_string();
+    assert!(e.contains("257 held-back ranges"), "{e}");
+    let e = normalize_hold(&[held(0, 2 << 20, "big")], 1 << 30)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2097152 bytes"), "{e}");
+    let e = normalize_hold(&[held(1 << 30, 1, "past")], 1 << 30)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("past the image"), "{e}");
+}

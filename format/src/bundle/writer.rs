@@ -39,6 +39,10 @@ pub struct WriterOptions {
     /// Add an XXH3-128 per chunk for the read-back (`readback_digest`). On by
     /// default; version 2 only (version 1 stays what version-1 readers parse).
     pub readback_digest: bool,
+    /// Signature ranges the board holds back to the end of the write
+    /// (`Manifest::hold`); rounded out and merged by [`super::normalize_hold`]
+    /// when the manifest is written.
+    pub hold: Vec<super::HoldRange>,
 }
 
 impl WriterOptions {
@@ -61,6 +65,7 @@ impl Default for WriterOptions {
             files: Vec::new(),
             chunk_digest: ChunkDigest::default(),
             readback_digest: true,
+            hold: Vec::new(),
         }
     }
 }
@@ -272,6 +277,7 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
             } else {
                 String::new()
             },
+            hold: super::normalize_hold(&self.opts.hold, self.pos)?,
         };
         manifest
             .validate()

@@ -7,6 +7,7 @@
 
 pub mod bmap;
 mod scan;
+pub mod signatures;
 
 pub use scan::Classifier;
 
@@ -188,6 +189,24 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned()),
     };
+    // The signatures the board holds back to the end (docs/fail-closed.md,
+    // "Held-back signatures"). libblkid needs a seekable file: a compressed
+    // image is not probed yet, and says so.
+    if compression == Compression::None {
+        let size = f.metadata().context("stat image")?.len();
+        let found = signatures::probe(image, size)
+            .with_context(|| format!("probe {} for signatures with libblkid", image.display()))?;
+        for r in &found {
+            tracing::debug!("holding back {} at image byte {}", r.what, r.offset);
+        }
+        wopts.hold.extend(found);
+    } else {
+        tracing::warn!(
+            "{} is {}-compressed: its filesystem signatures are not probed, so the board writes them while streaming; bundle the raw image to have them held back",
+            image.display(),
+            compression.name()
+        );
+    }
     let spool_path = spool_path(out);
     let spool = std::fs::OpenOptions::new()
         .read(true)

@@ -29,11 +29,22 @@ fn bundle_with(
     chunk_size: u64,
     chunk_digest: ChunkDigest,
 ) -> (Vec<u8>, Spans, Vec<u8>) {
+    bundle_holding(runs, chunk_size, chunk_digest, Vec::new())
+}
+
+/// A bundle whose manifest lists `hold` (held-back signature ranges).
+pub(super) fn bundle_holding(
+    runs: &[Run],
+    chunk_size: u64,
+    chunk_digest: ChunkDigest,
+    hold: Vec<bundle::HoldRange>,
+) -> (Vec<u8>, Spans, Vec<u8>) {
     let opts = WriterOptions {
         chunk_size,
         level: 1,
         workers: 2,
         chunk_digest,
+        hold,
         ..Default::default()
     };
     let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
@@ -311,24 +322,7 @@ struct Flaky {
     inner: Plain<Cursor<Vec<u8>>>,
     bad: (u64, u64),
 }
-impl Read for Flaky {
-    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(b)
-    }
-}
-impl std::io::Write for Flaky {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.inner.write(b)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl std::io::Seek for Flaky {
-    fn seek(&mut self, p: std::io::SeekFrom) -> std::io::Result<u64> {
-        self.inner.seek(p)
-    }
-}
+io_through_inner!(Flaky);
 impl Target for Flaky {
     fn size(&self) -> u64 {
         self.inner.size()
@@ -471,6 +465,7 @@ fn deferred_split_covers_everything_once() {
     let d = Deferred {
         head: 100,
         tail: 1000,
+        extra: Arc::from(vec![(200u64, 50u64, 0usize), (600, 10, 50)]),
     };
     for (off, len) in [
         (0u64, 50u64),
@@ -488,6 +483,7 @@ fn deferred_split_covers_everything_once() {
     let small = Deferred {
         head: 100,
         tail: 50,
+        extra: Arc::from(vec![]),
     };
     let (a, b) = small.split(0, 200);
     assert!(a.is_empty());
@@ -762,3 +758,6 @@ fn a_hostile_gpt_header_is_refused_before_the_first_write() {
     )
     .unwrap_or_else(|e| panic!("the genuine image (backup at LBA {last}): {e}"));
 }
+
+#[path = "hold_tests.rs"]
+mod hold_tests;
