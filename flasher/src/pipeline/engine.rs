@@ -440,6 +440,19 @@ fn ensure_planned<T: Target>(
     zero(target, 0, wipe)?;
     zero(target, size - wipe, wipe)?;
     target.sync().map_err(Error::Sync)?;
+    // The wipe is read back before anything of the image is written: a
+    // medium that drops a write without an error (the fail-closed campaign's
+    // first finding: a whole 1 MiB zeroing lost for one bad sector) would
+    // otherwise keep the old table over the new data. Both ends are wiped
+    // first, so a failure here still leaves no old backup GPT header.
+    target.drop_cache();
+    let mut buf = AlignedBuf::zeroed(MIB as usize);
+    for (off, what) in [
+        (0, "the wipe of the target's first MiB"),
+        (size - wipe, "the wipe of the target's last MiB"),
+    ] {
+        check_range(target, off, None, wipe, &mut buf, what)?;
+    }
     out.plan = Some(plan);
     Ok(())
 }
