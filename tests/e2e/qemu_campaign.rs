@@ -136,9 +136,19 @@ fn randomized_fault_campaign_on_the_x86_twins() {
                 "{what}: failed without a fault: {:?}",
                 out.failure_message()
             );
-            if table_found(&target) {
+            // A refusal, or a failure of the wipe's read-back, leaves the
+            // target as it was but for the wipe's zeros at its two ends.
+            let end = got.len() - (1 << 20);
+            let as_before = got
+                .iter()
+                .zip(&prior)
+                .enumerate()
+                .all(|(i, (a, b))| a == b || (*a == 0 && (i < 1 << 20 || i >= end)));
+            if as_before {
+                "failed, target as before"
+            } else if table_found(&target) {
                 let equal_image = differs_from_image(&got, &img).is_none();
-                let equal_prior = got == prior;
+                let equal_prior = as_before;
                 let cut = matches!(fault, Some(Fault::PowerCutAt { .. }));
                 assert!(
                     cut && (equal_image || equal_prior),
