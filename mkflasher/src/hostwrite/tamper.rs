@@ -1,6 +1,7 @@
 //! A pass-through [`Target`] that can change the target behind the writer's
-//! back: on its first read (the start of the read-back), it flips one byte
-//! through a separate descriptor and syncs it to the medium. This is the fault
+//! back: on its first read after the faulted byte was written with data (the
+//! start of the read-back; the wipe's own read-back comes before), it
+//! flips that byte through a separate descriptor and syncs it to the medium. This is the fault
 //! injection (`mkflasher write --fault-tamper`) with which tests prove that
 //! the validation reads the device and reports a changed card as failed.
 
@@ -13,11 +14,26 @@ use std::path::PathBuf;
 pub struct Tamper<T> {
     inner: T,
     fault: Option<(PathBuf, u64)>,
+    /// The faulted byte has been written: the next read flips it.
+    armed: bool,
 }
 
 impl<T> Tamper<T> {
     pub fn new(inner: T, fault: Option<(PathBuf, u64)>) -> Self {
-        Tamper { inner, fault }
+        Tamper {
+            inner,
+            fault,
+            armed: false,
+        }
+    }
+
+    /// Arm the fault once a write covers its byte.
+    fn arm(&mut self, offset: u64, len: u64) {
+        if let Some((_, at)) = &self.fault {
+            if offset <= *at && *at < offset.saturating_add(len) {
+                self.armed = true;
+            }
+        }
     }
 }
 
@@ -60,10 +76,12 @@ impl<T: Target> Target for Tamper<T> {
         self.inner.sector_size()
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.inner.write_at(offset, data)
+        self.inner.write_at(offset, data)?;
+        self.arm(offset, data.len() as u64);
+        Ok(())
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if let Some((path, at)) = self.fault.take() {
+        if let Some((path, at)) = self.fault.take_if(|_| self.armed) {
             tracing::warn!(
                 "fault injection: flipping the byte at {at} of {} before the read-back",
                 path.display()
@@ -73,6 +91,8 @@ impl<T: Target> Target for Tamper<T> {
         self.inner.read_at(offset, buf)
     }
     fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        // Not armed by zeroing: the wipe of the first and last MiB zeroes
+        // before any image data, and its read-back would take the flip.
         self.inner.zero_range(offset, len)
     }
     fn sync(&mut self) -> io::Result<()> {
