@@ -307,18 +307,37 @@ impl Geometry {
         Some(v)
     }
 
-    /// Byte regions (offset, len) of a cluster chain, bounded against loops.
+    /// Byte regions (offset, len) of a cluster chain, adjacent clusters
+    /// merged. A chain that comes back to a cluster it passed is refused: the
+    /// visited set is one bit per cluster the FAT can describe (at most
+    /// 1.4 MB for the largest FAT read, `MAX_FAT_BYTES`), where a list of
+    /// regions for a looping chain grew to gigabytes (the `disk` fuzz target
+    /// found it, issue 22; it would have aborted PID 1).
     pub fn chain_regions(&self, fat: &[u8], first: u32) -> io::Result<Vec<(u64, u64)>> {
-        let mut out = Vec::new();
+        let entries = (fat.len() as u64 * 8 / u64::from(self.fat_bits.max(12)))
+            .min(u64::from(self.clusters) + 2) as usize;
+        let mut seen = vec![0u64; entries.div_ceil(64)];
+        let mut out: Vec<(u64, u64)> = Vec::new();
         let mut c = Some(first);
         while let Some(cl) = c {
-            if cl < 2 || cl >= self.clusters + 2 || out.len() > self.clusters as usize {
+            if cl < 2 || cl >= self.clusters + 2 {
                 break;
             }
-            out.push((
-                self.data_offset + u64::from(cl - 2) * self.cluster_bytes,
-                self.cluster_bytes,
-            ));
+            let i = cl as usize;
+            if let Some(w) = seen.get_mut(i / 64) {
+                if *w & (1 << (i % 64)) != 0 {
+                    return Err(bad(format!(
+                        "the cluster chain from cluster {first} comes back to cluster {cl}"
+                    )));
+                }
+                *w |= 1 << (i % 64);
+            }
+            let off = self.data_offset + u64::from(cl - 2) * self.cluster_bytes;
+            match out.last_mut() {
+                // Merged up to 1 MiB: callers read a region into one buffer.
+                Some((o, l)) if *o + *l == off && *l < 1 << 20 => *l += self.cluster_bytes,
+                _ => out.push((off, self.cluster_bytes)),
+            }
             c = self.next(fat, cl);
         }
         if out.is_empty() {
