@@ -22,6 +22,8 @@ pub mod io;
 pub mod phase;
 pub mod pool;
 pub mod record;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod units;
 
 pub use class::ErrorClass;

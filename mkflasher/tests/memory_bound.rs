@@ -48,19 +48,6 @@ static ALLOC: Counting = Counting;
 
 const LIMIT_KIB: i64 = 64 * 1024;
 
-/// xorshift: incompressible bytes, reproducible.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A target that takes 150 ms per write, so the reader and the workers run
 /// ahead of the writer and every queue fills to its bound.
 struct Slow(Plain<Cursor<Vec<u8>>>);
@@ -116,7 +103,8 @@ fn engine_heap_is_bounded_when_the_target_is_slow() {
         Cursor::new(Vec::new()),
     )
     .unwrap();
-    w.push_data(&noise(200 << 20, 3)).unwrap();
+    w.push_data(&flasher_format::testing::noise(200 << 20, 3))
+        .unwrap();
     let mut bundle = Vec::new();
     let m = w.finish(&mut bundle).unwrap();
     let mut target = Slow(Plain::new(Cursor::new(vec![0u8; m.image_size as usize])).unwrap());
@@ -214,7 +202,7 @@ fn tiny_chunks_in_the_held_back_regions_stay_within_64_mib() {
 fn peak_rss_stays_under_64_mib_for_the_largest_accepted_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let chunk = MAX_CHUNK_SIZE as usize;
-    let image = noise(96 << 20, 7);
+    let image = flasher_format::testing::noise(96 << 20, 7);
     let opts = WriterOptions {
         chunk_size: chunk as u64,
         level: 1,
@@ -223,7 +211,8 @@ fn peak_rss_stays_under_64_mib_for_the_largest_accepted_chunks() {
     let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
     w.push_data(&image).unwrap();
     w.push_zero(32 << 20).unwrap();
-    w.push_data(&noise(8 << 20, 9)).unwrap();
+    w.push_data(&flasher_format::testing::noise(8 << 20, 9))
+        .unwrap();
     let mut bundle = Vec::new();
     let m = w.finish(&mut bundle).unwrap();
     assert!(

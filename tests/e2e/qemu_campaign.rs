@@ -1,6 +1,6 @@
 //! The randomized fail-closed campaign on real kernels (issue 22 item 2,
-//! docs/fail-closed.md "The campaign"): each run picks a twin (`qemu-x86_64-sd`
-//! or `qemu-x86_64-nuc`), a prior target content (zeros, noise, the image
+//! docs/fail-closed.md "The campaign"): each run picks a twin (`qemu-x86_64-sd`,
+//! `qemu-x86_64-nuc` or the i.MX6 twin `qemu-imx6-nitrogen6x`), a prior target content (zeros, noise, the image
 //! itself), and a fault (none; a write error at a random sector of the image;
 //! a power cut at a random point of the writing phase), flashes the demo OS
 //! through the card, and checks the invariant on the target file:
@@ -12,13 +12,13 @@
 //! `FLASHER_QEMU_CAMPAIGN_RUNS` (default 2, what CI runs) and
 //! `FLASHER_QEMU_CAMPAIGN_SEED` (default: from the clock, printed) choose the
 //! runs; each run prints one line, and a failure names the seed and run to
-//! replay. The i.MX6 twin is not in it yet (docs/status.md).
+//! replay.
 
 mod qemu_common;
 
 use flasher_qemu::{Fault, VirtualBoard};
 use qemu_common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// xorshift64.
@@ -58,7 +58,7 @@ fn differs_from_image(target: &[u8], img: &[u8]) -> Option<usize> {
 }
 
 #[test]
-fn randomized_fault_campaign_on_the_x86_twins() {
+fn randomized_fault_campaign_on_the_three_twins() {
     let runs: u64 = std::env::var("FLASHER_QEMU_CAMPAIGN_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -75,33 +75,27 @@ fn randomized_fault_campaign_on_the_x86_twins() {
         | 1;
     eprintln!("QEMU campaign: {runs} runs, FLASHER_QEMU_CAMPAIGN_SEED={seed}");
     let f = fixture();
-    let img = std::fs::read(&f.os).unwrap();
+    let x86_img = std::fs::read(&f.os).unwrap();
+    let mut imx6_img = None;
     let mut rng = Rng(seed);
     let mut tally = std::collections::BTreeMap::<String, u32>::new();
     for run_no in 0..runs {
-        let board = if rng.below(2) == 0 {
-            VirtualBoard::Sd
+        let board =
+            [VirtualBoard::Sd, VirtualBoard::Nuc, VirtualBoard::Imx6][rng.below(3) as usize];
+        let (img, card, target_size): (&[u8], PathBuf, u64) = if board == VirtualBoard::Imx6 {
+            let i = imx6_fixture();
+            let img = imx6_img.get_or_insert_with(|| std::fs::read(&i.os).unwrap());
+            (img, i.card.clone(), IMX6_TARGET_SIZE)
         } else {
-            VirtualBoard::Nuc
+            (&x86_img, f.card(board), 64 << 20)
         };
-        let target_size: u64 = 64 << 20;
         let prior_kind = rng.below(3);
         let mut prior = match prior_kind {
             0 => vec![0u8; target_size as usize],
-            _ => {
-                let mut x = rng.next() | 1;
-                (0..target_size)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        (x >> 24) as u8
-                    })
-                    .collect()
-            }
+            _ => flasher_format::testing::noise(target_size as usize, rng.next()),
         };
         if prior_kind == 2 {
-            prior[..img.len()].copy_from_slice(&img);
+            prior[..img.len()].copy_from_slice(img);
         } else {
             // Noise must not look like an MBR by chance.
             prior[510] = 0;
@@ -121,12 +115,12 @@ fn randomized_fault_campaign_on_the_x86_twins() {
         );
         let target = f.path(&format!("campaign-{run_no}.img"));
         std::fs::write(&target, &prior).unwrap();
-        let mut o = options(board, &f.card(board), Some(target.clone()));
+        let mut o = options(board, &card, Some(target.clone()));
         o.faults = fault.iter().cloned().collect();
         let out = run(&o);
         let got = std::fs::read(&target).unwrap();
         let verdict = if out.succeeded() {
-            if let Some(i) = differs_from_image(&got, &img) {
+            if let Some(i) = differs_from_image(&got, img) {
                 panic!("{what}: success, but the target differs from the image at byte {i}");
             }
             "success, equal"
@@ -148,7 +142,7 @@ fn randomized_fault_campaign_on_the_x86_twins() {
                 "failed, target as before"
             } else if table_found(&target) {
                 // (A target left as before was accepted above.)
-                let equal_image = differs_from_image(&got, &img).is_none();
+                let equal_image = differs_from_image(&got, img).is_none();
                 let cut = matches!(fault, Some(Fault::PowerCutAt { .. }));
                 assert!(
                     cut && equal_image,

@@ -6,97 +6,14 @@
 //!
 //! The stick reads at about 1 MB/s, so the payload is a small real GPT image
 //! (16 MiB: FAT + ext4, with fresh random bytes so no run flashes an image seen
-//! before) rather than the x86 demo OS.
+//! before: `qemu_common::imx6_fixture`) rather than the x86 demo OS.
 
 mod qemu_common;
 
 use flasher_qemu::{Fault, QemuOutcome, VirtualBoard};
 use qemu_common::*;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 const IMX6: VirtualBoard = VirtualBoard::Imx6;
-const IMAGE_SIZE: u64 = 16 << 20;
-/// QEMU's sd-card needs a power of two; room for the image and the moved backup GPT.
-const TARGET_SIZE: u64 = 32 << 20;
-
-struct Imx6Fixture {
-    dir: tempfile::TempDir,
-    os: PathBuf,
-    card: PathBuf,
-}
-
-impl Imx6Fixture {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn blank_target(&self, name: &str, size: u64) -> PathBuf {
-        let p = self.path(name);
-        let _ = std::fs::remove_file(&p);
-        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
-        p
-    }
-}
-
-/// Bytes no earlier run has produced: a xorshift seeded from the clock and pid.
-fn fresh_bytes(n: usize) -> Vec<u8> {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let mut x = (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// The image, its card for the twin (built by the real `mkflasher build`
-/// from the image itself), once per test binary.
-fn fixture() -> &'static Imx6Fixture {
-    static F: OnceLock<Imx6Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let st = std::process::Command::new(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-fixtures/setup"),
-        )
-        .status()
-        .unwrap();
-        assert!(st.success(), "qemu-fixtures/setup failed");
-        let dir = tempfile::tempdir().unwrap();
-        let img = e2e::build_gpt_image(dir.path(), IMAGE_SIZE);
-        // Fresh data in the FAT partition's unused tail (its files sit at the
-        // start): the filesystems stay valid, the image is new to every run.
-        let fresh = fresh_bytes(512 << 10);
-        let at = img.fat.offset + img.fat.size - fresh.len() as u64;
-        write_at(&img.path, at, &fresh);
-        let card = dir.path().join("card-imx6.img");
-        mkflasher(&[
-            "build",
-            "--board",
-            IMX6.name(),
-            "--payload",
-            img.path.to_str().unwrap(),
-            "-o",
-            card.to_str().unwrap(),
-        ]);
-        Imx6Fixture {
-            os: img.path,
-            card,
-            dir,
-        }
-    })
-}
-
-fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(bytes).unwrap();
-}
 
 /// The message `/init` gives when it has chosen the board, and how.
 fn board_selection(out: &QemuOutcome) -> String {
@@ -124,8 +41,8 @@ fn kernel_cmdline(out: &QemuOutcome) -> String {
 /// target and verifies it; the target holds the image bit for bit.
 #[test]
 fn happy_path_flashes_bit_exact_finding_the_board_by_its_device_tree() {
-    let f = fixture();
-    let target = f.blank_target("imx6-happy.img", TARGET_SIZE);
+    let f = imx6_fixture();
+    let target = f.blank_target("imx6-happy.img", IMX6_TARGET_SIZE);
     let o = options(IMX6, &f.card, Some(target.clone()));
     let out = run(&o);
     out.check(o.timeout, None).unwrap();
@@ -155,7 +72,7 @@ fn happy_path_flashes_bit_exact_finding_the_board_by_its_device_tree() {
 
 #[test]
 fn target_too_small_is_refused_before_any_write() {
-    let f = fixture();
+    let f = imx6_fixture();
     // 8 MiB against the 16 MiB image.
     let target = f.blank_target("imx6-small.img", 8 << 20);
     let out = run(&options(IMX6, &f.card, Some(target.clone())));
@@ -170,8 +87,8 @@ fn target_too_small_is_refused_before_any_write() {
 /// closed either way.
 #[test]
 fn write_error_fails_closed() {
-    let f = fixture();
-    let target = f.blank_target("imx6-ioerr.img", TARGET_SIZE);
+    let f = imx6_fixture();
+    let target = f.blank_target("imx6-ioerr.img", IMX6_TARGET_SIZE);
     // 10 MiB: inside the ext4 partition's data, not a zero range.
     let mut o = options(IMX6, &f.card, Some(target.clone()));
     o.faults = vec![Fault::IoError { offset: 10 << 20 }];
@@ -192,7 +109,7 @@ fn write_error_fails_closed() {
 /// device tree says Nitrogen6x: class 6, before anything is written.
 #[test]
 fn card_for_another_board_is_refused_by_the_device_tree() {
-    let f = fixture();
+    let f = imx6_fixture();
     let cache = flasher_qemu::locate::debian_parts();
     let arch = boards::Arch::Armv7;
     let kernel = flasher_qemu::locate::qemu_kernel_for(&cache, arch).unwrap();
@@ -211,7 +128,7 @@ fn card_for_another_board_is_refused_by_the_device_tree() {
         "-o",
         card.to_str().unwrap(),
     ]);
-    let target = f.blank_target("imx6-wrongboard.img", TARGET_SIZE);
+    let target = f.blank_target("imx6-wrongboard.img", IMX6_TARGET_SIZE);
     let out = run(&options(IMX6, &card, Some(target.clone())));
     assert!(!out.succeeded());
     assert_eq!(failure_class(&out), Some(ErrorClass::BoardConfig));
@@ -230,10 +147,10 @@ fn card_for_another_board_is_refused_by_the_device_tree() {
 /// attempts, and QEMU gives every sd-card the same CID.
 #[test]
 fn power_cut_at_half_then_a_second_run_succeeds_bit_exact() {
-    let f = fixture();
+    let f = imx6_fixture();
     let card = f.path("card-imx6-cut.img");
     std::fs::copy(&f.card, &card).unwrap();
-    let target = f.blank_target("imx6-cut.img", TARGET_SIZE);
+    let target = f.blank_target("imx6-cut.img", IMX6_TARGET_SIZE);
     let mut o = options(IMX6, &card, Some(target.clone()));
     o.faults = vec![Fault::PowerCutAt { percent: 50.0 }];
     let cut = run(&o);
@@ -263,7 +180,7 @@ fn power_cut_at_half_then_a_second_run_succeeds_bit_exact() {
 #[test]
 fn debian_uboot_boots_the_card_through_extlinux() {
     use std::io::BufRead;
-    let f = fixture();
+    let f = imx6_fixture();
     let imx = flasher_qemu::locate::uboot_file(
         &flasher_qemu::locate::debian_parts(),
         "mx6qsabrelite/u-boot-dtb.imx",
@@ -275,7 +192,7 @@ fn debian_uboot_boots_the_card_through_extlinux() {
     let (entry, ivt_self) = (word(1), word(5));
     let card = f.path("card-imx6-uboot.img");
     std::fs::copy(&f.card, &card).unwrap();
-    let target = f.blank_target("imx6-uboot.img", TARGET_SIZE);
+    let target = f.blank_target("imx6-uboot.img", IMX6_TARGET_SIZE);
     let _g = vm_lock();
     let mut child = std::process::Command::new("qemu-system-arm")
         .args(["-M", "sabrelite", "-smp", "1", "-m", "1G", "-accel", "tcg"])

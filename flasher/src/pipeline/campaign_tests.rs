@@ -111,17 +111,11 @@ impl std::fmt::Debug for Case {
     }
 }
 
-/// xorshift bytes, never all zero in a block.
+/// xorshift bytes, never zero (so never all zero in a block).
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as u8) | 1
-        })
-        .collect()
+    let mut v = flasher_format::testing::noise(n, seed);
+    v.iter_mut().for_each(|b| *b |= 1);
+    v
 }
 
 impl Case {

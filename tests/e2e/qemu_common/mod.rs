@@ -1,5 +1,6 @@
 //! Shared set-up for the QEMU scenarios: the demo OS image, its bundle and the
-//! flasher cards, built once per test binary with the real `mkflasher`; and a
+//! flasher cards, and the i.MX6 twin's smaller image and card, built once per
+//! test binary with the real `mkflasher`; and a
 //! lock so VMs run one at a time (2 shared cores, software emulation).
 #![allow(dead_code)]
 
@@ -314,4 +315,72 @@ pub fn assert_fault_fails_closed(board: VirtualBoard, name: &str, offset: u64, f
 /// True when no byte of the file is non-zero (nothing was written).
 pub fn all_zero(path: &Path) -> bool {
     std::fs::read(path).unwrap().iter().all(|&b| b == 0)
+}
+
+/// The i.MX6 twin's payload: a 16 MiB real GPT image (the USB stick reads at
+/// about 1 MB/s, so not the x86 demo OS).
+pub const IMX6_IMAGE_SIZE: u64 = 16 << 20;
+/// The i.MX6 twin's target: QEMU's sd-card needs a power of two; room for the
+/// image and the moved backup GPT.
+pub const IMX6_TARGET_SIZE: u64 = 32 << 20;
+
+/// The i.MX6 twin's image and card, built once per test binary.
+pub struct Imx6Fixture {
+    pub dir: tempfile::TempDir,
+    pub os: PathBuf,
+    pub card: PathBuf,
+}
+
+impl Imx6Fixture {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn blank_target(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.path(name);
+        let _ = std::fs::remove_file(&p);
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        p
+    }
+}
+
+/// The image (FAT + ext4, with fresh bytes so that no run flashes an image
+/// seen before) and its card for the twin, built by the real `mkflasher
+/// build` from the image itself.
+pub fn imx6_fixture() -> &'static Imx6Fixture {
+    use std::io::{Seek, SeekFrom, Write};
+    static F: OnceLock<Imx6Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        run_setup();
+        let dir = tempfile::tempdir().unwrap();
+        let img = e2e::build_gpt_image(dir.path(), IMX6_IMAGE_SIZE);
+        // Fresh data in the FAT partition's unused tail (its files sit at the
+        // start): the filesystems stay valid, the image is new to every run.
+        let fresh =
+            flasher_format::testing::noise(512 << 10, flasher_format::testing::fresh_seed());
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img.path)
+            .unwrap();
+        file.seek(SeekFrom::Start(
+            img.fat.offset + img.fat.size - fresh.len() as u64,
+        ))
+        .unwrap();
+        file.write_all(&fresh).unwrap();
+        let card = dir.path().join("card-imx6.img");
+        mkflasher(&[
+            "build",
+            "--board",
+            VirtualBoard::Imx6.name(),
+            "--payload",
+            img.path.to_str().unwrap(),
+            "-o",
+            card.to_str().unwrap(),
+        ]);
+        Imx6Fixture {
+            os: img.path,
+            card,
+            dir,
+        }
+    })
 }
