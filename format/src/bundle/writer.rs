@@ -249,6 +249,13 @@ impl<S: Read + Write + Seek> BundleWriter<S> {
         Ok(())
     }
 
+    /// More ranges for the manifest's `hold` list, known only once the image
+    /// has been read (a compressed image's signatures, probed on its
+    /// decompressed copy). Normalized with the others in [`Self::finish`].
+    pub fn hold(&mut self, ranges: impl IntoIterator<Item = super::HoldRange>) {
+        self.opts.hold.extend(ranges);
+    }
+
     /// Finish the image and write the whole bundle to `out`. Returns the manifest.
     pub fn finish(mut self, out: &mut impl Write) -> Result<Manifest> {
         self.close_chunk()?;

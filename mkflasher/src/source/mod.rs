@@ -8,6 +8,7 @@
 pub mod bmap;
 mod scan;
 pub mod signatures;
+mod sparse_copy;
 
 pub use scan::Classifier;
 
@@ -190,33 +191,26 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
             .map(|n| n.to_string_lossy().into_owned()),
     };
     // The signatures the board holds back to the end (docs/fail-closed.md,
-    // "Held-back signatures"). libblkid needs a seekable file: a compressed
-    // image is not probed yet, and says so.
-    if compression == Compression::None {
+    // "Held-back signatures"). libblkid needs a seekable file: a raw image is
+    // probed as it is, a compressed one through a sparse copy of what is
+    // decompressed below, in the same pass.
+    let probe_copy = if compression == Compression::None {
         let size = f.metadata().context("stat image")?.len();
-        let found = signatures::probe(image, size)
-            .with_context(|| format!("probe {} for signatures with libblkid", image.display()))?;
-        for r in &found {
-            tracing::debug!("holding back {} at image byte {}", r.what, r.offset);
-        }
-        wopts.hold.extend(found);
+        wopts
+            .hold
+            .extend(probed(signatures::probe(image, size), image)?);
+        None
     } else {
-        tracing::warn!(
-            "{} is {}-compressed: its filesystem signatures are not probed, so the board writes them while streaming; bundle the raw image to have them held back",
-            image.display(),
-            compression.name()
-        );
-    }
-    let spool_path = spool_path(out);
-    let spool = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&spool_path)
+        let p = side_path(out, "probe");
+        Some(
+            sparse_copy::unlinked(&p)
+                .with_context(|| format!("create the probe copy {}", p.display()))?,
+        )
+    };
+    let spool_path = side_path(out, "chunks");
+    // The spool is only needed while this runs; unlinked at once so it cannot be left behind.
+    let spool = sparse_copy::unlinked(&spool_path)
         .with_context(|| format!("create spool {}", spool_path.display()))?;
-    // The spool is only needed while this runs; unlink it now so it cannot be left behind.
-    let _ = std::fs::remove_file(&spool_path);
     let mut writer = BundleWriter::new(wopts, spool)?;
     let raw_size = f.metadata().context("stat image")?.len();
     if let (Some(b), Compression::None) = (&bmap, compression) {
@@ -279,6 +273,9 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
                 Box::new(zstd::stream::read::Decoder::new(&f).context("start zstd decoder")?)
             }
         };
+        if let Some(copy) = &probe_copy {
+            reader = Box::new(sparse_copy::Tee::new(reader, copy));
+        }
         let seekable = compression == Compression::None;
         match segs {
             None => {
@@ -306,6 +303,11 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
     if size == 0 {
         return Err(Error::Empty);
     }
+    if let Some(copy) = &probe_copy {
+        copy.set_len(size).context("size the probe copy")?;
+        writer.hold(probed(signatures::probe_file(copy, size), image)?);
+    }
+    drop(probe_copy);
     if let Some(b) = &bmap {
         let image_len = if compression == Compression::None {
             raw_size
@@ -337,10 +339,25 @@ pub fn bundle_image(image: &Path, out: &Path, opts: &BundleOptions) -> Result<Ma
     Ok(manifest)
 }
 
-fn spool_path(out: &Path) -> PathBuf {
+/// A working file beside `out`: `OUT.WHAT-PID.tmp`.
+fn side_path(out: &Path, what: &str) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
-    s.push(format!(".chunks-{}.tmp", std::process::id()));
+    s.push(format!(".{what}-{}.tmp", std::process::id()));
     PathBuf::from(s)
+}
+
+/// What libblkid found, for the ranges the board holds back; a probe that
+/// failed fails the bundle step, naming the image.
+fn probed(
+    found: std::io::Result<Vec<flasher_format::bundle::HoldRange>>,
+    image: &Path,
+) -> Result<Vec<flasher_format::bundle::HoldRange>> {
+    let found =
+        found.with_context(|| format!("probe {} for signatures with libblkid", image.display()))?;
+    for r in &found {
+        tracing::debug!("holding back {} at image byte {}", r.what, r.offset);
+    }
+    Ok(found)
 }
 
 pub(crate) fn read_up_to<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -41,6 +41,39 @@ impl Probe {
         Ok(probe)
     }
 
+    /// A probe over `[off, off+size)` of `f` with the superblock chain on,
+    /// reporting each match's magic and type.
+    fn superblocks(f: &File, off: u64, size: u64) -> std::io::Result<Probe> {
+        let p = Probe::new(f, off, size)?;
+        // SAFETY: valid probe; the flags are libblkid's own constants.
+        unsafe {
+            blkid_sys::blkid_probe_enable_superblocks(p.0, 1);
+            blkid_sys::blkid_probe_set_superblocks_flags(
+                p.0,
+                (blkid_sys::BLKID_SUBLKS_MAGIC | blkid_sys::BLKID_SUBLKS_TYPE) as i32,
+            );
+        }
+        Ok(p)
+    }
+
+    /// A probe over the first `size` bytes of `f` with the partition chain
+    /// on (and the superblock chain as `superblocks` says), reporting the
+    /// table's magic.
+    fn partitions(f: &File, size: u64, superblocks: bool) -> std::io::Result<Probe> {
+        let p = if superblocks {
+            Probe::superblocks(f, 0, size)?
+        } else {
+            Probe::new(f, 0, size)?
+        };
+        // SAFETY: valid probe; libblkid's constants.
+        unsafe {
+            blkid_sys::blkid_probe_enable_superblocks(p.0, i32::from(superblocks));
+            blkid_sys::blkid_probe_enable_partitions(p.0, 1);
+            blkid_sys::blkid_probe_set_partitions_flags(p.0, blkid_sys::BLKID_PARTS_MAGIC as i32);
+        }
+        Ok(p)
+    }
+
     /// The value `name` of the last match, as text.
     fn value(&self, name: &str) -> Option<String> {
         let name = CString::new(name).ok()?;
@@ -97,19 +130,13 @@ impl Drop for Probe {
 /// `size` bytes) and of each partition libblkid finds in it, with what each
 /// is. Not yet rounded to 4 KiB: `normalize_hold` does that.
 pub fn probe(path: &Path, size: u64) -> std::io::Result<Vec<HoldRange>> {
-    let f = File::open(path)?;
+    probe_file(&File::open(path)?, size)
+}
+
+/// [`probe`] on an open file (the unlinked copy of a decompressed image).
+pub fn probe_file(f: &File, size: u64) -> std::io::Result<Vec<HoldRange>> {
     let mut out = Vec::new();
-    let whole = Probe::new(&f, 0, size)?;
-    // SAFETY: valid probe; the flags are libblkid's own constants.
-    unsafe {
-        blkid_sys::blkid_probe_enable_superblocks(whole.0, 1);
-        blkid_sys::blkid_probe_set_superblocks_flags(
-            whole.0,
-            (blkid_sys::BLKID_SUBLKS_MAGIC | blkid_sys::BLKID_SUBLKS_TYPE) as i32,
-        );
-        blkid_sys::blkid_probe_enable_partitions(whole.0, 1);
-        blkid_sys::blkid_probe_set_partitions_flags(whole.0, blkid_sys::BLKID_PARTS_MAGIC as i32);
-    }
+    let whole = Probe::partitions(f, size, true)?;
     for (t, off, len) in whole.all_magics("SBMAGIC_OFFSET", "SBMAGIC", "TYPE") {
         out.push(HoldRange {
             offset: off,
@@ -119,13 +146,7 @@ pub fn probe(path: &Path, size: u64) -> std::io::Result<Vec<HoldRange>> {
     }
     // The partition table's own magic (PTMAGIC), from a fresh probe so the
     // superblock chain's state does not hide it.
-    let pt = Probe::new(&f, 0, size)?;
-    // SAFETY: valid probe.
-    unsafe {
-        blkid_sys::blkid_probe_enable_superblocks(pt.0, 0);
-        blkid_sys::blkid_probe_enable_partitions(pt.0, 1);
-        blkid_sys::blkid_probe_set_partitions_flags(pt.0, blkid_sys::BLKID_PARTS_MAGIC as i32);
-    }
+    let pt = Probe::partitions(f, size, false)?;
     for (t, off, len) in pt.all_magics("PTMAGIC_OFFSET", "PTMAGIC", "PTTYPE") {
         out.push(HoldRange {
             offset: off,
@@ -134,7 +155,7 @@ pub fn probe(path: &Path, size: u64) -> std::io::Result<Vec<HoldRange>> {
         });
     }
     // Each partition, probed on its own range.
-    let parts = Probe::new(&f, 0, size)?;
+    let parts = Probe::new(f, 0, size)?;
     // SAFETY: valid probe; the partition list belongs to the probe and is
     // read before the probe is dropped.
     let spans: Vec<(i32, u64, u64)> = unsafe {
@@ -166,15 +187,7 @@ pub fn probe(path: &Path, size: u64) -> std::io::Result<Vec<HoldRange>> {
         if len == 0 {
             continue;
         }
-        let p = Probe::new(&f, start, len)?;
-        // SAFETY: valid probe; libblkid's constants.
-        unsafe {
-            blkid_sys::blkid_probe_enable_superblocks(p.0, 1);
-            blkid_sys::blkid_probe_set_superblocks_flags(
-                p.0,
-                (blkid_sys::BLKID_SUBLKS_MAGIC | blkid_sys::BLKID_SUBLKS_TYPE) as i32,
-            );
-        }
+        let p = Probe::superblocks(f, start, len)?;
         for (t, off, l) in p.all_magics("SBMAGIC_OFFSET", "SBMAGIC", "TYPE") {
             out.push(HoldRange {
                 offset: start + off,

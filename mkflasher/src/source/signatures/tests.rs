@@ -131,3 +131,56 @@ fn a_filesystem_in_a_partition_has_its_magic_held() {
     );
     assert!(r.iter().any(|r| r.what.contains("partition 2")), "{r:?}");
 }
+
+/// A compressed image is probed through its decompressed copy: gzip, xz and
+/// zstd bundles of a bare ext4 hold back exactly the ranges the raw image's
+/// bundle does, and those cover the magic `wipefs` reports.
+#[test]
+fn compressed_images_hold_back_what_the_raw_image_does() {
+    use crate::source::{bundle_image, BundleOptions};
+    use std::io::Write;
+    if !have("mkfs.ext4") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = image(dir.path(), 32);
+    run("mkfs.ext4", &["-q", "-F", p.to_str().unwrap()]);
+    let magic = blkid_magic(&p, 0);
+    let raw = std::fs::read(&p).unwrap();
+    let bundle = |input: &Path| {
+        let out = dir.path().join("b.bundle");
+        let m = bundle_image(input, &out, &BundleOptions::default()).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        m.hold
+    };
+    let want = bundle(&p);
+    assert!(
+        want.iter().any(|r| r.offset <= magic && magic < r.end()),
+        "magic at {magic} not in {want:?}"
+    );
+    for kind in ["gz", "xz", "zst"] {
+        let c = dir.path().join(format!("img.{kind}"));
+        let bytes = match kind {
+            "gz" => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&raw).unwrap();
+                e.finish().unwrap()
+            }
+            "xz" => {
+                let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+                e.write_all(&raw).unwrap();
+                e.finish().unwrap()
+            }
+            _ => zstd::encode_all(&raw[..], 1).unwrap(),
+        };
+        std::fs::write(&c, bytes).unwrap();
+        assert_eq!(bundle(&c), want, "{kind}");
+    }
+    // Nothing is left beside the output (the copy was unlinked at once).
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
