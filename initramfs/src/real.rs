@@ -269,12 +269,21 @@ impl Real {
         )?)
     }
 
-    /// The table commit the write step left for the end of the run.
+    /// The table commit the write step left for the end of the run (with
+    /// the image's held-back signatures in it).
     fn pending_commit(&self) -> crate::Result<TableCommit> {
         self.report
             .as_ref()
             .and_then(|r| r.commit.clone())
             .ok_or_else(|| missing("a pending partition-table commit"))
+    }
+
+    /// Keep what a step changed in the commit's signature ranges (the boot
+    /// FAT's first sectors, a bootloader over a superblock) for the commit.
+    fn keep_commit(&mut self, commit: TableCommit) {
+        if let Some(r) = self.report.as_mut() {
+            r.commit = Some(commit);
+        }
     }
 
     /// A bootloader file read before the write.
@@ -736,9 +745,10 @@ impl Steps for Real {
             match p {
                 Placement::Raw { offset, file } => {
                     let data = self.boot_file(file)?.to_vec();
-                    let commit = self.pending_commit()?;
+                    let mut commit = self.pending_commit()?;
                     let mut dev = self.open_device()?;
-                    post::place_raw(&mut dev, &commit, *offset, &data, file)?;
+                    post::place_raw(&mut dev, &mut commit, *offset, &data, file)?;
+                    self.keep_commit(commit);
                     self.note(
                         Phase::Finishing,
                         format!(
@@ -781,7 +791,7 @@ impl Steps for Real {
             self.note(Phase::Finishing, "config: none on the card".into());
             return Ok(());
         }
-        let commit = self.pending_commit()?;
+        let mut commit = self.pending_commit()?;
         let mut dev = self.open_device()?;
         let target = dev.path().to_path_buf();
         // The table is not live yet: find the boot FAT in the table to be committed.
@@ -790,7 +800,14 @@ impl Steps for Real {
             .ok_or_else(|| Error::NoTargetBoot {
                 target: target.clone(),
             })?;
-        let report = post::inject_config(&mut dev, span, &self.card_config, self.unit.as_ref())?;
+        let report = post::inject_config(
+            &mut dev,
+            &mut commit,
+            span,
+            &self.card_config,
+            self.unit.as_ref(),
+        )?;
+        self.keep_commit(commit);
         let files: Vec<&str> = report.files.iter().map(|(n, _)| n.as_str()).collect();
         self.note(
             Phase::Finishing,
@@ -808,10 +825,19 @@ impl Steps for Real {
         let mut dev = self.open_device()?;
         commit.apply(&mut dev)?;
         let what: Vec<&str> = commit.sectors.iter().map(|s| s.2).collect();
+        let sigs = match commit.signatures.len() {
+            0 => String::new(),
+            n => format!(
+                "{n} held-back signature range(s) ({}), then ",
+                flasher_format::units::iec(
+                    commit.signatures.iter().map(|s| s.1.len() as u64).sum()
+                )
+            ),
+        };
         self.note(
             Phase::Finishing,
             format!(
-                "partition table live: wrote, flushed and read back {}",
+                "partition table live: wrote, flushed and read back {sigs}{}",
                 what.join(", then ")
             ),
         );

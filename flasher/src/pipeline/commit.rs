@@ -18,9 +18,18 @@
 //! Every earlier phase leaves the commit sectors zero ([`Plan::hold`]): U-Boot,
 //! UEFI firmware and Linux ignore a disk whose sector 0 has no (protective)
 //! MBR, so an interruption before the commit leaves nothing bootable.
+//!
+//! The commit also carries the image's held-back **signatures** (the
+//! manifest's `hold` ranges: superblocks, filesystem and partition-table
+//! magic; docs/fail-closed.md), written and read back first when it is
+//! applied. Until then they exist only here: the steps between the image and
+//! the commit (bootloader, config) see and change them through
+//! [`TableCommit::overlay`], so a failure anywhere before the commit leaves
+//! no filesystem from the image recognisable on the target.
 
-use super::readback::write_verified;
+use super::readback::{check_range, write, write_verified};
 use super::{Error, Target};
+use crate::blockdev::AlignedBuf;
 use crate::fixup::{FixupReport, TableKind};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -47,6 +56,10 @@ pub struct TableCommit {
     pub sector_size: u64,
     /// (offset, bytes, what) in write order; sector 0 last.
     pub sectors: Vec<(u64, Vec<u8>, &'static str)>,
+    /// The held-back signature ranges, (offset, bytes, what), disjoint, in
+    /// write order (the image's end first), written before the sectors. The
+    /// table sectors inside them are zero here: the sectors write those.
+    pub signatures: Vec<(u64, Vec<u8>, String)>,
 }
 
 /// An in-memory target: the image's head, zeros elsewhere, writes kept per
@@ -191,6 +204,7 @@ pub fn plan(
         commit: TableCommit {
             sector_size: ss,
             sectors,
+            signatures: Vec::new(),
         },
         fixup_writes,
         fixup,
@@ -236,28 +250,50 @@ pub fn mask(hold: &[(u64, u64)], off: u64, data: &mut [u8]) {
 }
 
 impl TableCommit {
-    /// Write the table: flush what came before (ordering point), then the GPT
-    /// headers, flush, read back, then sector 0, flush, read back. On any error
-    /// the table sectors are zeroed again (best effort) so no half-written
-    /// table survives, and the error is returned.
+    /// Write the signatures, flush, read them back; then the table: the GPT
+    /// headers, flush, read back, then sector 0, flush, read back. Everything
+    /// before is flushed first (ordering point). On any error the signatures
+    /// and the table sectors are zeroed again (best effort) so neither a
+    /// half-written table nor a superblock from the image survives, and the
+    /// error is returned.
     pub fn apply<T: Target>(&self, t: &mut T) -> Result<(), Error> {
-        t.sync().map_err(Error::Sync)?;
-        let r = self
-            .sectors
-            .iter()
-            .try_for_each(|(off, data, what)| write_verified(t, *off, data, what));
+        let r = self.apply_inner(t);
         if r.is_err() {
             self.revoke(t);
         }
         r
     }
 
-    /// Zero the table sectors, sector 0 first, and flush. Best effort: used
-    /// on the failure path, where the first error is the one reported.
+    fn apply_inner<T: Target>(&self, t: &mut T) -> Result<(), Error> {
+        t.sync().map_err(Error::Sync)?;
+        if !self.signatures.is_empty() {
+            for (off, data, _) in &self.signatures {
+                write(t, *off, data)?;
+            }
+            t.sync().map_err(Error::Sync)?;
+            t.drop_cache();
+            let mut buf = AlignedBuf::zeroed(1 << 20);
+            for (off, data, what) in &self.signatures {
+                check_range(t, *off, Some(data), data.len() as u64, &mut buf, what)?;
+            }
+        }
+        self.sectors
+            .iter()
+            .try_for_each(|(off, data, what)| write_verified(t, *off, data, what))
+    }
+
+    /// Zero the table sectors, sector 0 first, then the signatures, and
+    /// flush. Best effort: used on the failure path, where the first error is
+    /// the one reported.
     pub fn revoke<T: Target>(&self, t: &mut T) {
         for (off, data, what) in self.sectors.iter().rev() {
             if let Err(e) = t.write_at(*off, &vec![0u8; data.len()]) {
                 tracing::warn!("could not zero the {what} at byte {off} again: {e}");
+            }
+        }
+        for (off, data, what) in &self.signatures {
+            if let Err(e) = t.zero_range(*off, data.len() as u64) {
+                tracing::warn!("could not zero the {what} again after the failure: {e}");
             }
         }
         if let Err(e) = t.sync() {
@@ -265,15 +301,157 @@ impl TableCommit {
         }
     }
 
-    /// The target as it will read once the commit lands: the commit's sectors
-    /// overlaid on `t`. For reading the table before it is live (config
-    /// injection finds the target's boot FAT through it).
+    /// Bytes this commit will write, the signatures and then the table
+    /// sectors (which win where they meet), over `buf` read at target byte `pos`.
+    fn overlay_onto(&self, pos: u64, buf: &mut [u8]) {
+        let end = pos + buf.len() as u64;
+        let sigs = self.signatures.iter().map(|(o, d, _)| (*o, d.as_slice()));
+        let secs = self.sectors.iter().map(|(o, d, _)| (*o, d.as_slice()));
+        for (off, data) in sigs.chain(secs) {
+            let (a, b) = (off.max(pos), (off + data.len() as u64).min(end));
+            if a < b {
+                buf[(a - pos) as usize..(b - pos) as usize]
+                    .copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
+            }
+        }
+    }
+
+    /// The target as it will read once the commit lands: the commit's
+    /// signatures and sectors overlaid on `t`. For reading the table before
+    /// it is live (config injection finds the target's boot FAT through it).
     pub fn view<'a, R: Read + Seek>(&'a self, t: &'a mut R) -> View<'a, R> {
         View {
             commit: self,
             inner: t,
             pos: 0,
         }
+    }
+
+    /// The target for the steps between the image and the commit: reads see
+    /// the commit's bytes (as [`Self::view`]); writes into a signature range
+    /// change the commit's copy (the commit writes and reads it back), the
+    /// rest go to `t`. Writes over a table sector are refused: the commit
+    /// would overwrite them.
+    pub fn overlay<'a, T: Target>(&'a mut self, t: &'a mut T) -> Overlay<'a, T> {
+        Overlay {
+            commit: self,
+            inner: t,
+            pos: 0,
+        }
+    }
+}
+
+/// See [`TableCommit::overlay`].
+pub struct Overlay<'a, T> {
+    commit: &'a mut TableCommit,
+    inner: &'a mut T,
+    pos: u64,
+}
+
+impl<T: Target> Target for Overlay<'_, T> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn sector_size(&self) -> u64 {
+        self.inner.sector_size()
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if let Some((o, d, what)) = self
+            .commit
+            .sectors
+            .iter()
+            .find(|(o, d, _)| *o < end && offset < o + d.len() as u64)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a write to bytes {offset}..{end} overlaps the {what} at bytes {o}..{}, which the table commit writes",
+                    o + d.len() as u64
+                ),
+            ));
+        }
+        // The parts inside signature ranges go to the commit's copy, the
+        // gaps between them to the target.
+        let sigs = &mut self.commit.signatures;
+        let mut order: Vec<usize> = (0..sigs.len()).collect();
+        order.sort_by_key(|&i| sigs[i].0);
+        let mut at = offset;
+        for i in order {
+            let (o, d, _) = &mut sigs[i];
+            let (a, b) = ((*o).max(at), (*o + d.len() as u64).min(end));
+            if a >= b {
+                continue;
+            }
+            if at < a {
+                self.inner
+                    .write_at(at, &data[(at - offset) as usize..(a - offset) as usize])?;
+            }
+            d[(a - *o) as usize..(b - *o) as usize]
+                .copy_from_slice(&data[(a - offset) as usize..(b - offset) as usize]);
+            at = b;
+        }
+        if at < end {
+            self.inner.write_at(at, &data[(at - offset) as usize..])?;
+        }
+        Ok(())
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_at(offset, buf)?;
+        self.commit.overlay_onto(offset, buf);
+        Ok(())
+    }
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        // Small (the steps zero sectors, not disks): through write_at.
+        let mut done = 0u64;
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64);
+            self.write_at(offset + done, &zeros[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn drop_cache(&mut self) {
+        self.inner.drop_cache()
+    }
+    fn is_direct(&self) -> bool {
+        self.inner.is_direct()
+    }
+}
+
+impl<T: Target> Read for Overlay<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.size().saturating_sub(self.pos)) as usize;
+        self.read_at(self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<T: Target> Write for Overlay<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_at(self.pos, buf)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+impl<T: Target> Seek for Overlay<'_, T> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let new = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek"))?;
+        Ok(self.pos)
     }
 }
 
@@ -288,15 +466,8 @@ impl<R: Read + Seek> Read for View<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.seek(SeekFrom::Start(self.pos))?;
         let n = self.inner.read(buf)?;
-        let end = self.pos + n as u64;
-        for (off, data, _) in &self.commit.sectors {
-            let (a, b) = ((*off).max(self.pos), (off + data.len() as u64).min(end));
-            if a < b {
-                buf[(a - self.pos) as usize..(b - self.pos) as usize]
-                    .copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
-            }
-        }
-        self.pos = end;
+        self.commit.overlay_onto(self.pos, &mut buf[..n]);
+        self.pos += n as u64;
         Ok(n)
     }
 }

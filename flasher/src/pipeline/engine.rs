@@ -141,57 +141,40 @@ pub fn write_opened<R: Read, T: Target>(
         iec(m.image_size - d.tail)
     )));
     let (parts, signatures) = deferred_parts(&streamed, &d, &plan.hold, &m.hold);
-    // From here on a failure zeroes the held-back signature ranges again
-    // (best effort), so it leaves nothing that makes the image recognisable.
-    let finished = (|| -> crate::Result<()> {
-        write_deferred(&parts, target)?;
-        // The signatures after the rest of the head and tail (sector 0 and
-        // the GPT headers stay zero in them: the table commit writes those).
-        write_deferred(&signatures, target)?;
-        target.sync().map_err(Error::Sync)?;
+    // The signatures go with the table commit: written and read back first
+    // when it is applied, zeroed again if it fails, and until then nowhere
+    // on the target (docs/fail-closed.md, "Held-back signatures").
+    let mut commit = plan.commit.clone();
+    commit.signatures = signatures;
+    write_deferred(&parts, target)?;
+    target.sync().map_err(Error::Sync)?;
+    if opts.verify == Verify::Full {
+        report.bytes_verified += verify_deferred(&parts, target)?;
+    }
+    // The fix-up writes other than the table sectors (backup entry array at the
+    // real end, a grown entry array), each read back.
+    for (off, data) in &plan.fixup_writes {
+        write_verified(target, *off, data, "partition-table fix-up")?;
+        report.bytes_verified += data.len() as u64;
+    }
+    for n in &plan.fixup.notes {
+        tracing::info!("partition-table fix-up: {n}");
+    }
+    report.fixup = Some(plan.fixup.clone());
+    if opts.defer_commit {
+        report.commit = Some(commit);
+    } else {
+        commit.apply(target)?;
         if opts.verify == Verify::Full {
-            report.bytes_verified += verify_deferred(&parts, target)?;
-            report.bytes_verified += verify_deferred(&signatures, target)?;
+            report.bytes_verified += commit
+                .signatures
+                .iter()
+                .map(|s| s.1.len() as u64)
+                .sum::<u64>();
         }
-        // The fix-up writes other than the table sectors (backup entry array at the
-        // real end, a grown entry array), each read back.
-        for (off, data) in &plan.fixup_writes {
-            write_verified(target, *off, data, "partition-table fix-up")?;
-            report.bytes_verified += data.len() as u64;
-        }
-        for n in &plan.fixup.notes {
-            tracing::info!("partition-table fix-up: {n}");
-        }
-        report.fixup = Some(plan.fixup.clone());
-        if opts.defer_commit {
-            report.commit = Some(plan.commit.clone());
-        } else {
-            plan.commit.apply(target)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = finished {
-        unwrite_signatures(&signatures, target);
-        return Err(e);
     }
     report.durations.finish = t_finish.elapsed();
     Ok(report)
-}
-
-/// After a failure: zero the held-back signature ranges again and flush,
-/// best effort (the error being reported is the first one).
-fn unwrite_signatures<T: Target>(signatures: &[Part], t: &mut T) {
-    if signatures.is_empty() {
-        return;
-    }
-    for (off, data, what) in signatures {
-        if let Err(e) = zero(t, *off, data.len() as u64) {
-            tracing::warn!("could not zero the {what} again after the failure: {e}");
-        }
-    }
-    if let Err(e) = t.sync() {
-        tracing::warn!("could not flush the zeroed signature ranges: {e}");
-    }
 }
 
 /// (offset, length) pairs.

@@ -113,12 +113,20 @@ fn image(
 }
 
 /// A bundle of `img` with 1 MiB chunks: zero 64 KiB blocks become
-/// must-be-zero extents, so the run zeroes ranges too.
+/// must-be-zero extents, so the run zeroes ranges too. The boot FAT's first
+/// 4 KiB (boot sector, FSInfo, the backup boot sector) is a held-back
+/// signature range, as libblkid reports it for a real image: the config step
+/// must find and change it through the pending commit.
 fn bundle(img: &[u8]) -> Vec<u8> {
     let opts = WriterOptions {
         chunk_size: MIB,
         level: 1,
         workers: 2,
+        hold: vec![flasher_format::bundle::HoldRange {
+            offset: P1.0,
+            length: 4096,
+            what: "vfat signature in partition 1".into(),
+        }],
         ..Default::default()
     };
     let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
@@ -297,9 +305,9 @@ fn full_run<T: Staged>(t: &mut T, bundle: &[u8], card: &[u8], expand: bool) -> c
         ..Default::default()
     };
     let r = write_to(Cursor::new(bundle), t, &opts, &crate::progress::Null)?;
-    let c: TableCommit = r.commit.clone().expect("deferred commit");
+    let mut c: TableCommit = r.commit.clone().expect("deferred commit");
     t.stage(Stage::Bootloader);
-    post::place_raw(t, &c, BL_OFF, &blob(), "u-boot.bin")?;
+    post::place_raw(t, &mut c, BL_OFF, &blob(), "u-boot.bin")?;
     t.stage(Stage::Config);
     let span = post::target_fat(t, &c)
         .map_err(|e| {
@@ -311,7 +319,7 @@ fn full_run<T: Staged>(t: &mut T, bundle: &[u8], card: &[u8], expand: bool) -> c
         .ok_or_else(|| CrateError::Usage("no FAT in the table to be committed".into()))?;
     assert_eq!(span, P1);
     let card = crate::config_inject::CardConfig::read(Cursor::new(card.to_vec()))?;
-    post::inject_config(t, span, &card, None)?;
+    post::inject_config(t, &mut c, span, &card, None)?;
     t.stage(Stage::Commit);
     c.apply(t)?;
     Ok(())
@@ -369,8 +377,8 @@ fn faults(label: Label, kind: Kind) -> Vec<(&'static str, Fault)> {
         times: 2,
     };
     let mut v = vec![
-        // The FAT boot sector of partition 1, streamed.
-        ("stream", f(Stage::Engine, P1.0, 0)),
+        // Partition 1's FAT, past its held-back first 4 KiB, streamed.
+        ("stream", f(Stage::Engine, P1.0 + 8192, 0)),
         // A must-be-zero range of partition 2, outside the held-back parts.
         ("zero ranges", f(Stage::Engine, 12 * MIB, 0)),
         // Inside the image's last MiB (the target's last MiB is wiped elsewhere).
@@ -388,6 +396,8 @@ fn faults(label: Label, kind: Kind) -> Vec<(&'static str, Fault)> {
                 times: usize::MAX,
             },
         ),
+        // The FAT's boot sector: a held-back signature, written by the commit.
+        ("held-back signature", f(Stage::Commit, P1.0, 0)),
         ("sector 0", f(Stage::Commit, 0, 0)),
     ];
     if label == Label::Gpt {
@@ -497,6 +507,12 @@ fn fault_matrix_leaves_no_table() {
                         t.data[..512].iter().all(|&x| x == 0),
                         "{case}: sector 0 not zero"
                     );
+                    let boot = P1.0 as usize..P1.0 as usize + 512;
+                    assert_ne!(
+                        t.data[boot.clone()],
+                        new[boot],
+                        "{case}: the image's FAT boot sector is on the target"
+                    );
                     assert_eq!(tools_see_table(d, &t.data), (false, false), "{case}");
                     assert!(!gpt_header_at(&t.data, 512), "{case}: primary GPT header");
                     assert!(
@@ -528,7 +544,7 @@ fn fault_matrix_leaves_no_table() {
             assert_eq!(&out[BL_OFF as usize..BL_OFF as usize + 8192], &blob()[..]);
         }
     }
-    assert_eq!(cases, 3 * 2 * (10 + 7), "{cases} cases");
+    assert_eq!(cases, 3 * 2 * (11 + 8), "{cases} cases");
 }
 
 /// A refusal before the first write leaves the target byte for byte as it was:

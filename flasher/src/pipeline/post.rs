@@ -2,7 +2,10 @@
 //! [`Target`] so the fault matrix drives them on a wrapper: a raw bootloader
 //! placement and config injection onto the target's boot FAT. Each is read
 //! back bypassing the cache (retried once, then the range is named), and
-//! neither touches the table sectors, which stay zero until the commit.
+//! neither touches the table sectors, which stay zero until the commit. Both
+//! go through [`TableCommit::overlay`]: the image's held-back signatures (the
+//! FAT's boot sector among them) are not on the target yet, so they are read
+//! from and written into the commit, which writes them last.
 
 use super::commit::TableCommit;
 use super::readback::{check_range, write_verified};
@@ -14,10 +17,11 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 /// Place `data` (the board's bootloader file `file`) at byte `offset` and read
 /// it back. Refuses a placement over the table sectors: those belong to the
 /// commit, and a bootloader written there would be overwritten (or would make
-/// a table live early).
+/// a table live early). Bytes inside a held-back signature range change the
+/// commit's copy.
 pub fn place_raw<T: Target>(
     t: &mut T,
-    commit: &TableCommit,
+    commit: &mut TableCommit,
     offset: u64,
     data: &[u8],
     file: &str,
@@ -34,7 +38,12 @@ pub fn place_raw<T: Target>(
         ))
         .into());
     }
-    write_verified(t, offset, data, &format!("bootloader {file}"))?;
+    write_verified(
+        &mut commit.overlay(t),
+        offset,
+        data,
+        &format!("bootloader {file}"),
+    )?;
     Ok(())
 }
 
@@ -50,13 +59,17 @@ pub fn target_fat<T: Read + Seek>(
 /// Copy the card's config (read once, before the write: the bytes the pins
 /// were checked on), and the unit's row from the card's pool if one was
 /// claimed, onto the FAT at `span` of the target, then read back every
-/// sector written.
+/// sector written (those in a held-back signature range are the commit's to
+/// write and read back).
 pub fn inject_config<T: Target>(
     t: &mut T,
+    commit: &mut TableCommit,
     span: (u64, u64),
     card: &CardConfig,
     unit: Option<&UnitData>,
 ) -> crate::Result<ConfigReport> {
+    let mut overlay = commit.overlay(t);
+    let t = &mut overlay;
     let mut rec = Recorder {
         t: &mut *t,
         pos: 0,

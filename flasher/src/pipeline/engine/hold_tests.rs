@@ -1,6 +1,8 @@
 //! The manifest's held-back signature ranges (`hold`, issue 22 finding 5):
-//! not written while streaming, written after the rest of the held-back
-//! head and tail, read back, and zeroed again when the run fails after them.
+//! not written while streaming, written by the table commit after everything
+//! else (with a deferred commit: only then, after the bootloader and config
+//! steps, which see them through `TableCommit::overlay`), read back, and
+//! zeroed again when the commit fails.
 
 use super::*;
 
@@ -211,6 +213,81 @@ fn a_failure_while_streaming_never_writes_a_signature() {
         "a signature range was written while streaming: {:?}",
         t.writes
     );
+}
+
+/// The board's run (commit deferred): the engine returns with every
+/// signature range untouched on the target and carried by the commit; a
+/// later step reads them and writes into one through the overlay; only the
+/// commit puts them on the target, with that step's change.
+#[test]
+fn a_deferred_commit_carries_the_signatures_until_it_is_applied() {
+    let (bundle, hold, logical) = image();
+    let before = garbage(8 << 20);
+    let mut t = Logged::new(before.clone());
+    let o = WriteOptions {
+        defer_commit: true,
+        ..opts()
+    };
+    let r = write_to(Cursor::new(&bundle), &mut t, &o, &crate::progress::Null).unwrap();
+    assert!(
+        !t.writes.iter().any(|w| hold.iter().any(|h| touches(*w, h))),
+        "a signature range was written before the commit: {:?}",
+        t.writes
+    );
+    let mut commit = r.commit.expect("a deferred commit");
+    let carried: u64 = commit.signatures.iter().map(|s| s.1.len() as u64).sum();
+    assert_eq!(carried, hold.iter().map(|h| h.length).sum::<u64>());
+    // A step between the engine and the commit (config, bootloader): it reads
+    // the image's bytes in a signature range, and changes 16 bytes of one and
+    // 16 bytes just after it (which go to the target at once).
+    let sig = &hold[1];
+    let mut seen = vec![0u8; 64];
+    let mut ov = commit.overlay(&mut t);
+    ov.read_at(sig.offset, &mut seen).unwrap();
+    assert_eq!(seen, logical[sig.offset as usize..sig.offset as usize + 64]);
+    ov.write_at(sig.end() - 16, &[0xab; 32]).unwrap();
+    // A write over a table sector is refused (the commit would overwrite it).
+    assert!(ov.write_at(0, &[1; 512]).is_err());
+    let mid = t.writes.clone();
+    assert_eq!(
+        mid.last(),
+        Some(&(sig.end(), 16)),
+        "only the part outside the range reached the target"
+    );
+    let on_target = t.inner.inner.get_ref()[sig.offset as usize..sig.end() as usize].to_vec();
+    assert_eq!(
+        on_target[..],
+        before[sig.offset as usize..sig.end() as usize],
+        "the range was written before the commit"
+    );
+    commit.apply(&mut t).unwrap();
+    let out = t.bytes();
+    let mut want = logical.clone();
+    want[(sig.end() - 16) as usize..(sig.end() + 16) as usize].fill(0xab);
+    assert!(
+        out[..want.len()] == want[..],
+        "after the commit the target is not the image with the step's change"
+    );
+}
+
+/// A deferred commit that fails (sector 0 cannot be written) zeroes every
+/// signature it had written.
+#[test]
+fn a_failed_deferred_commit_leaves_every_signature_zero() {
+    let (bundle, hold, _) = image();
+    let mut t = Logged::new(garbage(8 << 20));
+    let o = WriteOptions {
+        defer_commit: true,
+        ..opts()
+    };
+    let r = write_to(Cursor::new(&bundle), &mut t, &o, &crate::progress::Null).unwrap();
+    t.fail_write = Some(100);
+    r.commit.unwrap().apply(&mut t).unwrap_err();
+    assert!(
+        t.writes.iter().any(|w| touches(*w, &hold[0])),
+        "the signatures were written first"
+    );
+    assert_signatures_zero(&t.bytes(), &hold);
 }
 
 proptest! {
