@@ -11,6 +11,12 @@ pub enum Fault {
     /// Every guest write touching the 512-byte sector at this byte offset of the
     /// target fails with EIO (`io-error@OFFSET`).
     IoError { offset: u64 },
+    /// Every guest read touching the 512-byte sector at this byte offset of
+    /// the target fails (`read-error@OFFSET`); writes land. NVMe reports the
+    /// error; QEMU's sd-card answers it with its previous transfer buffer and
+    /// no error, which is a silent corruption of the read-back (docs/fail-closed.md,
+    /// "What a read-back cannot see").
+    ReadError { offset: u64 },
     /// Kill QEMU once the flasher reports writing progress `done/total` at or above
     /// this percentage (`power-cut-at=PERCENT`).
     PowerCutAt { percent: f64 },
@@ -27,6 +33,10 @@ impl std::str::FromStr for Fault {
             let offset = super::parse_size(off)
                 .map_err(|_| bad("OFFSET must be bytes, e.g. 20971520 or 20M"))?;
             Ok(Fault::IoError { offset })
+        } else if let Some(off) = spec.strip_prefix("read-error@") {
+            let offset = super::parse_size(off)
+                .map_err(|_| bad("OFFSET must be bytes, e.g. 20971520 or 20M"))?;
+            Ok(Fault::ReadError { offset })
         } else if let Some(p) = spec.strip_prefix("power-cut-at=") {
             let percent: f64 = p
                 .trim_end_matches('%')
@@ -37,7 +47,9 @@ impl std::str::FromStr for Fault {
             }
             Ok(Fault::PowerCutAt { percent })
         } else {
-            Err(bad("expected io-error@OFFSET or power-cut-at=PERCENT"))
+            Err(bad(
+                "expected io-error@OFFSET, read-error@OFFSET or power-cut-at=PERCENT",
+            ))
         }
     }
 }
@@ -49,19 +61,23 @@ impl std::str::FromStr for Fault {
 /// a rule, once armed, fails reads too, and QEMU's sd-card model answers a
 /// failed read with its previous transfer buffer and no error: a read-back
 /// that returns what was just written, whatever the medium holds (issue 22,
-/// docs/fail-closed.md, "What a read-back cannot see").
+/// docs/fail-closed.md, "What a read-back cannot see"). A read fault fails
+/// reads of its sector (`iotype = "read"`) from the first read on.
 pub fn blkdebug_config(faults: &[Fault]) -> Option<String> {
     let mut out = String::new();
     for f in faults {
-        if let Fault::IoError { offset } = f {
-            for iotype in ["write", "write-zeroes"] {
-                // Writing to a String cannot fail.
-                let _ = write!(
-                    out,
-                    "[inject-error]\nevent = \"write_aio\"\niotype = \"{iotype}\"\nerrno = \"5\"\nsector = \"{}\"\nonce = \"off\"\n\n",
-                    offset / 512
-                );
-            }
+        let (event, iotypes, offset): (_, &[&str], _) = match f {
+            Fault::IoError { offset } => ("write_aio", &["write", "write-zeroes"], offset),
+            Fault::ReadError { offset } => ("read_aio", &["read"], offset),
+            Fault::PowerCutAt { .. } => continue,
+        };
+        for iotype in iotypes {
+            // Writing to a String cannot fail.
+            let _ = write!(
+                out,
+                "[inject-error]\nevent = \"{event}\"\niotype = \"{iotype}\"\nerrno = \"5\"\nsector = \"{}\"\nonce = \"off\"\n\n",
+                offset / 512
+            );
         }
     }
     (!out.is_empty()).then_some(out)
@@ -96,11 +112,21 @@ mod tests {
             "power-cut-at=50%".parse::<Fault>().unwrap(),
             Fault::PowerCutAt { percent: 50.0 }
         );
+        assert_eq!(
+            "read-error@1M".parse::<Fault>().unwrap(),
+            Fault::ReadError { offset: 1 << 20 }
+        );
     }
 
     #[test]
     fn rejects_nonsense() {
-        for s in ["io-error@", "power-cut-at=150", "power-cut-at=x", "explode"] {
+        for s in [
+            "io-error@",
+            "read-error@x",
+            "power-cut-at=150",
+            "power-cut-at=x",
+            "explode",
+        ] {
             assert!(
                 matches!(s.parse::<Fault>(), Err(Error::BadFault { .. })),
                 "{s}"
@@ -123,6 +149,11 @@ mod tests {
         assert!(cfg.contains("iotype = \"write-zeroes\""));
         assert!(!cfg.contains("iotype = \"read\""));
         assert_eq!(blkdebug_config(&[Fault::PowerCutAt { percent: 1.0 }]), None);
+        // A read fault fails reads only.
+        let cfg = blkdebug_config(&[Fault::ReadError { offset: 4096 }]).unwrap();
+        assert_eq!(cfg.matches("[inject-error]").count(), 1);
+        assert!(cfg.contains("event = \"read_aio\"\niotype = \"read\""));
+        assert!(cfg.contains("sector = \"8\""));
     }
 
     #[test]

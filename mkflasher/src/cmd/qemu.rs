@@ -39,8 +39,10 @@ pub struct RunArgs {
     /// Seconds before the VM is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-    /// io-error@OFFSET (every write touching that byte's sector fails) or
-    /// power-cut-at=PERCENT (kill the VM when writing reaches it). Repeatable.
+    /// io-error@OFFSET (every write touching that byte's sector fails),
+    /// read-error@OFFSET (every read of it fails; QEMU's sd-card then returns
+    /// its previous buffer without an error) or power-cut-at=PERCENT (kill
+    /// the VM when writing reaches it). Repeatable.
     #[arg(long)]
     pub fault: Vec<String>,
     /// Extra kernel arguments, e.g. "flasher.board=bogus".
