@@ -14,12 +14,17 @@
 //!
 //! Images are generated: random data, must-be-zero and dont-care extents in
 //! the head, the middle and the tail; odd sizes; GPT (512- and 4096-byte
-//! sectors), MBR, or no table; prior target contents of noise, an older valid
-//! image, or the same image. The property: `Ok` means the target equals the
-//! image outside the fix-up sectors and dont-care ranges; `Err` means sector 0
-//! is zero and no GPT header is at LBA 1 or the target's end (unless the
-//! fault sits on those very sectors, where the device decides); no fault
-//! means `Ok`.
+//! sectors), hybrid MBR over GPT, MBR, or no table; held-back signature
+//! ranges (the manifest's `hold`, as libblkid would list a bare filesystem's
+//! or a partition's superblock); prior target contents of noise, an older
+//! valid image, or the same image. Half the runs take the board's path: the
+//! commit deferred, a write between the image and the commit (the
+//! bootloader or config step) through `TableCommit::overlay`, then the
+//! commit. The property: `Ok` means the target equals the image (with that
+//! step's write) outside the fix-up sectors and dont-care ranges; `Err` means
+//! sector 0 is zero, no GPT header is at LBA 1 or the target's end (unless the
+//! fault sits on those very sectors, where the device decides), and no
+//! signature range holds the image's bytes; no fault means `Ok`.
 //!
 //! `FLASHER_CAMPAIGN_CASES` sets the number of cases (default 300, what CI
 //! runs); the long run and what it found are in docs/fail-closed.md.
@@ -46,6 +51,9 @@ enum Table {
     Mbr,
     Gpt512,
     Gpt4096,
+    /// GPT (512-byte sectors) whose sector 0 has a second, real MBR entry
+    /// beside the 0xEE one.
+    Hybrid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +93,11 @@ struct Case {
     prior: Prior,
     fault: Option<Fault>,
     seed: u64,
+    /// Signature ranges as (first block, blocks); only data blocks are held.
+    hold: Vec<(usize, usize)>,
+    /// The board's path: the commit deferred, a 512-byte write at this
+    /// sector of the image (modulo its size) through the overlay, the commit.
+    board_step: Option<u64>,
 }
 
 impl std::fmt::Debug for Case {
@@ -107,6 +120,8 @@ impl std::fmt::Debug for Case {
             .field("prior", &self.prior)
             .field("fault", &self.fault)
             .field("seed", &self.seed)
+            .field("hold", &self.hold)
+            .field("board_step", &self.board_step)
             .finish()
     }
 }
@@ -164,7 +179,7 @@ impl Case {
                 }];
                 flasher_disk::mbr::write_new(&mut c, 512, [1, 2, 3, 4], &parts).unwrap();
             }
-            Table::Gpt512 | Table::Gpt4096 => {
+            Table::Gpt512 | Table::Gpt4096 | Table::Hybrid => {
                 let first = if ss == 512 { 34 } else { 6 };
                 let last_usable = n - if ss == 512 { 34 } else { 6 };
                 let p = flasher_disk::gpt::NewPartition {
@@ -175,7 +190,16 @@ impl Case {
                     last_lba: last_usable,
                     attributes: 0,
                 };
+                let first_lba = p.first_lba;
                 flasher_disk::gpt::write_new(&mut c, ss, self.image_size(), [9; 16], &[p]).unwrap();
+                if self.table == Table::Hybrid {
+                    // Entry 2: a Linux partition over the GPT partition's start.
+                    let e = &mut c.get_mut()[446 + 16..446 + 32];
+                    e.fill(0);
+                    e[4] = 0x83;
+                    e[8..12].copy_from_slice(&(first_lba as u32).to_le_bytes());
+                    e[12..16].copy_from_slice(&(2048u32).to_le_bytes());
+                }
             }
         }
         let img = c.into_inner();
@@ -190,12 +214,35 @@ impl Case {
         (img, kinds)
     }
 
-    /// A bundle of the image, 64 KiB chunks, extents as `kinds` says.
-    fn bundle(img: &[u8], kinds: &[Kind]) -> Vec<u8> {
+    /// The signature ranges as byte ranges: the case's blocks that are data.
+    fn hold_ranges(&self, kinds: &[Kind], size: u64) -> Vec<(u64, u64)> {
+        let mut v = Vec::new();
+        for &(b, n) in &self.hold {
+            for blk in b % kinds.len()..(b % kinds.len() + n).min(kinds.len()) {
+                if kinds[blk] == Kind::Data {
+                    let a = blk as u64 * BLOCK;
+                    v.push((a, BLOCK.min(size - a)));
+                }
+            }
+        }
+        v
+    }
+
+    /// A bundle of the image, 64 KiB chunks, extents as `kinds` says,
+    /// holding back `hold`.
+    fn bundle(img: &[u8], kinds: &[Kind], hold: &[(u64, u64)]) -> Vec<u8> {
         let opts = WriterOptions {
             chunk_size: 64 << 10,
             level: 1,
             workers: 1,
+            hold: hold
+                .iter()
+                .map(|&(offset, length)| flasher_format::bundle::HoldRange {
+                    offset,
+                    length,
+                    what: "signature".into(),
+                })
+                .collect(),
             ..Default::default()
         };
         let mut w = BundleWriter::new(opts, Cursor::new(Vec::new())).unwrap();
@@ -353,7 +400,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         Just(Table::None),
         Just(Table::Mbr),
         Just(Table::Gpt512),
-        Just(Table::Gpt4096)
+        Just(Table::Gpt4096),
+        Just(Table::Hybrid)
     ];
     let prior = prop_oneof![
         Just(Prior::Noise),
@@ -372,42 +420,47 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         0.85,
         (fault_kind, any::<prop::sample::Index>(), 0usize..400),
     );
+    let hold = prop::collection::vec((any::<usize>(), 1usize..3), 0..4);
+    let board_step = prop::option::of(any::<u64>());
     (
-        table,
-        kinds_strategy(),
-        0u64..4096,
-        0u64..600,
-        prior,
-        fault,
-        any::<u64>(),
+        (table, kinds_strategy(), 0u64..4096, 0u64..600),
+        (prior, fault, any::<u64>(), hold, board_step),
     )
-        .prop_map(|(table, kinds, odd, extra, prior, fault, seed)| {
-            let odd = if table == Table::None { odd } else { 0 };
-            let blocks = kinds.len() as u64 + extra + 1;
-            let fault = fault.map(|(kind, i, after_writes)| Fault {
-                kind,
-                // Any sector of the target; a third of the time one in the
-                // held-back head or tail, where the holes were.
-                sector: match i.index(3) {
-                    0 => i.index((MIB / 512) as usize) as u64,
-                    1 => {
-                        let end = (kinds.len() as u64 * BLOCK + odd) / 512;
-                        end.saturating_sub(1 + i.index((MIB / 512) as usize) as u64)
-                    }
-                    _ => i.index((blocks * BLOCK / 512) as usize) as u64,
-                },
-                after_writes,
-            });
-            Case {
-                table,
-                kinds,
-                odd,
-                target_extra_blocks: extra,
-                prior,
-                fault,
-                seed,
-            }
-        })
+        .prop_map(
+            |((table, kinds, odd, extra), (prior, fault, seed, hold, board_step))| {
+                let odd = if table == Table::None { odd } else { 0 };
+                let blocks = kinds.len() as u64 + extra + 1;
+                let fault = fault.map(|(kind, i, after_writes)| Fault {
+                    kind,
+                    // Any sector of the target; often one in the held-back
+                    // head or tail, where the holes were, or in a signature
+                    // range.
+                    sector: match i.index(4) {
+                        0 => i.index((MIB / 512) as usize) as u64,
+                        3 if !hold.is_empty() => {
+                            (hold[0].0 % kinds.len()) as u64 * (BLOCK / 512) + i.index(8) as u64
+                        }
+                        1 => {
+                            let end = (kinds.len() as u64 * BLOCK + odd) / 512;
+                            end.saturating_sub(1 + i.index((MIB / 512) as usize) as u64)
+                        }
+                        _ => i.index((blocks * BLOCK / 512) as usize) as u64,
+                    },
+                    after_writes,
+                });
+                Case {
+                    table,
+                    kinds,
+                    odd,
+                    target_extra_blocks: extra,
+                    prior,
+                    fault,
+                    seed,
+                    hold,
+                    board_step,
+                }
+            },
+        )
 }
 
 /// Whether a GPT header signature sits at byte `off` of `data`.
@@ -417,8 +470,9 @@ fn gpt_at(data: &[u8], off: u64) -> bool {
 
 /// Run one case and check the invariant; Err(reason) on a violation.
 fn check(case: &Case) -> Result<(), String> {
-    let (img, kinds) = case.image();
-    let bundle = Case::bundle(&img, &kinds);
+    let (mut img, kinds) = case.image();
+    let hold = case.hold_ranges(&kinds, img.len() as u64);
+    let bundle = Case::bundle(&img, &kinds, &hold);
     let tsize = case.target_size();
     let ss = case.sector_size();
     let mut prior = noise(tsize as usize, case.seed ^ 0xabcd);
@@ -446,16 +500,42 @@ fn check(case: &Case) -> Result<(), String> {
         verify: Verify::Full,
         workers: 1,
         direct: false,
+        defer_commit: case.board_step.is_some(),
         ..Default::default()
     };
     let r = write_to(Cursor::new(&bundle), &mut t, &opts, &crate::progress::Null);
+    // The board's path: a step's write through the overlay, then the commit.
+    let r = match (r, case.board_step) {
+        (Ok(rep), Some(at)) => {
+            let mut commit = rep.commit.clone().ok_or("no deferred commit")?;
+            let sector = (at % (img.len() as u64 / 512)) * 512;
+            let blob = [0xc3u8; 512];
+            let step = {
+                let mut ov = commit.overlay(&mut t);
+                super::readback::write_verified(&mut ov, sector, &blob, "board step")
+            };
+            match step {
+                // A refusal (a table sector, as `post::place_raw` refuses) or
+                // an I/O error: the board's run fails here, the commit unapplied.
+                Err(e) => Err(crate::Error::Pipeline(e)),
+                Ok(()) => {
+                    img[sector as usize..sector as usize + 512].copy_from_slice(&blob);
+                    commit
+                        .apply(&mut t)
+                        .map(|()| rep)
+                        .map_err(crate::Error::Pipeline)
+                }
+            }
+        }
+        (r, _) => r,
+    };
     let out = &t.data;
     match r {
         Ok(_) => {
             // Fix-up sectors: sector 0 and, with GPT, LBA 1 and the image's
             // own backup header and entry array (moved to the target's end).
             let gpt_tail = match case.table {
-                Table::Gpt512 => 33 * 512,
+                Table::Gpt512 | Table::Hybrid => 33 * 512,
                 Table::Gpt4096 => 5 * 4096,
                 _ => 0,
             };
@@ -518,6 +598,22 @@ fn check(case: &Case) -> Result<(), String> {
                     ));
                 }
             }
+            // No signature range holds the image's bytes (where they differ
+            // from the prior content and are not zero): at most a stray
+            // byte equal by chance.
+            for &(a, n) in &hold {
+                let (a, z) = (a as usize, (a + n) as usize);
+                let differ: Vec<usize> = (a..z)
+                    .filter(|&i| img[i] != prior[i] && img[i] != 0)
+                    .collect();
+                let landed = differ.iter().filter(|&&i| out[i] == img[i]).count();
+                if !differ.is_empty() && landed * 2 > differ.len() {
+                    return Err(format!(
+                        "failed ({e}), and the held-back signature range {a}..{z} holds the image's bytes ({landed} of {})",
+                        differ.len()
+                    ));
+                }
+            }
             Ok(())
         }
     }
@@ -566,6 +662,8 @@ mod found {
             prior,
             fault: Some(fault),
             seed: 0,
+            hold: Vec::new(),
+            board_step: None,
         }
     }
 
