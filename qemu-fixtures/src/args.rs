@@ -1,7 +1,18 @@
 //! The QEMU command line for each virtual board: machine, serial ports,
 //! firmware or direct kernel boot, the card's and the target's block devices
-//! (optionally behind blkdebug), and the kernel arguments the harness adds
-//! when it boots a kernel itself. Pure functions, unit-tested.
+//! (optionally behind blkdebug), the target's identity, and the kernel
+//! arguments the harness adds when it boots a kernel itself. Pure functions,
+//! unit-tested.
+//!
+//! One target file is one unit. The card keeps its unit log across runs
+//! (`card_writes`), and the flasher counts failed attempts per unit (by eMMC
+//! CID, else serial; `flasher_format::record::MAX_ATTEMPTS`). The NVMe target
+//! gets a serial derived from its file ([`target_serial`]). QEMU's sd-card
+//! gives every card the same CID, so on the twins with an SD target the
+//! flasher could not tell two target files apart and would refuse the fourth
+//! after three failed runs on other files: [`direct_append`] passes
+//! `flasher.retry-unit` there (a caller's `flasher.retry-unit=0` comes later
+//! and wins).
 
 use crate::board::{EVENTS_TTY, IMX6_EVENTS_TTY, OVMF_CODE};
 use crate::VirtualBoard;
@@ -56,12 +67,29 @@ pub(crate) enum Boot<'a> {
     Ovmf { vars: &'a Path },
 }
 
-/// The QEMU argument list for one machine. Pure: unit-tested.
+/// The NVMe serial of the target in `file`: `fl` and 16 hex digits of the
+/// FNV-1a hash of its absolute path (20 characters at most, NVMe's limit).
+/// The same file is the same unit in every run, and two files are two units.
+pub fn target_serial(file: &Path) -> String {
+    let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let hash = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("fl{hash:016x}")
+}
+
+/// The QEMU argument list for one machine: `target` is the target's block
+/// device arguments and its serial ([`target_serial`], used by NVMe). Pure:
+/// unit-tested.
 pub(crate) fn machine_args(
     board: VirtualBoard,
     boot: &Boot,
     card: Option<Vec<String>>,
-    target: Option<Vec<String>>,
+    target: Option<(Vec<String>, String)>,
     events: &Path,
     memory_mib: u32,
 ) -> Vec<String> {
@@ -137,7 +165,7 @@ pub(crate) fn machine_args(
                 a.extend(["-device".into(), "sd-card,drive=card".into()]);
             }
             a.extend(["-device".into(), "sdhci-pci,addr=06.0".into()]);
-            if let Some(t) = target {
+            if let Some((t, _)) = target {
                 a.extend(t);
                 a.extend(["-device".into(), "sd-card,drive=t0".into()]);
             }
@@ -153,11 +181,11 @@ pub(crate) fn machine_args(
                     "usb-storage,bus=xhci.0,drive=card,removable=on,bootindex=0".into(),
                 ]);
             }
-            if let Some(t) = target {
+            if let Some((t, serial)) = target {
                 a.extend(t);
                 a.extend([
                     "-device".into(),
-                    "nvme,drive=t0,serial=flasher-target,bootindex=1".into(),
+                    format!("nvme,drive=t0,serial={serial},bootindex=1"),
                 ]);
             }
         }
@@ -171,7 +199,7 @@ pub(crate) fn machine_args(
                     "usb-storage,drive=card,bus=usb-bus.1".into(),
                 ]);
             }
-            if let Some(t) = target {
+            if let Some((t, _)) = target {
                 a.extend(t);
                 // All four usdhc buses share the name sd-bus: a bus-less
                 // sd-card lands on usdhc4, the slot of the real board's eMMC.
@@ -190,6 +218,7 @@ pub(crate) fn on_failure() -> String {
 
 /// Kernel arguments for the boards the harness boots directly: console, board
 /// (the sd board only: the i.MX6 twin is found by its device tree), events,
+/// `flasher.retry-unit` (both have an sd-card target: see the module doc),
 /// then the card's own arguments, then the caller's (later ones win in the
 /// flasher's parser).
 pub(crate) fn direct_append(board: VirtualBoard, card_cmdline: &str, extra: &[String]) -> String {
@@ -199,6 +228,8 @@ pub(crate) fn direct_append(board: VirtualBoard, card_cmdline: &str, extra: &[St
         // In a VM nobody reads the blink code: end the run once the failure is
         // reported and recorded, rather than at the harness timeout.
         on_failure(),
+        // Every sd-card has QEMU's one CID (module doc).
+        cmdline::key::RETRY_UNIT.to_string(),
     ];
     match board {
         VirtualBoard::Imx6 => {
@@ -247,11 +278,14 @@ mod tests {
             VirtualBoard::Sd,
             &boot,
             Some(blockdev("card", Path::new("/c,d.img"), None, false)),
-            Some(blockdev(
-                "t0",
-                Path::new("/t.img"),
-                Some(Path::new("/bd.conf")),
-                false,
+            Some((
+                blockdev(
+                    "t0",
+                    Path::new("/t.img"),
+                    Some(Path::new("/bd.conf")),
+                    false,
+                ),
+                target_serial(Path::new("/t.img")),
             )),
             Path::new("/ev"),
             512,
@@ -271,7 +305,7 @@ mod tests {
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
         assert_eq!(
             append,
-            "console=ttyS0 panic=-1 flasher.board=qemu-x86_64-sd flasher.events=/dev/ttyS1 flasher.on-failure=poweroff quiet flasher.board=bogus"
+            "console=ttyS0 panic=-1 flasher.board=qemu-x86_64-sd flasher.events=/dev/ttyS1 flasher.on-failure=poweroff flasher.retry-unit quiet flasher.board=bogus"
         );
     }
 
@@ -283,7 +317,10 @@ mod tests {
                 vars: Path::new("/v.fd"),
             },
             Some(blockdev("card", Path::new("/c.img"), None, false)),
-            Some(blockdev("t0", Path::new("/t.img"), None, true)),
+            Some((
+                blockdev("t0", Path::new("/t.img"), None, true),
+                "fl0123".into(),
+            )),
             Path::new("/ev"),
             512,
         )
@@ -291,7 +328,7 @@ mod tests {
         assert!(a.contains(&format!("file={OVMF_CODE}")));
         assert!(a.contains("if=pflash,format=raw,unit=1,file=/v.fd"));
         assert!(a.contains("usb-storage,bus=xhci.0,drive=card,removable=on"));
-        assert!(a.contains("nvme,drive=t0,serial=flasher-target"));
+        assert!(a.contains("nvme,drive=t0,serial=fl0123,bootindex=1"));
         assert!(a.contains("snapshot=on,file=/t.img"));
         assert!(!a.contains("-kernel"));
     }
@@ -308,7 +345,10 @@ mod tests {
             VirtualBoard::Imx6,
             &boot,
             Some(blockdev("card", Path::new("/c.img"), None, false)),
-            Some(blockdev("t0", Path::new("/t.img"), None, false)),
+            Some((
+                blockdev("t0", Path::new("/t.img"), None, false),
+                String::new(),
+            )),
             Path::new("/ev"),
             512,
         );
@@ -322,7 +362,7 @@ mod tests {
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
         assert_eq!(
             append,
-            "console=ttymxc1,115200 panic=-1 flasher.on-failure=poweroff \
+            "console=ttymxc1,115200 panic=-1 flasher.on-failure=poweroff flasher.retry-unit \
              initcall_blacklist=sdma_driver_init flasher.events=/dev/ttymxc0"
         );
         // Found by its device tree, never pinned by the harness.
@@ -331,5 +371,21 @@ mod tests {
             "qemu-imx6-nitrogen6x".parse::<VirtualBoard>().unwrap(),
             VirtualBoard::Imx6
         );
+    }
+
+    #[test]
+    fn one_target_file_is_one_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        std::fs::write(&a, b"").unwrap();
+        let serial = target_serial(&a);
+        assert!(
+            serial.len() <= 20,
+            "NVMe serials hold 20 characters: {serial}"
+        );
+        assert_eq!(serial, target_serial(&a), "stable across runs");
+        // The same file by another spelling of its path is the same unit.
+        assert_eq!(serial, target_serial(&dir.path().join(".").join("a.img")));
+        assert_ne!(serial, target_serial(&b));
     }
 }

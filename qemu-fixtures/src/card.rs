@@ -285,13 +285,13 @@ pub fn append_loader_options(path: &Path, extra: &str) -> Result<usize, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
     /// A GPT image (written by sgdisk-compatible layout, built by hand here) with
     /// one ESP named `flash-boot` holding a FAT made by fatfs.
-    fn image(files: &[(&str, &[u8])]) -> tempfile::NamedTempFile {
+    pub(crate) fn image(files: &[(&str, &[u8])]) -> tempfile::NamedTempFile {
         let fat_size = 8u64 << 20;
         let mut fat = Cursor::new(vec![0u8; fat_size as usize]);
         fatfs::format_volume(&mut fat, fatfs::FormatVolumeOptions::new()).unwrap();

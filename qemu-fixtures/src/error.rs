@@ -24,6 +24,19 @@ pub enum Error {
     BadSize { text: String },
     #[error("card {path}: {reason}")]
     Card { path: PathBuf, reason: String },
+    #[error(
+        "card {path} cannot be opened for writing ({reason}): what the board writes to it \
+         during the run (its unit log, unit-pool claims) would be lost. Make the card file \
+         writable, or pass --discard-card-writes (QemuOptions::card_writes = \
+         CardWrites::Discard) to boot a throwaway copy"
+    )]
+    CardNotWritable { path: PathBuf, reason: String },
+    #[error(
+        "card {path} is in use by another run (another mkflasher qemu, or a test holding its \
+         lock): one card boots one board at a time, as a physical card does; wait for that run \
+         to end, or give this run a copy of the card"
+    )]
+    CardBusy { path: PathBuf },
     #[error("target {path} does not exist: pass --target-size to create it")]
     TargetMissing { path: PathBuf },
     #[error("QEMU failed ({status}): {stderr}")]

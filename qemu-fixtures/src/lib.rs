@@ -31,6 +31,8 @@
 //! - `outcome`: what a run produced and the verdicts on it;
 //! - `run`: one run start to end ([`run()`], [`boot_disk`]), on scratch space
 //!   from `work`;
+//! - `card_writes`: the card behaves like a physical card: what the board
+//!   writes to it lands on the card file ([`CardWrites`], [`CardWriteBack`]);
 //! - `size`: sizes as typed (`64M`);
 //! - [`card`] (boot files from a card's FAT), [`fault`] (fault specs),
 //!   [`locate`] (where the fixtures and board binaries are).
@@ -38,6 +40,7 @@
 mod args;
 mod board;
 pub mod card;
+mod card_writes;
 mod error;
 mod events;
 pub mod fault;
@@ -48,11 +51,13 @@ mod run;
 mod size;
 mod work;
 
+pub use args::target_serial;
 pub use board::{VirtualBoard, EVENTS_TTY, IMX6_DTB, IMX6_EVENTS_TTY, OVMF_CODE, OVMF_VARS};
+pub use card_writes::{CardWriteBack, CardWrites};
 pub use error::{Error, Result};
 pub use events::{parse_events, BadLine, EventHook};
 pub use fault::Fault;
-pub use outcome::QemuOutcome;
+pub use outcome::{PhaseTime, QemuOutcome, Verdict};
 pub use process::FIRMWARE_GAVE_UP;
 pub use run::{boot_disk, boot_disk_log, run, QemuOptions};
 pub use size::parse_size;

@@ -1,7 +1,9 @@
 //! What one run produced ([`QemuOutcome`]): its events, console and how the VM
-//! ended, and the verdicts drawn from them (`check`, the phases, the time from
+//! ended, where the board's writes to the card went, and the verdicts drawn
+//! from them (`check`, [`Verdict`], the phases and their times, the time from
 //! `/init` to the first write).
 
+use crate::card_writes::CardWriteBack;
 use crate::events::BadLine;
 use crate::{Error, Result};
 use flasher_format::event::Event;
@@ -9,8 +11,9 @@ use flasher_format::Phase;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What happened in one run.
-#[derive(Debug, Clone)]
+/// What happened in one run. (`Default`: a run that produced nothing, for
+/// tests and reports to fill in.)
+#[derive(Debug, Clone, Default)]
 pub struct QemuOutcome {
     /// Every event line, parsed, in order.
     pub events: Vec<Event>,
@@ -28,8 +31,69 @@ pub struct QemuOutcome {
     /// Guest serial console (ttyS0) and QEMU's own stderr.
     pub console_log: String,
     pub elapsed: Duration,
-    /// The card image QEMU actually booted (a padded or patched copy, or the card).
+    /// The card image QEMU booted: the card, or a copy (padded, or with the
+    /// harness's kernel arguments) that outlives the run because the caller
+    /// gave the work directory; the card when that copy was temporary.
     pub card_used: PathBuf,
+    /// Where the board's writes to the card went (on the card file, unless
+    /// discarded).
+    pub card_writes: CardWriteBack,
+}
+
+/// How a run ended, in one word (`mkflasher qemu --json`'s `verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// The flasher reported success and the VM powered off ([`QemuOutcome::check`] is Ok).
+    Success,
+    /// The flasher failed before its `writing` phase: one of the checks made
+    /// before the first write (docs/architecture.md rule 2) refused the run,
+    /// so the target was not written.
+    Refused,
+    /// The flasher failed once writing had begun, or its event stream was
+    /// not sound.
+    Failure,
+    /// The harness cut the power (`power-cut-at=` fault) before the flasher finished.
+    PowerCut,
+    /// The VM did not finish within the time-out.
+    Timeout,
+    /// The VM stopped without the flasher reporting success or failure (a
+    /// kernel panic, a reboot, firmware that found nothing to boot).
+    NoResult,
+    /// The harness could not run the VM at all ([`crate::run`] returned an
+    /// error: QEMU missing, the card unreadable or read-only). Never
+    /// returned by [`QemuOutcome::verdict`]; reports use it.
+    Error,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Success => "success",
+            Verdict::Refused => "refused",
+            Verdict::Failure => "failure",
+            Verdict::PowerCut => "power-cut",
+            Verdict::Timeout => "timeout",
+            Verdict::NoResult => "no-result",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One phase of a run by the guest's clock: when the flasher entered it
+/// (`t_ms` of its first event) and how long until the next phase began (for
+/// the last phase, until the last event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PhaseTime {
+    pub phase: Phase,
+    pub start_ms: u64,
+    pub duration_ms: u64,
 }
 
 impl QemuOutcome {
@@ -44,6 +108,51 @@ impl QemuOutcome {
             }
         }
         out
+    }
+
+    /// [`Self::phases`] with when each began and how long it lasted.
+    pub fn phase_times(&self) -> Vec<PhaseTime> {
+        let mut out: Vec<PhaseTime> = Vec::new();
+        let mut last_t = 0;
+        for e in self.events.iter().filter(|e| e.is_flasher_state()) {
+            if out.last().map(|p| p.phase) != Some(e.phase) {
+                if let Some(prev) = out.last_mut() {
+                    prev.duration_ms = e.t_ms.saturating_sub(prev.start_ms);
+                }
+                out.push(PhaseTime {
+                    phase: e.phase,
+                    start_ms: e.t_ms,
+                    duration_ms: 0,
+                });
+            }
+            last_t = e.t_ms;
+        }
+        if let Some(prev) = out.last_mut() {
+            prev.duration_ms = last_t.saturating_sub(prev.start_ms);
+        }
+        out
+    }
+
+    /// How the run ended, in one word; [`Verdict::Success`] exactly when
+    /// [`Self::check`] is Ok, and the other verdicts in `check`'s order.
+    pub fn verdict(&self) -> Verdict {
+        if self.check_events().is_err() {
+            Verdict::Failure
+        } else if self.succeeded() {
+            Verdict::Success
+        } else if self.failure_message().is_some() {
+            if self.has_phase(Phase::Writing) {
+                Verdict::Failure
+            } else {
+                Verdict::Refused
+            }
+        } else if self.power_cut {
+            Verdict::PowerCut
+        } else if self.timed_out {
+            Verdict::Timeout
+        } else {
+            Verdict::NoResult
+        }
     }
 
     /// [`Self::phases`] as text, for messages: `writing → verifying → success`.
@@ -70,6 +179,14 @@ impl QemuOutcome {
     /// consequences (e.g. the unit record could not be appended).
     pub fn failure(&self) -> Option<&Event> {
         self.events.iter().find(|e| e.is_failure())
+    }
+
+    /// The blink-code class of the first failure event that carries one.
+    pub fn failure_class(&self) -> Option<flasher_format::ErrorClass> {
+        self.events
+            .iter()
+            .filter(|e| e.is_failure())
+            .find_map(Event::error_class)
     }
 
     /// The message of the first failure event that carries one: the cause.
@@ -156,15 +273,8 @@ mod tests {
     fn outcome(events: Vec<Event>) -> QemuOutcome {
         QemuOutcome {
             events,
-            bad_lines: Vec::new(),
             powered_off: true,
-            rebooted: false,
-            timed_out: false,
-            power_cut: false,
-            firmware_gave_up: false,
-            console_log: String::new(),
-            elapsed: Duration::ZERO,
-            card_used: PathBuf::new(),
+            ..QemuOutcome::default()
         }
     }
 
@@ -231,12 +341,106 @@ mod tests {
             o.failure().and_then(Event::error_class),
             Some(flasher_format::ErrorClass::WriteIo)
         );
+        assert_eq!(o.failure_class(), Some(flasher_format::ErrorClass::WriteIo));
         o.events.clear();
         o.timed_out = true;
         assert!(matches!(
             o.check(Duration::from_secs(1), None),
             Err(Error::TimedOut { .. })
         ));
+    }
+
+    #[test]
+    fn phase_times_follow_the_phases() {
+        let run = outcome(vec![
+            entered(1000, Phase::Starting),
+            entered(1300, Phase::Searching),
+            Event::led(Phase::Searching, "heartbeat", vec![], None).with_t_ms(1350),
+            entered(1700, Phase::Writing),
+            at(
+                2500,
+                Phase::Writing,
+                Body::Progress {
+                    done: 1,
+                    total: 1,
+                    rate: 1,
+                },
+            ),
+            entered(3000, Phase::Success),
+            at(
+                3040,
+                Phase::Success,
+                Body::Message {
+                    message: "bye".into(),
+                },
+            ),
+        ]);
+        let t: Vec<(Phase, u64, u64)> = run
+            .phase_times()
+            .iter()
+            .map(|p| (p.phase, p.start_ms, p.duration_ms))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                (Phase::Starting, 1000, 300),
+                (Phase::Searching, 1300, 400),
+                (Phase::Writing, 1700, 1300),
+                (Phase::Success, 3000, 40),
+            ]
+        );
+        assert_eq!(
+            run.phases(),
+            t.iter().map(|p| p.0).collect::<Vec<_>>(),
+            "the same phases as phases()"
+        );
+        assert!(outcome(vec![]).phase_times().is_empty());
+    }
+
+    #[test]
+    fn verdicts_in_the_order_check_reports_them() {
+        let ok = outcome(vec![entered(1, Phase::Writing), entered(2, Phase::Success)]);
+        assert_eq!(ok.verdict(), Verdict::Success);
+        let fail = |phases: &[Phase]| {
+            let mut events: Vec<Event> = phases
+                .iter()
+                .enumerate()
+                .map(|(i, p)| entered(i as u64, *p))
+                .collect();
+            events.push(
+                Event::failure(flasher_format::ErrorClass::PayloadInvalid, "used up").with_t_ms(10),
+            );
+            outcome(events)
+        };
+        assert_eq!(
+            fail(&[Phase::Starting, Phase::Searching]).verdict(),
+            Verdict::Refused
+        );
+        assert_eq!(
+            fail(&[Phase::Searching, Phase::Writing]).verdict(),
+            Verdict::Failure
+        );
+        let mut o = outcome(vec![entered(1, Phase::Writing)]);
+        o.powered_off = false;
+        o.power_cut = true;
+        assert_eq!(o.verdict(), Verdict::PowerCut);
+        o.power_cut = false;
+        o.timed_out = true;
+        assert_eq!(o.verdict(), Verdict::Timeout);
+        o.timed_out = false;
+        assert_eq!(o.verdict(), Verdict::NoResult);
+        let mut bad = ok.clone();
+        bad.bad_lines.push(BadLine {
+            line: "x".into(),
+            reason: "not JSON".into(),
+        });
+        assert_eq!(bad.verdict(), Verdict::Failure);
+        for v in [Verdict::PowerCut, Verdict::NoResult, Verdict::Error] {
+            assert_eq!(
+                serde_json::to_string(&v).unwrap(),
+                format!("\"{}\"", v.as_str())
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! One run, start to end: [`run`] boots a card against a target (preparing
-//! the target, the boot files or OVMF, the faults) and reports a
-//! [`QemuOutcome`]; [`boot_disk`] boots a flashed disk on its own.
+//! the target, the boot files or OVMF, the faults, and the card through
+//! [`crate::card_writes`], so that what the board writes to it lands on the
+//! card file) and reports a [`QemuOutcome`]; [`boot_disk`] boots a flashed
+//! disk on its own.
 
-use crate::args::{blockdev, direct_append, machine_args, on_failure, Boot};
+use crate::args::{blockdev, direct_append, machine_args, on_failure, target_serial, Boot};
 use crate::board::{check_tools, imx6_dtb, EVENTS_TTY, OVMF_VARS};
+use crate::card_writes::{BootCard, CardWrites};
 use crate::events::EventHook;
 use crate::process::{qemu_error, spawn, supervise};
 use crate::work::{copy, file_size, grow, Work};
@@ -36,6 +39,9 @@ pub struct QemuOptions {
     /// directory, removed afterwards, when None.
     pub work_dir: Option<PathBuf>,
     pub on_event: Option<EventHook>,
+    /// Keep what the board writes to the card (the default, as with a
+    /// physical card) or boot a throwaway copy.
+    pub card_writes: CardWrites,
 }
 
 impl std::fmt::Debug for QemuOptions {
@@ -49,6 +55,7 @@ impl std::fmt::Debug for QemuOptions {
             .field("timeout", &self.timeout)
             .field("faults", &self.faults)
             .field("append", &self.append)
+            .field("card_writes", &self.card_writes)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +75,7 @@ impl QemuOptions {
             memory_mib: 512,
             work_dir: None,
             on_event: None,
+            card_writes: CardWrites::Persist,
         }
     }
 }
@@ -146,6 +154,9 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
             reason: "not found; build it with `mkflasher build`".into(),
         });
     }
+    // Locked for the run, and refused before anything else happens if what
+    // the board writes to it could not be kept (see `card_writes`).
+    let mut boot_card = BootCard::open(&opts.card, opts.card_writes)?;
     if let Some(t) = &opts.target {
         prepare_target(opts, t)?;
     }
@@ -168,33 +179,35 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
         }
         None => None,
     };
-    let target_args = opts
-        .target
-        .as_deref()
-        .map(|t| blockdev("t0", t, blkdebug.as_deref(), false));
+    let target_args = opts.target.as_deref().map(|t| {
+        (
+            blockdev("t0", t, blkdebug.as_deref(), false),
+            target_serial(t),
+        )
+    });
 
-    let (card_used, files, vars, dtb);
+    let (files, vars, dtb);
     let boot = match opts.board {
         VirtualBoard::Sd | VirtualBoard::Imx6 => {
             files = extract_boot_files(&work, &opts.card)?;
             let size = file_size(&opts.card)?;
-            card_used = if opts.board == VirtualBoard::Imx6 || size.is_power_of_two() {
-                // The twin's card is a USB stick: any size.
-                opts.card.clone()
-            } else {
-                // QEMU refuses SD images whose size is not a power of two; the
-                // user's card stays as it is, a padded copy is booted.
-                let c = work.path("card-sd.img");
-                copy(&opts.card, &c)?;
-                grow(&c, size.next_power_of_two())?;
+            // The i.MX6 twin's card is a USB stick: any size. QEMU's sd-card
+            // refuses a size that is not a power of two: a padded copy is
+            // booted, and the board's writes are copied back after the run.
+            let pad = (opts.board == VirtualBoard::Sd && !size.is_power_of_two())
+                .then(|| size.next_power_of_two());
+            if pad.is_some() || boot_card.discards() {
+                boot_card.use_copy(work.path("card-sd.img"), pad)?;
+            }
+            if let Some(padded) = pad {
                 tracing::info!(
-                    "card {} is {}: booting a copy padded to {} (QEMU's sd-card needs a power of two)",
+                    "card {} is {}: booting a copy padded to {} (QEMU's sd-card needs a power of two); what the board writes to it is {}",
                     opts.card.display(),
                     iec(size),
-                    iec(size.next_power_of_two())
+                    iec(padded),
+                    boot_card.fate()
                 );
-                c
-            };
+            }
             dtb = match opts.board {
                 VirtualBoard::Imx6 => Some(imx6_dtb()?),
                 _ => None,
@@ -223,22 +236,27 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
                 extra.push(on_failure());
             }
             extra.extend(opts.append.iter().cloned());
-            card_used = if extra.is_empty() {
-                opts.card.clone()
-            } else {
-                let c = work.path("card-nuc.img");
-                copy(&opts.card, &c)?;
-                card::append_loader_options(&c, &extra.join(" "))?;
+            let copy_to = work.path("card-nuc.img");
+            if !extra.is_empty() {
+                // Firmware reads the arguments from the card, so they go into
+                // the loader entries of a copy; that patch never reaches the
+                // card, the board's own writes do.
+                boot_card.use_patched_copy(copy_to, |c| {
+                    card::append_loader_options(c, &extra.join(" ")).map(drop)
+                })?;
                 tracing::info!(
-                    "booting a copy of {} with kernel arguments: {}",
+                    "booting a copy of {} with kernel arguments: {}; what the board writes to it is {}",
                     opts.card.display(),
-                    extra.join(" ")
+                    extra.join(" "),
+                    boot_card.fate()
                 );
-                c
-            };
+            } else if boot_card.discards() {
+                boot_card.use_copy(copy_to, None)?;
+            }
             Boot::Ovmf { vars: &vars }
         }
     };
+    let card_used = boot_card.booted().to_path_buf();
     let card_args = blockdev("card", &card_used, None, false);
     let args = machine_args(
         opts.board,
@@ -249,6 +267,7 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
         opts.memory_mib,
     );
     let running = spawn(opts.board.qemu(), &args, opts.stream_console)?;
+    boot_card.starting();
     let end = supervise(
         running,
         &events_path,
@@ -257,11 +276,15 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
         opts.on_event.as_ref(),
         opts.board != VirtualBoard::Imx6,
     )?;
+    // Whatever the run's verdict, QEMU has stopped: the board's writes go
+    // back to the card now (a power cut leaves what a real one would).
+    let card_writes = boot_card.finish()?;
     if let Some(e) = qemu_error(&end) {
         return Err(e);
     }
     let exited = end.status.is_some() || end.guest_stopped;
-    // When the card was a temporary copy, the caller may still want it (log partition).
+    // A copy in a temporary work directory is gone after this function; the
+    // card file holds what the board wrote (unless it was discarded).
     let card_used = if card_used.starts_with(&work.dir) && work.owned {
         opts.card.clone()
     } else {
@@ -282,6 +305,7 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutcome> {
         console_log: end.console,
         elapsed: end.elapsed,
         card_used,
+        card_writes,
     })
 }
 
@@ -340,7 +364,8 @@ pub fn boot_disk_log(board: VirtualBoard, disk: &Path, timeout: Duration) -> Res
             }
         }
     };
-    let target = blockdev("t0", &disk_used, None, true);
+    // The same serial the disk had while it was flashed (one file, one unit).
+    let target = (blockdev("t0", &disk_used, None, true), target_serial(disk));
     let args = machine_args(board, &boot, None, Some(target), &events, 512);
     let end = supervise(
         spawn(board.qemu(), &args, false)?,

@@ -1,7 +1,8 @@
 //! QEMU scenarios on `qemu-x86_64-nuc` (OVMF → systemd-boot → flasher from a USB
 //! stick, NVMe target): the happy path with the flashed OS booting from the NVMe
-//! afterwards, a corrupted payload failing closed, a write error reported with
-//! its offset, and a power cut mid-write followed by a clean re-flash.
+//! afterwards and its unit record on the card, a corrupted payload failing
+//! closed, a write error reported with its offset, and a power cut mid-write
+//! followed by a clean re-flash.
 
 mod qemu_common;
 
@@ -14,11 +15,33 @@ const NUC: VirtualBoard = VirtualBoard::Nuc;
 fn happy_path_flashes_verifies_and_the_nvme_boots() {
     let f = fixture();
     let target = blank_target(f, "nuc-happy.img", 64 << 20);
-    let mut o = options(NUC, &f.card(NUC), Some(target.clone()));
+    let card = f.card(NUC);
+    let entry = |c: &std::path::Path| flasher_qemu::card::boot_spec(c).unwrap().cmdline;
+    let card_cmdline = entry(&card);
+    let mut o = options(NUC, &card, Some(target.clone()));
     o.events = Some(f.path("nuc-happy.events"));
     let out = run(&o);
     out.check(o.timeout, None).unwrap();
     assert_phase_order(&out);
+    // The card behaves like a physical one (issue 25): the board's record is
+    // on the card file, found by the serial the harness gave this target
+    // file; the kernel arguments the harness patched into the loader entry
+    // of the booted copy are not.
+    assert!(!out.card_writes.in_place && out.card_writes.bytes_copied_back() > 0);
+    let serial = flasher_qemu::target_serial(&target);
+    let records = mkflasher::records::read_card(&card).unwrap();
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|e| e.record.target.serial.as_deref() == Some(serial.as_str()))
+        .collect();
+    assert_eq!(mine.len(), 2, "its claim and its result: {records:#?}");
+    assert!(mine[0].record.attempt_started);
+    assert_eq!(mine[1].record.result, flasher_format::record::Outcome::Ok);
+    assert_eq!(
+        entry(&card),
+        card_cmdline,
+        "the harness's patch leaked to the card"
+    );
     // The events file holds the same typed lines the outcome was parsed from.
     // Parsed by the harness's rules: OVMF's own output comes first on the same
     // port; from the flasher's first event on, every line is an event.

@@ -218,8 +218,9 @@ impl Case {
     fn hold_ranges(&self, kinds: &[Kind], size: u64) -> Vec<(u64, u64)> {
         let mut v = Vec::new();
         for &(b, n) in &self.hold {
-            for blk in b % kinds.len()..(b % kinds.len() + n).min(kinds.len()) {
-                if kinds[blk] == Kind::Data {
+            let first = b % kinds.len();
+            for (blk, kind) in kinds.iter().enumerate().skip(first).take(n) {
+                if *kind == Kind::Data {
                     let a = blk as u64 * BLOCK;
                     v.push((a, BLOCK.min(size - a)));
                 }

@@ -71,7 +71,9 @@ pub struct Args {
     /// needs a power of two). The backup GPT goes at the real end.
     #[arg(long, default_value_t = 0)]
     pub image_size: u64,
-    /// Round the image size up to a power of two (for QEMU's sd-card).
+    /// Round the image size up to a power of two, so that QEMU's sd-card
+    /// takes the card as it is. Not needed for `mkflasher qemu`: it boots a
+    /// padded copy of any other card and copies the board's writes back.
     #[arg(long)]
     pub power_of_two: bool,
     /// Trust this signing key on the board (NAME.pub); repeatable. The card's

@@ -1,9 +1,15 @@
 //! `mkflasher qemu`: boot a flasher card on a virtual board against a virtual
 //! target disk, stream the console, collect the JSON events, inject faults.
-//! Exit status 0 only when the flasher reported success and the VM powered off.
+//! What the board writes to the card is kept on the card file, as with a
+//! physical card (`--discard-card-writes` boots a throwaway copy). The result
+//! can be written as JSON (`--json`) and JUnit XML (`--junit`) for CI
+//! (`crate::qemu_report`). Exit status 0 only when the flasher reported
+//! success and the VM powered off.
 
-use flasher_qemu::{self as qemu, Fault, QemuOptions, VirtualBoard};
-use std::path::PathBuf;
+use crate::qemu_report::{self, Report};
+use flasher_format::io::IoContext;
+use flasher_qemu::{self as qemu, CardWrites, Fault, QemuOptions, VirtualBoard};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +57,44 @@ pub struct RunArgs {
     /// Keep scratch files (card copies, OVMF vars, blkdebug config) here.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Boot a throwaway copy of the card: what the board writes to it (the
+    /// unit record, unit-pool claims) is lost. Without it, a card that cannot
+    /// be written is refused before the VM starts.
+    #[arg(long)]
+    pub discard_card_writes: bool,
+    /// Write the result as one JSON object here ("-": standard output, and
+    /// the console is then not streamed there): verdict, phases and their
+    /// times, blink class, the unit record, the console and events files.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the result as JUnit XML here (one test suite, one test case).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Save the guest console here. Default with --json FILE or --junit FILE:
+    /// beside it, as NAME.console.log.
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+}
+
+/// `-` as a file name: standard output.
+const STDOUT: &str = "-";
+
+impl RunArgs {
+    /// Where the console log goes: `--console-log`, else beside the first
+    /// report file (not standard output), else nowhere.
+    fn console_log_path(&self) -> Option<PathBuf> {
+        self.console_log.clone().or_else(|| {
+            [&self.json, &self.junit]
+                .into_iter()
+                .flatten()
+                .find(|p| p.as_os_str() != STDOUT)
+                .map(|p| p.with_extension("console.log"))
+        })
+    }
+
+    fn json_to_stdout(&self) -> bool {
+        self.json.as_deref() == Some(Path::new(STDOUT))
+    }
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
@@ -61,26 +105,43 @@ pub fn run(args: Args) -> crate::Result<()> {
         .iter()
         .map(|f| f.parse::<Fault>())
         .collect::<qemu::Result<Vec<_>>>()?;
-    let mut opts = QemuOptions::new(board, args.card, args.target);
+    let mut opts = QemuOptions::new(board, args.card.clone(), args.target.clone());
     opts.target_size = args
         .target_size
         .as_deref()
         .map(qemu::parse_size)
         .transpose()?;
-    opts.events = args.events;
+    opts.events = args.events.clone();
     opts.timeout = Duration::from_secs(args.timeout);
-    opts.append = args.append;
+    opts.append = args.append.clone();
     opts.faults = faults;
-    opts.stream_console = true;
-    opts.work_dir = args.work_dir;
-    let outcome = qemu::run(&opts)?;
+    // The JSON on standard output must stay parseable.
+    opts.stream_console = !args.json_to_stdout();
+    opts.work_dir = args.work_dir.clone();
+    opts.card_writes = if args.discard_card_writes {
+        CardWrites::Discard
+    } else {
+        CardWrites::Persist
+    };
+    let reporting = args.json.is_some() || args.junit.is_some();
+    // How many records the card holds before the run: the one after them is
+    // this run's (read only when a report wants it).
+    let before = (reporting && opts.card_writes == CardWrites::Persist)
+        .then(|| qemu_report::records_on(&opts.card))
+        .flatten();
+    let outcome = match qemu::run(&opts) {
+        Ok(o) => o,
+        Err(e) => {
+            write_reports(
+                &args,
+                &Report::from_error(&opts, flasher::error::report(&e)),
+            )?;
+            return Err(e.into());
+        }
+    };
     eprintln!(
         "mkflasher qemu: {} after {:.0} s; phases: {}",
-        if outcome.succeeded() {
-            "success"
-        } else {
-            "FAILED"
-        },
+        outcome.verdict(),
         outcome.elapsed.as_secs_f64(),
         outcome.phase_names()
     );
@@ -90,6 +151,38 @@ pub fn run(args: Args) -> crate::Result<()> {
             d.as_secs_f64()
         );
     }
+    let console = args.console_log_path();
+    if let Some(path) = &console {
+        std::fs::write(path, &outcome.console_log)
+            .with_context(|| format!("saving the console log to {}", path.display()))?;
+    }
+    if reporting {
+        let record = before.and_then(|n| qemu_report::appended_record(&opts.card, n));
+        let report = Report::from_outcome(&opts, &outcome, record, console.as_deref());
+        write_reports(&args, &report)?;
+    }
     outcome.check(opts.timeout, qemu::fault::power_cut(&opts.faults))?;
+    Ok(())
+}
+
+/// Write `--json` and `--junit`, where asked.
+fn write_reports(args: &RunArgs, report: &Report) -> crate::Result<()> {
+    if let Some(path) = &args.json {
+        let text = report.to_json().context("rendering the --json report")?;
+        write_out(path, &text)?;
+    }
+    if let Some(path) = &args.junit {
+        let xml = report.junit().context("rendering the --junit report")?;
+        write_out(path, &xml)?;
+    }
+    Ok(())
+}
+
+fn write_out(path: &Path, text: &str) -> crate::Result<()> {
+    if path.as_os_str() == STDOUT {
+        print!("{text}");
+        return Ok(());
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
