@@ -272,6 +272,14 @@ fn round_up(x: u64, g: u64) -> u64 {
     x.div_ceil(g) * g
 }
 
+/// The descriptor the device's I/O goes through (the host tool checks that
+/// it is open on the drive it showed: `fstat`, `BLKGETDISKSEQ`).
+impl std::os::fd::AsFd for Device {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 impl Device {
     /// Open `path` (block device or regular file).
     pub fn open(path: &Path, opts: OpenOptions) -> Result<Device, Error> {

@@ -291,3 +291,42 @@ fn confirmation_shows_the_drive_and_only_yes_writes() {
     let got = std::fs::read(&backing).unwrap();
     assert!(got[..raw.len()] == raw[..]);
 }
+
+/// A loop device detached and attached to another file between the drive
+/// list and the open (the same `/dev/loopN`, a new `diskseq`) is refused
+/// before anything is written; both files stay as they were.
+#[test]
+fn a_loop_device_reattached_after_it_was_shown_is_refused_untouched() {
+    use mkflasher::drives;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, img) = image(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    garbage_file(&a, 16 * MIB);
+    garbage_file(&b, 16 * MIB);
+    let (sa, sb) = (sha(&a), sha(&b));
+    {
+        let Some(lo) = try_loop(&a) else { return };
+        let root = Path::new("/");
+        let ctx = drives::Context::for_image(&img).unwrap();
+        let shown = drives::survey(root, &ctx).unwrap();
+        let checked =
+            hostwrite::check_targets(&img, std::slice::from_ref(&lo.0), &shown, root, true)
+                .unwrap();
+        // Unplug one card, plug another: the same node, another medium.
+        e2e::run(Command::new("losetup").arg("-d").arg(&lo.0));
+        e2e::run(Command::new("losetup").arg(&lo.0).arg(&b));
+        let Err(e) = hostwrite::open_checked(root, &checked[0], &Default::default()) else {
+            panic!("the re-attached loop device was opened for writing");
+        };
+        assert!(
+            matches!(
+                e,
+                hostwrite::Error::TargetChanged { .. } | hostwrite::Error::TargetSwapped { .. }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("nothing was written"), "{e}");
+    }
+    assert_eq!(sha(&a), sa, "the first file was written");
+    assert_eq!(sha(&b), sb, "the second file was written");
+}

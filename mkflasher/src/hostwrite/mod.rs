@@ -44,6 +44,7 @@ use flasher_format::io::IoContext;
 use flasher_format::units;
 use serde::Serialize;
 use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -814,7 +815,7 @@ pub fn reidentify(root: &Path, t: &Checked) -> Result<()> {
 
 /// Open target `t` for writing, for a drive only if it is still the drive
 /// that was shown: its identity is read again right before the open; after
-/// the open, every descriptor the open created must be block device
+/// the open, the descriptor the write will use must be block device
 /// `drive.dev` (a node replaced between the check and the open is refused),
 /// its `diskseq` as the kernel reports it through the descriptor must be
 /// the one shown, and sysfs is read once more. Nothing is written here; a
@@ -828,68 +829,36 @@ pub fn open_checked(root: &Path, t: &Checked, wopts: &WriteOptions) -> Result<De
         return pipeline::open_target(&t.path, wopts).map_err(target_err);
     };
     reidentify(root, t)?;
-    let before = own_fds()?;
     let dev = pipeline::open_target(&t.path, wopts).map_err(target_err)?;
-    let opened: Vec<(i32, Option<DevNum>)> = own_fds()?
-        .into_iter()
-        .filter(|fd| !before.contains(fd))
-        .filter_map(|fd| fd_kind(fd).map(|k| (fd, k)))
-        .collect();
-    let blocks: Vec<(i32, DevNum)> = opened
-        .iter()
-        .filter_map(|(fd, k)| k.map(|n| (*fd, n)))
-        .collect();
-    let seen_by_open = dev.rdev().map(|(major, minor)| DevNum { major, minor });
-    let wrong = blocks
-        .iter()
-        .map(|(_, n)| Some(*n))
-        .chain([seen_by_open])
-        .find(|n| *n != Some(d.dev));
-    if blocks.is_empty() || wrong.is_some() {
+    // The descriptor the write will use, not the path: what it is open on.
+    let fd = dev.as_fd().as_raw_fd();
+    let found = fd_kind(fd).flatten();
+    if found != Some(d.dev) {
         return Err(Error::TargetSwapped {
             path: t.path.clone(),
             name: d.name.clone(),
             expected: d.dev,
-            found: wrong.flatten(),
+            found,
         });
     }
     if let Some(want) = d.identity.diskseq {
-        for (fd, _) in &blocks {
-            match fd_diskseq(*fd) {
-                Some(got) if got != want => {
-                    return Err(Error::TargetChanged {
-                        path: t.path.clone(),
-                        name: d.name.clone(),
-                        changes: vec![drives::Change {
-                            what: "diskseq",
-                            before: want.to_string(),
-                            after: got.to_string(),
-                        }],
-                    })
-                }
-                _ => {}
+        match fd_diskseq(fd) {
+            Some(got) if got != want => {
+                return Err(Error::TargetChanged {
+                    path: t.path.clone(),
+                    name: d.name.clone(),
+                    changes: vec![drives::Change {
+                        what: "diskseq",
+                        before: want.to_string(),
+                        after: got.to_string(),
+                    }],
+                })
             }
+            _ => {}
         }
     }
     reidentify(root, t)?;
     Ok(dev)
-}
-
-/// This process's open descriptors. The process's own table
-/// (`/proc/self/fd`), not hardware, so not under the test root.
-fn own_fds() -> Result<Vec<i32>> {
-    let dir = Path::new("/proc/self/fd");
-    let listed: Vec<i32> = std::fs::read_dir(dir)
-        .with_context(|| format!("list {} (is /proc mounted?)", dir.display()))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    // The listing's own descriptor is closed by now; the next open may get
-    // its number, which must then count as new.
-    Ok(listed
-        .into_iter()
-        .filter(|fd| fd_kind(*fd).is_some())
-        .collect())
 }
 
 /// `Some(Some(dev))` for a descriptor on a block device, `Some(None)` for
