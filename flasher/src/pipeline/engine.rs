@@ -358,17 +358,20 @@ impl Held {
         }
     }
 
+    fn buf_mut(&mut self, r: Region) -> &mut Vec<u8> {
+        match r {
+            Region::Head => &mut self.head,
+            Region::Tail => &mut self.tail,
+            Region::Extra(_) => &mut self.extra,
+        }
+    }
+
     /// Record `[off, off+len)` (inside one region) to be written, with
     /// `bytes` (None: zeros, which the buffers already hold).
     fn put(&mut self, d: &Deferred, off: u64, len: u64, bytes: Option<&[u8]>) {
         let (region, i) = d.locate(off);
         if let Some(b) = bytes {
-            let buf = match region {
-                Region::Head => &mut self.head,
-                Region::Tail => &mut self.tail,
-                Region::Extra(_) => &mut self.extra,
-            };
-            buf[i..i + len as usize].copy_from_slice(b);
+            self.buf_mut(region)[i..i + len as usize].copy_from_slice(b);
         }
         match self.ranges.last_mut() {
             // Never from one region into the next (other buffers, or other
