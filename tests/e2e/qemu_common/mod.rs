@@ -249,10 +249,7 @@ pub fn assert_phase_order(out: &QemuOutcome) {
 
 /// The error class of the first failure event that carries one.
 pub fn failure_class(out: &QemuOutcome) -> Option<ErrorClass> {
-    out.events
-        .iter()
-        .filter(|e| e.is_failure())
-        .find_map(Event::error_class)
+    out.failure_class()
 }
 
 /// A write fault at byte `offset` of the target (`from_end`: counted back from
