@@ -21,9 +21,19 @@ pub struct Args {
     /// Also stream the guest console while flashing.
     #[arg(long)]
     pub console: bool,
+    /// Only write the demo OS disk image to this path (GPT, an ESP with
+    /// systemd-boot and a kernel whose /init prints the demo marker) and
+    /// stop: for test farms that flash it themselves (docs/labgrid.md).
+    #[arg(long, value_name = "IMAGE")]
+    pub os_only: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
+    if let Some(out) = &args.os_only {
+        demo::build_demo_os_from_fixtures(out)?;
+        println!("demo OS image: {}", out.display());
+        return Ok(());
+    }
     let mkflasher = std::env::current_exe().context("locating the mkflasher binary")?;
     let report = demo::run(&DemoOptions {
         work: args.work,
