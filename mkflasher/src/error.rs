@@ -30,6 +30,8 @@ pub enum Error {
     Records(#[from] crate::records::Error),
     #[error(transparent)]
     Pool(#[from] crate::pool::Error),
+    #[error(transparent)]
+    Matrix(#[from] crate::qemu_matrix::Error),
     /// Boxed: it carries a target path next to a whole `flasher::Error`.
     #[error(transparent)]
     Write(Box<crate::hostwrite::Error>),

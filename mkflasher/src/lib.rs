@@ -5,7 +5,7 @@
 //! of cards (`records`: table, JSON, CSV, the station database), the drive list
 //! and card writing (`drives`, `hostwrite`), the demo (`demo`, over the
 //! `flasher_qemu` harness), the results of `mkflasher qemu` as JSON and JUnit
-//! XML (`qemu_report`), and the `flasher` host binary's subcommands
+//! XML (`qemu_report`), scenario matrices run in parallel (`qemu_matrix`), and the `flasher` host binary's subcommands
 //! (`flasher_cli`: the engine on files and block devices).
 //!
 //! The bundle format is `flasher_format`'s and the write pipeline the
@@ -24,6 +24,7 @@ pub mod hostwrite;
 pub mod log;
 pub mod modules;
 pub mod pool;
+pub mod qemu_matrix;
 pub mod qemu_report;
 pub mod records;
 pub mod source;

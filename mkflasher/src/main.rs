@@ -40,6 +40,8 @@ enum Command {
     Write(cmd::write::Args),
     /// Boot a card in QEMU against a virtual target disk.
     Qemu(cmd::qemu::Args),
+    /// Run the scenarios of a matrix file (TOML) in parallel, with one report.
+    QemuMatrix(cmd::qemu_matrix::Args),
     /// The built-in demo: build a demo OS, flash it onto a virtual NVMe, boot it.
     Demo(cmd::demo::Args),
 }
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Drives(a) => cmd::drives::run(a),
         Command::Write(a) => cmd::write::run(a),
         Command::Qemu(a) => cmd::qemu::run(a),
+        Command::QemuMatrix(a) => cmd::qemu_matrix::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

@@ -305,8 +305,15 @@ pub fn auto_bundle_path(output: &std::path::Path) -> PathBuf {
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
-    let mut spec = spec_from_args(&args)?;
-    let built = build_with(&args, &mut spec);
+    run_to(&args, &mut std::io::stdout())
+}
+
+/// `mkflasher build`, its summary (the card's size, partitions, boot files,
+/// command line) written to `out` (`mkflasher qemu-matrix` keeps it in a
+/// log file).
+pub fn run_to(args: &Args, out: &mut dyn std::io::Write) -> crate::Result<()> {
+    let mut spec = spec_from_args(args)?;
+    let built = build_with(args, &mut spec, out);
     if spec.payload != args.payload {
         // Our own intermediate bundle; the card now carries it byte for byte.
         let _ = std::fs::remove_file(&spec.payload);
@@ -314,27 +321,29 @@ pub fn run(args: Args) -> crate::Result<()> {
     built
 }
 
-fn build_with(args: &Args, spec: &mut CardSpec) -> crate::Result<()> {
+fn build_with(args: &Args, spec: &mut CardSpec, out: &mut dyn std::io::Write) -> crate::Result<()> {
     if args.power_of_two {
         // Lay out once to learn the natural size, then round it up.
         let natural = card::natural_size(spec)?;
         spec.image_size = spec.image_size.max(natural).next_power_of_two();
     }
     let r = card::build_card(&args.output, spec)?;
-    println!(
-        "card {}: {} bytes, {:?}",
+    let mut text = format!(
+        "card {}: {} bytes, {:?}\n",
         args.output.display(),
         r.disk.size,
         r.table
     );
     for (name, off, size) in &r.disk.partitions {
-        println!("  {name:<16} offset {off:>12}  size {size:>12}");
+        text += &format!("  {name:<16} offset {off:>12}  size {size:>12}\n");
     }
-    println!("  boot files: {}", r.boot_files.join(", "));
+    text += &format!("  boot files: {}\n", r.boot_files.join(", "));
     for (offset, file) in &spec.parts.raw {
-        println!("  raw at byte {offset:>7}: {}", file.display());
+        text += &format!("  raw at byte {offset:>7}: {}\n", file.display());
     }
-    println!("  cmdline: {}", r.cmdline);
+    text += &format!("  cmdline: {}\n", r.cmdline);
+    out.write_all(text.as_bytes())
+        .context("writing the card's summary")?;
     Ok(())
 }
 

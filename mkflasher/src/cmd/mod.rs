@@ -10,5 +10,6 @@ pub mod initramfs;
 pub mod inspect;
 pub mod keygen;
 pub mod qemu;
+pub mod qemu_matrix;
 pub mod records;
 pub mod write;

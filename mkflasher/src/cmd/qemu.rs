@@ -77,7 +77,7 @@ pub struct RunArgs {
 }
 
 /// `-` as a file name: standard output.
-const STDOUT: &str = "-";
+pub(crate) const STDOUT: &str = "-";
 
 impl RunArgs {
     /// Where the console log goes: `--console-log`, else beside the first
@@ -124,45 +124,23 @@ pub fn run(args: Args) -> crate::Result<()> {
         CardWrites::Persist
     };
     let reporting = args.json.is_some() || args.junit.is_some();
-    // How many records the card holds before the run: the one after them is
-    // this run's (read only when a report wants it).
-    let before = (reporting && opts.card_writes == CardWrites::Persist)
-        .then(|| qemu_report::records_on(&opts.card))
-        .flatten();
-    let outcome = match qemu::run(&opts) {
-        Ok(o) => o,
-        Err(e) => {
-            write_reports(
-                &args,
-                &Report::from_error(&opts, flasher::error::report(&e)),
-            )?;
-            return Err(e.into());
-        }
-    };
-    eprintln!(
-        "mkflasher qemu: {} after {:.0} s; phases: {}",
-        outcome.verdict(),
-        outcome.elapsed.as_secs_f64(),
-        outcome.phase_names()
-    );
-    if let Some(d) = outcome.init_to_first_write() {
+    let console = args.console_log_path();
+    let (report, result) = qemu_report::run_reported(&opts, console.as_deref(), reporting);
+    if report.verdict != qemu::Verdict::Error {
         eprintln!(
-            "mkflasher qemu: /init start to first write: {:.2} s",
-            d.as_secs_f64()
+            "mkflasher qemu: {} after {:.0} s; phases: {}",
+            report.verdict,
+            report.elapsed_s,
+            report.phase_names()
         );
     }
-    let console = args.console_log_path();
-    if let Some(path) = &console {
-        std::fs::write(path, &outcome.console_log)
-            .with_context(|| format!("saving the console log to {}", path.display()))?;
+    if let Some(s) = report.init_to_first_write_s {
+        eprintln!("mkflasher qemu: /init start to first write: {s:.2} s");
     }
     if reporting {
-        let record = before.and_then(|n| qemu_report::appended_record(&opts.card, n));
-        let report = Report::from_outcome(&opts, &outcome, record, console.as_deref());
         write_reports(&args, &report)?;
     }
-    outcome.check(opts.timeout, qemu::fault::power_cut(&opts.faults))?;
-    Ok(())
+    result
 }
 
 /// Write `--json` and `--junit`, where asked.
@@ -178,7 +156,7 @@ fn write_reports(args: &RunArgs, report: &Report) -> crate::Result<()> {
     Ok(())
 }
 
-fn write_out(path: &Path, text: &str) -> crate::Result<()> {
+pub(crate) fn write_out(path: &Path, text: &str) -> crate::Result<()> {
     if path.as_os_str() == STDOUT {
         print!("{text}");
         return Ok(());
