@@ -16,6 +16,14 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use flasher::pipeline::{self, Plain, Target, WriteOptions};
 use flasher_format::bundle::{BundleWriter, WriterOptions, MAX_CHUNK_SIZE};
 
+/// One test at a time: the counters are the whole process's, and the other
+/// tests build large bundles in this process (the heap test read their
+/// allocations as the engine's when they overlapped: 60 MiB under CI load).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Counts live heap bytes and their peak.
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -94,6 +102,7 @@ impl Target for Slow {
 /// for the manifest, the binary and the thread stacks.
 #[test]
 fn engine_heap_is_bounded_when_the_target_is_slow() {
+    let _one = serial();
     let mut w = BundleWriter::new(
         WriterOptions {
             chunk_size: MAX_CHUNK_SIZE,
@@ -167,6 +176,7 @@ fn flasher_write_peak_rss(dir: &std::path::Path, payload: &[u8], size: u64) -> i
 /// their edges.
 #[test]
 fn tiny_chunks_in_the_held_back_regions_stay_within_64_mib() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut w = BundleWriter::new(
         WriterOptions {
@@ -200,6 +210,7 @@ fn tiny_chunks_in_the_held_back_regions_stay_within_64_mib() {
 
 #[test]
 fn peak_rss_stays_under_64_mib_for_the_largest_accepted_chunks() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let chunk = MAX_CHUNK_SIZE as usize;
     let image = flasher_format::testing::noise(96 << 20, 7);
