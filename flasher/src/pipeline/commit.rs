@@ -27,9 +27,8 @@
 //! [`TableCommit::overlay`], so a failure anywhere before the commit leaves
 //! no filesystem from the image recognisable on the target.
 
-use super::readback::{check_range, write, write_verified};
+use super::readback::{write_parts, write_verified};
 use super::{Error, Target};
-use crate::blockdev::AlignedBuf;
 use crate::fixup::{FixupReport, TableKind};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -267,15 +266,7 @@ impl TableCommit {
     fn apply_inner<T: Target>(&self, t: &mut T) -> Result<(), Error> {
         t.sync().map_err(Error::Sync)?;
         if !self.signatures.is_empty() {
-            for (off, data, _) in &self.signatures {
-                write(t, *off, data)?;
-            }
-            t.sync().map_err(Error::Sync)?;
-            t.drop_cache();
-            let mut buf = AlignedBuf::zeroed(1 << 20);
-            for (off, data, what) in &self.signatures {
-                check_range(t, *off, Some(data), data.len() as u64, &mut buf, what)?;
-            }
+            write_parts(t, &self.signatures, true)?;
         }
         self.sectors
             .iter()

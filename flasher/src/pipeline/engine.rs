@@ -16,7 +16,7 @@
 //! defers it to after its own writes (bootloader, config).
 
 use super::commit::{self, Plan};
-use super::readback::{check_range, read, write, write_verified, zero};
+use super::readback::{check_range, read, write, write_parts, write_verified, zero};
 use super::{Error, PhaseDurations, Target, Verify, WriteOptions, WriteReport};
 use crate::blockdev::AlignedBuf;
 use crate::progress::{Event, Observer};
@@ -146,11 +146,7 @@ pub fn write_opened<R: Read, T: Target>(
     // on the target (docs/fail-closed.md, "Held-back signatures").
     let mut commit = plan.commit.clone();
     commit.signatures = signatures;
-    write_deferred(&parts, target)?;
-    target.sync().map_err(Error::Sync)?;
-    if opts.verify == Verify::Full {
-        report.bytes_verified += verify_deferred(&parts, target)?;
-    }
+    report.bytes_verified += write_parts(target, &parts, opts.verify == Verify::Full)?;
     // The fix-up writes other than the table sectors (backup entry array at the
     // real end, a grown entry array), each read back.
     for (off, data) in &plan.fixup_writes {
@@ -1038,24 +1034,6 @@ fn deferred_parts(
     parts.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
     sigs.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
     (parts, sigs)
-}
-
-fn write_deferred<T: Target>(parts: &[Part], t: &mut T) -> crate::Result<()> {
-    for (off, data, _) in parts {
-        write(t, *off, data)?;
-    }
-    Ok(())
-}
-
-fn verify_deferred<T: Target>(parts: &[Part], t: &mut T) -> crate::Result<u64> {
-    t.drop_cache();
-    let mut buf = AlignedBuf::zeroed(MIB as usize);
-    let mut n = 0;
-    for (off, data, what) in parts {
-        check_range(t, *off, Some(data), data.len() as u64, &mut buf, what)?;
-        n += data.len() as u64;
-    }
-    Ok(n)
 }
 
 /// `Read`, `Write` and `Seek` for a test target wrapping a `Plain` in its

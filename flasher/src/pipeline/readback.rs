@@ -102,3 +102,30 @@ pub(super) fn write_verified<T: Target>(
     let mut buf = AlignedBuf::zeroed(data.len().clamp(4096, 1 << 20));
     check_range(t, off, Some(data), data.len() as u64, &mut buf, what)
 }
+
+/// Write each `(offset, bytes, what)` part, flush, and, with `verify`, read
+/// every one back bypassing the cache (a mismatch rewritten once, then named
+/// by its `what`). Returns the bytes read back. The held-back head and tail
+/// (the engine) and the held-back signatures (the table commit) go through
+/// here.
+pub(super) fn write_parts<T: Target>(
+    t: &mut T,
+    parts: &[(u64, Vec<u8>, String)],
+    verify: bool,
+) -> Result<u64, Error> {
+    for (off, data, _) in parts {
+        write(t, *off, data)?;
+    }
+    t.sync().map_err(Error::Sync)?;
+    if !verify {
+        return Ok(0);
+    }
+    t.drop_cache();
+    let mut buf = AlignedBuf::zeroed(1 << 20);
+    let mut n = 0;
+    for (off, data, what) in parts {
+        check_range(t, *off, Some(data), data.len() as u64, &mut buf, what)?;
+        n += data.len() as u64;
+    }
+    Ok(n)
+}
